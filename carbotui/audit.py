@@ -1,0 +1,158 @@
+"""audit.log: one line per login attempt, in Carbonio/Zimbra's format.
+
+    2026-11-27 21:09:01,123 INFO  [ImapSSLServer-0] [ip=10.0.0.1;oip=203.0.113.5;ua=Thunderbird/115;] security - cmd=Auth; account=user01@demo.test; protocol=imap;
+    2026-11-27 21:09:02,456 WARN  [Pop3Server-1] [ip=10.0.0.1;oip=203.0.113.5;] security - cmd=Auth; account=bob@demo.test; protocol=pop3; error=authentication failed for [bob], invalid password;
+
+The layout is log4j's ``%d %-5p [%t] [%z] %c{1} - %m%n`` (reference §9.1):
+``ip`` is the proxy, ``oip`` the real client. Values are encoded as Zimbra
+does (``;`` doubled, CR/LF to spaces) and other control bytes are replaced,
+so a hostile login name cannot forge a line. Passwords are never an input.
+
+Every worker appends with one ``write()`` on an ``O_APPEND`` descriptor, so
+lines from several processes never interleave or overwrite each other.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def encode_value(value: str) -> str:
+    value = value.replace("\r", " ").replace("\n", " ")
+    return _CONTROL.sub("?", value).replace(";", ";;")
+
+
+def _split_pairs(text: str, sep: str) -> dict[str, str]:
+    """Parse 'k=v;k=v;' (sep=';') or 'k=v; k=v;' (sep='; '), honouring ';;'."""
+    out, i, n = {}, 0, len(text)
+    while i < n:
+        while i < n and text[i] == " ":
+            i += 1
+        eq = text.find("=", i)
+        if eq < 0:
+            break
+        key, j, value = text[i:eq], eq + 1, []
+        while j < n:
+            if text[j] == ";":
+                if j + 1 < n and text[j + 1] == ";":
+                    value.append(";")
+                    j += 2
+                    continue
+                break
+            value.append(text[j])
+            j += 1
+        out[key] = "".join(value)
+        i = j + 1
+    return out
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    account: str
+    protocol: str
+    client_ip: str
+    proxy_ip: str = ""
+    error: str = ""                   # empty: success
+    user_agent: str = ""
+    thread: str = "proxy"
+    cmd: str = "Auth"
+    timestamp: float = field(default_factory=time.time)
+    client_port: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def level(self) -> str:
+        return "WARN" if self.error else "INFO"
+
+    def format(self) -> str:
+        seconds, millis = divmod(round(self.timestamp * 1000), 1000)
+        stamp = datetime.fromtimestamp(seconds)
+        context = f"ip={encode_value(self.proxy_ip)};oip={encode_value(self.client_ip)};"
+        if self.client_port:
+            context += f"oport={self.client_port};"
+        if self.user_agent:
+            context += f"ua={encode_value(self.user_agent)};"
+        body = (f"cmd={self.cmd}; account={encode_value(self.account)}; "
+                f"protocol={encode_value(self.protocol)};")
+        if self.error:
+            body += f" error={encode_value(self.error)};"
+        return (f"{stamp:%Y-%m-%d %H:%M:%S},{millis:03d} {self.level:<5} [{self.thread}] "
+                f"[{context}] security - {body}\n")
+
+
+_LINE = re.compile(
+    r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(?P<ms>\d{3}) (?P<level>[A-Z]+) +"
+    r"\[(?P<thread>[^\]]*)\] \[(?P<context>.*?)\] security - (?P<body>.*)$")
+
+
+def parse_line(line: str) -> AuditEvent | None:
+    """An audit line back into an event; None for anything else (never raises)."""
+    m = _LINE.match(line.rstrip("\n"))
+    if not m:
+        return None
+    ctx = _split_pairs(m["context"], ";")
+    body = _split_pairs(m["body"], ";")
+    try:
+        ts = datetime.strptime(m["date"], "%Y-%m-%d %H:%M:%S").timestamp() + int(m["ms"]) / 1000
+        port = int(ctx.get("oport", "0") or 0)
+    except ValueError:
+        return None
+    return AuditEvent(
+        account=body.get("account", ""), protocol=body.get("protocol", ""),
+        client_ip=ctx.get("oip", ctx.get("ip", "")), proxy_ip=ctx.get("ip", ""),
+        error=body.get("error", ""), user_agent=ctx.get("ua", ""), thread=m["thread"],
+        cmd=body.get("cmd", ""), timestamp=ts, client_port=port)
+
+
+def failure(login: str, reason: str) -> str:
+    """Zimbra's failure text: 'authentication failed for [<login>], <reason>'."""
+    return f"authentication failed for [{login}], {reason}"
+
+
+class AuditLog:
+    """Appends lines; notices rotation (a new file at the path) by itself."""
+
+    CHECK_EVERY = 1.0
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = os.fspath(path)
+        self._fd = -1
+        self._ino = None
+        self._checked = 0.0
+        self.written = 0
+
+    def _open(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._ino = fd, os.fstat(fd).st_ino
+
+    def _rotated(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self._ino
+        except FileNotFoundError:
+            return True
+
+    def write(self, event: AuditEvent) -> None:
+        now = time.monotonic()
+        if self._fd < 0 or (now - self._checked > self.CHECK_EVERY and self._rotated()):
+            self._open()
+        if now - self._checked > self.CHECK_EVERY:
+            self._checked = now
+        data = event.format().encode("utf-8", "replace")
+        os.write(self._fd, data)       # one write per line: atomic append
+        self.written += 1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,229 @@
+"""Node-local settings: one TOML file, like Carbonio's localconfig.
+
+Loaded once at start and again on SIGHUP. Every value is checked here, so a
+bad file fails with the key and the reason instead of a traceback later.
+Cluster-wide settings (accounts, domains, servers, mail mode) live in LDAP.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.events import MailLimits
+
+MAIL_PROTOCOLS = ("imap", "imaps", "pop3", "pop3s")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str, key: str) -> Endpoint:
+    """'127.0.0.1:143', '[::1]:143' or '*:143' (every IPv4 address)."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(f"{key}: expected 'address:port', got {text!r}")
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "*":
+        host = "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{key}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{key}: port {port_text!r} is not in 1..65535")
+    return Endpoint(host, int(port_text))
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    limits: MailLimits = MailLimits()
+    auth_wait: float = 10.0
+    preauth_timeout: float = 60.0
+    imap_idle_timeout: float = 1800.0
+    pop3_idle_timeout: float = 600.0
+    connect_timeout: float = 5.0
+    connect_retries: int = 3
+    login_timeout: float = 30.0
+    max_connections: int = 10000
+    upstream_tls: bool = False
+    upstream_ca: Path | None = None     # CA bundle for verifying mailbox servers
+    send_imap_id: bool = True
+    send_pop3_xoip: bool = True
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    node_name: str
+    var_dir: Path
+    listen: dict[str, tuple[Endpoint, ...]]
+    tls_certificate: Path
+    tls_private_key: Path
+    tls_min_version: str
+    tls_ciphers: str
+    memcached_servers: tuple[Endpoint, ...]
+    memcached_timeout: float
+    memcached_ttl: int
+    memcached_reconnect: float
+    ldap_url: str
+    ldap_bind_dn: str
+    ldap_password_file: Path
+    ldap_base: str
+    ldap_timeout: float
+    hosts: dict[str, str]
+    mail: MailSettings = field(default_factory=MailSettings)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.var_dir / "log" / "audit.log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    def ldap_password(self) -> str:
+        try:
+            return self.ldap_password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"ldap.password_file: cannot read {self.ldap_password_file}: "
+                              f"{exc.strerror}") from None
+
+
+class _Table:
+    """Typed access to one TOML table; errors name the dotted key."""
+
+    def __init__(self, data: dict, prefix: str):
+        self.data, self.prefix = data, prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name, kind, default=None, *, required=False):
+        if name not in self.data:
+            if required:
+                raise ConfigError(f"{self.key(name)}: required setting is missing")
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{self.key(name)}: expected {kind.__name__}, got {value!r}")
+        return value
+
+    def positive(self, name, kind, default):
+        value = self.get(name, kind, default)
+        if value <= 0:
+            raise ConfigError(f"{self.key(name)}: must be greater than 0, got {value!r}")
+        return value
+
+    def choice(self, name, choices, default):
+        value = self.get(name, str, default)
+        if value not in choices:
+            raise ConfigError(f"{self.key(name)}: must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def table(self, name) -> "_Table":
+        return _Table(self.get(name, dict, {}), self.key(name))
+
+
+def load(path: str | os.PathLike) -> Settings:
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    base = path.parent
+    root = _Table(raw, "")
+
+    def rel(p: str) -> Path:
+        return (base / p).resolve()
+
+    node = root.table("node")
+    listen_t = root.table("listen")
+    listen = {}
+    for proto in MAIL_PROTOCOLS:
+        items = listen_t.get(proto, list, [])
+        listen[proto] = tuple(parse_endpoint(x, listen_t.key(proto)) for x in items)
+
+    tls = root.table("tls")
+    mc = root.table("memcached")
+    ldap = root.table("ldap")
+    hosts_t = root.table("hosts")
+    hosts = {}
+    for name, addr in hosts_t.data.items():
+        try:
+            ipaddress.ip_address(addr)
+        except (ValueError, TypeError):
+            raise ConfigError(f"hosts.{name}: {addr!r} is not an IP address") from None
+        hosts[name.lower()] = addr
+
+    m = root.table("mail")
+    limits = MailLimits(
+        starttls=m.choice("starttls", ("only", "on", "off"), "only"),
+        max_line=m.positive("max_line", int, 8192),
+        max_literal=m.positive("max_literal", int, 8192),
+        max_auth_failures=m.positive("max_auth_failures", int, 3),
+    )
+    mail = MailSettings(
+        limits=limits,
+        auth_wait=m.get("auth_wait", float, 10.0),
+        preauth_timeout=m.positive("preauth_timeout", float, 60.0),
+        imap_idle_timeout=m.positive("imap_idle_timeout", float, 1800.0),
+        pop3_idle_timeout=m.positive("pop3_idle_timeout", float, 600.0),
+        connect_timeout=m.positive("connect_timeout", float, 5.0),
+        connect_retries=m.get("connect_retries", int, 3),
+        login_timeout=m.positive("login_timeout", float, 30.0),
+        max_connections=m.positive("max_connections", int, 10000),
+        upstream_tls=m.get("upstream_tls", bool, False),
+        upstream_ca=rel(m.get("upstream_ca", str)) if m.get("upstream_ca", str) else None,
+        send_imap_id=m.get("send_imap_id", bool, True),
+        send_pop3_xoip=m.get("send_pop3_xoip", bool, True),
+        drain_timeout=m.positive("drain_timeout", float, 30.0),
+    )
+    if mail.auth_wait < 0:
+        raise ConfigError("mail.auth_wait: must not be negative")
+
+    url = ldap.get("url", str, required=True)
+    if not url.startswith(("ldap://", "ldaps://", "ldapi://")):
+        raise ConfigError(f"ldap.url: expected ldap://, ldaps:// or ldapi://, got {url!r}")
+
+    return Settings(
+        path=path,
+        node_name=node.get("name", str, required=True).lower(),
+        var_dir=rel(node.get("var_dir", str, "var")),
+        listen=listen,
+        tls_certificate=rel(tls.get("certificate", str, required=True)),
+        tls_private_key=rel(tls.get("private_key", str, required=True)),
+        tls_min_version=tls.choice("min_version", ("TLSv1.2", "TLSv1.3"), "TLSv1.2"),
+        tls_ciphers=tls.get("ciphers", str, "ECDHE+AESGCM:ECDHE+CHACHA20"),
+        memcached_servers=tuple(parse_endpoint(x, "memcached.servers")
+                                for x in mc.get("servers", list, [])),
+        memcached_timeout=mc.positive("timeout", float, 3.0),
+        memcached_ttl=mc.positive("ttl", int, 3600),
+        memcached_reconnect=mc.positive("reconnect", float, 60.0),
+        ldap_url=url,
+        ldap_bind_dn=ldap.get("bind_dn", str, ""),
+        ldap_password_file=rel(ldap.get("password_file", str, "var/ldap/admin.secret")),
+        ldap_base=ldap.get("base", str, required=True),
+        ldap_timeout=ldap.positive("timeout", float, 5.0),
+        hosts=hosts,
+        mail=mail,
+    )

@@ -1,0 +1,241 @@
+"""The directory in LDAP (ldap3): accounts, domains, servers, global config.
+
+Attribute names are Carbonio/Zimbra's, so the same code can read an existing
+Carbonio directory. Calls block; the workers run them in a thread
+(``asyncio.to_thread``) so the event loop never waits on LDAP.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import ldap3
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.conv import escape_filter_chars
+
+from carbotui.config import Settings
+
+# Which server attribute holds the port for each upstream protocol, like
+# zimbraReverseProxy{Imap,ImapSSL,...}PortAttribute in Carbonio.
+PORT_ATTRIBUTES = {
+    "imap": "zimbraImapBindPort",
+    "imapssl": "zimbraImapSSLBindPort",
+    "pop3": "zimbraPop3BindPort",
+    "pop3ssl": "zimbraPop3SSLBindPort",
+    "http": "zimbraMailPort",
+    "httpssl": "zimbraMailSSLPort",
+    "admin": "zimbraAdminPort",
+}
+PORT_DEFAULTS = {"imap": 7143, "imapssl": 7993, "pop3": 7110, "pop3ssl": 7995,
+                 "http": 8080, "httpssl": 8443, "admin": 7071}
+
+ACCOUNT_ATTRS = ["zimbraMailDeliveryAddress", "zimbraMailAlias", "zimbraId",
+                 "zimbraMailHost", "zimbraAccountStatus", "uid"]
+DOMAIN_ATTRS = ["zimbraDomainName", "zimbraId", "zimbraVirtualHostname",
+                "zimbraVirtualIPAddress", "zimbraSSLCertificate", "zimbraSSLPrivateKey"]
+SERVER_ATTRS = ["cn", "zimbraServiceHostname", "zimbraServiceEnabled",
+                "zimbraReverseProxyLookupTarget", "zimbraReverseProxyMailMode",
+                *PORT_ATTRIBUTES.values()]
+
+
+class DirectoryUnavailable(RuntimeError):
+    """LDAP cannot be reached or answered with an error: a temporary failure."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str                    # canonical address (zimbraMailDeliveryAddress)
+    zimbra_id: str
+    mail_host: str
+    aliases: tuple[str, ...] = ()
+    status: str = "active"
+
+
+@dataclass(frozen=True)
+class MailServer:
+    hostname: str
+    address: str
+    ports: dict[str, int] = field(default_factory=dict)
+    lookup_target: bool = False
+    services: tuple[str, ...] = ()
+    mail_mode: str = ""
+
+    @property
+    def short_name(self) -> str:
+        return self.hostname.split(".", 1)[0]
+
+    def endpoint(self, proto: str) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.ports[proto]}"
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    zimbra_id: str = ""
+    virtual_hostnames: tuple[str, ...] = ()
+    virtual_ips: tuple[str, ...] = ()
+    certificate_pem: str = ""
+    private_key_pem: str = field(default="", repr=False)
+
+
+def _first(entry: dict, attr: str, default=""):
+    value = entry.get(attr)
+    if isinstance(value, list):
+        return value[0] if value else default
+    return default if value is None else value
+
+
+def _all(entry: dict, attr: str) -> tuple:
+    value = entry.get(attr) or []
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+class Directory:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._conn: ldap3.Connection | None = None
+        self._lock = threading.Lock()
+        self.searches = 0            # every LDAP search, for stats and tests
+
+    # -- connection -------------------------------------------------------
+    def _connection(self) -> ldap3.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        s = self.settings
+        server = ldap3.Server(s.ldap_url, connect_timeout=s.ldap_timeout, get_info=ldap3.NONE)
+        user = s.ldap_bind_dn or None
+        password = s.ldap_password() if user else None
+        self._conn = ldap3.Connection(
+            server, user=user, password=password, client_strategy=ldap3.SAFE_SYNC,
+            auto_bind=True, receive_timeout=s.ldap_timeout, raise_exceptions=True,
+            read_only=False)
+        return self._conn
+
+    def _search(self, filt: str, attrs: list[str], base: str | None = None) -> list[dict]:
+        """One subtree search; returns entries as {attr: [values]} plus 'dn'."""
+        with self._lock:
+            self.searches += 1
+            for attempt in (1, 2):
+                try:
+                    conn = self._connection()
+                    _, _, response, _ = conn.search(base or self.settings.ldap_base, filt,
+                                                    ldap3.SUBTREE, attributes=attrs)
+                    break
+                except LDAPException as exc:
+                    # A dropped connection is re-opened once; a second failure is real.
+                    self._drop()
+                    if attempt == 2:
+                        raise DirectoryUnavailable(f"LDAP {self.settings.ldap_url}: {exc}") from None
+        out = []
+        for item in response:
+            if item.get("type") != "searchResEntry":
+                continue
+            entry = {k: v for k, v in item["attributes"].items()}
+            entry["dn"] = item["dn"]
+            out.append(entry)
+        return out
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.unbind()
+            except Exception:  # noqa: BLE001 - already broken; nothing to save
+                pass
+        self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    # -- reads ------------------------------------------------------------
+    def default_domain(self) -> str:
+        entries = self._search("(objectClass=zimbraGlobalConfig)", ["zimbraDefaultDomainName"])
+        for e in entries:
+            name = _first(e, "zimbraDefaultDomainName")
+            if name:
+                return name.lower()
+        return ""
+
+    def domain_for_ip(self, ip: str) -> str:
+        filt = f"(&(objectClass=zimbraDomain)(zimbraVirtualIPAddress={escape_filter_chars(ip)}))"
+        entries = self._search(filt, ["zimbraDomainName"])
+        return _first(entries[0], "zimbraDomainName").lower() if entries else ""
+
+    def qualify(self, login: str, local_ip: str) -> str:
+        """A bare login gets the domain of the virtual IP the client reached,
+        else the default domain (Carbonio's getQualifiedUsername)."""
+        login = login.lower()
+        if "@" in login:
+            return login
+        domain = self.domain_for_ip(local_ip) or self.default_domain()
+        return f"{login}@{domain}" if domain else login
+
+    def find_account(self, address: str) -> Account | None:
+        a = escape_filter_chars(address.lower())
+        filt = (f"(&(objectClass=zimbraAccount)"
+                f"(|(zimbraMailDeliveryAddress={a})(zimbraMailAlias={a})))")
+        entries = self._search(filt, ACCOUNT_ATTRS)
+        if not entries:
+            return None
+        e = entries[0]
+        return Account(
+            name=_first(e, "zimbraMailDeliveryAddress").lower(),
+            zimbra_id=_first(e, "zimbraId"),
+            mail_host=_first(e, "zimbraMailHost").lower(),
+            aliases=tuple(x.lower() for x in _all(e, "zimbraMailAlias")),
+            status=_first(e, "zimbraAccountStatus", "active"),
+        )
+
+    def find_account_by_id(self, zimbra_id: str) -> Account | None:
+        filt = f"(&(objectClass=zimbraAccount)(zimbraId={escape_filter_chars(zimbra_id)}))"
+        entries = self._search(filt, ACCOUNT_ATTRS)
+        if not entries:
+            return None
+        return self.find_account(_first(entries[0], "zimbraMailDeliveryAddress"))
+
+    def servers(self) -> dict[str, MailServer]:
+        """Every server entry, keyed by hostname, with its resolved address."""
+        out = {}
+        for e in self._search("(objectClass=zimbraServer)", SERVER_ATTRS):
+            hostname = (_first(e, "zimbraServiceHostname") or _first(e, "cn")).lower()
+            ports = {}
+            for proto, attr in PORT_ATTRIBUTES.items():
+                value = _first(e, attr, None)
+                ports[proto] = int(value) if value not in (None, "") else PORT_DEFAULTS[proto]
+            lookup = _first(e, "zimbraReverseProxyLookupTarget", False)
+            out[hostname] = MailServer(
+                hostname=hostname,
+                address=self.resolve(hostname),
+                ports=ports,
+                lookup_target=lookup is True or str(lookup).upper() == "TRUE",
+                services=tuple(_all(e, "zimbraServiceEnabled")),
+                mail_mode=_first(e, "zimbraReverseProxyMailMode"),
+            )
+        return out
+
+    def domains(self) -> list[Domain]:
+        out = []
+        for e in self._search("(objectClass=zimbraDomain)", DOMAIN_ATTRS):
+            out.append(Domain(
+                name=_first(e, "zimbraDomainName").lower(),
+                zimbra_id=_first(e, "zimbraId"),
+                virtual_hostnames=tuple(x.lower() for x in _all(e, "zimbraVirtualHostname")),
+                virtual_ips=tuple(_all(e, "zimbraVirtualIPAddress")),
+                certificate_pem=_first(e, "zimbraSSLCertificate"),
+                private_key_pem=_first(e, "zimbraSSLPrivateKey"),
+            ))
+        return out
+
+    def resolve(self, hostname: str) -> str:
+        """The [hosts] table first (like /etc/hosts), then DNS; '' if unknown."""
+        if hostname in self.settings.hosts:
+            return self.settings.hosts[hostname]
+        try:
+            infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            return ""
+        # IPv4 first, as Carbonio does in "both" IP mode.
+        infos.sort(key=lambda i: i[0] != socket.AF_INET)
+        return infos[0][4][0] if infos else ""

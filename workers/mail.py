@@ -1,0 +1,360 @@
+"""One IMAP or POP3 client session: asyncio glue around the sans-IO machines.
+
+    accept -> greeting -> pre-auth commands (ImapClientSide/Pop3ClientSide)
+           -> Authenticate -> route (memcached, else LDAP) -> connect to the
+           mailbox server -> ID/XOIP + LOGIN (ImapBackendLogin/...) -> audit
+           -> Splice (relay.py) until either side ends.
+
+The glue only moves bytes and events; every protocol decision is in the
+machines, which have transcript tests of their own.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from carbotui import audit
+from carbotui.routes import Route, RouteError
+from workers import events as ev
+from workers.imap import ImapBackendLogin, ImapClientSide
+from workers.pop3 import Pop3BackendLogin, Pop3ClientSide
+from workers.relay import Splice
+
+log = logging.getLogger("workers.mail")
+
+RETRY_PAUSE = 0.5        # between connects to a mailbox server that did not answer
+
+
+class LoginFailure(Exception):
+    """The login cannot succeed now. ``temporary`` decides NO [UNAVAILABLE]
+    versus NO [AUTHENTICATIONFAILED]; ``reason`` goes to the audit log."""
+
+    def __init__(self, reason: str, *, temporary: bool):
+        super().__init__(reason)
+        self.reason, self.temporary = reason, temporary
+
+
+class BackendProtocol(asyncio.Protocol):
+    """The proxy's connection to a mailbox server: login first, then relay."""
+
+    def __init__(self, machine):
+        self.machine = machine
+        self.transport: asyncio.Transport | None = None
+        self.result: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.splice: Splice | None = None
+        self.session: MailSession | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.from_backend(data)
+            return
+        for event in self.machine.feed(data):
+            if isinstance(event, ev.Send):
+                self.transport.write(event.data)
+            elif not self.result.done():
+                self.result.set_result(event)
+                # Whatever follows the login reply belongs to the client; wait
+                # for the splice before reading on.
+                self.transport.pause_reading()
+
+    def eof_received(self):
+        return False              # close our side too
+
+    def connection_lost(self, exc) -> None:
+        if not self.result.done():
+            self.result.set_result(ev.BackendFailed(f"closed during login ({exc or 'EOF'})"))
+        elif self.session is not None:
+            self.session.backend_closed(exc)
+
+    def pause_writing(self) -> None:
+        if self.splice:
+            self.splice.backend_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.splice:
+            self.splice.backend_write_resumed()
+
+
+class MailSession(asyncio.Protocol):
+    def __init__(self, worker, kind: str, proto: str, implicit_tls: bool, thread: str):
+        self.worker = worker
+        self.kind = kind                  # listener: imap | imaps | pop3 | pop3s
+        self.proto = proto                # imap | pop3
+        self.tls = implicit_tls
+        self.thread = thread
+        self.id = worker.next_session_id()
+        self.transport: asyncio.Transport | None = None
+        self.machine = None
+        self.splice: Splice | None = None
+        self.backend: BackendProtocol | None = None
+        self.client_ip = self.local_ip = ""
+        self.client_port = self.local_port = 0
+        self.account = ""
+        self.server = ""
+        self.user_agent = ""
+        self.started = time.time()
+        self.state = "preauth"
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+
+    # -- connection ---------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.client_ip, self.client_port = peer[0], peer[1]
+        self.local_ip, self.local_port = local[0], local[1]
+        w = self.worker
+        w.stats.connections[self.kind] += 1
+        limits = w.settings.mail.limits
+        cls = ImapClientSide if self.proto == "imap" else Pop3ClientSide
+        self.machine = cls(limits, tls=self.tls)
+        if w.draining or len(w.sessions) >= w.settings.mail.max_connections:
+            w.stats.rejected_busy += 1
+            transport.write(b"* BYE [UNAVAILABLE] Server busy, try again later\r\n"
+                            if self.proto == "imap" else
+                            b"-ERR [SYS/TEMP] Server busy, try again later\r\n")
+            transport.close()
+            return
+        w.sessions[self.id] = self
+        transport.write(self.machine.greeting())
+        self._arm_preauth_timer()
+
+    def _arm_preauth_timer(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(
+            self.worker.settings.mail.preauth_timeout, self._preauth_timeout)
+
+    def _preauth_timeout(self) -> None:
+        if self.splice is None and self.transport and not self.transport.is_closing():
+            self.transport.write(b"* BYE Autologout; idle for too long\r\n"
+                                 if self.proto == "imap" else
+                                 b"-ERR Disconnected for inactivity.\r\n")
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.from_client(data)
+            return
+        self._arm_preauth_timer()
+        self._run(self.machine.feed(data))
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.worker.sessions.pop(self.id, None)
+        if self._timer:
+            self._timer.cancel()
+        if self.splice is not None:
+            self.splice.close("client closed")
+        elif self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.backend and self.backend.transport and self.splice is None:
+            self.backend.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.splice:
+            self.splice.client_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.splice:
+            self.splice.client_write_resumed()
+
+    def shutdown(self, reason: str) -> None:
+        """The worker is stopping: say goodbye and close."""
+        farewell = (b"* BYE Server shutting down, please reconnect\r\n" if self.proto == "imap"
+                    else b"-ERR Server shutting down\r\n")
+        if self.splice is not None:
+            self.splice.close(reason, farewell=farewell)
+        elif self.transport and not self.transport.is_closing():
+            self.transport.write(farewell)
+            self.transport.close()
+
+    # -- pre-auth events ----------------------------------------------------
+    def _run(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, ev.Send):
+                self.transport.write(event.data)
+            elif isinstance(event, ev.Authenticate):
+                self.transport.pause_reading()
+                self._task = asyncio.get_running_loop().create_task(self._login(event))
+            elif isinstance(event, ev.StartTLS):
+                self._task = asyncio.get_running_loop().create_task(self._start_tls())
+            elif isinstance(event, ev.ClientId):
+                name = event.fields.get("name") or ""
+                version = event.fields.get("version") or ""
+                self.user_agent = f"{name}/{version}" if version else name
+            elif isinstance(event, ev.Close):
+                self.transport.close()
+                return
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport = await loop.start_tls(self.transport, self, self.worker.tls.front,
+                                                  server_side=True, ssl_handshake_timeout=10)
+        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            log.info("STARTTLS with %s failed: %s", self.client_ip, exc)
+            if self.transport:
+                self.transport.close()
+            return
+        self.tls = True
+        self._run(self.machine.tls_started())
+
+    # -- login --------------------------------------------------------------
+    @property
+    def route_proto(self) -> str:
+        return self.proto + ("ssl" if self.worker.settings.mail.upstream_tls else "")
+
+    async def _login(self, auth: ev.Authenticate) -> None:
+        w = self.worker
+        settings = w.settings.mail
+        self.state = "login"
+        login = auth.username
+        try:
+            route = await asyncio.wait_for(self._route(login), settings.login_timeout)
+            self.account = route.account
+            self.server = route.server.short_name
+            backend, response = await asyncio.wait_for(
+                self._connect_and_login(route, auth), settings.login_timeout)
+        except LoginFailure as failure:
+            await self._login_failed(login, failure)
+            return
+        except asyncio.TimeoutError:
+            await self._login_failed(login, LoginFailure("login timed out", temporary=True))
+            return
+        except asyncio.CancelledError:
+            raise
+        self._audit(self.account, "")
+        w.stats.logins_ok[self.proto] += 1
+        self._login_succeeded(backend, response)
+
+    async def _route(self, login: str) -> Route:
+        try:
+            route = await self.worker.router.route_mail(login, self.route_proto, self.local_ip)
+        except RouteError as exc:
+            raise LoginFailure(f"no route: {exc}", temporary=True) from None
+        if route is None:
+            raise LoginFailure("account not found", temporary=False)
+        return route
+
+    def _backend_machine(self, account: str, auth: ev.Authenticate):
+        s = self.worker.settings.mail
+        common = dict(client_ip=self.client_ip, client_port=self.client_port,
+                      local_ip=self.local_ip, local_port=self.local_port)
+        if self.proto == "imap":
+            return ImapBackendLogin(account, auth.password, client_ua=self.user_agent,
+                                    send_id=s.send_imap_id, **common)
+        return Pop3BackendLogin(account, auth.password, send_xoip=s.send_pop3_xoip, **common)
+
+    async def _connect_and_login(self, route: Route, auth: ev.Authenticate):
+        """Connect (a few tries within the login deadline) and log in upstream."""
+        s = self.worker.settings.mail
+        loop = asyncio.get_running_loop()
+        stats = self.worker.stats.backend(route.server.short_name)
+        last_error = "no attempt"
+        for attempt in range(max(1, s.connect_retries + 1)):
+            if attempt:
+                await asyncio.sleep(RETRY_PAUSE)
+            protocol = BackendProtocol(self._backend_machine(route.account, auth))
+            started = time.monotonic()
+            try:
+                tls = self.worker.upstream_tls
+                await asyncio.wait_for(loop.create_connection(
+                    lambda: protocol, route.address, route.port, ssl=tls,
+                    server_hostname=route.server.hostname if tls else None), s.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                stats.errors += 1
+                last_error = f"connect to {route.server.hostname}: {exc or 'timeout'}"
+                continue
+            try:
+                result = await protocol.result
+            except asyncio.CancelledError:
+                protocol.transport.close()        # login deadline passed
+                raise
+            if isinstance(result, ev.LoginOK):
+                stats.connected((time.monotonic() - started) * 1000)
+                return protocol, result.response
+            protocol.transport.close()
+            if isinstance(result, ev.LoginRejected):
+                if result.temporary:
+                    raise LoginFailure(f"mailbox server says {_text(result.response)}",
+                                       temporary=True)
+                raise LoginFailure("invalid password", temporary=False)
+            stats.errors += 1
+            last_error = f"{route.server.hostname}: {result.reason}"
+        raise LoginFailure(f"mailbox server unavailable ({last_error})", temporary=True)
+
+    async def _login_failed(self, login: str, failure: LoginFailure) -> None:
+        w = self.worker
+        self._audit(login, audit.failure(login, failure.reason))
+        if failure.temporary:
+            w.stats.logins_temp[self.proto] += 1
+            log.warning("login of %r from %s failed temporarily: %s", login, self.client_ip,
+                        failure.reason)
+        else:
+            w.stats.logins_failed[self.proto] += 1
+            # The route may be stale (a moved mailbox): forget it, as Carbonio does.
+            await w.router.forget(login, self.route_proto, self.local_ip, self.account)
+            # Tarpit: slow down password guessing; reading stays paused meanwhile.
+            await asyncio.sleep(w.settings.mail.auth_wait)
+        self.account = self.server = ""
+        self.state = "preauth"
+        if self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        self._run(self.machine.auth_failed(temporary=failure.temporary))
+
+    def _login_succeeded(self, backend: BackendProtocol, response: bytes) -> None:
+        if self.transport.is_closing():
+            backend.transport.close()
+            return
+        events, leftover = self.machine.auth_succeeded(response)
+        self._run(events)
+        if self._timer:
+            self._timer.cancel()
+        s = self.worker.settings.mail
+        idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
+        self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
+                             on_close=self._ended)
+        self.backend = backend
+        backend.session = self
+        backend.splice = self.splice
+        self.state = "proxy"
+        extra = backend.machine.leftover()
+        if extra:
+            self.splice.from_backend(extra)
+        if leftover:
+            self.splice.from_client(leftover)
+        backend.transport.resume_reading()
+        self.transport.resume_reading()
+
+    def backend_closed(self, exc) -> None:
+        """The mailbox server went away: tell the client unless it said BYE already."""
+        if self.splice is None or self.splice.closed:
+            return
+        if self.proto == "imap" and not self.splice.server_said(b"* BYE"):
+            farewell = b"* BYE [UNAVAILABLE] Mailbox server connection lost\r\n"
+        else:
+            farewell = b""
+        self.worker.stats.backend(self.server).errors += exc is not None
+        self.splice.close("mailbox server closed", farewell=farewell)
+
+    def _ended(self, reason: str) -> None:
+        self.worker.sessions.pop(self.id, None)
+
+    def _audit(self, account: str, error: str) -> None:
+        self.worker.audit.write(audit.AuditEvent(
+            account=account, protocol=self.proto, client_ip=self.client_ip,
+            client_port=self.client_port, proxy_ip=self.local_ip, error=error,
+            user_agent=self.user_agent, thread=self.thread))
+
+
+def _text(response: bytes) -> str:
+    return response.decode("utf-8", "replace")[:200]

@@ -1,0 +1,90 @@
+"""The byte pump after login: client <-> mailbox server, with backpressure.
+
+Protocol-level (no streams, no per-chunk tasks): each side's data_received
+writes straight into the other transport. When a transport's write buffer
+passes its high-water mark asyncio calls pause_writing() on *its* protocol,
+and we stop reading from the *other* side until resume_writing(). So a slow
+reader never makes the proxy buffer more than a few hundred KiB per session.
+
+Idle time is checked by one lazy timer per session that is only re-armed
+when it fires, so busy sessions cost nothing per chunk beyond a counter.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+
+class Splice:
+    __slots__ = ("client", "backend", "idle_timeout", "last", "bytes_in", "bytes_out",
+                 "_timer", "_loop", "_on_close", "closed", "_tail")
+
+    def __init__(self, client: asyncio.Transport, backend: asyncio.Transport, *,
+                 idle_timeout: float, on_close: Callable[[str], None]):
+        self.client = client
+        self.backend = backend
+        self.idle_timeout = idle_timeout
+        self.last = time.monotonic()
+        self.bytes_in = 0          # client -> server
+        self.bytes_out = 0         # server -> client
+        self.closed = False
+        self._on_close = on_close
+        self._tail = b""           # last bytes from the server, to see a BYE
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(idle_timeout, self._check_idle)
+
+    # -- data ---------------------------------------------------------------
+    def from_client(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.last = time.monotonic()
+        self.backend.write(data)
+
+    def from_backend(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.last = time.monotonic()
+        self._tail = (self._tail + data[-64:])[-64:]
+        self.client.write(data)
+
+    def server_said(self, marker: bytes) -> bool:
+        """Whether the last bytes from the server contain ``marker`` (e.g. b'* BYE')."""
+        return marker in self._tail
+
+    # -- flow control -------------------------------------------------------
+    # Client's send buffer is full: stop reading the server, and vice versa.
+    def client_write_paused(self) -> None:
+        if not self.backend.is_closing():
+            self.backend.pause_reading()
+
+    def client_write_resumed(self) -> None:
+        if not self.backend.is_closing():
+            self.backend.resume_reading()
+
+    def backend_write_paused(self) -> None:
+        if not self.client.is_closing():
+            self.client.pause_reading()
+
+    def backend_write_resumed(self) -> None:
+        if not self.client.is_closing():
+            self.client.resume_reading()
+
+    # -- ending -------------------------------------------------------------
+    def _check_idle(self) -> None:
+        idle = time.monotonic() - self.last
+        if idle >= self.idle_timeout:
+            self.close("idle timeout")
+        else:
+            self._timer = self._loop.call_later(self.idle_timeout - idle, self._check_idle)
+
+    def close(self, reason: str, *, farewell: bytes = b"") -> None:
+        """Close both sides once; ``farewell`` goes to the client first."""
+        if self.closed:
+            return
+        self.closed = True
+        self._timer.cancel()
+        if farewell and not self.client.is_closing():
+            self.client.write(farewell)
+        # close() flushes what is buffered; the peer's leftovers are dropped.
+        self.client.close()
+        self.backend.close()
+        self._on_close(reason)

@@ -1,0 +1,157 @@
+"""One proxy worker process: listeners, shared state, reload and drain.
+
+The worker owns what every session needs (settings, router, audit log, TLS
+contexts) and the registry of live sessions that the stats endpoint and the
+drain logic read. Sessions themselves live in mail.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from carbotui import config as config_mod
+from carbotui.audit import AuditLog
+from carbotui.directory import Directory, DirectoryUnavailable
+from carbotui.memcache import Memcache
+from carbotui.routes import Router
+from workers import listeners
+from workers.tls import TlsContexts, upstream_context
+
+log = logging.getLogger("workers.worker")
+
+# Listener kind -> (protocol, implicit TLS, audit thread name as Zimbra's)
+LISTENER_KINDS = {
+    "imap": ("imap", False, "ImapServer"),
+    "imaps": ("imap", True, "ImapSSLServer"),
+    "pop3": ("pop3", False, "Pop3Server"),
+    "pop3s": ("pop3", True, "Pop3SSLServer"),
+}
+
+
+@dataclass
+class BackendStats:
+    active: int = 0
+    sessions: int = 0
+    errors: int = 0
+    connect_ms: float = 0.0        # moving average of connect+greeting time
+
+    def connected(self, ms: float) -> None:
+        self.connect_ms = ms if not self.sessions else 0.8 * self.connect_ms + 0.2 * ms
+        self.sessions += 1
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    connections: Counter = field(default_factory=Counter)      # by listener kind
+    logins_ok: Counter = field(default_factory=Counter)        # by protocol
+    logins_failed: Counter = field(default_factory=Counter)
+    logins_temp: Counter = field(default_factory=Counter)
+    rejected_busy: int = 0
+    backends: dict[str, BackendStats] = field(default_factory=dict)
+
+    def backend(self, name: str) -> BackendStats:
+        if name not in self.backends:
+            self.backends[name] = BackendStats()
+        return self.backends[name]
+
+
+class Worker:
+    def __init__(self, settings: config_mod.Settings, index: int):
+        self.settings = settings
+        self.index = index
+        self.name = f"proxy_{index:02d}"
+        self.stats = Stats()
+        self.sessions: dict[int, object] = {}
+        self._ids = itertools.count(1)
+        self.directory = Directory(settings)
+        self.cache = Memcache(settings.memcached_servers, timeout=settings.memcached_timeout,
+                              reconnect=settings.memcached_reconnect)
+        self.router = Router(self.directory, self.cache, ttl=settings.memcached_ttl)
+        self.audit = AuditLog(settings.audit_log)
+        self.tls = TlsContexts(settings)
+        self.upstream_tls = self._upstream_context(settings)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.draining = False
+        self.stopped = asyncio.Event()
+
+    @staticmethod
+    def _upstream_context(settings):
+        if not settings.mail.upstream_tls:
+            return None
+        ca = settings.mail.upstream_ca
+        return upstream_context(cafile=str(ca) if ca else None)
+
+    def next_session_id(self) -> int:
+        return self.index * 10_000_000_000 + next(self._ids)
+
+    async def start(self) -> None:
+        from workers.mail import MailSession      # late: mail imports worker types
+
+        loop = asyncio.get_running_loop()
+        try:
+            await self.router.refresh_servers(force=True)
+        except DirectoryUnavailable as exc:
+            # Start anyway: cached routes still work, and LDAP may come back.
+            log.warning("mailbox servers not loaded yet (%s); will retry on the first login", exc)
+        for kind, endpoints in self.settings.listen.items():
+            proto, implicit_tls, thread = LISTENER_KINDS[kind]
+            for endpoint in endpoints:
+                sock = listeners.bind(endpoint)
+
+                def factory(kind=kind, proto=proto, tls=implicit_tls, thread=thread):
+                    return MailSession(self, kind, proto, tls, f"{thread}-{self.index}")
+
+                server = await loop.create_server(
+                    factory, sock=sock, ssl=self.tls.front if implicit_tls else None,
+                    ssl_handshake_timeout=10 if implicit_tls else None, backlog=listeners.BACKLOG)
+                self.servers.append(server)
+                log.info("%s listening on %s (%s)", self.name, endpoint, kind)
+
+    def reload(self) -> None:
+        """SIGHUP: new settings and certificates for new sessions; live ones go on."""
+        try:
+            settings = config_mod.load(self.settings.path)
+            self.tls.load(settings)
+        except (config_mod.ConfigError, OSError, ValueError) as exc:
+            log.error("reload refused, keeping the running settings: %s", exc)
+            return
+        if settings.listen != self.settings.listen:
+            log.warning("listener changes need a restart of the workers; other settings applied")
+        self.settings = settings
+        self.upstream_tls = self._upstream_context(settings)
+        self.directory.settings = settings
+        self.router.ttl = settings.memcached_ttl
+        self.cache.timeout = settings.memcached_timeout
+        self.cache.reconnect = settings.memcached_reconnect
+        asyncio.get_running_loop().create_task(self._refresh_servers())
+        log.info("%s reloaded %s", self.name, settings.path)
+
+    async def _refresh_servers(self) -> None:
+        try:
+            await self.router.refresh_servers(force=True)
+        except DirectoryUnavailable as exc:
+            log.warning("server list not refreshed: %s", exc)
+
+    async def drain(self) -> None:
+        """SIGTERM: stop accepting, let sessions finish (bounded), then exit."""
+        if self.draining:
+            return
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + self.settings.mail.drain_timeout
+        log.info("%s draining %d session(s), at most %gs", self.name, len(self.sessions),
+                 self.settings.mail.drain_timeout)
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for session in list(self.sessions.values()):
+            session.shutdown("worker stopping")
+        await self.cache.close()
+        self.directory.close()
+        self.audit.close()
+        self.stopped.set()
