@@ -1,0 +1,1 @@
+"""The proxy worker process (one per core under supervisord)."""
