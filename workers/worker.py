@@ -86,6 +86,10 @@ class Worker:
         ca = settings.mail.upstream_ca
         return upstream_context(cafile=str(ca) if ca else None)
 
+    @property
+    def stats_path(self):
+        return self.settings.run_dir / f"{self.name}.sock"
+
     def next_session_id(self) -> int:
         return self.index * 10_000_000_000 + next(self._ids)
 
@@ -98,6 +102,8 @@ class Worker:
         except DirectoryUnavailable as exc:
             # Start anyway: cached routes still work, and LDAP may come back.
             log.warning("mailbox servers not loaded yet (%s); will retry on the first login", exc)
+        from workers import stats
+        self.stats_server = await stats.serve(self, str(self.stats_path))
         for kind, endpoints in self.settings.listen.items():
             proto, implicit_tls, thread = LISTENER_KINDS[kind]
             for endpoint in endpoints:
@@ -151,6 +157,7 @@ class Worker:
             await asyncio.sleep(0.2)
         for session in list(self.sessions.values()):
             session.shutdown("worker stopping")
+        self.stats_server.close()
         await self.cache.close()
         self.directory.close()
         self.audit.close()

@@ -1,0 +1,72 @@
+"""Live stats of one worker as JSON on a Unix socket (var/run/proxy_NN.sock).
+
+Connect, read until EOF: one JSON document. Cheap enough to poll every
+second with thousands of sessions: a snapshot is built only on request.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+
+def snapshot(worker) -> dict:
+    r = worker.router
+    now = time.time()
+    sessions = []
+    for s in list(worker.sessions.values()):
+        splice = s.splice
+        sessions.append({
+            "id": s.id, "protocol": s.kind, "client": s.client_ip, "client_port": s.client_port,
+            "account": s.account, "server": s.server, "state": s.state,
+            "started": round(s.started, 3),
+            "bytes_in": splice.bytes_in if splice else 0,
+            "bytes_out": splice.bytes_out if splice else 0,
+        })
+    st = worker.stats
+    return {
+        "worker": worker.name, "pid": os.getpid(), "time": now, "started": st.started,
+        "draining": worker.draining,
+        "connections": dict(st.connections),
+        "logins": {"ok": dict(st.logins_ok), "failed": dict(st.logins_failed),
+                   "temporary": dict(st.logins_temp)},
+        "rejected_busy": st.rejected_busy,
+        "cache": {"hits": r.hits, "misses": r.misses, "ldap_lookups": r.ldap_lookups,
+                  "poisoned": r.poisoned, "memcached_available": worker.cache.available,
+                  "memcached_errors": worker.cache.errors},
+        "ldap_searches": worker.directory.searches,
+        "backends": {name: vars(b) for name, b in st.backends.items()},
+        "sessions": sessions,
+    }
+
+
+async def serve(worker, path: str) -> asyncio.AbstractServer:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(snapshot(worker)).encode())
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return await asyncio.start_unix_server(handle, path=path)
+
+
+def read(path: str, timeout: float = 2.0) -> dict:
+    """Blocking client for scripts and tests."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
