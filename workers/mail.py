@@ -148,7 +148,7 @@ class MailSession(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc) -> None:
-        self.worker.sessions.pop(self.id, None)
+        self.worker.session_ended(self.id)
         if self._timer:
             self._timer.cancel()
         if self.splice is not None:
@@ -347,7 +347,7 @@ class MailSession(asyncio.Protocol):
         self.splice.close("mailbox server closed", farewell=farewell)
 
     def _ended(self, reason: str) -> None:
-        self.worker.sessions.pop(self.id, None)
+        self.worker.session_ended(self.id)
 
     def _audit(self, account: str, error: str) -> None:
         self.worker.audit.write(audit.AuditEvent(

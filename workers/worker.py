@@ -78,6 +78,7 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self.draining = False
         self.stopped = asyncio.Event()
+        self._all_gone = asyncio.Event()
 
     @staticmethod
     def _upstream_context(settings):
@@ -89,6 +90,11 @@ class Worker:
     @property
     def stats_path(self):
         return self.settings.run_dir / f"{self.name}.sock"
+
+    def session_ended(self, session_id: int) -> None:
+        self.sessions.pop(session_id, None)
+        if self.draining and not self.sessions:
+            self._all_gone.set()
 
     def next_session_id(self) -> int:
         return self.index * 10_000_000_000 + next(self._ids)
@@ -153,11 +159,16 @@ class Worker:
         deadline = time.monotonic() + self.settings.mail.drain_timeout
         log.info("%s draining %d session(s), at most %gs", self.name, len(self.sessions),
                  self.settings.mail.drain_timeout)
-        while self.sessions and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        if self.sessions:
+            try:
+                await asyncio.wait_for(self._all_gone.wait(),
+                                       max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
         for session in list(self.sessions.values()):
             session.shutdown("worker stopping")
         self.stats_server.close()
+        self.stats_path.unlink(missing_ok=True)
         await self.cache.close()
         self.directory.close()
         self.audit.close()
