@@ -228,6 +228,21 @@ class Directory:
             ))
         return out
 
+    # -- admin writes (validated by the caller, see carbotui/admin.py) --------
+    def entry_dn(self, object_class: str, attr: str, value: str) -> str:
+        filt = f"(&(objectClass={object_class})({attr}={escape_filter_chars(value)}))"
+        entries = self._search(filt, ["objectClass"])
+        return entries[0]["dn"] if entries else ""
+
+    def modify(self, dn: str, changes: dict[str, list]) -> None:
+        """ldap3 modify: {attr: [(MODIFY_REPLACE|MODIFY_ADD|MODIFY_DELETE, [values])]}."""
+        with self._lock:
+            try:
+                self._connection().modify(dn, changes)
+            except LDAPException as exc:
+                self._drop()
+                raise DirectoryUnavailable(f"LDAP modify of {dn} failed: {exc}") from None
+
     def resolve(self, hostname: str) -> str:
         """The [hosts] table first (like /etc/hosts), then DNS; '' if unknown."""
         if hostname in self.settings.hosts:
