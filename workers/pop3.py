@@ -1,0 +1,480 @@
+"""POP3 pre-auth state machines, sans-IO: bytes in, events out.
+
+``Pop3ClientSide`` plays the POP3 server to a mail client until it has
+credentials (CAPA, USER/PASS, AUTH PLAIN, STLS, NOOP, QUIT).
+``Pop3BackendLogin`` plays the client to a mailbox server: greeting, CAPA,
+XOIP or XCLIENT with the client's address, then AUTH PLAIN or USER/PASS.
+
+POP3 is one line per command (RFC 1939, 2449, 2595, 5034); there are no
+literals, so framing is just the bounded line buffer.
+"""
+from __future__ import annotations
+
+import enum
+import re
+
+from workers.events import (
+    Authenticate, BackendFailed, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
+)
+from workers.sasl import (
+    AuthDataError, Event, LineBuffer, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
+    decode_password, decode_plain, decode_username, encode_plain, safe_text,
+)
+
+__all__ = ["Pop3ClientSide", "Pop3BackendLogin"]
+
+CRLF = b"\r\n"
+STARTTLS_MODES = ("only", "on", "off")
+
+_PRIVACY_REFUSAL = (b"-ERR [SYS/PERM] Plaintext authentication disallowed on non-secure "
+                    b"connections; use STLS first." + CRLF)
+
+
+def _err(text: bytes) -> Send:
+    return Send(b"-ERR " + text + CRLF)
+
+
+class _State(enum.Enum):
+    COMMAND = enum.auto()       # reading commands
+    AUTH_LINE = enum.auto()     # sent "+ " for AUTH PLAIN; want the response line
+    WAIT_AUTH = enum.auto()     # Authenticate emitted; waiting for auth_failed/auth_succeeded
+    WAIT_TLS = enum.auto()      # StartTLS emitted; waiting for tls_started
+    CLOSED = enum.auto()        # Close emitted; later input is ignored
+    HANDED_OFF = enum.auto()    # auth_succeeded returned; the relay owns the connection
+
+
+class Pop3ClientSide:
+    """The proxy as POP3 server, before login. See the module docstring."""
+
+    def __init__(self, limits: MailLimits, *, tls: bool):
+        if limits.starttls not in STARTTLS_MODES:
+            raise ValueError(f"starttls mode must be one of only|on|off, not {limits.starttls!r}")
+        self._limits = limits
+        self._tls = tls
+        self._buf = LineBuffer()
+        self._state = _State.COMMAND
+        self._failures = 0
+        self._user: str | None = None          # from USER, waiting for PASS
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The CAPA lines for the connection as it is now."""
+        limits = self._limits
+        caps = list(limits.pop3_capabilities)
+        if self._privacy_required:
+            # Offer no plaintext login before TLS (nginx's starttls-only variant).
+            caps = [c for c in caps if c.split(" ", 1)[0].upper() != "USER"]
+        elif limits.sasl_plain:
+            caps.append("SASL PLAIN")
+        if not self._tls and limits.starttls != "off":
+            caps.append("STLS")
+        return tuple(caps)
+
+    @property
+    def capability_line(self) -> str:
+        """The CAPA lines joined by spaces (for display and logs)."""
+        return " ".join(self.capabilities)
+
+    def greeting(self) -> bytes:
+        return b"+OK " + safe_text(self._limits.pop3_greeting).encode() + CRLF
+
+    def feed(self, data: bytes) -> list[Event]:
+        state = self._state
+        if state is _State.HANDED_OFF:
+            raise RuntimeError("Pop3ClientSide.feed() after auth_succeeded()")
+        if state in (_State.CLOSED, _State.WAIT_TLS):
+            # After STLS, plaintext must never be executed (see _stls).
+            return []
+        self._buf.append(data)
+        if state is _State.WAIT_AUTH:
+            out: list[Event] = []
+            self._check_backlog(out)
+            return out
+        return coalesce(self._run())
+
+    def tls_started(self) -> list[Event]:
+        self._expect(_State.WAIT_TLS, "tls_started")
+        self._tls = True
+        self._state = _State.COMMAND
+        return []
+
+    def auth_failed(self, *, temporary: bool, text: str | None = None) -> list[Event]:
+        self._expect(_State.WAIT_AUTH, "auth_failed")
+        if temporary:
+            code, human = b"SYS/TEMP", "Temporary failure, try again later."
+        else:
+            # Only real refusals count: a backend outage is not the user's fault.
+            self._failures += 1
+            code, human = b"AUTH", "Authentication failed."
+        if text:
+            human = safe_text(text) or human
+        out: list[Event] = [_err(b"[%s] %s" % (code, human.encode()))]
+        limit = self._limits.max_auth_failures
+        if not temporary and 0 < limit <= self._failures:
+            self._close(out, "too many authentication failures")
+            return coalesce(out)
+        self._state = _State.COMMAND
+        out += self._run()          # commands the client pipelined meanwhile
+        return coalesce(out)
+
+    def auth_succeeded(self, backend_response: bytes) -> tuple[list[Event], bytes]:
+        """Pass the backend's reply (``+OK Logged in.``) to the client. Returns
+        the events and the bytes the client pipelined after its login
+        command, which the relay must pass on to the backend."""
+        self._expect(_State.WAIT_AUTH, "auth_succeeded")
+        leftover = self._buf.peek_all()
+        self._buf.clear()
+        self._state = _State.HANDED_OFF
+        return [Send(backend_response + CRLF)], leftover
+
+    def throttled(self, message: str) -> list[Event]:
+        if self._state is _State.HANDED_OFF:
+            raise RuntimeError("Pop3ClientSide.throttled() after auth_succeeded()")
+        out: list[Event] = [_err(safe_text(message).encode())]
+        self._close(out, "throttled")
+        return coalesce(out)
+
+    # ---------------------------------------------------------- machinery
+
+    @property
+    def _privacy_required(self) -> bool:
+        return not self._tls and self._limits.starttls == "only"
+
+    def _expect(self, state: _State, method: str) -> None:
+        if self._state is not state:
+            raise RuntimeError(f"Pop3ClientSide.{method}() called in state {self._state.name}")
+
+    def _close(self, out: list[Event], reason: str) -> None:
+        out.append(Close(reason))
+        self._state = _State.CLOSED
+        self._user = None
+        self._buf.clear()
+
+    def _check_backlog(self, out: list[Event]) -> None:
+        # While the login is routed we keep what the client pipelines, but
+        # only about one command's worth.
+        if len(self._buf) > self._limits.max_line + self._limits.max_literal:
+            out.append(_err(b"Too much data sent during authentication."))
+            self._close(out, "pipelined too much")
+
+    def _run(self) -> list[Event]:
+        out: list[Event] = []
+        while self._state in (_State.COMMAND, _State.AUTH_LINE):
+            try:
+                line = self._buf.next_line(self._limits.max_line)
+            except LineTooLong:
+                out.append(_err(b"Line too long."))
+                self._close(out, "line too long")
+                break
+            if line is None:
+                break
+            if self._state is _State.AUTH_LINE:
+                self._auth_line(line, out)
+            else:
+                self._command(line, out)
+        return out
+
+    def _command(self, line: bytes, out: list[Event]) -> None:
+        if b"\0" in line:
+            out.append(_err(b"NUL byte in command."))
+            return
+        verb, has_arg, arg = line.partition(b" ")
+        name = verb.upper().decode("ascii", "replace")
+        handler = _COMMANDS.get(name)
+        if handler is None:
+            out.append(_err(b"Unknown command."))
+            return
+        getattr(self, handler)(arg if has_arg else None, out)
+
+    # ----------------------------------------------------------- commands
+    # Each gets the argument after the first space (None if no space).
+
+    def _no_args(self, arg: bytes | None, out: list[Event]) -> bool:
+        if arg is not None and arg.strip(b" "):
+            out.append(_err(b"Unexpected argument."))
+            return False
+        return True
+
+    def _do_capa(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._no_args(arg, out):
+            lines = [b"+OK Capability list follows"]
+            lines += [safe_text(c).encode() for c in self.capabilities]
+            out.append(Send(CRLF.join(lines) + CRLF + b"." + CRLF))
+
+    def _do_noop(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._no_args(arg, out):
+            out.append(Send(b"+OK" + CRLF))
+
+    def _do_quit(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._no_args(arg, out):
+            out.append(Send(b"+OK Logging out" + CRLF))
+            self._close(out, "client logged out")
+
+    def _do_stls(self, arg: bytes | None, out: list[Event]) -> None:
+        if not self._no_args(arg, out):
+            return
+        if self._tls:
+            out.append(_err(b"TLS is already active."))
+        elif self._limits.starttls == "off":
+            out.append(_err(b"STLS is not available."))
+        else:
+            out.append(Send(b"+OK Begin TLS negotiation" + CRLF))
+            out.append(StartTLS())
+            # Bytes that came in plaintext after STLS must not be run as if
+            # they had come over TLS (CVE-2011-0411-style injection); a
+            # USER given before TLS is forgotten too (RFC 2595 section 4).
+            self._buf.clear()
+            self._user = None
+            self._state = _State.WAIT_TLS
+
+    def _do_user(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._privacy_required:
+            out.append(Send(_PRIVACY_REFUSAL))
+            return
+        try:
+            self._user = decode_username(arg or b"")
+        except AuthDataError as e:
+            self._user = None
+            out.append(_err(str(e).encode() + b"."))
+            return
+        out.append(Send(b"+OK" + CRLF))
+
+    def _do_pass(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._privacy_required:
+            out.append(Send(_PRIVACY_REFUSAL))
+            return
+        user, self._user = self._user, None     # a new try needs a new USER
+        if user is None:
+            out.append(_err(b"Send USER first."))
+            return
+        if not arg:
+            out.append(_err(b"PASS expects a password."))
+            return
+        try:
+            # The whole rest of the line: passwords may contain spaces.
+            password = decode_password(arg)
+        except AuthDataError as e:
+            out.append(_err(str(e).encode() + b"."))
+            return
+        self._begin_auth(Authenticate(user, password, mechanism="USER"), out)
+
+    def _do_auth(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._privacy_required:
+            out.append(Send(_PRIVACY_REFUSAL))
+            return
+        sasl = self._limits.sasl_plain
+        if not arg:
+            # AUTH without a mechanism lists them (used by Outlook and others).
+            out.append(Send(b"+OK" + CRLF + (b"PLAIN" + CRLF if sasl else b"") + b"." + CRLF))
+            return
+        mechanism, has_response, response = arg.partition(b" ")
+        if mechanism.upper() != b"PLAIN" or not sasl:
+            out.append(_err(b"Unsupported authentication mechanism."))
+            return
+        if has_response and response:                  # initial response (RFC 5034)
+            self._plain(b"" if response == b"=" else response, out)
+            return
+        out.append(Send(b"+ " + CRLF))
+        self._state = _State.AUTH_LINE
+
+    def _auth_line(self, line: bytes, out: list[Event]) -> None:
+        self._state = _State.COMMAND
+        if line == b"*":
+            out.append(_err(b"Authentication cancelled."))
+            return
+        self._plain(line, out)
+
+    def _plain(self, b64: bytes, out: list[Event]) -> None:
+        try:
+            creds = decode_plain(b64decode_strict(b64))
+        except AuthDataError as e:
+            out.append(_err(str(e).encode() + b"."))
+            return
+        self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
+                                      mechanism="PLAIN"), out)
+
+    def _begin_auth(self, event: Authenticate, out: list[Event]) -> None:
+        self._check_backlog(out)
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.WAIT_AUTH
+        out.append(event)
+
+
+_COMMANDS = {
+    "CAPA": "_do_capa",
+    "NOOP": "_do_noop",
+    "QUIT": "_do_quit",
+    "STLS": "_do_stls",
+    "USER": "_do_user",
+    "PASS": "_do_pass",
+    "AUTH": "_do_auth",
+}
+
+
+# ----------------------------------------------------------- backend side
+
+_MAX_BACKEND_LINE = 64 * 1024
+_MAX_CAPA_LINES = 100
+# RFC 5034 section 4: an AUTH command with its initial response must fit in
+# 255 octets; longer responses go after a "+ " continuation instead.
+_MAX_AUTH_LINE = 255
+_RESP_CODE_RE = re.compile(rb"-ERR \[([^\]]+)\]", re.IGNORECASE)
+# Refusals after which a later retry may succeed (RFC 2449, RFC 3206).
+_TEMPORARY_CODES = frozenset({b"SYS/TEMP", b"IN-USE", b"LOGIN-DELAY"})
+
+
+class _Step(enum.Enum):
+    GREETING = enum.auto()
+    CAPA = enum.auto()          # sent CAPA, want +OK/-ERR
+    CAPA_LIST = enum.auto()     # reading the capability lines up to "."
+    XOIP = enum.auto()          # sent XOIP/XCLIENT, want any status
+    AUTH = enum.auto()          # sent AUTH PLAIN
+    USER = enum.auto()
+    PASS = enum.auto()
+    DONE = enum.auto()
+
+
+def _status(line: bytes) -> bytes:
+    """+OK, -ERR, + (continuation) or b"" for anything else."""
+    word = line.split(b" ", 1)[0]
+    return word if word in (b"+OK", b"-ERR", b"+") else b""
+
+
+def _describe(line: bytes) -> str:
+    return safe_text(line.decode("utf-8", "replace"), 120)
+
+
+def _address(ip: str) -> bytes:
+    # Only characters an IPv4/IPv6 address can have: the value is put on a
+    # command line, so nothing else may get through.
+    return re.sub(r"[^0-9A-Fa-f.:]", "", ip).encode("ascii")
+
+
+class Pop3BackendLogin:
+    """The proxy logging in to a POP3 mailbox server with the client's
+    credentials. ``feed`` returns Sends for the server followed, once, by
+    LoginOK, LoginRejected or BackendFailed."""
+
+    def __init__(self, username: str, password: str, *, client_ip: str, client_port: int,
+                 local_ip: str = "", local_port: int = 0, send_xoip: bool = True):
+        check_wire_safe(username, password)
+        self._username = username
+        self._password = password
+        self._client_ip = client_ip
+        self._client_port = client_port
+        # local_ip/local_port: accepted for symmetry with ImapBackendLogin;
+        # XOIP/XCLIENT as sent here do not carry them.
+        self._send_xoip = send_xoip
+        self._buf = LineBuffer()
+        self._step = _Step.GREETING
+        self._caps: dict[bytes, list[bytes]] = {}
+        self._auth_response: bytes | None = None   # SASL response waiting for "+ "
+
+    def __repr__(self) -> str:
+        return f"<Pop3BackendLogin step={self._step.name}>"
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._step is _Step.DONE:
+            raise RuntimeError("Pop3BackendLogin.feed() after the login finished")
+        self._buf.append(data)
+        out: list[Event] = []
+        while self._step is not _Step.DONE:
+            try:
+                line = self._buf.next_line(_MAX_BACKEND_LINE)
+            except LineTooLong:
+                self._fail(out, "backend sent a line longer than 64 KiB")
+                break
+            if line is None:
+                break
+            self._line(line, out)
+        return coalesce(out)
+
+    def leftover(self) -> bytes:
+        """Bytes received after the final reply (normally none)."""
+        return self._buf.peek_all()
+
+    # ------------------------------------------------------------------
+
+    def _fail(self, out: list[Event], reason: str) -> None:
+        out.append(BackendFailed(reason))
+        self._step = _Step.DONE
+
+    def _line(self, line: bytes, out: list[Event]) -> None:
+        step = self._step
+        if step is _Step.CAPA_LIST:
+            if line == b".":
+                self._after_capa(out)
+            elif len(self._caps) < _MAX_CAPA_LINES:
+                words = (line[1:] if line.startswith(b"..") else line).upper().split()
+                if words:
+                    self._caps[words[0]] = words[1:]
+            return
+        status = _status(line)
+        if step is _Step.GREETING:
+            if status != b"+OK":
+                self._fail(out, f"unexpected greeting from backend: {_describe(line)}")
+                return
+            out.append(Send(b"CAPA" + CRLF))
+            self._step = _Step.CAPA
+        elif step is _Step.CAPA:
+            if status == b"+OK":
+                self._step = _Step.CAPA_LIST
+            elif status == b"-ERR":             # a server without CAPA: plain USER/PASS
+                self._after_capa(out)
+            else:
+                self._fail(out, f"unexpected reply to CAPA: {_describe(line)}")
+        elif step is _Step.XOIP:
+            # Either answer is fine: the IP is informational for the backend.
+            if status in (b"+OK", b"-ERR"):
+                self._authenticate(out)
+            else:
+                self._fail(out, f"unexpected reply to XOIP/XCLIENT: {_describe(line)}")
+        elif step is _Step.AUTH and status == b"+" and self._auth_response is not None:
+            out.append(Send(self._auth_response + CRLF))
+            self._auth_response = None
+        elif step is _Step.USER and status == b"+OK":
+            out.append(Send(b"PASS " + self._password.encode("utf-8") + CRLF))
+            self._step = _Step.PASS
+        elif status == b"+OK":
+            self._step = _Step.DONE
+            out.append(LoginOK(line))
+        elif status == b"-ERR":
+            self._step = _Step.DONE
+            code = _RESP_CODE_RE.match(line)
+            temporary = bool(code) and code.group(1).upper() in _TEMPORARY_CODES
+            out.append(LoginRejected(line, temporary=temporary))
+        else:
+            self._fail(out, f"unexpected reply to login: {_describe(line)}")
+
+    def _after_capa(self, out: list[Event]) -> None:
+        caps = self._caps
+        if self._send_xoip and b"XOIP" in caps:
+            out.append(Send(b"XOIP " + _address(self._client_ip) + CRLF))
+            self._step = _Step.XOIP
+        elif self._send_xoip and b"XCLIENT" in caps:
+            out.append(Send(b"XCLIENT ADDR=%s PORT=%d" % (
+                _address(self._client_ip), self._client_port) + CRLF))
+            self._step = _Step.XOIP
+        else:
+            self._authenticate(out)
+
+    def _authenticate(self, out: list[Event]) -> None:
+        if b"PLAIN" in self._caps.get(b"SASL", ()):
+            response = encode_plain(self._username, self._password)
+            command = b"AUTH PLAIN " + response
+            if len(command) + 2 > _MAX_AUTH_LINE:
+                out.append(Send(b"AUTH PLAIN" + CRLF))
+                self._auth_response = response
+            else:
+                out.append(Send(command + CRLF))
+            self._step = _Step.AUTH
+        else:
+            out.append(Send(b"USER " + self._username.encode("utf-8") + CRLF))
+            self._step = _Step.USER
