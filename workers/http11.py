@@ -1,0 +1,869 @@
+"""Sans-IO HTTP/1.1 message parser for the reverse proxy (bytes in, events out).
+
+One parser reads one direction of one connection: `RequestParser` reads what a
+client sends, `ResponseParser` reads what an upstream answers. Neither touches a
+socket; the asyncio glue feeds bytes and acts on the events (h11's model, see
+reference/tui-and-server-style.md §3.1).
+
+Events, in the order a message produces them::
+
+    Request | Response       the head; ``body_mode`` says how the body is framed
+    Data ...                 body pieces (de-chunked), streamed as they arrive
+    EndOfMessage(trailers)   the message is complete
+    ParseError(status, why)  the bytes are not acceptable; close the connection
+
+After `EndOfMessage` the parser pauses: later bytes (pipelined requests, or
+WebSocket frames after an upgrade) are kept, unparsed, until the caller either
+calls ``start_next()`` (another message on this connection; only when
+``keep_alive`` is true) or ``take_remainder()`` (the connection stops being HTTP,
+e.g. after ``101 Switching Protocols``). While paused the buffer is unbounded:
+the glue pauses reading, as uvicorn does on h11's PAUSED.
+
+A `ResponseParser` reports 1xx informational heads (``100 Continue``, ``103``)
+as a `Response` with no body and no `EndOfMessage`, then keeps reading the final
+response. ``101`` and a 2xx answer to CONNECT end the message with body_mode
+``upgrade``.
+
+Strictness (a proxy that reads framing differently from its upstream is a
+request-smuggling vector, so anything ambiguous is refused, nginx-style):
+
+* line endings are CRLF only. A bare LF or bare CR anywhere in a head, a
+  chunk-size line or the trailers is a 400. RFC 9112 §2.2 lets a recipient
+  accept bare LF, but our upstreams (Jetty) may not, and disagreeing on where a
+  head ends is exactly how smuggling starts, so we do not;
+* empty lines before a request line are skipped (RFC 9112 §2.2 asks for that:
+  some clients send a stray CRLF after a POST body);
+* obs-fold, whitespace before the colon, non-token name characters, and
+  control characters in a value (NUL, CR, LF and the rest of C0/DEL; HTAB is
+  fine) are 400;
+* Content-Length must be one header with one value of 1–18 ASCII digits:
+  duplicates and comma lists (even of equal values) are refused, as nginx does;
+* Content-Length together with Transfer-Encoding is 400; Transfer-Encoding on
+  an HTTP/1.0 message is 400; on a request the codings must be exactly
+  ``chunked`` (any other final coding is 400; ``gzip, chunked`` is 501, we do
+  not implement other codings); on a response a final coding other than
+  chunked means "read until close" (RFC 9112 §6.3), other codings are refused;
+* HTTP/1.1 requests need exactly one Host header; more than one is always 400;
+* chunk sizes are 1–16 hex digits; chunk extensions must be well-formed
+  (token[=token|quoted-string]); chunk data must be followed by CRLF;
+* versions other than HTTP/1.0 and HTTP/1.1 are 505 (requests);
+* limits (constructor arguments): start line -> 414, header block size and
+  header count -> 431 (trailers share the same limits), declared or streamed
+  body beyond ``max_body`` -> 413 (default: no limit, like Carbonio's
+  ``client_max_body_size 0``).
+
+A ResponseParser reports every problem as status 502: that is what the proxy
+answers its client when an upstream sends something it cannot trust.
+
+Proxy note: forward bodies with framing headers you compute from ``body_mode``
+(Content-Length: n, or Transfer-Encoding: chunked), never by copying the
+peer's; `remove_hop_by_hop` drops Transfer-Encoding for that reason.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+Headers = list[tuple[bytes, bytes]]
+
+
+# --------------------------------------------------------------------- events
+
+@dataclass(frozen=True, slots=True)
+class BodyMode:
+    """How a message body is framed.
+
+    kind is one of ``none``, ``length`` (with ``length`` bytes), ``chunked``,
+    ``until-close`` (responses only: the body ends when the upstream closes) or
+    ``upgrade`` (no body; after the exchange the connection carries another
+    protocol: WebSocket, CONNECT tunnel).
+    """
+    kind: str
+    length: int | None = None
+
+    @classmethod
+    def of_length(cls, n: int) -> BodyMode:
+        return cls("length", n)
+
+    def __repr__(self) -> str:
+        return f"length({self.length})" if self.kind == "length" else self.kind
+
+
+NO_BODY = BodyMode("none")
+CHUNKED = BodyMode("chunked")
+UNTIL_CLOSE = BodyMode("until-close")
+UPGRADE = BodyMode("upgrade")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: bytes          # as sent, e.g. b"GET" (methods are case-sensitive)
+    target: bytes          # request-target as sent, e.g. b"/mail?x=1"
+    version: bytes         # b"1.1" or b"1.0"
+    headers: Headers       # names keep their case; use get_header() & co.
+    body_mode: BodyMode
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    body_mode: BodyMode
+
+    @property
+    def informational(self) -> bool:
+        """A 1xx head that a final response will follow (not 101)."""
+        return 100 <= self.status < 200 and self.status != 101
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    trailers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ParseError:
+    """The input cannot be parsed safely; answer ``status`` (if the peer is a
+    client) and close. The parser ignores everything after this."""
+    status: int
+    reason: str
+
+
+Event = Request | Response | Data | EndOfMessage | ParseError
+
+
+# ------------------------------------------------------------------- grammar
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE = re.compile(_TOKEN)
+# A field line, after the CRLF is gone. The value excludes NUL, CR, LF and the
+# other controls except HTAB; surrounding whitespace is stripped afterwards
+# (a greedy class + strip is linear, a lazy regex would not be).
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([^\x00-\x08\x0a-\x1f\x7f]*)")
+_REQUEST_LINE = re.compile(
+    rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9]+(?:\.[0-9]+)?)")
+_STATUS_LINE = re.compile(
+    rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t !-~\x80-\xff])*"'
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]+)"
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
+_MAX_CHUNK_DIGITS = 16          # 64-bit sizes; longer is an overflow attempt
+_MAX_LENGTH_DIGITS = 18         # < 2**63, whatever the peer's integer type
+_SUPPORTED_VERSIONS = (b"1.0", b"1.1")
+
+# parser states
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, \
+    _DONE, _SWITCHED, _FAILED, _CLOSED = range(11)
+
+
+def _why_bad_field(line: bytes) -> str:
+    """Name the rule a rejected field line broke (for logs and tests)."""
+    if line[:1] in (b" ", b"\t"):
+        return "obsolete line folding (obs-fold) is not accepted"
+    if b"\r" in line:
+        return "bare CR in the message head"
+    colon = line.find(b":")
+    if colon < 0:
+        return "header line without a colon"
+    name = line[:colon]
+    if not name:
+        return "empty header name"
+    if name[-1:] in (b" ", b"\t"):
+        return "whitespace between header name and colon"
+    if not _TOKEN_RE.fullmatch(name):
+        return "invalid character in header name"
+    return "invalid character in header value (NUL, CR, LF or other control)"
+
+
+def _parse_fields(block: bytes) -> tuple[Headers, str | None]:
+    """Parse CRLF-terminated field lines (a header block or trailers)."""
+    if not block:
+        return [], None
+    fields: Headers = []
+    for line in block[:-2].split(b"\r\n"):
+        m = _FIELD_LINE.fullmatch(line)
+        if m is None:
+            return [], _why_bad_field(line)
+        name, value = m.groups()
+        fields.append((name, value.strip(b" \t")))
+    return fields, None
+
+
+# -------------------------------------------------------------------- parsers
+
+class _MessageParser:
+    """The state machine both directions share: heads, bodies, pausing."""
+
+    # What a ParseError carries when the peer is at fault; ResponseParser
+    # turns every status into 502.
+    _role = "message"
+
+    def __init__(self, *, max_start_line: int = 8192, max_header_bytes: int = 16 * 1024,
+                 max_headers: int = 100, max_body: int | None = None,
+                 max_chunk_line: int = 4096) -> None:
+        self.max_start_line = max_start_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self.max_chunk_line = max_chunk_line
+        self._buf = bytearray()
+        self._state = _HEAD
+        self._keep_alive = True
+        self._remaining = 0          # bytes left in the body or current chunk
+        self._body_seen = 0          # declared chunk bytes so far (max_body)
+        self._reset_line_scan()
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether another message may follow on this connection once the
+        current one has ended (``Connection: close``, HTTP/1.0 without
+        keep-alive, read-until-close bodies, errors and upgrades say no)."""
+        return self._keep_alive and self._state not in (_FAILED, _SWITCHED, _CLOSED)
+
+    @property
+    def done(self) -> bool:
+        """EndOfMessage was returned; the parser waits for start_next() or
+        take_remainder()."""
+        return self._state == _DONE
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held but not yet turned into events (for read backpressure)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Take bytes from the peer; return the events they complete."""
+        state = self._state
+        if state == _SWITCHED:
+            raise RuntimeError("the connection was handed over with take_remainder()")
+        if not data or state in (_FAILED, _CLOSED):
+            return []
+        if state == _DONE:               # paused: keep pipelined bytes for later
+            self._buf += data
+            return []
+        events: list[Event] = []
+        if not self._buf and state in (_BODY, _CHUNK_DATA, _UNTIL_CLOSE):
+            # Hot path: body bytes go straight from the input to Data events
+            # without a trip through the buffer.
+            data = self._pass_body_through(bytes(data), events)
+            if not data:
+                return events
+        self._buf += data
+        self._run(events)
+        return events
+
+    def feed_eof(self) -> list[Event]:
+        """The peer closed its side. Ends a read-until-close body; anything
+        else cut short is a ParseError."""
+        events: list[Event] = []
+        state = self._state
+        if state == _UNTIL_CLOSE:
+            if self._buf:
+                events.append(Data(self._take(len(self._buf))))
+            self._finish(events, [])
+            self._keep_alive = False
+        elif state == _HEAD and not self._buf and self._start_end < 0:
+            self._state = _CLOSED        # clean close between messages
+        elif state in (_DONE, _FAILED, _SWITCHED, _CLOSED):
+            self._keep_alive = False
+        elif state == _HEAD:
+            self._fail(events, 400, "connection closed before the message head was complete")
+        else:
+            self._fail(events, 400, "connection closed in the middle of the message body")
+        return events
+
+    def take_remainder(self) -> bytes:
+        """Hand over the bytes after the current message (after an upgrade the
+        peer's first WebSocket frames may already be here). The parser is done
+        with this connection afterwards."""
+        if self._state != _DONE:
+            raise RuntimeError("take_remainder() is only valid after EndOfMessage")
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._state = _SWITCHED
+        return rest
+
+    # ------------------------------------------------------------ internals
+
+    def _restart(self) -> list[Event]:
+        if self._state != _DONE:
+            raise RuntimeError("start_next() is only valid after EndOfMessage")
+        if not self._keep_alive:
+            raise RuntimeError("this connection cannot carry another message")
+        self._state = _HEAD
+        self._reset_line_scan()
+        self._body_seen = 0
+        events: list[Event] = []
+        self._run(events)
+        return events
+
+    def _reset_line_scan(self) -> None:
+        self._scan = 0               # where the next LF search starts
+        self._line_start = 0         # start of the line being collected
+        self._start_end = -1         # offset after the start line, once seen
+        self._lines = 0              # field lines so far
+
+    def _run(self, events: list[Event]) -> None:
+        while True:
+            state = self._state
+            if state == _HEAD:
+                progressed = self._parse_head(events)
+            elif state == _BODY or state == _CHUNK_DATA:
+                progressed = self._parse_body_bytes(events)
+            elif state == _CHUNK_SIZE:
+                progressed = self._parse_chunk_size(events)
+            elif state == _CHUNK_END:
+                progressed = self._parse_chunk_end(events)
+            elif state == _TRAILERS:
+                progressed = self._parse_trailers(events)
+            elif state == _UNTIL_CLOSE:
+                if self._buf:
+                    events.append(Data(self._take(len(self._buf))))
+                return
+            else:
+                return
+            if not progressed:
+                return
+
+    def _fail(self, events: list[Event], status: int, reason: str) -> bool:
+        events.append(ParseError(status, reason))
+        self._state = _FAILED
+        self._keep_alive = False
+        self._buf.clear()
+        return False
+
+    def _take(self, n: int) -> bytes:
+        """Remove and return the first n buffered bytes (one copy)."""
+        buf = self._buf
+        if n >= len(buf):
+            out = bytes(buf)
+            buf.clear()
+            return out
+        with memoryview(buf) as view:
+            out = bytes(view[:n])
+        del buf[:n]                  # O(1): CPython advances the start offset
+        return out
+
+    def _finish(self, events: list[Event], trailers: Headers) -> None:
+        events.append(EndOfMessage(trailers))
+        self._state = _DONE
+
+    # head ------------------------------------------------------------------
+
+    def _parse_head(self, events: list[Event]) -> bool:
+        buf = self._buf
+        if self._scan == 0 and buf[:1] != b"\r" and self._whole_head(events):
+            return self._state != _FAILED
+        # Slow path: the head arrives in pieces. Every LF is looked at once,
+        # however the input is split (no rescans).
+        while True:
+            if self._start_end < 0 and self._line_start == 0 and buf[:1] == b"\x16":
+                return self._fail(events, 400, "TLS handshake on a plain-HTTP port")
+            lf = buf.find(b"\n", self._scan)
+            if lf < 0:
+                self._scan = len(buf)
+                return self._check_partial_head(events)
+            if lf == 0 or buf[lf - 1] != 0x0D:
+                return self._fail(events, 400, "bare LF line ending in the message head")
+            self._scan = lf + 1
+            line_len = lf - 1 - self._line_start
+            if self._start_end < 0:
+                if line_len == 0:        # stray CRLF before a start line
+                    del buf[:lf + 1]
+                    self._scan = 0
+                    continue
+                if line_len > self.max_start_line:
+                    return self._fail(events, 414, "start line too long")
+                self._start_end = self._line_start = lf + 1
+                continue
+            if line_len == 0:
+                return self._complete_head(events, lf + 1)
+            self._lines += 1
+            if self._lines > self.max_headers:
+                return self._fail(events, 431, "too many header fields")
+            if lf + 1 - self._start_end > self.max_header_bytes:
+                return self._fail(events, 431, "header block too large")
+            self._line_start = lf + 1
+
+    def _whole_head(self, events: list[Event]) -> bool:
+        """Fast path for a head that is already complete in the buffer (the
+        usual case): the checks the line loop would make, done with C-level
+        searches and counts. Returns False to fall back to the line loop."""
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or buf[:1] == b"\x16":
+            return False
+        head_end = end + 4
+        crlfs = buf.count(b"\r\n", 0, head_end)
+        if buf.count(b"\n", 0, head_end) != crlfs:
+            return False                 # a bare LF: let the line loop name it
+        first = buf.find(b"\r\n")
+        if first > self.max_start_line:
+            return self._fail(events, 414, "start line too long")
+        if crlfs - 2 > self.max_headers:
+            return self._fail(events, 431, "too many header fields")
+        if end + 2 - (first + 2) > self.max_header_bytes:
+            return self._fail(events, 431, "header block too large")
+        self._start_end = first + 2
+        self._complete_head(events, head_end)
+        return True
+
+    def _check_partial_head(self, events: list[Event]) -> bool:
+        pending = len(self._buf)
+        if self._start_end < 0:
+            if pending > self.max_start_line + 1:     # +1: a CR may be waiting
+                return self._fail(events, 414, "start line too long")
+        elif pending - self._start_end > self.max_header_bytes + 2:
+            return self._fail(events, 431, "header block too large")
+        return False
+
+    def _complete_head(self, events: list[Event], head_end: int) -> bool:
+        buf = self._buf
+        start_end = self._start_end
+        start_line = bytes(buf[:start_end - 2])
+        block = bytes(buf[start_end:head_end - 2])
+        del buf[:head_end]
+        self._reset_line_scan()
+        headers, problem = _parse_fields(block)
+        if problem:
+            return self._fail(events, 400, problem)
+        return self._on_head(events, start_line, headers)
+
+    def _on_head(self, events: list[Event], start_line: bytes, headers: Headers) -> bool:
+        raise NotImplementedError
+
+    def _content_length(self, values: list[bytes]) -> int | str:
+        """The declared length, or why it is unacceptable."""
+        if len(values) > 1:
+            return "duplicate Content-Length headers"
+        value = values[0]
+        if not value.isdigit() or not value.isascii():
+            return "invalid Content-Length value"
+        if len(value) > _MAX_LENGTH_DIGITS:
+            return "Content-Length too large"
+        return int(value)
+
+    def _start_body(self, events: list[Event], mode: BodyMode) -> bool:
+        kind = mode.kind
+        if kind == "length" and mode.length:
+            self._state = _BODY
+            self._remaining = mode.length
+        elif kind == "chunked":
+            self._state = _CHUNK_SIZE
+        elif kind == "until-close":
+            self._state = _UNTIL_CLOSE
+            self._keep_alive = False
+        else:                            # none, length(0), upgrade
+            self._finish(events, [])
+        return True
+
+    # body ------------------------------------------------------------------
+
+    def _pass_body_through(self, data: bytes, events: list[Event]) -> bytes:
+        """Emit body bytes directly from the input; return what is left."""
+        if self._state == _UNTIL_CLOSE:
+            events.append(Data(data))
+            return b""
+        n = self._remaining
+        if len(data) <= n:
+            events.append(Data(data))
+            self._body_consumed(events, len(data))
+            return b""
+        events.append(Data(data[:n]))
+        self._body_consumed(events, n)
+        return data[n:]
+
+    def _parse_body_bytes(self, events: list[Event]) -> bool:
+        n = min(len(self._buf), self._remaining)
+        if n == 0:
+            return False
+        events.append(Data(self._take(n)))
+        self._body_consumed(events, n)
+        return True
+
+    def _body_consumed(self, events: list[Event], n: int) -> None:
+        self._remaining -= n
+        if self._remaining == 0:
+            if self._state == _BODY:
+                self._finish(events, [])
+            else:
+                self._state = _CHUNK_END
+
+    def _parse_chunk_size(self, events: list[Event]) -> bool:
+        buf = self._buf
+        lf = buf.find(b"\n", self._scan)
+        if lf < 0:
+            if len(buf) > self.max_chunk_line + 1:
+                return self._fail(events, 400, "chunk-size line too long")
+            self._scan = len(buf)
+            return False
+        self._scan = 0
+        if lf == 0 or buf[lf - 1] != 0x0D:
+            return self._fail(events, 400, "bare LF in a chunk-size line")
+        if lf - 1 > self.max_chunk_line:
+            return self._fail(events, 400, "chunk-size line too long")
+        line = self._take(lf + 1)[:-2]
+        m = _CHUNK_LINE.fullmatch(line)
+        if m is None:
+            return self._fail(events, 400, "malformed chunk-size line")
+        digits = m.group(1)
+        if len(digits) > _MAX_CHUNK_DIGITS:
+            return self._fail(events, 400, "chunk size has too many digits")
+        size = int(digits, 16)
+        if size == 0:
+            self._state = _TRAILERS
+            return True
+        self._body_seen += size
+        if self.max_body is not None and self._body_seen > self.max_body:
+            return self._fail(events, 413, "body larger than allowed")
+        self._remaining = size
+        self._state = _CHUNK_DATA
+        return True
+
+    def _parse_chunk_end(self, events: list[Event]) -> bool:
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            del buf[:2]
+            self._state = _CHUNK_SIZE
+            return True
+        if buf == b"" or buf == b"\r":
+            return False
+        return self._fail(events, 400, "chunk data not followed by CRLF")
+
+    def _parse_trailers(self, events: list[Event]) -> bool:
+        buf = self._buf
+        while True:
+            lf = buf.find(b"\n", self._scan)
+            if lf < 0:
+                if len(buf) > self.max_header_bytes + 2:
+                    return self._fail(events, 431, "trailer section too large")
+                self._scan = len(buf)
+                return False
+            if lf == 0 or buf[lf - 1] != 0x0D:
+                return self._fail(events, 400, "bare LF line ending in the trailers")
+            self._scan = lf + 1
+            if lf - 1 == self._line_start:           # the empty line: done
+                block = self._take(lf + 1)[:-2]
+                self._reset_line_scan()
+                trailers, problem = _parse_fields(block)
+                if problem:
+                    return self._fail(events, 400, problem)
+                self._finish(events, trailers)
+                return True
+            self._lines += 1
+            if self._lines > self.max_headers:
+                return self._fail(events, 431, "too many trailer fields")
+            if lf + 1 > self.max_header_bytes:
+                return self._fail(events, 431, "trailer section too large")
+            self._line_start = lf + 1
+
+
+class RequestParser(_MessageParser):
+    """Parses requests from a client, one at a time (pipelining via start_next)."""
+
+    def start_next(self) -> list[Event]:
+        """Begin the next request on a kept-alive connection; returns the
+        events that already-buffered (pipelined) bytes produce."""
+        return self._restart()
+
+    def _on_head(self, events: list[Event], start_line: bytes, headers: Headers) -> bool:
+        m = _REQUEST_LINE.fullmatch(start_line)
+        if m is None:
+            return self._fail(events, 400, "malformed request line")
+        method, target, version = m.groups()
+        if version not in _SUPPORTED_VERSIONS:
+            return self._fail(events, 505, "HTTP version not supported")
+
+        fields = _framing_fields(headers)
+        hosts = fields.get(b"host", [])
+        if len(hosts) > 1:
+            return self._fail(events, 400, "more than one Host header")
+        if version == b"1.1" and not hosts:
+            return self._fail(events, 400, "HTTP/1.1 request without a Host header")
+
+        transfer = fields.get(b"transfer-encoding")
+        lengths = fields.get(b"content-length")
+        if transfer and lengths:
+            return self._fail(events, 400, "both Content-Length and Transfer-Encoding")
+        if transfer:
+            if version == b"1.0":
+                return self._fail(events, 400, "Transfer-Encoding in an HTTP/1.0 request")
+            codings = _transfer_codings(transfer)
+            if codings is None:
+                return self._fail(events, 400, "malformed Transfer-Encoding")
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                return self._fail(events, 400, "Transfer-Encoding must end with chunked, once")
+            if len(codings) > 1:
+                return self._fail(events, 501, "transfer codings other than chunked")
+            mode = CHUNKED
+        elif lengths:
+            n = self._content_length(lengths)
+            if isinstance(n, str):
+                return self._fail(events, 400, n)
+            if self.max_body is not None and n > self.max_body:
+                return self._fail(events, 413, "body larger than allowed")
+            mode = BodyMode.of_length(n)
+        else:
+            mode = NO_BODY
+
+        connection = _tokens(fields.get(b"connection", []))
+        if version == b"1.1":
+            self._keep_alive = b"close" not in connection
+        else:
+            self._keep_alive = b"keep-alive" in connection and b"close" not in connection
+
+        bodiless = mode is NO_BODY or mode.length == 0
+        if method == b"CONNECT":
+            if not bodiless:
+                return self._fail(events, 400, "CONNECT with a body")
+            mode = UPGRADE
+        elif (bodiless and version == b"1.1" and b"upgrade" in connection
+              and fields.get(b"upgrade")):
+            # An upgrade request that also carries a body is parsed as a plain
+            # request; the proxy drops Upgrade as hop-by-hop, so the upstream
+            # never switches protocols under a half-read body.
+            mode = UPGRADE
+        events.append(Request(method, target, version, headers, mode))
+        return self._start_body(events, mode)
+
+
+class ResponseParser(_MessageParser):
+    """Parses an upstream's responses. It must know the request method each
+    response answers (HEAD and CONNECT change the framing)."""
+
+    def __init__(self, request_method: bytes = b"GET", **limits) -> None:
+        super().__init__(**limits)
+        self.request_method = request_method
+
+    def start_next(self, request_method: bytes = b"GET") -> list[Event]:
+        self.request_method = request_method
+        return self._restart()
+
+    def _fail(self, events: list[Event], status: int, reason: str) -> bool:
+        # Whatever went wrong upstream, the client gets a Bad Gateway.
+        return super()._fail(events, 502, f"upstream: {reason}")
+
+    def _on_head(self, events: list[Event], start_line: bytes, headers: Headers) -> bool:
+        m = _STATUS_LINE.fullmatch(start_line)
+        if m is None:
+            return self._fail(events, 502, "malformed status line")
+        version, status_digits, reason = m.groups()
+        status = int(status_digits)
+        if version not in _SUPPORTED_VERSIONS or status < 100:
+            return self._fail(events, 502, "unsupported version or status")
+        reason = reason or b""
+
+        fields = _framing_fields(headers)
+        transfer = fields.get(b"transfer-encoding")
+        lengths = fields.get(b"content-length")
+        if transfer and lengths:
+            return self._fail(events, 502, "both Content-Length and Transfer-Encoding")
+        if transfer and version == b"1.0":
+            return self._fail(events, 502, "Transfer-Encoding in an HTTP/1.0 response")
+        length: int | None = None
+        if lengths:
+            n = self._content_length(lengths)
+            if isinstance(n, str):
+                return self._fail(events, 502, n)
+            length = n
+
+        connection = _tokens(fields.get(b"connection", []))
+        if version == b"1.1":
+            self._keep_alive = b"close" not in connection
+        else:
+            self._keep_alive = b"keep-alive" in connection and b"close" not in connection
+
+        method = self.request_method
+        if 100 <= status < 200 and status != 101:
+            # Informational: no body, and the final response follows.
+            events.append(Response(status, reason, version, headers, NO_BODY))
+            return True
+        if status == 101 or (method == b"CONNECT" and 200 <= status < 300):
+            mode = UPGRADE
+            self._keep_alive = False
+        elif method == b"HEAD" or status in (204, 304):
+            mode = NO_BODY
+        elif transfer:
+            codings = _transfer_codings(transfer)
+            if codings is None:
+                return self._fail(events, 502, "malformed Transfer-Encoding")
+            if codings[-1] != b"chunked":
+                mode = UNTIL_CLOSE           # RFC 9112 §6.3 rule 4
+            elif len(codings) > 1:
+                return self._fail(events, 502, "transfer codings other than chunked")
+            else:
+                mode = CHUNKED
+        elif length is not None:
+            if self.max_body is not None and length > self.max_body:
+                return self._fail(events, 502, "body larger than allowed")
+            mode = BodyMode.of_length(length)
+        else:
+            mode = UNTIL_CLOSE
+        events.append(Response(status, reason, version, headers, mode))
+        return self._start_body(events, mode)
+
+
+_FRAMING_NAMES = frozenset({b"host", b"transfer-encoding", b"content-length",
+                            b"connection", b"upgrade"})
+
+
+def _framing_fields(headers: Headers) -> dict[bytes, list[bytes]]:
+    """The headers that decide framing and connection reuse, in one pass."""
+    found: dict[bytes, list[bytes]] = {}
+    for key, value in headers:
+        key = key.lower()
+        if key in _FRAMING_NAMES:
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def _tokens(values: list[bytes]) -> list[bytes]:
+    tokens = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t").lower()
+            if item:
+                tokens.append(item)
+    return tokens
+
+
+def _transfer_codings(values: list[bytes]) -> list[bytes] | None:
+    """Lower-cased codings from all Transfer-Encoding values, or None if any
+    element is empty or not a token (parameters are not accepted either)."""
+    codings = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t").lower()
+            if not _TOKEN_RE.fullmatch(item):
+                return None
+            codings.append(item)
+    return codings
+
+
+# ------------------------------------------------------------ header helpers
+
+def get_header(headers: Headers, name: bytes, default: bytes | None = None) -> bytes | None:
+    """The first value of a header, matched case-insensitively."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return default
+
+
+def get_all(headers: Headers, name: bytes) -> list[bytes]:
+    """Every value of a header, in order, matched case-insensitively."""
+    name = name.lower()
+    return [value for key, value in headers if key.lower() == name]
+
+
+def header_tokens(headers: Headers, name: bytes) -> list[bytes]:
+    """Lower-cased comma-separated tokens across all values of a header
+    (Connection, Upgrade, TE ...)."""
+    return _tokens(get_all(headers, name))
+
+
+def expects_continue(headers: Headers) -> bool:
+    """The client waits for ``100 Continue`` before sending the body. (Only
+    meaningful on HTTP/1.1 requests.)"""
+    return any(value.strip(b" \t").lower() == b"100-continue"
+               for value in get_all(headers, b"expect"))
+
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade",
+})
+# Connection may name extra hop-by-hop headers, but never these: dropping the
+# body length or the Host while relaying would change what the upstream parses.
+_NEVER_HOP_BY_HOP = frozenset({b"content-length", b"host"})
+
+
+def remove_hop_by_hop(headers: Headers) -> Headers:
+    """The headers a proxy may forward: without the standard hop-by-hop ones
+    and without those the Connection header names (RFC 9110 §7.6.1)."""
+    named = set(header_tokens(headers, b"connection")) - _NEVER_HOP_BY_HOP
+    drop = HOP_BY_HOP | named
+    return [(key, value) for key, value in headers if key.lower() not in drop]
+
+
+def remove_headers(headers: Headers, *names: bytes) -> Headers:
+    """The headers without the named ones (case-insensitive)."""
+    drop = {name.lower() for name in names}
+    return [(key, value) for key, value in headers if key.lower() not in drop]
+
+
+# ------------------------------------------------------------- serialisation
+
+_SAFE_TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
+_SAFE_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
+_SAFE_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _b(value: bytes | str) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+def _head_lines(parts: list[bytes], headers) -> bytes:
+    # Refuse to write anything a peer could parse as an extra header or a new
+    # message: values come from clients (X-Forwarded-For, cookies) too.
+    for name, value in headers:
+        name, value = _b(name), _b(value)
+        if not _TOKEN_RE.fullmatch(name) or not _SAFE_VALUE.fullmatch(value):
+            raise ValueError(f"refusing to serialise header {name!r}: {value!r}")
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_request_head(method: bytes | str, target: bytes | str, headers,
+                           version: bytes = b"1.1") -> bytes:
+    """Request line and headers, ending with the empty line."""
+    method, target = _b(method), _b(target)
+    if not _TOKEN_RE.fullmatch(method) or not _SAFE_TARGET.fullmatch(target):
+        raise ValueError(f"refusing to serialise request line {method!r} {target!r}")
+    return _head_lines([method, b" ", target, b" HTTP/", version, b"\r\n"], headers)
+
+
+def serialize_response_head(status: int, reason: bytes | str | None, headers,
+                            version: bytes = b"1.1") -> bytes:
+    """Status line and headers, ending with the empty line. A missing reason
+    becomes the standard phrase."""
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    reason = _b(reason)
+    if not 100 <= status <= 999 or not _SAFE_REASON.fullmatch(reason):
+        raise ValueError(f"refusing to serialise status line {status} {reason!r}")
+    return _head_lines([b"HTTP/", version, b" %d " % status, reason, b"\r\n"], headers)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body. Empty data gives b"" because an empty
+    chunk would end the body."""
+    if not data:
+        return b""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers=()) -> bytes:
+    """The terminating chunk, with optional trailers."""
+    if not trailers:
+        return LAST_CHUNK
+    return _head_lines([b"0\r\n"], trailers)
