@@ -168,8 +168,8 @@ class LineBuffer:
         end = buf.find(b"\n", self._scanned)
         if end < 0:
             self._scanned = len(buf)
-            # +1: a CR that is the last byte so far may still be the line end.
-            if len(buf) > limit + 1:
+            # One byte over is fine while it is a CR: that may be the line end.
+            if len(buf) > limit and not (len(buf) == limit + 1 and buf[-1] == 13):
                 raise LineTooLong
             return None
         cut = end - 1 if end and buf[end - 1] == 13 else end
