@@ -1,0 +1,691 @@
+"""The demo stack: what `make up` runs around supervisord.
+
+    python -m carbotui.demo setup [--force]   generate var/: certs, LDAP, two Dovecot mailboxes
+    python -m carbotui.demo wait [--timeout]  wait until every demo service answers
+    python -m carbotui.demo summary           how to connect
+    python -m carbotui.demo down              stop supervisord and make sure nothing is left
+
+Everything generated lives under var/ (git-ignored). `setup` is idempotent: when var/ is
+complete and was made by this version it changes nothing; otherwise it regenerates all of it
+(logs excepted), which it refuses to do while the stack is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import grp
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from carbotui import certs
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout; supervisord.conf lives here
+VAR = ROOT / "var"
+CERTS, LDAP, RUN, LOG = VAR / "certs", VAR / "ldap", VAR / "run", VAR / "log"
+STAMP = VAR / ".setup.json"
+SETUP_VERSION = 2  # bump whenever what `setup` writes changes, so old var/ trees are redone
+
+PASSWORD = "demo-pass"
+MAIL_USER = "carbotui-mail"  # owns the maildirs; created by scripts/install-deps.sh
+LDAP_URL, LDAP_SUFFIX, LDAP_ADMIN = "ldap://127.0.0.1:10389/", "o=carbotui", "cn=admin,o=carbotui"
+MEMCACHED = ("127.0.0.1", 12211)
+MBOX_PORTS = {"imap": 7143, "imaps": 7993, "pop3": 7110, "pop3s": 7995}
+WEB_PORTS = {"zimbraMailPort": 8080, "zimbraMailSSLPort": 8443, "zimbraAdminPort": 7071}
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    short: str  # mbox1
+    ip: str
+
+    @property
+    def host(self) -> str:
+        return f"{self.short}.demo.test"
+
+    @property
+    def dir(self) -> Path:
+        return VAR / self.short
+
+
+MAILBOXES = (Mailbox("mbox1", "127.0.0.1"), Mailbox("mbox2", "127.0.0.2"))
+
+
+@dataclass(frozen=True)
+class Account:
+    address: str
+    mailbox: Mailbox
+    alias: str | None = None
+
+    @property
+    def zimbra_id(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_DNS, self.address))  # stable across regenerations
+
+
+def accounts() -> list[Account]:
+    """user01..user20@demo.test (odd on mbox1, even on mbox2), boss and clerk @corp.test."""
+    m1, m2 = MAILBOXES
+    users = [Account(f"user{n:02d}@demo.test", m1 if n % 2 else m2, f"nick{n:02d}@demo.test")
+             for n in range(1, 21)]
+    return users + [Account("boss@corp.test", m1, "chief@corp.test"), Account("clerk@corp.test", m2)]
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+def say(msg: str) -> None:
+    print(f"demo: {msg}", flush=True)
+
+
+class DemoError(Exception):
+    """Something the person running `make up` must fix; the message says what."""
+
+
+def write_private(path: Path, data: str | bytes, mode: int = 0o600) -> None:
+    """Create `path` with `mode` from the start (never readable by others, even briefly)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, mode)
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def run(*cmd: str) -> str:
+    """Run a command; on failure raise DemoError with its output (that is the useful part)."""
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise DemoError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}".rstrip())
+    return p.stdout
+
+
+def ssha512(password: str) -> str:
+    """Dovecot's {SSHA512}: base64(sha512(password + salt) + salt)."""
+    salt = os.urandom(16)
+    return "{SSHA512}" + base64.b64encode(hashlib.sha512(password.encode() + salt).digest() + salt).decode()
+
+
+def ssha(password: str) -> str:
+    """slapd's built-in {SSHA}: base64(sha1(password + salt) + salt), so simple binds work."""
+    salt = os.urandom(8)
+    return "{SSHA}" + base64.b64encode(hashlib.sha1(password.encode() + salt).digest() + salt).decode()
+
+
+def supervisord_pid() -> int | None:
+    """The pid of this checkout's supervisord, if it is running."""
+    try:
+        pid = int((RUN / "supervisord.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"supervisord" in cmdline else None  # a recycled pid is not ours
+
+
+# --- setup --------------------------------------------------------------------------------
+
+CERT_SPECS = {  # file stem -> (DNS names, IP addresses)
+    "default": (["proxy.demo.test", "localhost"], ["127.0.0.1", "::1"]),
+    "mail.demo.test": (["mail.demo.test"], []),
+    **{m.short: ([m.host], [m.ip]) for m in MAILBOXES},
+}
+
+
+def expected_files() -> list[Path]:
+    files = [CERTS / f"{stem}.{ext}" for stem in ["ca", *CERT_SPECS] for ext in ("crt", "key")]
+    files += [LDAP / "slapd.conf", LDAP / "admin.secret", LDAP / "data" / "data.mdb"]
+    for m in MAILBOXES:
+        files += [m.dir / "dovecot.conf", m.dir / "passwd", m.dir / "accounts.json", m.dir / "mail"]
+    return files
+
+
+def intact() -> str | None:
+    """None when var/ is complete and current, else the reason it must be regenerated."""
+    try:
+        stamp = json.loads(STAMP.read_text())
+    except (OSError, ValueError):
+        return "var/ has not been generated yet"
+    if stamp.get("version") != SETUP_VERSION:
+        return f"var/ was generated by setup version {stamp.get('version')}, this is {SETUP_VERSION}"
+    if stamp.get("root") != str(ROOT):
+        return f"var/ was generated for the checkout at {stamp.get('root')}"
+    missing = [str(p.relative_to(ROOT)) for p in expected_files() if not p.exists()]
+    if missing:
+        return f"missing: {', '.join(missing)}"
+    ca = certs.load_cert((CERTS / "ca.crt").read_bytes())
+    for stem in ["ca", *CERT_SPECS]:
+        cert, key = certs.read_pair(CERTS / f"{stem}.crt", CERTS / f"{stem}.key")
+        if not certs.check_pair(cert, key) or not certs.is_signed_by(cert, ca):
+            return f"var/certs/{stem}.crt does not match its key or the demo CA"
+        if certs.expires_in(cert).days < 7:
+            return f"var/certs/{stem}.crt expires in {certs.expires_in(cert).days} days"
+    return None
+
+
+def make_certs() -> None:
+    CERTS.mkdir(parents=True)
+    ca_cert, ca_key = certs.make_ca("carbotui demo CA")
+    certs.write_pair(ca_cert, ca_key, CERTS / "ca.crt", CERTS / "ca.key")
+    for stem, (names, ips) in CERT_SPECS.items():
+        certs.write_pair(*certs.issue(ca_cert, ca_key, names, ips), CERTS / f"{stem}.crt", CERTS / f"{stem}.key")
+
+
+def ldif_entry(dn: str, attrs: list[tuple[str, str]]) -> str:
+    lines = [f"dn: {dn}"]
+    for name, value in attrs:
+        if "\n" in value:  # PEM: LDIF needs base64 for multi-line values
+            lines.append(f"{name}:: {base64.b64encode(value.encode()).decode()}")
+        else:
+            lines.append(f"{name}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def seed_ldif() -> str:
+    s = LDAP_SUFFIX
+    e = [ldif_entry(s, [("objectClass", "organization"), ("o", "carbotui")]),
+         ldif_entry(f"cn=config,{s}", [("objectClass", "zimbraGlobalConfig"), ("cn", "config"),
+                                        ("zimbraDefaultDomainName", "demo.test")])]
+    for ou in ("servers", "domains", "people"):
+        e.append(ldif_entry(f"ou={ou},{s}", [("objectClass", "organizationalUnit"), ("ou", ou)]))
+    for m in MAILBOXES:
+        ports = [("zimbraImapBindPort", MBOX_PORTS["imap"]), ("zimbraImapSSLBindPort", MBOX_PORTS["imaps"]),
+                 ("zimbraPop3BindPort", MBOX_PORTS["pop3"]), ("zimbraPop3SSLBindPort", MBOX_PORTS["pop3s"]),
+                 *WEB_PORTS.items()]
+        e.append(ldif_entry(f"cn={m.host},ou=servers,{s}", [
+            ("objectClass", "zimbraServer"), ("cn", m.host),
+            ("zimbraId", str(uuid.uuid5(uuid.NAMESPACE_DNS, m.host))),
+            ("zimbraServiceHostname", m.host), ("zimbraServiceEnabled", "mailbox"),
+            *[(k, str(v)) for k, v in ports], ("zimbraReverseProxyLookupTarget", "TRUE")]))
+    e.append(ldif_entry(f"cn=proxy.demo.test,ou=servers,{s}", [
+        ("objectClass", "zimbraServer"), ("cn", "proxy.demo.test"),
+        ("zimbraId", str(uuid.uuid5(uuid.NAMESPACE_DNS, "proxy.demo.test"))),
+        ("zimbraServiceHostname", "proxy.demo.test"), ("zimbraServiceEnabled", "proxy"),
+        ("zimbraReverseProxyMailMode", "redirect")]))
+    e.append(ldif_entry(f"zimbraDomainName=demo.test,ou=domains,{s}", [
+        ("objectClass", "zimbraDomain"), ("zimbraDomainName", "demo.test"),
+        ("zimbraId", str(uuid.uuid5(uuid.NAMESPACE_DNS, "demo.test"))),
+        ("zimbraVirtualHostname", "mail.demo.test"), ("zimbraVirtualIPAddress", "127.0.0.1"),
+        ("zimbraSSLCertificate", (CERTS / "mail.demo.test.crt").read_text()),
+        ("zimbraSSLPrivateKey", (CERTS / "mail.demo.test.key").read_text())]))
+    e.append(ldif_entry(f"zimbraDomainName=corp.test,ou=domains,{s}", [
+        ("objectClass", "zimbraDomain"), ("zimbraDomainName", "corp.test"),
+        ("zimbraId", str(uuid.uuid5(uuid.NAMESPACE_DNS, "corp.test"))),
+        ("zimbraVirtualIPAddress", "127.0.0.3")]))
+    for a in accounts():
+        local = a.address.split("@")[0]
+        e.append(ldif_entry(f"uid={a.address},ou=people,{s}", [
+            ("objectClass", "zimbraAccount"), ("uid", a.address), ("cn", local),
+            ("displayName", local.capitalize()), ("zimbraId", a.zimbra_id),
+            ("zimbraMailDeliveryAddress", a.address), *([("zimbraMailAlias", a.alias)] if a.alias else []),
+            ("zimbraMailHost", a.mailbox.host), ("zimbraAccountStatus", "active"),
+            ("userPassword", ssha(PASSWORD))]))
+    return "\n".join(e)
+
+
+SLAPD_CONF = """\
+# Generated by `python -m carbotui.demo setup`; regenerated by `setup --force`.
+# The demo directory: slapd on {url}, run in the foreground by supervisord (program:slapd).
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+# displayName (an optional zimbraAccount attribute) is defined here:
+include /etc/ldap/schema/inetorgperson.schema
+include {root}/etc/ldap/carbotui.schema
+
+pidfile {run}/slapd.pid
+argsfile {run}/slapd.args
+modulepath /usr/lib/ldap
+moduleload back_mdb
+
+database mdb
+suffix "{suffix}"
+rootdn "{admin}"
+# the plain password is in var/ldap/admin.secret (the proxy reads it, see carbotui.toml)
+rootpw {rootpw}
+directory {ldap}/data
+maxsize 67108864
+
+# what the proxy searches by (route lookups, vhost/VIP to domain, server list)
+index objectClass eq
+index uid,zimbraMailDeliveryAddress,zimbraMailAlias,zimbraId eq
+index zimbraDomainName,zimbraVirtualHostname,zimbraVirtualIPAddress eq
+index zimbraServiceHostname,zimbraServiceEnabled eq
+
+# The rootdn (the proxy, carbotui prov) bypasses these. Users may bind and read the
+# directory, never password hashes or domain private keys; anonymous may only bind.
+access to attrs=userPassword
+    by anonymous auth
+    by * none
+access to attrs=zimbraSSLPrivateKey
+    by * none
+access to *
+    by users read
+    by * none
+"""
+
+
+def make_ldap() -> None:
+    (LDAP / "data").mkdir(parents=True)
+    admin_pw = secrets.token_urlsafe(24)
+    write_private(LDAP / "admin.secret", admin_pw)  # no newline: `ldapsearch -y` uses it verbatim
+    rootpw = run("slappasswd", "-T", str(LDAP / "admin.secret")).strip()  # -T: not visible in ps
+    (LDAP / "slapd.conf").write_text(SLAPD_CONF.format(
+        url=LDAP_URL, root=ROOT, run=RUN, ldap=LDAP, suffix=LDAP_SUFFIX, admin=LDAP_ADMIN, rootpw=rootpw))
+    (LDAP / "slapd.conf").chmod(0o600)  # holds the rootpw hash
+    write_private(LDAP / "seed.ldif", seed_ldif())  # holds the mail.demo.test private key
+    run("slaptest", "-u", "-f", str(LDAP / "slapd.conf"))
+    run("slapadd", "-q", "-f", str(LDAP / "slapd.conf"), "-l", str(LDAP / "seed.ldif"))
+
+
+DOVECOT_CONF = """\
+# Generated by `python -m carbotui.demo setup`; regenerated by `setup --force`.
+# {host}: a demo mailbox server on {ip}, run by supervisord as `dovecot -F -c <this file>`.
+# Standalone (no /etc/dovecot include) and independent of the other instance and of a system
+# Dovecot: base_dir holds every socket (auth, anvil, stats, login), state_dir the rest.
+instance_name = {short}
+base_dir = {dir}/run
+state_dir = {dir}/state
+protocols = imap pop3
+listen = {ip}
+# stderr goes to supervisord, which writes var/log/{short}.log and rotates it
+log_path = /dev/stderr
+log_timestamp = "%Y-%m-%d %H:%M:%S "
+
+ssl = yes
+ssl_cert = <{certs}/{short}.crt
+ssl_key = <{certs}/{short}.key
+ssl_min_protocol = TLSv1.2
+
+# The proxy logs in with the client's own credentials, in plain text on loopback, and
+# forwards the client IP (IMAP ID x-originating-ip, POP3 XCLIENT): trust it for that.
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_username_format = %Lu
+login_trusted_networks = 127.0.0.0/8
+# No delays after failed logins: the proxy has its own tarpit (mail.auth_wait in
+# carbotui.toml), and anvil's per-IP penalty would slow every user behind the proxy's IP.
+auth_failure_delay = 0
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+
+# Only this server's accounts (and their aliases, mapped to the account with user=).
+passdb {{
+  driver = passwd-file
+  args = scheme=SSHA512 {dir}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={dir}/mail/%d/%n
+}}
+mail_location = maildir:~
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+
+# Sized for a few hundred concurrent sessions through the proxy, which all come from one IP.
+default_process_limit = 1000
+default_client_limit = 4000
+default_vsz_limit = 512M
+protocol imap {{
+  mail_max_userip_connections = 1000
+}}
+protocol pop3 {{
+  mail_max_userip_connections = 1000
+}}
+# "High-performance" login mode: a few long-lived login processes serve many connections.
+service imap-login {{
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = {imaps}
+    ssl = yes
+  }}
+  service_count = 0
+  process_min_avail = 2
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s}
+    ssl = yes
+  }}
+  service_count = 0
+  process_min_avail = 2
+}}
+service imap {{
+  process_limit = 1000
+}}
+service pop3 {{
+  process_limit = 1000
+}}
+"""
+
+WELCOME = """\
+From: carbotui demo <postmaster@demo.test>
+To: {address}
+Subject: Welcome to {short}
+Date: {date}
+Message-ID: <welcome.{short}.{zid}@demo.test>
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+
+Hello {address},
+
+your mail lives on {host} ({ip}). If you are reading this through the carbotui
+proxy, it found this server from zimbraMailHost in LDAP.
+"""
+
+
+def make_mailbox(m: Mailbox) -> None:
+    try:
+        mail_user = pwd.getpwnam(MAIL_USER)
+    except KeyError:
+        raise DemoError(f"system user {MAIL_USER} is missing: run scripts/install-deps.sh") from None
+    dovecot_gid = grp.getgrnam("dovecot").gr_gid  # the auth process runs as user dovecot
+    mine = [a for a in accounts() if a.mailbox == m]
+    m.dir.mkdir(parents=True)
+    m.dir.chmod(0o755)
+
+    hashes = {a.address: ssha512(PASSWORD) for a in mine}
+    lines = [f"{a.address}:{hashes[a.address]}" for a in mine]
+    lines += [f"{a.alias}:{hashes[a.address]}::::::user={a.address}" for a in mine if a.alias]
+    write_private(m.dir / "passwd", "\n".join(lines) + "\n", 0o640)
+    os.chown(m.dir / "passwd", 0, dovecot_gid)
+    write_private(m.dir / "accounts.json", json.dumps({
+        "server": m.host, "short": m.short,
+        "accounts": {a.address: {"zimbraId": a.zimbra_id, "password": hashes[a.address]} for a in mine},
+    }, indent=2) + "\n")
+
+    (m.dir / "dovecot.conf").write_text(DOVECOT_CONF.format(
+        host=m.host, short=m.short, ip=m.ip, dir=m.dir, certs=CERTS,
+        uid=mail_user.pw_uid, gid=mail_user.pw_gid, **MBOX_PORTS))
+    run("doveconf", "-c", str(m.dir / "dovecot.conf"), "-n")  # fails loudly on a bad setting
+
+    date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+    for a in mine:
+        local, domain = a.address.split("@")
+        maildir = m.dir / "mail" / domain / local
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir(parents=True)
+        (maildir / "new" / f"{int(time.time())}.welcome.{m.short}").write_text(WELCOME.format(
+            address=a.address, short=m.short, host=m.host, ip=m.ip, zid=a.zimbra_id, date=date))
+    for path in [m.dir / "mail", *(m.dir / "mail").rglob("*")]:
+        os.chown(path, mail_user.pw_uid, mail_user.pw_gid)
+    (m.dir / "mail").chmod(0o700)
+
+
+def check_paths() -> None:
+    """Dovecot's unprivileged processes must be able to reach var/ (e.g. not under /root)."""
+    for d in [ROOT, *ROOT.parents]:
+        if not d.stat().st_mode & stat.S_IXOTH:
+            raise DemoError(f"{d} is not searchable by other users; Dovecot's {MAIL_USER} and "
+                            f"dovecot users cannot reach var/. Run `chmod o+x {d}` or move the checkout.")
+    sock = RUN / "supervisor.sock"
+    if len(str(sock)) > 100:  # sun_path is 108 bytes
+        raise DemoError(f"{sock} is too long for a unix socket; use a shorter checkout path")
+
+
+def write_workers_include() -> None:
+    """supervisord.conf includes this: numprocs for [program:proxy], one worker per core."""
+    n = int(os.environ.get("CARBOTUI_WORKERS") or os.cpu_count() or 1)
+    text = f"; generated by `python -m carbotui.demo setup`: one proxy worker per core\n" \
+           f"[program:proxy]\nnumprocs={n}\n"
+    path = RUN / "supervisor-workers.conf"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+        say(f"proxy workers: {n} (var/run/supervisor-workers.conf)")
+
+
+def setup(force: bool) -> None:
+    if os.geteuid() != 0:
+        raise DemoError("setup needs root (a system user owns the maildirs; Dovecot drops privileges)")
+    check_paths()
+    for d in (RUN, LOG):
+        d.mkdir(parents=True, exist_ok=True)
+    reason = "--force" if force else intact()
+    if reason is None:
+        write_workers_include()
+        say("var/ is up to date")
+        return
+    if supervisord_pid():
+        raise DemoError(f"var/ must be regenerated ({reason}) but the stack is running: "
+                        "run `make down` first")
+    say(f"generating var/ ({reason})")
+    t0 = time.monotonic()
+    for d in (CERTS, LDAP, *(m.dir for m in MAILBOXES)):
+        shutil.rmtree(d, ignore_errors=True)
+    STAMP.unlink(missing_ok=True)
+    make_certs()
+    make_ldap()
+    for m in MAILBOXES:
+        make_mailbox(m)
+    write_workers_include()
+    STAMP.write_text(json.dumps({"version": SETUP_VERSION, "root": str(ROOT)}) + "\n")
+    say(f"var/ generated in {time.monotonic() - t0:.1f}s")
+
+
+# --- wait ---------------------------------------------------------------------------------
+
+def _recv_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _greeting(prefix: bytes, tls: bool = False) -> Callable[[str, int], None]:
+    """A probe that connects and expects a greeting line starting with `prefix`."""
+    def probe(host: str, port: int) -> None:
+        with socket.create_connection((host, port), timeout=2) as raw:
+            sock = raw
+            if tls:
+                ctx = ssl.create_default_context(cafile=str(CERTS / "ca.crt"))
+                ctx.check_hostname = False  # the certificate names a host, we dial an IP
+                sock = ctx.wrap_socket(raw)
+            line = _recv_line(sock)
+            if not line.startswith(prefix):
+                raise OSError(f"unexpected greeting {line[:60]!r}")
+    return probe
+
+
+def _memcached(host: str, port: int) -> None:
+    with socket.create_connection((host, port), timeout=2) as sock:
+        sock.sendall(b"version\r\n")
+        if not _recv_line(sock).startswith(b"VERSION "):
+            raise OSError("no VERSION reply")
+
+
+def _ldap(host: str, port: int) -> None:
+    run("ldapsearch", "-x", "-o", "nettimeout=2", "-H", f"ldap://{host}:{port}/",
+        "-D", LDAP_ADMIN, "-y", str(LDAP / "admin.secret"), "-b", LDAP_SUFFIX, "-s", "base", "dn")
+
+
+IMAP, POP3 = _greeting(b"* OK"), _greeting(b"+OK")
+IMAPS, POP3S = _greeting(b"* OK", tls=True), _greeting(b"+OK", tls=True)
+
+# (supervisor program, host, port, probe). Add a service to wait for with one line.
+CHECKS: list[tuple[str, str, int, Callable[[str, int], None]]] = [
+    ("memcached", *MEMCACHED, _memcached),
+    ("slapd", "127.0.0.1", 10389, _ldap),
+    *[(m.short, m.ip, MBOX_PORTS[proto], probe) for m in MAILBOXES
+      for proto, probe in (("imap", IMAP), ("imaps", IMAPS), ("pop3", POP3), ("pop3s", POP3S))],
+]
+
+
+def supervisor_states() -> dict[str, str]:
+    """process name -> state name, from this checkout's supervisord ({} when not reachable)."""
+    from xmlrpc.client import ServerProxy
+    from supervisor.xmlrpc import SupervisorTransport
+    transport = SupervisorTransport(None, None, f"unix://{RUN / 'supervisor.sock'}")
+    try:
+        info = ServerProxy("http://127.0.0.1", transport=transport).supervisor.getAllProcessInfo()
+    except OSError:
+        return {}
+    return {p["name"]: p["statename"] for p in info}
+
+
+def tail(path: Path, n: int = 5) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return f"    ({path.relative_to(ROOT)} does not exist)"
+    return "\n".join(f"    {line}" for line in lines)
+
+
+def wait(timeout: float) -> None:
+    pending = list(CHECKS)
+    errors: dict[tuple[str, int], str] = {}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for check in list(pending):
+            name, host, port, probe = check
+            try:
+                probe(host, port)
+            except (OSError, DemoError) as e:
+                errors[(host, port)] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            else:
+                pending.remove(check)
+        if pending:
+            time.sleep(0.2)
+    states = supervisor_states()
+    if pending:
+        lines = [f"not up after {timeout:.0f}s:"]
+        for name in dict.fromkeys(c[0] for c in pending):  # each program once, in order
+            where = ", ".join(f"{h}:{p} ({errors.get((h, p), '?')})" for n, h, p, _ in pending if n == name)
+            lines += [f"  {name} [{states.get(name, 'supervisord not reachable')}] {where}",
+                      f"  last lines of var/log/{name}.log:", tail(LOG / f"{name}.log")]
+        raise DemoError("\n".join(lines))
+    say(f"up: {', '.join(dict.fromkeys(c[0] for c in CHECKS))}")
+    proxy = {k: v for k, v in states.items() if k.startswith("proxy_")}
+    if proxy and set(proxy.values()) != {"RUNNING"}:  # informational until the workers exist
+        say("note: proxy workers " + ", ".join(f"{k} {v}" for k, v in sorted(proxy.items()))
+            + " (see var/log/proxy_00.log)")
+
+
+# --- down ---------------------------------------------------------------------------------
+
+def _leftovers(exclude: set[int]):
+    """Processes of this stack outside supervisord: they mention var/ or the node config."""
+    import psutil
+    marks = (f"{VAR}/", f"{ROOT}/carbotui.toml")
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] not in exclude and any(m in cmd for m in marks):
+            found.append(p)
+    return found
+
+
+def down(timeout: float) -> None:
+    import psutil
+    me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    pid = supervisord_pid()
+    if pid:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        say(f"stopping supervisord (pid {pid}) and {len(tree) - 1} processes")
+        ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
+                              str(ROOT / "supervisord.conf"), "shutdown"], capture_output=True, text=True)
+        if ctl.returncode != 0:  # socket gone or unresponsive: signal it directly
+            say(f"supervisorctl shutdown failed ({ctl.stdout.strip()}); sending SIGTERM")
+            tree[0].terminate()
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        if alive:
+            say(f"still running after {timeout:.0f}s, killing: " + ", ".join(str(p.pid) for p in alive))
+            for p in alive:
+                p.kill()
+            psutil.wait_procs(alive, timeout=5)
+    left = _leftovers(me)
+    for p in left:
+        say(f"stopping leftover pid {p.pid}: {' '.join(p.cmdline())[:120]}")
+        p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for p in alive:
+        p.kill()
+    if psutil.wait_procs(alive, timeout=5)[1]:
+        raise DemoError("could not stop: " + ", ".join(str(p.pid) for p in alive))
+    say("down" if pid or left else "down (nothing was running)")
+
+
+# --- summary ------------------------------------------------------------------------------
+
+def summary() -> None:
+    ca = CERTS / "ca.crt"
+    odd, even = "user01@demo.test", "user02@demo.test"
+    print(textwrap.dedent(f"""\
+        carbotui demo — everything on loopback, generated under {VAR}
+
+        Proxy (carbotui workers, see carbotui.toml)
+          IMAP 127.0.0.1:10143 (STARTTLS)  IMAPS 127.0.0.1:10993
+          POP3 127.0.0.1:10110 (STLS)      POP3S 127.0.0.1:10995
+          TLS names: proxy.demo.test, localhost, 127.0.0.1; mail.demo.test (SNI) — CA: {ca}
+
+        Accounts (password for all: {PASSWORD})
+          user01..user20@demo.test, aliases nick01..nick20@demo.test
+            odd numbers live on mbox1.demo.test (127.0.0.1), even on mbox2.demo.test (127.0.0.2)
+          boss@corp.test (alias chief@corp.test) on mbox1, clerk@corp.test on mbox2
+          Each INBOX holds "Welcome to mboxN": it tells you where the proxy routed you.
+
+        Backends (what the proxy talks to)
+          memcached 127.0.0.1:{MEMCACHED[1]}   LDAP {LDAP_URL} ({LDAP_ADMIN}, password in {LDAP / 'admin.secret'})
+          mbox1 127.0.0.1 / mbox2 127.0.0.2: IMAP {MBOX_PORTS['imap']}, IMAPS {MBOX_PORTS['imaps']}, POP3 {MBOX_PORTS['pop3']}, POP3S {MBOX_PORTS['pop3s']}
+
+        Try
+          curl --cacert {ca} -u {odd}:{PASSWORD} 'imaps://localhost:10993/INBOX;UID=1'
+          curl --cacert {ca} -u {even}:{PASSWORD} pop3s://localhost:10995/1
+          openssl s_client -quiet -CAfile {ca} -connect 127.0.0.1:10993 -servername mail.demo.test
+          curl -u {odd}:{PASSWORD} 'imap://127.0.0.1:7143/INBOX;UID=1'      # mbox1 directly
+          ldapsearch -x -H {LDAP_URL} -D {LDAP_ADMIN} -y {LDAP / 'admin.secret'} -b {LDAP_SUFFIX} uid={odd}
+
+        Manage
+          .venv/bin/supervisorctl -c supervisord.conf status      logs: {LOG}
+          make down                                               stop everything
+        """))
+    states = supervisor_states()
+    if states:
+        print("Processes: " + ", ".join(f"{k} {v}" for k, v in states.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m carbotui.demo", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("setup", help="generate var/").add_argument("--force", action="store_true",
+                                                                help="regenerate even if intact")
+    sub.add_parser("wait", help="wait for the services").add_argument("--timeout", type=float, default=30)
+    sub.add_parser("summary", help="how to connect")
+    sub.add_parser("down", help="stop supervisord, leave nothing").add_argument("--timeout", type=float, default=60)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "setup":
+            setup(args.force)
+        elif args.cmd == "wait":
+            wait(args.timeout)
+        elif args.cmd == "down":
+            down(args.timeout)
+        else:
+            summary()
+    except DemoError as e:
+        print(f"demo {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
