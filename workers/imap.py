@@ -583,7 +583,7 @@ def _id_value(text: str, limit: int = 200) -> bytes:
 
 
 def _describe(line: bytes) -> str:
-    return safe_text(line.decode("utf-8", "replace"), 120)
+    return safe_text(line.decode("utf-8", "replace"), 120).strip()
 
 
 class ImapBackendLogin:

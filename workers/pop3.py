@@ -348,7 +348,7 @@ def _status(line: bytes) -> bytes:
 
 
 def _describe(line: bytes) -> str:
-    return safe_text(line.decode("utf-8", "replace"), 120)
+    return safe_text(line.decode("utf-8", "replace"), 120).strip()
 
 
 def _address(ip: str) -> bytes:
