@@ -579,7 +579,8 @@ def test_backend_without_greeting_capabilities_asks_for_them():
 def test_backend_capability_failure():
     b = backend()
     run(b, b"* OK ready\r\n")
-    assert run(b, b"A1 BAD what\r\n") == (b"", [BackendFailed("backend refused CAPABILITY: A1 BAD what")])
+    assert run(b, b"A1 BAD what\r\n") == (
+        b"", [BackendFailed("backend refused CAPABILITY: A1 BAD what")])
 
 
 def test_backend_send_id_off_and_client_ua_sanitised():
@@ -615,7 +616,8 @@ def test_backend_literal_fallback():
 def test_backend_unexpected_continuation():
     b = backend(send_id=False)
     run(b, GREETING)
-    assert run(b, b"+ OK\r\n")[1] == [BackendFailed("backend sent an unexpected continuation request")]
+    assert run(b, b"+ OK\r\n")[1] == [
+        BackendFailed("backend sent an unexpected continuation request")]
 
 
 @pytest.mark.parametrize("reply, temporary", [

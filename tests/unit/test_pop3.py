@@ -391,7 +391,8 @@ def test_backend_user_rejected():
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b"-ERR Too many connections\r\n", "unexpected greeting from backend: -ERR Too many connections"),
+    (b"-ERR Too many connections\r\n",
+     "unexpected greeting from backend: -ERR Too many connections"),
     (b"* OK IMAP ready\r\n", "unexpected greeting from backend: * OK IMAP ready"),
     (GREETING + b"hello\r\n", "unexpected reply to CAPA: hello"),
     (GREETING + capa("SASL PLAIN") + b"+ \r\n", "unexpected reply to login: +"),
