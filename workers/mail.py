@@ -185,6 +185,7 @@ class MailSession(asyncio.Protocol):
                 self.transport.pause_reading()
                 self._task = asyncio.get_running_loop().create_task(self._login(event))
             elif isinstance(event, ev.StartTLS):
+                self.transport.pause_reading()     # nothing more in plaintext
                 self._task = asyncio.get_running_loop().create_task(self._start_tls())
             elif isinstance(event, ev.ClientId):
                 name = event.fields.get("name") or ""
