@@ -534,3 +534,57 @@ def test_serialisation_refuses_bad_start_lines():
         serialize_request_head(b"GET", b"/ HTTP/1.1\r\nX:", [])
     with pytest.raises(ValueError):
         serialize_response_head(200, b"OK\r\nX: y", [])
+
+
+# ---------------------------------------------------------------------- fuzz
+
+TRANSCRIPTS = [
+    (RequestParser, POST + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+    (RequestParser, CHUNKED_POST),
+    (ResponseParser, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5;x=1\r\npedia\r\n0\r\nT: 1\r\n\r\n"),
+    (ResponseParser, b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close"),
+]
+
+
+@pytest.mark.parametrize("cls, data", TRANSCRIPTS)
+def test_random_splits_give_the_same_events(cls, data):
+    import random
+    rng = random.Random(7)
+    whole = cls()
+    expected = merged(whole.feed(data) + whole.feed_eof())
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randrange(1, 12)))
+        p, events, last = cls(), [], 0
+        for cut in cuts + [len(data)]:
+            events += p.feed(data[last:cut])
+            last = cut
+        assert merged(events + p.feed_eof()) == expected
+
+
+@pytest.mark.parametrize("cls", [RequestParser, ResponseParser])
+def test_fuzz_never_raises(cls):
+    import random
+    rng = random.Random(11)
+    seeds = [data for _, data in TRANSCRIPTS] + [POST, CHUNKED_POST]
+    alphabet = b"\r\n:; \t0123456789abcdefABCDEF-,\"\\\x00\x7f\xffGETPOSTHTTP/1.1chunkedContent-Length"
+    for _ in range(3000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 6)):
+            op, pos = rng.random(), rng.randrange(len(data) + 1)
+            if op < 0.4:
+                data[pos:pos] = bytes([rng.choice(alphabet)])
+            elif op < 0.7 and pos < len(data):
+                del data[pos]
+            elif pos < len(data):
+                data[pos] = rng.randrange(256)
+        p = cls(max_header_bytes=512, max_headers=8)
+        step = rng.choice([1, 3, 17, len(data) or 1])
+        events = []
+        for i in range(0, len(data), step):
+            events += p.feed(bytes(data[i:i + step]))
+            if p.done and p.keep_alive:
+                events += p.start_next()
+        events += p.feed_eof()
+        errors = [e for e in events if isinstance(e, ParseError)]
+        assert len(errors) <= 1 and (not errors or events[-1] is errors[0])
