@@ -6,6 +6,7 @@ Carbonio directory. Calls block; the workers run them in a thread
 """
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -104,12 +105,14 @@ class Directory:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         s = self.settings
-        server = ldap3.Server(s.ldap_url, connect_timeout=s.ldap_timeout, get_info=ldap3.NONE)
+        # ldap3 packs receive_timeout into SO_RCVTIMEO as whole seconds.
+        timeout = max(1, math.ceil(s.ldap_timeout))
+        server = ldap3.Server(s.ldap_url, connect_timeout=timeout, get_info=ldap3.NONE)
         user = s.ldap_bind_dn or None
         password = s.ldap_password() if user else None
         self._conn = ldap3.Connection(
             server, user=user, password=password, client_strategy=ldap3.SAFE_SYNC,
-            auto_bind=True, receive_timeout=s.ldap_timeout, raise_exceptions=True,
+            auto_bind=True, receive_timeout=timeout, raise_exceptions=True,
             read_only=False)
         return self._conn
 
@@ -123,7 +126,7 @@ class Directory:
                     _, _, response, _ = conn.search(base or self.settings.ldap_base, filt,
                                                     ldap3.SUBTREE, attributes=attrs)
                     break
-                except LDAPException as exc:
+                except (LDAPException, OSError) as exc:
                     # A dropped connection is re-opened once; a second failure is real.
                     self._drop()
                     if attempt == 2:
@@ -205,12 +208,15 @@ class Directory:
                 value = _first(e, attr, None)
                 ports[proto] = int(value) if value not in (None, "") else PORT_DEFAULTS[proto]
             lookup = _first(e, "zimbraReverseProxyLookupTarget", False)
+            services = tuple(_all(e, "zimbraServiceEnabled"))
+            # Only mailbox servers are ever proxied to; don't ask DNS for the rest.
+            mailbox = "mailbox" in services or not services
             out[hostname] = MailServer(
                 hostname=hostname,
-                address=self.resolve(hostname),
+                address=self.resolve(hostname) if mailbox else "",
                 ports=ports,
                 lookup_target=lookup is True or str(lookup).upper() == "TRUE",
-                services=tuple(_all(e, "zimbraServiceEnabled")),
+                services=services,
                 mail_mode=_first(e, "zimbraReverseProxyMailMode"),
             )
         return out
@@ -239,7 +245,7 @@ class Directory:
         with self._lock:
             try:
                 self._connection().modify(dn, changes)
-            except LDAPException as exc:
+            except (LDAPException, OSError) as exc:
                 self._drop()
                 raise DirectoryUnavailable(f"LDAP modify of {dn} failed: {exc}") from None
 

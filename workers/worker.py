@@ -122,7 +122,7 @@ class Worker:
                     factory, sock=sock, ssl=self.tls.front if implicit_tls else None,
                     ssl_handshake_timeout=10 if implicit_tls else None, backlog=listeners.BACKLOG)
                 self.servers.append(server)
-                log.info("%s listening on %s (%s)", self.name, endpoint, kind)
+                log.info("listening on %s (%s)", endpoint, kind)
 
     def reload(self) -> None:
         """SIGHUP: new settings and certificates for new sessions; live ones go on."""
@@ -141,7 +141,7 @@ class Worker:
         self.cache.timeout = settings.memcached_timeout
         self.cache.reconnect = settings.memcached_reconnect
         asyncio.get_running_loop().create_task(self._refresh_servers())
-        log.info("%s reloaded %s", self.name, settings.path)
+        log.info("reloaded %s", settings.path)
 
     async def _refresh_servers(self) -> None:
         try:
@@ -157,7 +157,7 @@ class Worker:
         for server in self.servers:
             server.close()
         deadline = time.monotonic() + self.settings.mail.drain_timeout
-        log.info("%s draining %d session(s), at most %gs", self.name, len(self.sessions),
+        log.info("draining %d session(s), at most %gs", len(self.sessions),
                  self.settings.mail.drain_timeout)
         if self.sessions:
             try:
