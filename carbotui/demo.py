@@ -163,9 +163,12 @@ def intact() -> str | None:
     missing = [str(p.relative_to(ROOT)) for p in expected_files() if not p.exists()]
     if missing:
         return f"missing: {', '.join(missing)}"
-    ca = certs.load_cert((CERTS / "ca.crt").read_bytes())
     for stem in ["ca", *CERT_SPECS]:
-        cert, key = certs.read_pair(CERTS / f"{stem}.crt", CERTS / f"{stem}.key")
+        try:
+            ca = certs.load_cert((CERTS / "ca.crt").read_bytes())
+            cert, key = certs.read_pair(CERTS / f"{stem}.crt", CERTS / f"{stem}.key")
+        except ValueError:
+            return f"var/certs/{stem}.crt or .key is not valid PEM"
         if not certs.check_pair(cert, key) or not certs.is_signed_by(cert, ca):
             return f"var/certs/{stem}.crt does not match its key or the demo CA"
         if certs.expires_in(cert).days < 7:
@@ -178,7 +181,8 @@ def make_certs() -> None:
     ca_cert, ca_key = certs.make_ca("carbotui demo CA")
     certs.write_pair(ca_cert, ca_key, CERTS / "ca.crt", CERTS / "ca.key")
     for stem, (names, ips) in CERT_SPECS.items():
-        certs.write_pair(*certs.issue(ca_cert, ca_key, names, ips), CERTS / f"{stem}.crt", CERTS / f"{stem}.key")
+        cert, key = certs.issue(ca_cert, ca_key, names, ips)
+        certs.write_pair(cert, key, CERTS / f"{stem}.crt", CERTS / f"{stem}.key")
 
 
 def ldif_entry(dn: str, attrs: list[tuple[str, str]]) -> str:
@@ -457,6 +461,9 @@ def setup(force: bool) -> None:
     check_paths()
     for d in (RUN, LOG):
         d.mkdir(parents=True, exist_ok=True)
+    if not supervisord_pid() and (left := _leftovers({os.getpid()})):
+        raise DemoError("processes of an earlier run are still running without supervisord "
+                        f"(pids {', '.join(str(p.pid) for p in left)}): run `make down` first")
     reason = "--force" if force else intact()
     if reason is None:
         write_workers_include()
@@ -550,46 +557,66 @@ def tail(path: Path, n: int = 5) -> str:
     return "\n".join(f"    {line}" for line in lines)
 
 
+def program_state(states: dict[str, str], name: str) -> str:
+    """State of a program (all of its processes, for numprocs > 1): RUNNING or what is not."""
+    mine = [v for k, v in states.items() if k == name or k.startswith(f"{name}_")]
+    if not mine:
+        return "not known to supervisord" if states else "supervisord not reachable"
+    return next((v for v in mine if v != "RUNNING"), "RUNNING")
+
+
 def wait(timeout: float) -> None:
+    """Until every check's program is RUNNING in supervisord and its port answers."""
     pending = list(CHECKS)
     errors: dict[tuple[str, int], str] = {}
     deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
+    while True:
+        states = supervisor_states()
         for check in list(pending):
             name, host, port, probe = check
             try:
                 probe(host, port)
             except (OSError, DemoError) as e:
                 errors[(host, port)] = str(e).splitlines()[0] if str(e) else type(e).__name__
-            else:
+                continue
+            if program_state(states, name) == "RUNNING":  # after startsecs: not about to die
                 pending.remove(check)
-        if pending:
-            time.sleep(0.2)
-    states = supervisor_states()
+        if not pending or time.monotonic() > deadline:
+            break
+        if any(program_state(states, c[0]) == "FATAL" for c in pending):
+            break  # supervisord gave up on it: waiting longer changes nothing
+        time.sleep(0.2)
     if pending:
-        lines = [f"not up after {timeout:.0f}s:"]
+        lines = ["not up:"]
         for name in dict.fromkeys(c[0] for c in pending):  # each program once, in order
-            where = ", ".join(f"{h}:{p} ({errors.get((h, p), '?')})" for n, h, p, _ in pending if n == name)
-            lines += [f"  {name} [{states.get(name, 'supervisord not reachable')}] {where}",
+            where = ", ".join(f"{h}:{p} {errors.get((h, p), 'answers, but ' + name + ' is not RUNNING')}"
+                              for n, h, p, _ in pending if n == name)
+            lines += [f"  {name} [{program_state(states, name)}] {where}",
                       f"  last lines of var/log/{name}.log:", tail(LOG / f"{name}.log")]
         raise DemoError("\n".join(lines))
     say(f"up: {', '.join(dict.fromkeys(c[0] for c in CHECKS))}")
-    proxy = {k: v for k, v in states.items() if k.startswith("proxy_")}
-    if proxy and set(proxy.values()) != {"RUNNING"}:  # informational until the workers exist
-        say("note: proxy workers " + ", ".join(f"{k} {v}" for k, v in sorted(proxy.items()))
-            + " (see var/log/proxy_00.log)")
+    proxy = program_state(states, "proxy")
+    if proxy != "RUNNING" and "proxy" not in (c[0] for c in CHECKS):  # informational for now
+        say(f"note: proxy workers are {proxy} (see var/log/proxy_00.log)")
 
 
 # --- down ---------------------------------------------------------------------------------
 
 def _leftovers(exclude: set[int]):
-    """Processes of this stack outside supervisord: they mention var/ or the node config."""
+    """Processes of this stack that supervisord no longer knows (e.g. it was SIGKILLed):
+    their command line mentions var/ or the node config, or they are a demo daemon still
+    listening on a demo port (memcached's command line names no path)."""
     import psutil
     marks = (f"{VAR}/", f"{ROOT}/carbotui.toml")
+    ports = {(host, port) for _, host, port, _ in CHECKS}
+    listeners = {c.pid for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid and (c.laddr.ip, c.laddr.port) in ports}
     found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["pid"] not in exclude and any(m in cmd for m in marks):
+        ours = any(m in cmd for m in marks) or (
+            p.info["pid"] in listeners and p.info["name"] in ("memcached", "slapd", "dovecot"))
+        if ours and p.info["pid"] not in exclude:
             found.append(p)
     return found
 
@@ -627,7 +654,8 @@ def down(timeout: float) -> None:
 # --- summary ------------------------------------------------------------------------------
 
 def summary() -> None:
-    ca = CERTS / "ca.crt"
+    ca, secret = CERTS / "ca.crt", LDAP / "admin.secret"
+    mbox_ports = ", ".join(f"{proto.upper()} {port}" for proto, port in MBOX_PORTS.items())
     odd, even = "user01@demo.test", "user02@demo.test"
     print(textwrap.dedent(f"""\
         carbotui demo — everything on loopback, generated under {VAR}
@@ -644,15 +672,16 @@ def summary() -> None:
           Each INBOX holds "Welcome to mboxN": it tells you where the proxy routed you.
 
         Backends (what the proxy talks to)
-          memcached 127.0.0.1:{MEMCACHED[1]}   LDAP {LDAP_URL} ({LDAP_ADMIN}, password in {LDAP / 'admin.secret'})
-          mbox1 127.0.0.1 / mbox2 127.0.0.2: IMAP {MBOX_PORTS['imap']}, IMAPS {MBOX_PORTS['imaps']}, POP3 {MBOX_PORTS['pop3']}, POP3S {MBOX_PORTS['pop3s']}
+          memcached 127.0.0.1:{MEMCACHED[1]}
+          LDAP {LDAP_URL} as {LDAP_ADMIN}, password in {secret}
+          mbox1 127.0.0.1 / mbox2 127.0.0.2: {mbox_ports}
 
         Try
           curl --cacert {ca} -u {odd}:{PASSWORD} 'imaps://localhost:10993/INBOX;UID=1'
           curl --cacert {ca} -u {even}:{PASSWORD} pop3s://localhost:10995/1
           openssl s_client -quiet -CAfile {ca} -connect 127.0.0.1:10993 -servername mail.demo.test
           curl -u {odd}:{PASSWORD} 'imap://127.0.0.1:7143/INBOX;UID=1'      # mbox1 directly
-          ldapsearch -x -H {LDAP_URL} -D {LDAP_ADMIN} -y {LDAP / 'admin.secret'} -b {LDAP_SUFFIX} uid={odd}
+          ldapsearch -x -H {LDAP_URL} -D {LDAP_ADMIN} -y {secret} -b {LDAP_SUFFIX} uid={odd}
 
         Manage
           .venv/bin/supervisorctl -c supervisord.conf status      logs: {LOG}
@@ -670,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 help="regenerate even if intact")
     sub.add_parser("wait", help="wait for the services").add_argument("--timeout", type=float, default=30)
     sub.add_parser("summary", help="how to connect")
-    sub.add_parser("down", help="stop supervisord, leave nothing").add_argument("--timeout", type=float, default=60)
+    sub.add_parser("down", help="stop supervisord, leave nothing").add_argument(
+        "--timeout", type=float, default=60)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "setup":
