@@ -611,12 +611,13 @@ def _leftovers(exclude: set[int]):
     ports = {(host, port) for _, host, port, _ in CHECKS}
     listeners = {c.pid for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.pid and (c.laddr.ip, c.laddr.port) in ports}
+    daemons = ("memcached", "slapd", "dovecot")
     found = []
     for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        ours = any(m in cmd for m in marks) or (
-            p.info["pid"] in listeners and p.info["name"] in ("memcached", "slapd", "dovecot"))
-        if ours and p.info["pid"] not in exclude:
+        name, cmd = p.info["name"] or "", " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] in exclude or not (name in daemons or name.startswith("python")):
+            continue  # never someone's `tail -f .../var/log/x` or editor
+        if any(m in cmd for m in marks) or (p.info["pid"] in listeners and name in daemons):
             found.append(p)
     return found
 
