@@ -15,6 +15,8 @@ from pathlib import Path
 from workers.events import MailLimits
 
 MAIL_PROTOCOLS = ("imap", "imaps", "pop3", "pop3s")
+WEB_PROTOCOLS = ("http", "https", "admin")
+BALANCE_METHODS = ("round-robin", "least-conn", "ip-hash")
 
 
 class ConfigError(ValueError):
@@ -68,6 +70,23 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    balance: str = "round-robin"
+    connect_timeout: float = 25.0       # zimbraReverseProxyUpstreamConnectTimeout
+    read_timeout: float = 60.0          # zimbraReverseProxyUpstreamReadTimeout
+    polling_timeout: float = 3600.0     # long polls and WebSockets
+    header_timeout: float = 10.0        # a client must send its head within this
+    body_timeout: float = 60.0          # and keep a body moving
+    keepalive_timeout: float = 75.0     # idle client connection between requests
+    upstream_keepalive: int = 32        # idle upstream connections kept per server
+    max_header_bytes: int = 16384
+    health_interval: float = 2.0
+    health_path: str = "/health"
+    fail_timeout: float = 10.0          # a failed upstream is skipped this long
+    upstream_tls: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     path: Path
     node_name: str
@@ -88,6 +107,7 @@ class Settings:
     ldap_timeout: float
     hosts: dict[str, str]
     mail: MailSettings = field(default_factory=MailSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     @property
     def audit_log(self) -> Path:
@@ -159,7 +179,7 @@ def load(path: str | os.PathLike) -> Settings:
     node = root.table("node")
     listen_t = root.table("listen")
     listen = {}
-    for proto in MAIL_PROTOCOLS:
+    for proto in MAIL_PROTOCOLS + WEB_PROTOCOLS:
         items = listen_t.get(proto, list, [])
         listen[proto] = tuple(parse_endpoint(x, listen_t.key(proto)) for x in items)
 
@@ -201,6 +221,23 @@ def load(path: str | os.PathLike) -> Settings:
     if mail.auth_wait < 0:
         raise ConfigError("mail.auth_wait: must not be negative")
 
+    wt = root.table("web")
+    web = WebSettings(
+        balance=wt.choice("balance", BALANCE_METHODS, "round-robin"),
+        connect_timeout=wt.positive("connect_timeout", float, 25.0),
+        read_timeout=wt.positive("read_timeout", float, 60.0),
+        polling_timeout=wt.positive("polling_timeout", float, 3600.0),
+        header_timeout=wt.positive("header_timeout", float, 10.0),
+        body_timeout=wt.positive("body_timeout", float, 60.0),
+        keepalive_timeout=wt.positive("keepalive_timeout", float, 75.0),
+        upstream_keepalive=wt.get("upstream_keepalive", int, 32),
+        max_header_bytes=wt.positive("max_header_bytes", int, 16384),
+        health_interval=wt.positive("health_interval", float, 2.0),
+        health_path=wt.get("health_path", str, "/health"),
+        fail_timeout=wt.positive("fail_timeout", float, 10.0),
+        upstream_tls=wt.get("upstream_tls", bool, False),
+    )
+
     url = ldap.get("url", str, required=True)
     if not url.startswith(("ldap://", "ldaps://", "ldapi://")):
         raise ConfigError(f"ldap.url: expected ldap://, ldaps:// or ldapi://, got {url!r}")
@@ -226,4 +263,5 @@ def load(path: str | os.PathLike) -> Settings:
         ldap_timeout=ldap.positive("timeout", float, 5.0),
         hosts=hosts,
         mail=mail,
+        web=web,
     )

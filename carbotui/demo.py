@@ -525,6 +525,23 @@ def _ldap(host: str, port: int) -> None:
         "-D", LDAP_ADMIN, "-y", str(LDAP / "admin.secret"), "-b", LDAP_SUFFIX, "-s", "base", "dn")
 
 
+def _http(tls: bool = False) -> Callable[[str, int], None]:
+    """A probe that GETs /health and expects any HTTP answer below 500."""
+    def probe(host: str, port: int) -> None:
+        with socket.create_connection((host, port), timeout=2) as raw:
+            sock = raw
+            if tls:
+                ctx = ssl.create_default_context(cafile=str(CERTS / "ca.crt"))
+                ctx.check_hostname = False
+                sock = ctx.wrap_socket(raw)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            line = _recv_line(sock)
+            if not (line.startswith(b"HTTP/1.") and line[9:10] in b"1234"):
+                raise OSError(f"unexpected answer {line[:60]!r}")
+    return probe
+
+
+HTTP, HTTPS = _http(), _http(tls=True)
 IMAP, POP3 = _greeting(b"* OK"), _greeting(b"+OK")
 IMAPS, POP3S = _greeting(b"* OK", tls=True), _greeting(b"+OK", tls=True)
 
@@ -534,6 +551,11 @@ CHECKS: list[tuple[str, str, int, Callable[[str, int], None]]] = [
     ("slapd", "127.0.0.1", 10389, _ldap),
     *[(m.short, m.ip, MBOX_PORTS[proto], probe) for m in MAILBOXES
       for proto, probe in (("imap", IMAP), ("imaps", IMAPS), ("pop3", POP3), ("pop3s", POP3S))],
+    *[(f"web{m.short[-1]}", m.ip, port, HTTP) for m in MAILBOXES for port in (8080, 7071)],
+    ("proxy", "127.0.0.1", 10143, IMAP), ("proxy", "127.0.0.1", 10993, IMAPS),
+    ("proxy", "127.0.0.1", 10110, POP3), ("proxy", "127.0.0.1", 10995, POP3S),
+    ("proxy", "127.0.0.1", 10080, HTTP), ("proxy", "127.0.0.1", 10443, HTTPS),
+    ("proxy", "127.0.0.1", 16071, HTTPS),
 ]
 
 
@@ -595,9 +617,6 @@ def wait(timeout: float) -> None:
                       f"  last lines of var/log/{name}.log:", tail(LOG / f"{name}.log")]
         raise DemoError("\n".join(lines))
     say(f"up: {', '.join(dict.fromkeys(c[0] for c in CHECKS))}")
-    proxy = program_state(states, "proxy")
-    if proxy != "RUNNING" and "proxy" not in (c[0] for c in CHECKS):  # informational for now
-        say(f"note: proxy workers are {proxy} (see var/log/proxy_00.log)")
 
 
 # --- down ---------------------------------------------------------------------------------

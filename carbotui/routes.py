@@ -145,6 +145,35 @@ class Router:
         await self._remember(login, local_ip, proto, route)
         return route
 
+    async def route_by_id(self, zimbra_id: str, proto: str, *, admin: bool = False
+                          ) -> Route | None:
+        """The route for a web request carrying an auth token (by zimbraId)."""
+        key = id_route_key(proto, zimbra_id, admin=admin)
+        port_kind = "admin" if admin else proto
+        if self.cache.servers:
+            found = await self.cache.get_many([key])
+            if key in found:
+                if not self.servers:
+                    await self.refresh_servers()
+                server = self._server_by_endpoint(found[key], port_kind)
+                if server is not None:
+                    self.hits += 1
+                    return self._route("", server, port_kind, cached=True)
+                self.poisoned += 1
+                await self.cache.delete(key)
+        self.misses += 1
+        self.ldap_lookups += 1
+        try:
+            account = await asyncio.to_thread(self.directory.find_account_by_id, zimbra_id)
+        except DirectoryUnavailable as exc:
+            raise RouteError(str(exc)) from None
+        if account is None:
+            return None
+        server = await self._server_for(account)
+        route = self._route(account.name, server, port_kind, cached=False)
+        await self.cache.add(key, server.endpoint(port_kind).encode(), self.ttl)
+        return route
+
     async def _lookup(self, login: str, local_ip: str) -> Account | None:
         self.ldap_lookups += 1
         try:

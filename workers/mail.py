@@ -101,6 +101,14 @@ class MailSession(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
 
+    @property
+    def bytes_in(self) -> int:
+        return self.splice.bytes_in if self.splice else 0
+
+    @property
+    def bytes_out(self) -> int:
+        return self.splice.bytes_out if self.splice else 0
+
     # -- connection ---------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -113,7 +121,9 @@ class MailSession(asyncio.Protocol):
         limits = w.settings.mail.limits
         cls = ImapClientSide if self.proto == "imap" else Pop3ClientSide
         self.machine = cls(limits, tls=self.tls)
-        if w.draining or len(w.sessions) >= w.settings.mail.max_connections:
+        # A connection accepted while draining is still served: refusing it would
+        # turn a graceful restart into a failed login.
+        if len(w.sessions) >= w.settings.mail.max_connections:
             w.stats.rejected_busy += 1
             transport.write(b"* BYE [UNAVAILABLE] Server busy, try again later\r\n"
                             if self.proto == "imap" else

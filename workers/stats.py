@@ -16,13 +16,11 @@ def snapshot(worker) -> dict:
     now = time.time()
     sessions = []
     for s in list(worker.sessions.values()):
-        splice = s.splice
         sessions.append({
             "id": s.id, "protocol": s.kind, "client": s.client_ip, "client_port": s.client_port,
             "account": s.account, "server": s.server, "state": s.state,
             "started": round(s.started, 3),
-            "bytes_in": splice.bytes_in if splice else 0,
-            "bytes_out": splice.bytes_out if splice else 0,
+            "bytes_in": s.bytes_in, "bytes_out": s.bytes_out,
         })
     st = worker.stats
     return {
@@ -37,6 +35,16 @@ def snapshot(worker) -> dict:
                   "memcached_errors": worker.cache.errors},
         "ldap_searches": worker.directory.searches,
         "backends": {name: vars(b) for name, b in st.backends.items()},
+        "web": {
+            "requests": dict(st.web_requests),
+            "upstreams": [{"server": u.name, "port": u.port, "kind": u.port_kind,
+                           "healthy": u.healthy, "active": u.active, "requests": u.requests,
+                           "errors": u.errors, "idle": len(u.idle)}
+                          for u in worker.all_upstreams()],
+        },
+        "config": {"version": worker.live.version, "applied_at": worker.live.applied_at,
+                   "mail_mode": worker.live.mail_mode, "ldap_error": worker.live.error,
+                   "virtual_hosts": sorted(worker.live.vhosts)},
         "sessions": sessions,
     }
 

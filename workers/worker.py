@@ -15,21 +15,24 @@ from dataclasses import dataclass, field
 
 from carbotui import config as config_mod
 from carbotui.audit import AuditLog
-from carbotui.directory import Directory, DirectoryUnavailable
+from carbotui.directory import Directory
 from carbotui.memcache import Memcache
 from carbotui.routes import Router
 from workers import listeners
+from workers.live import LiveConfig
 from workers.tls import TlsContexts, upstream_context
+from workers.upstreams import UpstreamSet, health_loop
 
 log = logging.getLogger("workers.worker")
 
-# Listener kind -> (protocol, implicit TLS, audit thread name as Zimbra's)
-LISTENER_KINDS = {
+# Mail listener kind -> (protocol, implicit TLS, audit thread name as Zimbra's)
+MAIL_KINDS = {
     "imap": ("imap", False, "ImapServer"),
     "imaps": ("imap", True, "ImapSSLServer"),
     "pop3": ("pop3", False, "Pop3Server"),
     "pop3s": ("pop3", True, "Pop3SSLServer"),
 }
+WEB_KINDS = {"http": False, "https": True, "admin": True}      # kind -> TLS
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Stats:
     logins_ok: Counter = field(default_factory=Counter)        # by protocol
     logins_failed: Counter = field(default_factory=Counter)
     logins_temp: Counter = field(default_factory=Counter)
+    web_requests: Counter = field(default_factory=Counter)     # by listener kind
     rejected_busy: int = 0
     backends: dict[str, BackendStats] = field(default_factory=dict)
 
@@ -75,14 +79,29 @@ class Worker:
         self.audit = AuditLog(settings.audit_log)
         self.tls = TlsContexts(settings)
         self.upstream_tls = self._upstream_context(settings)
+        web_kind = "httpssl" if settings.web.upstream_tls else "http"
+        self.web_upstreams = UpstreamSet(web_kind, settings.web)
+        self.admin_upstreams = UpstreamSet("admin", settings.web)
+        self.live = LiveConfig(self)
+        self._tasks: list[asyncio.Task] = []
         self.servers: list[asyncio.AbstractServer] = []
         self.draining = False
         self.stopped = asyncio.Event()
         self._all_gone = asyncio.Event()
 
+    @property
+    def upstream_web_tls(self):
+        return self.upstream_tls if self.settings.web.upstream_tls else None
+
+    def upstreams_for(self, kind: str) -> UpstreamSet:
+        return self.admin_upstreams if kind == "admin" else self.web_upstreams
+
+    def all_upstreams(self):
+        return [*self.web_upstreams.upstreams.values(), *self.admin_upstreams.upstreams.values()]
+
     @staticmethod
     def _upstream_context(settings):
-        if not settings.mail.upstream_tls:
+        if not (settings.mail.upstream_tls or settings.web.upstream_tls):
             return None
         ca = settings.mail.upstream_ca
         return upstream_context(cafile=str(ca) if ca else None)
@@ -100,29 +119,37 @@ class Worker:
         return self.index * 10_000_000_000 + next(self._ids)
 
     async def start(self) -> None:
-        from workers.mail import MailSession      # late: mail imports worker types
+        from workers import stats
+        from workers.mail import MailSession      # late: sessions import worker types
+        from workers.web import WebSession
 
         loop = asyncio.get_running_loop()
-        try:
-            await self.router.refresh_servers(force=True)
-        except DirectoryUnavailable as exc:
-            # Start anyway: cached routes still work, and LDAP may come back.
-            log.warning("mailbox servers not loaded yet (%s); will retry on the first login", exc)
-        from workers import stats
+        # Start even if LDAP is down: cached routes still work and it may come back.
+        await self.live.refresh()
         self.stats_server = await stats.serve(self, str(self.stats_path))
         for kind, endpoints in self.settings.listen.items():
-            proto, implicit_tls, thread = LISTENER_KINDS[kind]
             for endpoint in endpoints:
-                sock = listeners.bind(endpoint)
+                if kind in MAIL_KINDS:
+                    proto, tls, thread = MAIL_KINDS[kind]
 
-                def factory(kind=kind, proto=proto, tls=implicit_tls, thread=thread):
-                    return MailSession(self, kind, proto, tls, f"{thread}-{self.index}")
+                    def factory(kind=kind, proto=proto, tls=tls, thread=thread):
+                        return MailSession(self, kind, proto, tls, f"{thread}-{self.index}")
+                else:
+                    tls = WEB_KINDS[kind]
 
+                    def factory(kind=kind, tls=tls):
+                        return WebSession(self, kind, tls)
                 server = await loop.create_server(
-                    factory, sock=sock, ssl=self.tls.front if implicit_tls else None,
-                    ssl_handshake_timeout=10 if implicit_tls else None, backlog=listeners.BACKLOG)
+                    factory, sock=listeners.bind(endpoint), ssl=self.tls.front if tls else None,
+                    ssl_handshake_timeout=10 if tls else None, backlog=listeners.BACKLOG)
                 self.servers.append(server)
                 log.info("listening on %s (%s)", endpoint, kind)
+        self._tasks = [
+            loop.create_task(self.live.run()),
+            loop.create_task(health_loop([self.web_upstreams, self.admin_upstreams],
+                                         lambda: self.settings.web,
+                                         lambda: self.upstream_web_tls)),
+        ]
 
     def reload(self) -> None:
         """SIGHUP: new settings and certificates for new sessions; live ones go on."""
@@ -140,14 +167,10 @@ class Worker:
         self.router.ttl = settings.memcached_ttl
         self.cache.timeout = settings.memcached_timeout
         self.cache.reconnect = settings.memcached_reconnect
-        asyncio.get_running_loop().create_task(self._refresh_servers())
+        self.web_upstreams.settings = self.admin_upstreams.settings = settings.web
+        self.live.version = ""               # re-apply certificates and servers
+        asyncio.get_running_loop().create_task(self.live.refresh())
         log.info("reloaded %s", settings.path)
-
-    async def _refresh_servers(self) -> None:
-        try:
-            await self.router.refresh_servers(force=True)
-        except DirectoryUnavailable as exc:
-            log.warning("server list not refreshed: %s", exc)
 
     async def drain(self) -> None:
         """SIGTERM: stop accepting, let sessions finish (bounded), then exit."""
@@ -156,6 +179,8 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
+        for task in self._tasks:
+            task.cancel()
         deadline = time.monotonic() + self.settings.mail.drain_timeout
         log.info("draining %d session(s), at most %gs", len(self.sessions),
                  self.settings.mail.drain_timeout)

@@ -28,6 +28,7 @@ SETTINGS = config.load(REPO / "carbotui.toml")
 CA = REPO / "var" / "certs" / "ca.crt"
 PASSWORD = "demo-pass"
 PORTS = {"imap": 10143, "imaps": 10993, "pop3": 10110, "pop3s": 10995}
+WEB_PORTS = {"http": 10080, "https": 10443, "admin": 16071}
 HOST = "127.0.0.1"
 
 
@@ -144,8 +145,8 @@ class AuditTail:
         return wait_for(found, timeout, what=f"audit line with {needles}")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def stack_is_up():
+@pytest.fixture(scope="session")
+def proxy_up():
     missing = [name for name, port in PORTS.items() if not port_open(port)]
     if missing or not CA.exists():
         pytest.exit(f"the demo stack is not running ({', '.join(missing) or 'no CA'}); "
@@ -166,6 +167,40 @@ def flush_routes(account: str) -> None:
     proc = subprocess.run([str(REPO / ".venv/bin/carbotui"), "prov", "flushCache", account],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+class RawImap:
+    """A byte-level IMAPS client for literals and malformed input."""
+
+    def __init__(self, port=PORTS["imaps"]):
+        raw = socket.create_connection((HOST, port), timeout=10)
+        self.sock = tls_context().wrap_socket(raw, server_hostname=HOST)
+        self.buf = b""
+        self.greeting = self.line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def until_tagged(self, tag: bytes) -> list[bytes]:
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def close(self):
+        self.sock.close()
+
 
 
 def imap_login(user: str, kind: str = "imaps", password: str = PASSWORD, port=None):
@@ -204,7 +239,8 @@ class CustomWorker:
 
     def __init__(self, tmp_path: Path, mail: dict, port_base: int):
         text = (REPO / "carbotui.toml").read_text()
-        for kind, port in PORTS.items():
+        # Every listener moves, or SO_REUSEPORT would let this worker join the real ones.
+        for port in (*PORTS.values(), *WEB_PORTS.values()):
             text = text.replace(f'"127.0.0.1:{port}"', f'"127.0.0.1:{port_base + port % 1000}"')
         text = text.replace('var_dir = "var"', f'var_dir = "{REPO / "var"}"')
         for name in ("certificate", "private_key", "password_file", "upstream_ca"):
@@ -217,7 +253,7 @@ class CustomWorker:
             lines.append(line)
         cfg = tmp_path / "carbotui.toml"
         cfg.write_text("\n".join(lines) + "\n")
-        self.ports = {k: port_base + p % 1000 for k, p in PORTS.items()}
+        self.ports = {k: port_base + p % 1000 for k, p in (*PORTS.items(), *WEB_PORTS.items())}
         self.log = open(tmp_path / "worker.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "workers", "--config", str(cfg),
                                       "--worker", "90"], cwd=REPO, stdout=self.log,
@@ -225,6 +261,10 @@ class CustomWorker:
         wait_for(lambda: all(port_open(p) for p in self.ports.values()) or self.proc.poll(),
                  15, what="custom worker listening")
         assert self.proc.poll() is None, (tmp_path / "worker.log").read_text()
+        # The port probes above were sessions too; start from an idle worker.
+        self.stats_path = REPO / "var/run/proxy_90.sock"
+        wait_for(lambda: not read_stats(str(self.stats_path))["sessions"], 10,
+                 what="custom worker idle")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -241,7 +281,8 @@ class CustomWorker:
 def custom_worker(tmp_path):
     made = []
 
-    def start(port_base: int = 30000, **mail):
+    def start(port_base: int = 20000, **mail):
+        # below the ephemeral port range (32768+), where clients' ports live
         w = CustomWorker(tmp_path, mail, port_base)
         made.append(w)
         return w

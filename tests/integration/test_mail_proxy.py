@@ -7,14 +7,16 @@ import poplib
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
 
-from tests.integration.conftest import (CA, HOST, PASSWORD, PORTS, REPO, first_subject_imap,
-                                        flush_routes, imap_login, pop3_login, tls_context,
-                                        total, wait_for, worker_stats)
+from tests.integration.conftest import (CA, HOST, PASSWORD, PORTS, REPO, RawImap,
+                                        first_subject_imap, flush_routes, imap_login,
+                                        pop3_login, supervisorctl, tls_context, total,
+                                        worker_stats)
+
+pytestmark = pytest.mark.usefixtures("proxy_up")
 
 # Odd accounts live on mbox1, even ones on mbox2; each Dovecot knows only its own.
 USERS = [(f"user{n:02d}@demo.test", "mbox1" if n % 2 else "mbox2") for n in (1, 2, 3, 4)]
@@ -81,39 +83,6 @@ def test_starttls_is_required_on_the_plain_port():
     assert "AUTH=PLAIN" in conn.capabilities and "LOGINDISABLED" not in conn.capabilities
     conn.login("user01@demo.test", PASSWORD)
     conn.logout()
-
-
-class RawImap:
-    """A byte-level IMAPS client for literals and malformed input."""
-
-    def __init__(self, port=PORTS["imaps"]):
-        raw = socket.create_connection((HOST, port), timeout=10)
-        self.sock = tls_context().wrap_socket(raw, server_hostname=HOST)
-        self.buf = b""
-        self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(self.buf)
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def until_tagged(self, tag: bytes) -> list[bytes]:
-        lines = []
-        while True:
-            line = self.line()
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
-
-    def close(self):
-        self.sock.close()
 
 
 def test_login_with_literals_and_authenticate_plain():
@@ -242,7 +211,6 @@ def test_crlf_in_a_login_never_reaches_memcached(memcached):
 
 
 def test_memcached_down_logins_still_succeed(memcached):
-    from tests.integration.conftest import supervisorctl
     supervisorctl("stop", "memcached")
     try:
         for user, server in USERS[:2]:

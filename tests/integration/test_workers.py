@@ -7,8 +7,12 @@ import socket
 import threading
 import time
 
+import pytest
+
 from tests.integration.conftest import (HOST, PORTS, RawImap, first_subject_imap, imap_login,
                                         port_open, process_pid, supervisorctl, wait_for)
+
+pytestmark = pytest.mark.usefixtures("proxy_up")
 
 
 def proxy_workers() -> list[str]:
@@ -89,7 +93,7 @@ def test_sighup_reload_keeps_live_sessions():
 
 
 def test_connection_limit_per_worker(custom_worker):
-    w = custom_worker(port_base=31000, max_connections=2)
+    w = custom_worker(port_base=21000, max_connections=2)
     held = [socket.create_connection((HOST, w.ports["imap"]), timeout=5) for _ in range(2)]
     for s in held:
         assert s.recv(100).startswith(b"* OK")
@@ -100,7 +104,7 @@ def test_connection_limit_per_worker(custom_worker):
 
 
 def test_preauth_idle_timeout(custom_worker):
-    w = custom_worker(port_base=32000, preauth_timeout=1)
+    w = custom_worker(port_base=22000, preauth_timeout=1)
     with socket.create_connection((HOST, w.ports["pop3"]), timeout=10) as s:
         assert s.recv(100).startswith(b"+OK")
         data = b""
@@ -110,7 +114,7 @@ def test_preauth_idle_timeout(custom_worker):
 
 
 def test_failures_close_the_connection_after_the_limit(custom_worker):
-    w = custom_worker(port_base=33000, max_auth_failures=2, auth_wait=0)
+    w = custom_worker(port_base=23000, max_auth_failures=2, auth_wait=0)
     c = RawImap(port=w.ports["imaps"])
     c.send(b"a LOGIN user01@demo.test bad1\r\n")
     assert c.until_tagged(b"a")[-1].startswith(b"a NO")

@@ -1,0 +1,111 @@
+"""Cluster-wide settings from LDAP, applied by every worker without a restart.
+
+Every few seconds the worker reads this node's server entry (mail mode),
+the mailbox servers and the domains (virtual hostnames, certificates). When
+anything changed it applies it: new TLS contexts for the next handshakes,
+new upstream sets, the new mail mode. ``version`` and ``applied_at`` are
+reported in the stats, so the dashboard can show when each worker applied a
+change.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+
+from carbotui.directory import DirectoryUnavailable
+
+log = logging.getLogger("workers.live")
+
+POLL_INTERVAL = 2.0
+DEFAULT_MAIL_MODE = "redirect"       # Carbonio's global default (reference §6)
+
+
+class LiveConfig:
+    def __init__(self, worker):
+        self.worker = worker
+        self.mail_mode = DEFAULT_MAIL_MODE
+        self.version = ""
+        self.applied_at = 0.0
+        self.vhosts: dict[str, str] = {}     # virtual hostname -> domain
+        self.error = ""
+
+    @property
+    def https_port(self) -> int:
+        eps = self.worker.settings.listen.get("https") or ()
+        return eps[0].port if eps else 443
+
+    def _read(self):
+        d = self.worker.directory
+        return d.servers(), d.domains()
+
+    async def refresh(self) -> bool:
+        """Read LDAP once; apply if changed. False when LDAP could not be read."""
+        try:
+            servers, domains = await asyncio.to_thread(self._read)
+        except DirectoryUnavailable as exc:
+            if not self.error:
+                log.warning("cluster settings not refreshed (LDAP): %s; keeping the last ones",
+                            exc)
+            self.error = str(exc)
+            return False
+        if self.error:
+            log.warning("LDAP answers again; cluster settings refresh resumed")
+            self.error = ""
+        me = servers.get(self.worker.settings.node_name)
+        mode = (me.mail_mode if me and me.mail_mode else DEFAULT_MAIL_MODE).lower()
+        digest = hashlib.sha256(repr((sorted(servers.items()), sorted(
+            (d.name, d.virtual_hostnames, d.virtual_ips, d.certificate_pem, d.private_key_pem)
+            for d in domains), mode)).encode()).hexdigest()[:12]
+        if digest == self.version:
+            return True
+        self._apply(servers, domains, mode)
+        self.version, self.applied_at = digest, time.time()
+        log.info("cluster settings %s applied: mail mode %s, %d virtual host(s), %d server(s)",
+                 digest, mode, len(self.vhosts), len(servers))
+        return True
+
+    def _apply(self, servers, domains, mode) -> None:
+        w = self.worker
+        if mode not in ("redirect", "https"):
+            log.warning("zimbraReverseProxyMailMode %r is not redirect|https; using redirect",
+                        mode)
+            mode = DEFAULT_MAIL_MODE
+        self.mail_mode = mode
+        w.router.servers = servers
+        w.web_upstreams.update(servers)
+        w.admin_upstreams.update(servers)
+        certs, vhosts = {}, {}
+        cert_dir = w.settings.run_dir / "vhosts"
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        for d in domains:
+            for name in d.virtual_hostnames:
+                vhosts[name] = d.name
+            if not (d.certificate_pem and d.private_key_pem and d.virtual_hostnames):
+                continue
+            # ssl loads certificates from files only; keep them private to this worker.
+            crt = cert_dir / f"{d.name}.{w.index}.crt"
+            key = cert_dir / f"{d.name}.{w.index}.key"
+            _write_private(crt, d.certificate_pem)
+            _write_private(key, d.private_key_pem)
+            for name in d.virtual_hostnames:
+                certs[name] = (crt, key)
+        try:
+            w.tls.load(w.settings, certs)
+        except (OSError, ValueError) as exc:
+            # One bad certificate must not take HTTPS down: keep the previous set.
+            log.error("virtual host certificates not applied (%s); previous ones stay", exc)
+        self.vhosts = vhosts
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            await self.refresh()
+
+
+def _write_private(path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
