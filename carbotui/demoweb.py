@@ -83,7 +83,7 @@ DRAIN_LIMIT = 1024 * 1024                # unread body we still skip to keep the
 MAX_DOWNLOAD = 1 << 40
 WS_MAX_PAYLOAD = 16 * 1024 * 1024
 WS_IDLE_TIMEOUT = 300.0
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B21"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 PATTERN_PERIOD = 251                     # prime, so the pattern never lines up with 2^k
 _PATTERN_BLOCK = bytes(range(PATTERN_PERIOD)) * 1044     # ~256 KiB, whole periods

@@ -86,7 +86,7 @@ class WebSession(HttpConnection):
         self.started = time.time()
         self.bytes_out = 0
         self._task: asyncio.Task | None = None
-        self._spliced: asyncio.Future | None = None
+        self._bad_body = False            # the request body broke off (None: client gone)
 
     # -- lifecycle ----------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -161,8 +161,17 @@ class WebSession(HttpConnection):
             return False
         if self.kind == "http":
             return await self._plain_http(req, host)
+        body = None
+        path = req.target.split(b"?", 1)[0]
+        if (self.kind != "admin" and req.method == b"POST" and path in LOGIN_PATHS
+                and req.body_mode.kind == "length" and req.body_mode.length <= AUDIT_BODY_LIMIT):
+            # A login goes to the server that holds the account, like a mail login:
+            # read the (small) body first to learn the name.
+            body = await self._read_small_body(req)
+            if body is None:
+                return False
         try:
-            upstream, routed = await self._choose(req)
+            upstream, routed = await self._choose(req, body)
         except RouteError:
             self.send(error_page(503, "The mail service is temporarily unavailable. "
                                       "Please try again in a moment.",
@@ -175,7 +184,24 @@ class WebSession(HttpConnection):
                                  "The mail service is temporarily unavailable.",
                                  extra=[(b"Retry-After", b"10")]))
             return await self._discard_body()
-        return await self._proxy(req, upstream, routed)
+        return await self._proxy(req, upstream, routed, body)
+
+    async def _read_small_body(self, req: http11.Request) -> bytes | None:
+        if http11.expects_continue(req.headers):
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = bytearray()
+        try:
+            while True:
+                event = await self.next_event(self.worker.settings.web.body_timeout)
+                if isinstance(event, http11.Data):
+                    body += event.data
+                elif isinstance(event, http11.EndOfMessage):
+                    return bytes(body)
+                else:
+                    return None
+        except asyncio.TimeoutError:
+            self.send(error_page(408, "The request took too long to arrive."))
+            return None
 
     async def _discard_body(self) -> bool:
         """Read and drop a request body (bounded by the body timeout)."""
@@ -207,11 +233,17 @@ class WebSession(HttpConnection):
         self.send(error_page(403, "This service is available over HTTPS only.", close=False))
         return await self._discard_body()
 
-    async def _choose(self, req: http11.Request) -> tuple[Upstream | None, bool]:
+    async def _choose(self, req: http11.Request, body: bytes | None
+                      ) -> tuple[Upstream | None, bool]:
         """(upstream, routed): routed means it must be this user's own server."""
         w = self.worker
         ups = w.admin_upstreams if self.kind == "admin" else w.web_upstreams
         path = req.target.split(b"?", 1)[0]
+        if body is not None:
+            name = login_name(path, body)
+            route = await w.router.route_mail(name, "http", self.local_ip) if name else None
+            if route is not None:
+                return ups.for_server(route.server.hostname), True
         if self.kind != "admin":
             m = _REST.match(path)
             if m and m.group(1) not in (b"", b"~"):
@@ -231,8 +263,11 @@ class WebSession(HttpConnection):
         return ups.pick(self.client_ip, w.settings.web.balance), False
 
     # -- proxying -----------------------------------------------------------
-    def _request_head(self, req: http11.Request, upstream: Upstream) -> bytes:
+    def _request_head(self, req: http11.Request, upstream: Upstream, *, expect: bool = True
+                      ) -> bytes:
         headers = http11.remove_hop_by_hop(req.headers)
+        if not expect:          # we answered 100-continue ourselves
+            headers = http11.remove_headers(headers, b"expect")
         headers = http11.remove_headers(headers, b"x-forwarded-proto", b"x-real-ip")
         xff = http11.get_header(headers, b"x-forwarded-for")
         headers = http11.remove_headers(headers, b"x-forwarded-for")
@@ -302,7 +337,8 @@ class WebSession(HttpConnection):
             self.worker.settings.web.connect_timeout)
         return conn
 
-    async def _proxy(self, req: http11.Request, upstream: Upstream, routed: bool) -> bool:
+    async def _proxy(self, req: http11.Request, upstream: Upstream, routed: bool,
+                     body: bytes | None) -> bool:
         w = self.worker
         web = w.settings.web
         try:
@@ -329,14 +365,24 @@ class WebSession(HttpConnection):
         path = req.target.split(b"?", 1)[0]
         audit_proto = LOGIN_PATHS.get(path) if req.method == b"POST" else None
         captured = bytearray() if audit_proto else None
-        up.write(self._request_head(req, upstream))
-        body_task = asyncio.get_running_loop().create_task(
-            self._pump_body(req, up, captured))
+        up.write(self._request_head(req, upstream, expect=body is None))
+        if body is not None:
+            up.write(body)
+            captured = bytearray(body[:AUDIT_BODY_LIMIT]) if audit_proto else None
+            body_task = asyncio.get_running_loop().create_future()
+            body_task.set_result(True)
+        else:
+            body_task = asyncio.get_running_loop().create_task(
+                self._pump_body(req, up, captured))
         try:
             keep = await self._relay_response(req, up, upstream, body_task, audit_proto,
                                               captured)
         except (asyncio.TimeoutError, ConnectionError, OSError):
-            self.send(error_page(504, "The mail service did not answer in time."))
+            bad = self._bad_body
+            if isinstance(bad, http11.ParseError):
+                self.send(error_page(bad.status, "The request body could not be understood."))
+            elif bad is False:
+                self.send(error_page(504, "The mail service did not answer in time."))
             keep = False
             up.close()
         finally:
@@ -355,6 +401,7 @@ class WebSession(HttpConnection):
         while True:
             event = await self.next_event(timeout)
             if event is None or isinstance(event, http11.ParseError):
+                self._bad_body = event      # _proxy answers the client with its status
                 up.close()
                 return False
             if isinstance(event, http11.Data):

@@ -328,7 +328,7 @@ def ws_connect(server):
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
-    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC11B21").digest())
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     assert head.startswith(b"HTTP/1.1 101 ")
     assert b"Sec-WebSocket-Accept: " + accept + b"\r\n" in head
     assert b"X-Demo-Server: mbox1" in head
