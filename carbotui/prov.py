@@ -64,8 +64,10 @@ def get_server(settings, directory: Directory, name: str) -> int:
     return 0
 
 
-def flush_cache(settings, directory: Directory, name: str) -> int:
-    """Delete every cached route of one account (like zmproxypurge -a)."""
+def flush_routes(settings, directory: Directory, name: str) -> tuple[str, int, int]:
+    """Delete every cached route of one account (like zmproxypurge -a).
+
+    Returns (account, entries deleted, keys checked). Shared with the dashboard."""
     acct = directory.find_account(name)
     if acct is None:
         raise ProvError(f"account {name} not found")
@@ -89,9 +91,13 @@ def flush_cache(settings, directory: Directory, name: str) -> int:
         finally:
             await cache.close()
 
-    deleted = asyncio.run(purge())
-    print(f"flushed routes of {acct.name}: {deleted} cached entr{'y' if deleted == 1 else 'ies'} "
-          f"removed ({len(keys)} keys checked)")
+    return acct.name, asyncio.run(purge()), len(keys)
+
+
+def flush_cache(settings, directory: Directory, name: str) -> int:
+    account, deleted, checked = flush_routes(settings, directory, name)
+    print(f"flushed routes of {account}: {deleted} cached entr{'y' if deleted == 1 else 'ies'} "
+          f"removed ({checked} keys checked)")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""The operations dashboard (Textual). Entry point: carbotui.tui.app.run()."""

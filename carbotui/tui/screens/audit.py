@@ -1,0 +1,148 @@
+"""Audit: login failures from audit.log as they are written; filter by account, IP, protocol.
+
+Lines go to a `Log` (plain text, the cheapest streaming widget). The App keeps
+the last few thousand events, so changing the filter redraws from that buffer.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import Input, Log, Static
+
+from carbotui.audit import AuditEvent
+from carbotui.tui import filters
+from carbotui.tui.screens.base import LiveScreen
+
+HEADER = f"{'time':8} {'proto':5} {'client':15} {'account':22} result"
+
+
+def event_fields(e: AuditEvent) -> dict[str, str]:
+    return {"account": e.account, "client": e.client_ip, "protocol": e.protocol,
+            "error": e.error}
+
+
+def event_line(e: AuditEvent) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp))
+    result = "✓ ok" if e.ok else "✗ " + e.error.split("], ", 1)[-1]
+    return f"{stamp} {e.protocol:5} {e.client_ip:15} {e.account[:22]:22} {result}"
+
+
+class AuditScreen(LiveScreen):
+    MODE = "audit"
+    TITLE_TEXT = "Audit"
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", id="audit.filter", key_display="/",
+                tooltip="Filter: words, or account: ip: proto:"),
+        Binding("s", "toggle_successes", "Successes", id="audit.successes",
+                tooltip="Also show successful logins"),
+        Binding("c", "clear", "Clear", id="audit.clear", tooltip="Clear the lines shown"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="audit.clear_filter"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.terms: list = []
+        self.show_successes = False
+        self.drawn_seq = 0          # App.audit_seq already considered
+        self.cleared_seq = 0        # events up to here were cleared by the admin
+        self.shown = 0
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="body"):
+            yield Input(placeholder="filter: user03  ip:203.0.113  proto:pop3  (enter: apply)",
+                        id="filter", classes="filter")
+            yield Static(HEADER, id="header", classes="log-header")
+            yield Log(id="log", max_lines=5000, auto_scroll=True)
+            yield Static(id="summary", classes="summary")
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).display = False
+
+    def focus_main(self) -> None:
+        self.query_one("#log", Log).focus()
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        self.append_new()
+
+    def _wanted(self, e: AuditEvent) -> bool:
+        if e.ok and not self.show_successes:
+            return False
+        return not self.terms or filters.matches(event_fields(e), self.terms)
+
+    def _events_since(self, seq: int) -> list[AuditEvent]:
+        buffer = self.app.audit
+        new = self.app.audit_seq - seq
+        return list(buffer)[-new:] if 0 < new <= len(buffer) else (
+            list(buffer) if new > 0 else [])
+
+    def append_new(self) -> None:
+        """Write events that arrived since the last call (called by the App)."""
+        events = self._events_since(self.drawn_seq)
+        self.drawn_seq = self.app.audit_seq
+        lines = [event_line(e) for e in events if self._wanted(e)]
+        if lines:
+            self.query_one("#log", Log).write_lines(lines)
+            self.shown += len(lines)
+        self._summary()
+
+    def redraw(self) -> None:
+        log = self.query_one("#log", Log)
+        log.clear()
+        events = self._events_since(self.cleared_seq)
+        lines = [event_line(e) for e in events if self._wanted(e)]
+        log.write_lines(lines)
+        self.shown = len(lines)
+        self.drawn_seq = self.app.audit_seq
+        self._summary()
+
+    def _summary(self) -> None:
+        failed = [e for e in self._events_since(self.cleared_seq) if not e.ok]
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(f" {len(failed)}", style="bold red").append(" failures")
+        if failed:
+            ip, n_ip = Counter(e.client_ip for e in failed).most_common(1)[0]
+            acct, n_acct = Counter(e.account for e in failed).most_common(1)[0]
+            text.append(" · top IP ").append(ip, style="bold").append(f" ({n_ip})")
+            text.append(" · top account ").append(acct, style="bold").append(f" ({n_acct})")
+        if self.terms:
+            text.append(" · filter ").append(self.query_one("#filter", Input).value,
+                                            style="bold cyan")
+        if self.show_successes:
+            text.append(" · with successes", style="dim")
+        self.query_one("#summary", Static).update(text)
+
+    # -- actions --------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def apply_filter(self, event: Input.Submitted) -> None:
+        self.terms = filters.parse(event.value)
+        event.input.display = bool(event.value.strip())
+        self.focus_main()
+        self.redraw()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.terms = []
+        self.focus_main()
+        self.redraw()
+
+    def action_toggle_successes(self) -> None:
+        self.show_successes = not self.show_successes
+        self.redraw()
+
+    def action_clear(self) -> None:
+        self.cleared_seq = self.app.audit_seq
+        self.redraw()

@@ -1,0 +1,162 @@
+"""Where the dashboard gets its data and sends its actions.
+
+The App talks only to a `Source`. `LiveSource` is the real node (fleet,
+supervisord, LDAP, worker control sockets); `carbotui.tui.fake.FakeSource`
+is deterministic data for tests and screenshots. Every method blocks and is
+called from a thread worker, never from the UI thread. Actions return a
+sentence for a notification or raise ActionFailed with one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+from carbotui.audit import AuditEvent
+from carbotui.fleet import FleetSnapshot
+
+
+class ActionFailed(Exception):
+    """An action was refused or failed; str() is the message for the admin."""
+
+
+class Source(Protocol):
+    node: str
+
+    def collect(self) -> FleetSnapshot: ...
+    def audit_events(self) -> list[AuditEvent]: ...
+    def tail_log(self, process: str, offset: int) -> tuple[str, int]: ...
+
+    def kick(self, worker: str, session_id: int) -> str: ...
+    def set_maintenance(self, server: str, on: bool) -> str: ...
+    def flush_routes(self, account: str) -> str: ...
+    def set_mail_mode(self, mode: str) -> str: ...
+    def add_vhost(self, domain: str, fqdn: str, *, generate: bool,
+                  cert_path: str = "", key_path: str = "") -> str: ...
+    def remove_vhost(self, domain: str, fqdn: str) -> str: ...
+    def set_vip(self, domain: str, ip: str) -> str: ...
+    def start(self, process: str) -> str: ...
+    def stop(self, process: str) -> str: ...
+    def restart(self, process: str) -> str: ...
+    def rolling_restart(self, progress: Callable[[str], None]) -> str: ...
+    def close(self) -> None: ...
+
+
+def read_pem_files(cert_path: str, key_path: str) -> tuple[str, str]:
+    try:
+        return (Path(cert_path).expanduser().read_text(),
+                Path(key_path).expanduser().read_text())
+    except OSError as exc:
+        raise ActionFailed(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ActionFailed("certificate and key must be PEM text files") from None
+
+
+class LiveSource:
+    """The local node, as described by its carbotui.toml settings."""
+
+    def __init__(self, settings):
+        from carbotui.admin import Admin
+        from carbotui.directory import Directory
+        from carbotui.fleet import AuditTail, Fleet, WorkerControl
+        from carbotui.supervisor import Supervisor
+
+        self.settings = settings
+        self.node = settings.node_name
+        self.directory = Directory(settings)
+        self.supervisor = Supervisor(settings.run_dir / "supervisor.sock")
+        self.fleet = Fleet(settings, supervisor=self.supervisor, directory=self.directory)
+        self.admin = Admin(self.directory, ca_dir=settings.var_dir / "certs")
+        self.control = WorkerControl(settings.run_dir)
+        self.audit = AuditTail(settings.audit_log)
+
+    # -- data ----------------------------------------------------------------
+    def collect(self) -> FleetSnapshot:
+        return self.fleet.collect()
+
+    def audit_events(self) -> list[AuditEvent]:
+        return self.audit.read_events()
+
+    def tail_log(self, process: str, offset: int) -> tuple[str, int]:
+        return self._guard(self.supervisor.tail, process, offset)
+
+    # -- actions ---------------------------------------------------------------
+    def _guard(self, func, *args, **kwargs):
+        """Run an action; turn every expected failure into ActionFailed."""
+        from carbotui.admin import AdminError
+        from carbotui.directory import DirectoryUnavailable
+        from carbotui.fleet import WorkerControlError
+        from carbotui.prov import ProvError
+        from carbotui.supervisor import SupervisorError
+        try:
+            return func(*args, **kwargs)
+        except (AdminError, DirectoryUnavailable, WorkerControlError, ProvError,
+                SupervisorError) as exc:
+            raise ActionFailed(str(exc)) from None
+
+    def _admin(self, func, *args, **kwargs) -> str:
+        result = self._guard(func, *args, **kwargs)
+        self.fleet.refresh_directory_soon()
+        return str(result)
+
+    def kick(self, worker: str, session_id: int) -> str:
+        self._guard(self.control.kick, worker, session_id)
+        return f"session {session_id} on {worker} closed"
+
+    def set_maintenance(self, server: str, on: bool) -> str:
+        self._guard(self.control.maintenance, server, on)
+        return f"{server}: maintenance {'on: no new sessions' if on else 'off'}"
+
+    def flush_routes(self, account: str) -> str:
+        from carbotui import prov
+        name, deleted, checked = self._guard(prov.flush_routes, self.settings, self.directory,
+                                             account)
+        return f"flushed routes of {name}: {deleted} removed ({checked} keys checked)"
+
+    def set_mail_mode(self, mode: str) -> str:
+        return self._admin(self.admin.set_mail_mode, self.node, mode)
+
+    def add_vhost(self, domain: str, fqdn: str, *, generate: bool,
+                  cert_path: str = "", key_path: str = "") -> str:
+        cert_pem = key_pem = None
+        if not generate and (cert_path or key_path):
+            cert_pem, key_pem = read_pem_files(cert_path, key_path)
+        return self._admin(self.admin.add_vhost, domain, fqdn, cert_pem=cert_pem,
+                           key_pem=key_pem, generate=generate)
+
+    def remove_vhost(self, domain: str, fqdn: str) -> str:
+        return self._admin(self.admin.remove_vhost, domain, fqdn)
+
+    def set_vip(self, domain: str, ip: str) -> str:
+        return self._admin(self.admin.set_vip, domain, ip)
+
+    def start(self, process: str) -> str:
+        self._guard(self.supervisor.start, process)
+        return f"{process} started"
+
+    def stop(self, process: str) -> str:
+        self._guard(self.supervisor.stop, process)
+        return f"{process} stopped"
+
+    def restart(self, process: str) -> str:
+        new = self._guard(self.supervisor.restart, process)
+        return f"{process} restarted (pid {new.pid})"
+
+    def rolling_restart(self, progress: Callable[[str], None]) -> str:
+        from carbotui.fleet import read_worker_stats
+
+        def ready(proc) -> bool:
+            # RUNNING only means "alive for startsecs"; the new worker is known to be
+            # up once its stats socket answers with the new pid (it opens it at start).
+            try:
+                raw = read_worker_stats(self.settings.run_dir / f"{proc.short}.sock")
+            except (OSError, ValueError):
+                return False
+            return int(raw.get("pid", 0)) == proc.pid
+
+        done = self._guard(self.supervisor.rolling_restart, "proxy", progress=progress,
+                           ready=ready)
+        return f"rolling restart done: {len(done)} workers restarted one by one"
+
+    def close(self) -> None:
+        self.audit.close()
+        self.fleet.close()
