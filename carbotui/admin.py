@@ -12,13 +12,11 @@ what the directory holds right now:
                     with a warning.
 
 Validation functions are pure (no LDAP) and raise AdminError with a sentence
-an admin can act on. Workers pick changes up from LDAP without a restart; they
-report `config_fingerprint(...)` of what they run so the dashboard can show
-which worker has applied a change.
+an admin can act on. Workers pick changes up from LDAP without a restart
+(workers/live.py) and report what they run; see fleet.config_applied.
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -149,21 +147,6 @@ def generate_certificate(ca_dir: str | Path, hostnames: list[str], days: int = 8
                          f"import a certificate instead") from None
     cert, key = certs.issue(ca_cert, ca_key, list(hostnames), days=days)
     return certs.cert_to_pem(cert).decode(), certs.key_to_pem(key).decode()
-
-
-def config_fingerprint(mail_mode: str, domains) -> str:
-    """A short digest of what workers take from LDAP: mail mode, and per domain its
-    virtual hostnames, virtual IPs and certificate. Workers report the fingerprint of
-    the configuration they run; equal to the dashboard's means the change is applied.
-
-    Input: mail mode string and directory.Domain objects (any order)."""
-    h = hashlib.sha256()
-    h.update(f"mode={mail_mode}\n".encode())
-    for d in sorted(domains, key=lambda d: d.name):
-        cert = hashlib.sha256(d.certificate_pem.encode()).hexdigest() if d.certificate_pem else ""
-        h.update(f"domain={d.name};vhosts={','.join(sorted(d.virtual_hostnames))};"
-                 f"vips={','.join(sorted(d.virtual_ips))};cert={cert}\n".encode())
-    return h.hexdigest()[:16]
 
 
 # --- changes written to LDAP -------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The `carbotui` command.
 
-    carbotui [--config FILE] prov <command> …   directory and cache admin
-    carbotui [--config FILE] stats              live worker stats as JSON
+    carbotui [--config FILE] [--refresh SECONDS] [--no-mouse]   the dashboard
+    carbotui [--config FILE] prov <command> …                   directory and cache admin
+    carbotui [--config FILE] stats                              worker stats sockets, JSON
+    carbotui [--config FILE] stats --all                        everything the dashboard
+                                                                 shows, JSON
 
 The settings file defaults to $CARBOTUI_CONFIG, else ./carbotui.toml.
 """
@@ -19,11 +22,26 @@ def _config_path(argv: list[str]) -> tuple[str, list[str]]:
     return path, argv
 
 
-def stats(config_path: str) -> int:
+def stats(config_path: str, argv: list[str]) -> int:
     from carbotui import config
-    from workers.stats import read
 
     settings = config.load(config_path)
+    if argv == ["--all"]:
+        # One collect, the same snapshot the dashboard draws (rates need two
+        # collects, so they read 0 here; the totals and lists are complete).
+        from carbotui.fleet import Fleet
+        fleet = Fleet(settings)
+        try:
+            snapshot = fleet.collect()
+        finally:
+            fleet.close()
+        json.dump(snapshot.to_json(), sys.stdout, indent=1)
+        print()
+        return 0 if not snapshot.problems else 1
+    if argv:
+        print("usage: carbotui stats [--all]", file=sys.stderr)
+        return 2
+    from workers.stats import read
     out = []
     for sock in sorted(settings.run_dir.glob("proxy_*.sock")):
         try:
@@ -35,6 +53,28 @@ def stats(config_path: str) -> int:
     return 0 if out else 1
 
 
+def dashboard(config_path: str, argv: list[str]) -> int:
+    import argparse
+
+    from carbotui import config
+
+    parser = argparse.ArgumentParser(prog="carbotui", description="the carbotui dashboard")
+    parser.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS",
+                        help="seconds between data refreshes (default 1; + and - change it)")
+    parser.add_argument("--no-mouse", action="store_true",
+                        help="no mouse tracking: the terminal's own text selection works")
+    args = parser.parse_args(argv)
+    if args.refresh < 0.1:
+        parser.error("--refresh must be at least 0.1 seconds")
+    try:
+        settings = config.load(config_path)
+    except config.ConfigError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    from carbotui.tui.app import run
+    return run(settings, refresh=args.refresh, mouse=not args.no_mouse)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config_path, argv = _config_path(argv)
@@ -42,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         from carbotui import prov
         return prov.main(argv[1:], config_path)
     if argv[:1] == ["stats"]:
-        return stats(config_path)
+        return stats(config_path, argv[1:])
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(__doc__.strip())
+        return 0
+    if not argv or argv[0].startswith("--"):
+        return dashboard(config_path, argv)
     print(__doc__.strip(), file=sys.stderr)
     return 2
 

@@ -71,8 +71,13 @@ class WorkerStats:
     ldap_lookups: int = 0
     memcached_available: bool = True
     draining: bool = False
-    config_fingerprint: str = ""    # see admin.config_fingerprint; "" = not reported
+    # What the worker took from LDAP and when (workers/live.py): compared with the
+    # directory to show whether an admin change has reached this worker.
+    config_version: str = ""        # "" = not reported
     config_applied_at: float = 0.0
+    config_mail_mode: str = ""
+    config_vhosts: tuple[str, ...] = ()
+    config_error: str = ""
 
     @property
     def hit_ratio(self) -> float | None:
@@ -174,7 +179,22 @@ class DirectoryView:
     mail_mode: str
     domains: tuple[DomainView, ...]
     mailbox_servers: tuple[str, ...]
-    fingerprint: str                # what every worker should report once it applied it
+
+    @property
+    def virtual_hostnames(self) -> tuple[str, ...]:
+        return tuple(sorted(n for d in self.domains for n in d.virtual_hostnames))
+
+
+def config_applied(stats: "WorkerStats | None", directory: DirectoryView | None) -> str:
+    """Has this worker applied what LDAP holds? applied | pending | error | unknown."""
+    if stats is None or directory is None or not stats.config_version:
+        return "unknown"
+    if stats.config_error:
+        return "error"
+    if (stats.config_mail_mode == directory.mail_mode
+            and stats.config_vhosts == directory.virtual_hostnames):
+        return "applied"
+    return "pending"
 
 
 @dataclass(frozen=True)
@@ -280,8 +300,11 @@ def worker_stats(raw: dict) -> WorkerStats:
         ldap_lookups=int(cache.get("ldap_lookups", 0)),
         memcached_available=bool(cache.get("memcached_available", True)),
         draining=bool(raw.get("draining", False)),
-        config_fingerprint=str(config.get("fingerprint", "")),
-        config_applied_at=float(config.get("applied_at", 0.0)),
+        config_version=str(config.get("version", "")),
+        config_applied_at=float(config.get("applied_at") or 0.0),
+        config_mail_mode=str(config.get("mail_mode", "")),
+        config_vhosts=tuple(sorted(config.get("virtual_hosts") or ())),
+        config_error=str(config.get("ldap_error") or ""),
     )
 
 
@@ -661,7 +684,6 @@ class Fleet:
         self._slow.directory_error = ""
         self._slow.servers = servers
         me = servers.get(self.settings.node_name)
-        from carbotui.admin import config_fingerprint
         views = []
         for d in sorted(domains, key=lambda d: d.name):
             cert, error = None, ""
@@ -675,12 +697,12 @@ class Fleet:
             views.append(DomainView(name=d.name, virtual_hostnames=d.virtual_hostnames,
                                     virtual_ips=d.virtual_ips, certificate=cert,
                                     certificate_error=error))
-        mode = me.mail_mode if me else ""
+        mode = (me.mail_mode if me else "") or "redirect"    # unset: Carbonio's default
         mailboxes = tuple(sorted(h for h, s in servers.items()
                                  if "mailbox" in s.services or s.lookup_target))
         self._slow.directory = DirectoryView(
             server=self.settings.node_name, mail_mode=mode, domains=tuple(views),
-            mailbox_servers=mailboxes, fingerprint=config_fingerprint(mode, domains))
+            mailbox_servers=mailboxes)
         self._slow.probes = {}
         for host in mailboxes:
             s = servers[host]

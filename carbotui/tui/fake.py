@@ -9,6 +9,7 @@ a new pid, the mail mode flips) and are recorded in `calls` for assertions.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Callable
 
@@ -51,6 +52,10 @@ class FakeSource:
         self.sessions = [self._session(i) for i in range(sessions)]
         self._audit_pending = [self._audit(i) for i in range(12)]
         self.collects = 0
+        # What the workers report having applied: (version, time, mail mode, vhosts).
+        # It follows the directory one collect late, as real workers poll LDAP.
+        self.applied = ("3f9a1c0b7d21", NOW - 95, "redirect",
+                        ("mail.demo.test", "webmail.corp.test"))
         self.log_lines = [f"2026-11-27 21:29:{i:02d},000 INFO proxy_00 session {i} closed"
                           for i in range(40)]
 
@@ -107,8 +112,10 @@ class FakeSource:
                                 logins_ok=612 + 41 * i, logins_failed=37 + 5 * i,
                                 logins_temporary=i, cache_hits=540 + 33 * i,
                                 cache_misses=72 + 9 * i, ldap_lookups=72 + 9 * i,
-                                config_fingerprint="a1b2c3d4e5f60718",
-                                config_applied_at=NOW - 95) if running else None
+                                config_version=self.applied[0],
+                                config_applied_at=self.applied[1],
+                                config_mail_mode=self.applied[2],
+                                config_vhosts=self.applied[3]) if running else None
             workers.append(Process(
                 name=f"proxy:{short}", short=short, group="proxy",
                 state="RUNNING" if running else "STOPPED", pid=pid if running else 0,
@@ -134,6 +141,7 @@ class FakeSource:
                                     errors_per_s=0.2 if errs else 0.0, connect_ms=ms,
                                     probe_ms=probe, probed=True,
                                     maintenance=host in self.maintenance))
+        self._workers_apply()
         up = [w for w in workers if w.stats]
         hits = sum(w.stats.cache_hits for w in up)
         misses = sum(w.stats.cache_misses for w in up)
@@ -145,8 +153,7 @@ class FakeSource:
                                  evictions=0, bytes=61_440, limit=67_108_864, connections=11,
                                  uptime=18_120),),
             directory=DirectoryView(server=self.node, mail_mode=self.mail_mode, domains=domains,
-                                    mailbox_servers=("mbox1.demo.test", "mbox2.demo.test"),
-                                    fingerprint="a1b2c3d4e5f60718"),
+                                    mailbox_servers=("mbox1.demo.test", "mbox2.demo.test")),
             totals=Totals(sessions=len(self.sessions), workers_up=len(up),
                           workers_total=len(workers), logins_ok_per_s=2.4,
                           logins_failed_per_s=0.6, connections_per_s=3.1,
@@ -157,6 +164,13 @@ class FakeSource:
                      ("connections", _wave(120, 3, 2, 6))),
             problems=tuple(f"{w.short} is {w.state}" for w in workers if w.stats is None),
             supervisor_up=True)
+
+    def _workers_apply(self) -> None:
+        vhosts = tuple(sorted(n for d in self.domains.values() for n in d.virtual_hostnames))
+        if (self.applied[2], self.applied[3]) != (self.mail_mode, vhosts):
+            # hashlib, not hash(): str hashes change from run to run
+            version = hashlib.sha256(repr((self.mail_mode, vhosts)).encode()).hexdigest()[:12]
+            self.applied = (version, self.now, self.mail_mode, vhosts)
 
     def audit_events(self) -> list[AuditEvent]:
         events, self._audit_pending = self._audit_pending, []

@@ -317,6 +317,12 @@ def test_config_mail_mode_switch_needs_confirmation():
         await after_action(pilot, source, "set_mail_mode")
         assert calls(source, "set_mail_mode") == [("set_mail_mode", "https")]
         await settle(pilot, until=lambda a: "Mail mode https" in text_of(a.screen, "#mode"))
+        applied = app.screen.query_one("#applied", KeyedTable)
+        assert applied.cells("proxy:proxy_00")[1].plain == "… pending"   # LDAP changed
+        await pilot.press("ctrl+r")                                       # next poll: the
+        await settle(pilot, until=lambda a: applied.cells(               # workers applied it
+            "proxy:proxy_00")[1].plain == "✓ applied")
+        assert source.applied[2] == "https"
     drive(test, source=source)
 
 
@@ -333,6 +339,7 @@ def test_config_domains_certificates_and_applied_per_worker():
         assert "mail.demo.test" in text_of(app.screen, "#detail")
         applied = app.screen.query_one("#applied", KeyedTable)
         assert applied.cells("proxy:proxy_00")[1].plain == "✓ applied"
+        assert applied.cells("proxy:proxy_00")[2] == "21:28:25"
     drive(test, size=(120, 40))
 
 

@@ -5,7 +5,6 @@ The pure part needs nothing. `TestWritesToDemoLdap` writes to the demo slapd
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -147,15 +146,6 @@ def test_generate_certificate_from_ca(ca):
     assert admin.check_certificate(cert_pem, key_pem, ["a.corp.test", "b.corp.test"])
     with pytest.raises(AdminError, match="cannot read the CA"):
         admin.generate_certificate(ca_dir / "missing", ["a.corp.test"])
-
-
-def test_fingerprint_changes_with_what_workers_apply():
-    base = admin.config_fingerprint("https", DOMAINS)
-    assert base == admin.config_fingerprint("https", list(reversed(DOMAINS)))
-    assert base != admin.config_fingerprint("redirect", DOMAINS)
-    more = [dataclasses.replace(DOMAINS[0], virtual_hostnames=("mail.demo.test", "x.demo.test")),
-            DOMAINS[1]]
-    assert base != admin.config_fingerprint("https", more)
 
 
 # --- Admin against an in-memory directory (validation order, change shape) ----------------------

@@ -1,8 +1,8 @@
 """Config: mail mode, domains (virtual hostnames, VIPs, certificates), applied per worker.
 
 Every change asks first, is validated and written to LDAP by the Source, and
-the "Applied" table shows each worker picking it up (its reported config
-fingerprint equals the directory's).
+the "Applied" table shows each worker picking it up: the mail mode and virtual
+hostnames it reports running equal the directory's, since the time shown.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from carbotui.admin import AdminError, MAIL_MODES, validate_fqdn, validate_ip
-from carbotui.fleet import DomainView, FleetSnapshot
+from carbotui.fleet import DomainView, FleetSnapshot, config_applied
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
@@ -24,7 +24,11 @@ DOMAIN_COLUMNS = [("domain", "Domain", 10), ("vhosts", "Virtual hostnames", 24),
                   ("vips", "VIP", 11), ("expires", "Cert expires", 12), ("days", "Days", 5),
                   ("names", "Certificate names", 30)]
 APPLIED_COLUMNS = [("worker", "Worker", 9), ("status", "Config", 12), ("at", "Applied", 8),
-                   ("fingerprint", "Fingerprint", 16)]
+                   ("version", "Version", 12)]
+
+
+APPLIED_LABELS = {"applied": ("✓ applied", "green"), "pending": ("… pending", "bold yellow"),
+                  "error": ("✖ LDAP error", "bold red"), "unknown": ("not reported", "dim")}
 
 
 def _error_of(check, value: str) -> str:
@@ -97,17 +101,13 @@ class ConfigScreen(LiveScreen):
         rows = {}
         for p in snapshot.workers:
             s = p.stats
+            state = config_applied(s, d)
+            label, style = APPLIED_LABELS[state]
             if s is None:
-                status, at, fp = Text("no stats", style="red"), "-", ""
-            elif not s.config_fingerprint:
-                status, at, fp = Text("not reported", style="dim"), "-", ""
-            elif s.config_fingerprint == d.fingerprint:
-                status, at, fp = (Text("✓ applied", style="green"),
-                                  fmt.clock(s.config_applied_at), s.config_fingerprint)
-            else:
-                status, at, fp = (Text("… pending", style="bold yellow"),
-                                  fmt.clock(s.config_applied_at), s.config_fingerprint)
-            rows[p.name] = (p.short, status, at, fp)
+                label, style = "no stats", "red"
+            at = fmt.clock(s.config_applied_at) if s and s.config_applied_at else "-"
+            rows[p.name] = (p.short, Text(label, style=style), at,
+                            (s.config_version if s else "") or "-")
         self.query_one("#applied", KeyedTable).sync(rows)
 
     @on(DataTable.RowHighlighted, "#domains")
