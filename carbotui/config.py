@@ -17,6 +17,9 @@ from workers.events import MailLimits
 MAIL_PROTOCOLS = ("imap", "imaps", "pop3", "pop3s")
 WEB_PROTOCOLS = ("http", "https", "admin")
 BALANCE_METHODS = ("round-robin", "least-conn", "ip-hash")
+# The seed's public ports, on every IPv4 and IPv6 address, when [listen] omits a kind.
+DEFAULT_PORTS = {"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
+                 "http": 80, "https": 443, "admin": 6071}
 
 
 class ConfigError(ValueError):
@@ -180,7 +183,8 @@ def load(path: str | os.PathLike) -> Settings:
     listen_t = root.table("listen")
     listen = {}
     for proto in MAIL_PROTOCOLS + WEB_PROTOCOLS:
-        items = listen_t.get(proto, list, [])
+        port = DEFAULT_PORTS[proto]
+        items = listen_t.get(proto, list, [f"0.0.0.0:{port}", f"[::]:{port}"])
         listen[proto] = tuple(parse_endpoint(x, listen_t.key(proto)) for x in items)
 
     tls = root.table("tls")

@@ -36,6 +36,9 @@ def test_relative_paths_follow_the_file(tmp_path):
     assert s.node_name == "proxy.demo.test"
     assert s.listen["imap"][1].host == "::1"
     assert s.mail.auth_wait == 10.0      # Carbonio's default when unset
+    # Unlisted kinds take the seed's production ports on IPv4 and IPv6.
+    assert [str(e) for e in s.listen["imaps"]] == ["0.0.0.0:993", "[::]:993"]
+    assert [str(e) for e in s.listen["https"]] == ["0.0.0.0:443", "[::]:443"]
 
 
 @pytest.mark.parametrize("extra, key", [
