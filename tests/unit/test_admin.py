@@ -275,3 +275,64 @@ class TestWritesToDemoLdap:
                         if d.name == "corp.test").virtual_ips == ("127.0.0.4",)
         finally:
             a.set_vip("corp.test", "127.0.0.3")
+
+
+class TestProvModifyCommands:
+    """`carbotui prov modifyServer/modifyDomain` against the demo slapd."""
+
+    def run(self, capsys, *argv):
+        from carbotui import prov
+        code = prov.main(list(argv), str(ROOT / "carbotui.toml"))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def test_mail_mode(self, demo_directory, capsys):
+        settings, directory = demo_directory
+        before = directory.servers()[settings.node_name].mail_mode or "redirect"
+        other = "https" if before == "redirect" else "redirect"
+        try:
+            code, out, _ = self.run(capsys, "modifyServer", settings.node_name,
+                                    "zimbraReverseProxyMailMode", other)
+            assert code == 0 and f"mail mode is now {other}" in out
+            code, _, err = self.run(capsys, "modifyServer", settings.node_name,
+                                    "zimbraReverseProxyMailMode", "http")
+            assert code == 1 and "one of https, redirect" in err
+        finally:
+            self.run(capsys, "modifyServer", settings.node_name,
+                     "zimbraReverseProxyMailMode", before)
+
+    def test_vhost_refusals_and_usage(self, demo_directory, capsys):
+        code, _, err = self.run(capsys, "modifyDomain", "corp.test", "+zimbraVirtualHostName",
+                                "mail.demo.test", "--generate-cert")
+        assert code == 1 and "already a virtual hostname of domain demo.test" in err
+        code, _, err = self.run(capsys, "modifyDomain", "corp.test", "zimbraVirtualIPAddress",
+                                "127.0.0.1")
+        assert code == 1 and "already the virtual IP" in err
+        code, _, err = self.run(capsys, "modifyDomain", "corp.test", "frob", "x")
+        assert code == 2 and err.startswith("usage: carbotui prov modifyDomain")
+
+    def test_vhost_add_with_imported_pem_files_then_remove(self, demo_directory, capsys,
+                                                           tmp_path):
+        settings, directory = demo_directory
+        corp = next(d for d in directory.domains() if d.name == "corp.test")
+        names = [*corp.virtual_hostnames, "pop.corp.test"]
+        cert, key = admin.generate_certificate(settings.var_dir / "certs", names)
+        (tmp_path / "c.pem").write_text(cert)
+        (tmp_path / "k.pem").write_text(key)
+        try:
+            code, out, _ = self.run(capsys, "modifyDomain", "corp.test",
+                                    "+zimbraVirtualHostName", "pop.corp.test",
+                                    "--cert", str(tmp_path / "c.pem"),
+                                    "--key", str(tmp_path / "k.pem"))
+            assert code == 0 and "added virtual hostname pop.corp.test" in out
+            code, out, _ = self.run(capsys, "modifyDomain", "corp.test",
+                                    "-zimbraVirtualHostName", "pop.corp.test")
+            assert code == 0 and "removed virtual hostname pop.corp.test" in out
+        finally:
+            dn = directory.entry_dn("zimbraDomain", "zimbraDomainName", "corp.test")
+            directory.modify(dn, {
+                "zimbraVirtualHostname": [(ldap3.MODIFY_REPLACE, list(corp.virtual_hostnames))],
+                "zimbraSSLCertificate": [(ldap3.MODIFY_REPLACE, [corp.certificate_pem]
+                                          if corp.certificate_pem else [])],
+                "zimbraSSLPrivateKey": [(ldap3.MODIFY_REPLACE, [corp.private_key_pem]
+                                         if corp.private_key_pem else [])]})
