@@ -85,7 +85,9 @@ class UpstreamSet:
     def update(self, servers: dict[str, MailServer]) -> None:
         fresh = {}
         for name, server in servers.items():
-            if not (server.lookup_target and server.address):
+            # Every mailbox server with an address can be a user's own; only lookup
+            # targets take balanced traffic (drain one by setting it FALSE).
+            if not server.address:
                 continue
             old = self.upstreams.get(name)
             if old is not None and old.server == server:
@@ -105,7 +107,7 @@ class UpstreamSet:
     def pick(self, client_ip: str, method: str) -> Upstream | None:
         """A usable upstream by the balancing method, or None if all are down."""
         now = time.monotonic()
-        ups = list(self.upstreams.values())
+        ups = [u for u in self.upstreams.values() if u.server.lookup_target]
         live = [u for u in ups if u.usable(now)]
         if not live:
             return None
