@@ -1,0 +1,339 @@
+"""Login throttling and IP blocks, counted in memcached like Carbonio's nginx.
+
+Every worker of every node shares memcached, so they all count together
+(reference §5). Keys (§3.1), always built from ``routes.escape``:
+
+    throttle:proto=<i|p|h>,ip=<ip>   logins from an IP, per protocol (h: web)
+    throttle:user=<login>            login attempts of one login name
+    block:ip=<ip>                    an IP block: JSON {ip, reason, since, until, by}
+    blocks:index                     JSON list of blocked IPs, for listing only
+
+Semantics, and where they differ from Carbonio:
+
+* IP limit: the protocol's own limit if > 0, else the general ``ip_limit``
+  (nginx ``mail_login_ip_<proto>_max`` falling back to ``mail_login_ip_max``);
+  counted at connect time, denied when count > limit; 0 = off.
+* User limit: Carbonio counts *successful* logins after authentication. An
+  admin who sets "20 per minute" expects brute force to stop, so the default
+  here counts *failed* upstream logins (``count_user = "failures"``) and
+  refuses further attempts once ``user_limit`` failures were seen in
+  ``user_ttl``; ``count_user = "successes"`` gives Carbonio's behaviour.
+* The whitelist (CIDRs, IPv4 and IPv6) skips everything: counters, blocks and
+  the user throttle for attempts from that IP. Matching is done in-process,
+  so Carbonio's ``whitelist:ip=`` cache key is not needed.
+* Fail-open: with memcached down every check allows (Memcache logs once).
+
+The block index is updated read-modify-write under an ``add``-based lock key
+(atomic in memcached). If the lock cannot be had in time, the update goes
+ahead anyway: two admins blocking at the same instant may then leave one IP
+out of the *listing* until the next change. Enforcement never depends on the
+index: it reads ``block:ip=`` directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from carbotui.config import ConfigError, _Table
+from carbotui.memcache import Memcache
+from carbotui.routes import _key, escape  # _key: the same >250-byte MD5 rule as routes
+
+log = logging.getLogger("carbotui.throttle")
+
+IP_REJECT = "Login rejected from this IP"        # zimbraReverseProxyIpThrottleMsg
+USER_REJECT = "Login rejected for this user"     # zimbraReverseProxyUserThrottleMsg
+# memcached reads an expiry above 30 days as an absolute Unix time.
+MAX_TTL = 30 * 24 * 3600
+INDEX_KEY = b"blocks:index"
+INDEX_LOCK = b"blocks:index:lock"
+INDEX_MAX = 10000
+PROTO_LETTER = {"imap": "i", "imaps": "i", "i": "i", "pop3": "p", "pop3s": "p", "p": "p",
+                "http": "h", "https": "h", "admin": "h", "web": "h", "h": "h"}
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# -- pure helpers --------------------------------------------------------------
+
+def normalize_ip(text: str) -> str:
+    """Canonical text of an address; IPv4-mapped IPv6 becomes IPv4 (one counter, not two).
+    Anything unparseable is returned as given (it is escaped before it reaches a key)."""
+    try:
+        addr = ipaddress.ip_address(text.strip().strip("[]").split("%")[0])
+    except ValueError:
+        return text
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.compressed
+
+
+def parse_networks(items, key: str) -> tuple[Network, ...]:
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}: expected CIDR strings, got {item!r}")
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}: {item!r} is not an IP network (CIDR)") from None
+    return tuple(out)
+
+
+def whitelisted(ip: str, networks: tuple[Network, ...]) -> bool:
+    """True when ``ip`` is inside one of ``networks``; also matches ::ffff:a.b.c.d
+    against IPv4 networks (nginx on IPv6 sockets sees mapped addresses)."""
+    if not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(normalize_ip(ip))
+    except ValueError:
+        return False
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+def ip_key(proto: str, ip: str) -> bytes:
+    return _key(f"throttle:proto={PROTO_LETTER[proto]},ip={escape(normalize_ip(ip))}")
+
+
+def user_key(login: str) -> bytes:
+    return _key(f"throttle:user={escape(login)}")
+
+
+def block_key(ip: str) -> bytes:
+    return _key(f"block:ip={escape(normalize_ip(ip))}")
+
+
+# -- settings -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    ip_limit: int = 0                  # zimbraReverseProxyIPLoginLimit (0 = off)
+    ip_ttl: int = 3600                 # ...LimitTime, seconds
+    imap_ip_limit: int = 0             # 0: use ip_limit
+    imap_ip_ttl: int = 0               # 0: use ip_ttl
+    pop3_ip_limit: int = 0
+    pop3_ip_ttl: int = 0
+    web_ip_limit: int = 0
+    web_ip_ttl: int = 0
+    user_limit: int = 0                # zimbraReverseProxyUserLoginLimit (0 = off)
+    user_ttl: int = 3600
+    count_user: str = "failures"       # failures | successes (Carbonio)
+    whitelist: tuple[Network, ...] = ()
+    ip_reject_message: str = IP_REJECT
+    user_reject_message: str = USER_REJECT
+
+    def ip_limit_for(self, proto: str) -> tuple[int, int]:
+        """(limit, ttl) for a protocol, with nginx's fallback to the general values."""
+        prefix = {"i": "imap", "p": "pop3", "h": "web"}[PROTO_LETTER[proto]]
+        limit = getattr(self, f"{prefix}_ip_limit") or self.ip_limit
+        ttl = getattr(self, f"{prefix}_ip_ttl") or self.ip_ttl
+        return limit, ttl
+
+    @classmethod
+    def from_table(cls, data: dict, prefix: str = "throttle") -> "ThrottleSettings":
+        t = _Table(data, prefix)
+        known = set(cls.__dataclass_fields__)
+        for name in data:
+            if name not in known:
+                raise ConfigError(f"{t.key(name)}: unknown setting")
+
+        def count(name):
+            value = t.get(name, int, getattr(cls, name))
+            if value < 0:
+                raise ConfigError(f"{t.key(name)}: must not be negative, got {value}")
+            return value
+
+        def ttl(name, zero_ok):
+            value = count(name)
+            if value == 0 and not zero_ok:
+                raise ConfigError(f"{t.key(name)}: must be greater than 0")
+            if value > MAX_TTL:
+                raise ConfigError(f"{t.key(name)}: at most {MAX_TTL} s (30 days), got {value}")
+            return value
+
+        def message(name):
+            value = t.get(name, str, getattr(cls, name))
+            if not value.strip() or any(c in value for c in "\r\n"):
+                raise ConfigError(f"{t.key(name)}: must be one non-empty line")
+            return value
+
+        return cls(
+            ip_limit=count("ip_limit"), ip_ttl=ttl("ip_ttl", False),
+            imap_ip_limit=count("imap_ip_limit"), imap_ip_ttl=ttl("imap_ip_ttl", True),
+            pop3_ip_limit=count("pop3_ip_limit"), pop3_ip_ttl=ttl("pop3_ip_ttl", True),
+            web_ip_limit=count("web_ip_limit"), web_ip_ttl=ttl("web_ip_ttl", True),
+            user_limit=count("user_limit"), user_ttl=ttl("user_ttl", False),
+            count_user=t.choice("count_user", ("failures", "successes"), "failures"),
+            whitelist=parse_networks(t.get("whitelist", list, []), t.key("whitelist")),
+            ip_reject_message=message("ip_reject_message"),
+            user_reject_message=message("user_reject_message"),
+        )
+
+
+# -- blocks -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    ip: str
+    reason: str
+    since: float
+    until: float
+    by: str = ""
+
+    def to_json(self) -> dict:
+        return {"ip": self.ip, "reason": self.reason, "since": self.since,
+                "until": self.until, "by": self.by}
+
+    @classmethod
+    def from_bytes(cls, ip: str, raw: bytes) -> "Block":
+        try:
+            d = json.loads(raw)
+            return cls(ip=ip, reason=str(d.get("reason", "")), since=float(d.get("since", 0)),
+                       until=float(d.get("until", 0)), by=str(d.get("by", "")))
+        except (ValueError, TypeError, AttributeError):
+            return cls(ip=ip, reason="(unreadable block entry)", since=0.0, until=0.0)
+
+
+class ThrottleUnavailable(RuntimeError):
+    """memcached did not store a block (it is down): say so to the admin."""
+
+
+# -- the throttle -------------------------------------------------------------
+
+class Throttle:
+    def __init__(self, memcache: Memcache, settings: ThrottleSettings):
+        self.cache = memcache
+        self.settings = settings
+
+    def _exempt(self, ip: str | None) -> bool:
+        return bool(ip) and whitelisted(ip, self.settings.whitelist)
+
+    async def check_ip(self, proto: str, ip: str) -> str | None:
+        """At connect time: None to allow, else the reject text (then close).
+        Blocks first, then the per-protocol counter (incremented here, as nginx does)."""
+        s = self.settings
+        if self._exempt(ip):
+            return None
+        found = await self.cache.get_many([block_key(ip)])
+        if found:
+            return s.ip_reject_message
+        limit, ttl = s.ip_limit_for(proto)
+        if limit <= 0:
+            return None
+        count = await self.cache.incr(ip_key(proto, ip), ttl)
+        if count is not None and count > limit:
+            log.info("ip throttle:[%s] deny [count:%d, limit:%d] %s", ip, count, limit, proto)
+            return s.ip_reject_message
+        return None                           # None count: memcached down, fail open
+
+    async def check_user(self, login: str, *, ip: str | None = None) -> str | None:
+        """Before the route lookup, check only: None to allow, else the reject text."""
+        s = self.settings
+        if s.user_limit <= 0 or self._exempt(ip):
+            return None
+        found = await self.cache.get_many([user_key(login)])
+        try:
+            count = int(found.get(user_key(login), b"0"))
+        except ValueError:
+            return None
+        # failures: user_limit wrong passwords are answered, then refused.
+        # successes (Carbonio): denied when the count already exceeds the limit.
+        over = count >= s.user_limit if s.count_user == "failures" else count > s.user_limit
+        return s.user_reject_message if over else None
+
+    async def count_user(self, login: str, *, success: bool, ip: str | None = None) -> str | None:
+        """After the upstream login answered. Counts only the configured kind of
+        attempt. Returns the reject text only in "successes" mode when this login
+        went over the limit (Carbonio then closes the authenticated session);
+        a failure is never refused here: the next check_user refuses."""
+        s = self.settings
+        if s.user_limit <= 0 or self._exempt(ip):
+            return None
+        if success != (s.count_user == "successes"):
+            return None
+        count = await self.cache.incr(user_key(login), s.user_ttl)
+        if success and count is not None and count > s.user_limit:
+            log.info("user throttle:[%s] deny [count:%d, limit:%d]", login, count, s.user_limit)
+            return s.user_reject_message
+        return None
+
+    # -- blocks ---------------------------------------------------------------
+    async def block(self, ip: str, seconds: int, reason: str, *, by: str = "") -> Block:
+        """Block ``ip`` for ``seconds`` on every worker of every node (replaces a block).
+        Raises ValueError for a bad address or duration, ThrottleUnavailable when
+        memcached is down."""
+        try:
+            ip = ipaddress.ip_address(normalize_ip(ip)).compressed
+        except ValueError:
+            raise ValueError(f"{ip!r} is not an IP address") from None
+        seconds = int(seconds)
+        if not 0 < seconds <= MAX_TTL:
+            raise ValueError(f"block duration must be 1..{MAX_TTL} seconds, got {seconds}")
+        now = time.time()
+        entry = Block(ip=ip, reason=reason.replace("\n", " ")[:300], since=now,
+                      until=now + seconds, by=by)
+        key = block_key(ip)
+        value = json.dumps(entry.to_json()).encode()
+        # Memcache offers add, not set: delete + add replaces an existing block.
+        await self.cache.delete(key)
+        if not await self.cache.add(key, value, seconds):
+            if not self.cache.available:
+                raise ThrottleUnavailable("memcached is unavailable: the block was not stored")
+            # Someone else blocked it in between: theirs stands, and it is listed.
+        await self._update_index(add=ip)
+        log.warning("blocked %s for %ds: %s", ip, seconds, entry.reason)
+        return entry
+
+    async def unblock(self, ip: str) -> bool:
+        """Lift a block; True when there was one."""
+        ip = normalize_ip(ip)
+        gone = await self.cache.delete(block_key(ip))
+        await self._update_index(remove=ip)
+        if gone:
+            log.warning("unblocked %s", ip)
+        return gone
+
+    async def blocks(self) -> list[Block]:
+        """Current blocks, soonest expiry first. Entries that expired or were lifted
+        drop out here even if the index still names them."""
+        ips = await self._read_index()
+        if not ips:
+            return []
+        keys = {block_key(ip): ip for ip in ips}
+        found = await self.cache.get_many(list(keys))
+        out = [Block.from_bytes(keys[k], v) for k, v in found.items()]
+        return sorted(out, key=lambda b: (b.until, b.ip))
+
+    async def _read_index(self) -> list[str]:
+        raw = (await self.cache.get_many([INDEX_KEY])).get(INDEX_KEY)
+        try:
+            ips = json.loads(raw) if raw else []
+        except ValueError:
+            return []
+        return [x for x in ips if isinstance(x, str)] if isinstance(ips, list) else []
+
+    async def _update_index(self, *, add: str | None = None, remove: str | None = None):
+        locked = False
+        for _ in range(40):                  # up to ~2 s; the lock expires after 5 s anyway
+            if await self.cache.add(INDEX_LOCK, b"1", 5):
+                locked = True
+                break
+            if not self.cache.available:
+                return
+            await asyncio.sleep(0.05)
+        try:
+            ips = await self._read_index()
+            # Prune what no longer exists so the index does not grow forever.
+            live = await self.cache.get_many([block_key(ip) for ip in ips]) if ips else {}
+            keep = [ip for ip in ips if block_key(ip) in live and ip != remove]
+            if add and add not in keep:
+                keep.append(add)
+            keep = keep[-INDEX_MAX:]
+            await self.cache.delete(INDEX_KEY)
+            await self.cache.add(INDEX_KEY, json.dumps(keep).encode(), 0)
+        finally:
+            if locked:
+                await self.cache.delete(INDEX_LOCK)
