@@ -5,12 +5,15 @@
 #   make demo    make up, then print how to connect
 #   make test    make up, then pytest (PYTEST_ARGS="-k certs" to pass arguments)
 #   make venv    just .venv (no root)
+#   make cluster make up, then two more nodes (127.0.0.11/.12) behind HAProxy (127.0.0.1:20143…)
 
 SHELL := /bin/bash
 PY    := .venv/bin/python
 CTL   := .venv/bin/supervisorctl -c supervisord.conf
+# what `make up` keeps running (`make cluster` adds haproxy, node1, node2)
+SERVICES := memcached slapd mbox1 mbox2 web1 web2 'proxy:*'
 
-.PHONY: up down demo test venv
+.PHONY: up down demo test venv cluster
 
 venv:
 	scripts/install-deps.sh --venv-only
@@ -18,10 +21,10 @@ venv:
 up:
 	scripts/install-deps.sh
 	$(PY) -m carbotui.demo setup
-	@# running: apply supervisord.conf changes and start what is stopped; `start all` fails
-	@# while a program is FATAL (the proxy, until workers/ exists), so `demo wait` judges.
+	@# running: apply supervisord.conf changes and start what is stopped (not the cluster);
+	@# a start that fails is reported by `demo wait`, which names what is not up.
 	@if $(CTL) pid >/dev/null 2>&1; then \
-	    $(CTL) update && { $(CTL) start all || true; }; \
+	    $(CTL) update && { $(CTL) start $(SERVICES) || true; }; \
 	else \
 	    .venv/bin/supervisord -c supervisord.conf; \
 	fi
@@ -35,3 +38,7 @@ demo: up
 
 test: up
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+cluster: up
+	$(CTL) start haproxy 'node1:*' 'node2:*'
+	$(PY) -m carbotui.demo wait --cluster

@@ -30,15 +30,22 @@ class ConfigError(ValueError):
 class Endpoint:
     host: str
     port: int
+    proxy_protocol: bool = False      # expects a PROXY v1/v2 header from a trusted peer
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return text + (" proxy_protocol" if self.proxy_protocol else "")
 
 
 def parse_endpoint(text: str, key: str) -> Endpoint:
-    """'127.0.0.1:143', '[::1]:143' or '*:143' (every IPv4 address)."""
+    """'127.0.0.1:143', '[::1]:143' or '*:143' (every IPv4 address), optionally
+    followed by ' proxy_protocol' as in nginx's listen directive."""
     if not isinstance(text, str) or ":" not in text:
         raise ConfigError(f"{key}: expected 'address:port', got {text!r}")
+    text, *flags = text.split()
+    if any(f != "proxy_protocol" for f in flags):
+        raise ConfigError(f"{key}: unknown listener option in {' '.join(flags)!r} "
+                          "(only proxy_protocol)")
     host, _, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -51,7 +58,7 @@ def parse_endpoint(text: str, key: str) -> Endpoint:
             raise ConfigError(f"{key}: {host!r} is not an IP address") from None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{key}: port {port_text!r} is not in 1..65535")
-    return Endpoint(host, int(port_text))
+    return Endpoint(host, int(port_text), proxy_protocol=bool(flags))
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class Settings:
     ldap_base: str
     ldap_timeout: float
     hosts: dict[str, str]
+    proxy_trusted: tuple = ()            # ip_network objects allowed to send PROXY headers
+    proxy_timeout: float = 3.0
     mail: MailSettings = field(default_factory=MailSettings)
     web: WebSettings = field(default_factory=WebSettings)
 
@@ -165,14 +174,43 @@ class _Table:
         return _Table(self.get(name, dict, {}), self.key(name))
 
 
-def load(path: str | os.PathLike) -> Settings:
-    path = Path(path).resolve()
+# Settings that name files: made absolute against the file that set them, so an
+# included base file and the including file can live in different folders.
+PATH_KEYS = {("node", "var_dir"), ("tls", "certificate"), ("tls", "private_key"),
+             ("ldap", "password_file"), ("mail", "upstream_ca")}
+
+
+def _read_toml(path: Path, seen: tuple = ()) -> dict:
+    """One file, with `include = "base.toml"` merged under it (this file wins)."""
+    if path in seen:
+        raise ConfigError(f"{path}: include loop")
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for table, key in PATH_KEYS:
+        value = raw.get(table, {}).get(key) if isinstance(raw.get(table), dict) else None
+        if isinstance(value, str):
+            raw[table][key] = str((path.parent / value).resolve())
+    include = raw.pop("include", None)
+    if include is None:
+        return raw
+    if not isinstance(include, str):
+        raise ConfigError(f"{path}: include: expected a file name")
+    merged = _read_toml((path.parent / include).resolve(), seen + (path,))
+    for name, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
+
+
+def load(path: str | os.PathLike) -> Settings:
+    path = Path(path).resolve()
+    raw = _read_toml(path)
     base = path.parent
     root = _Table(raw, "")
 
@@ -242,6 +280,15 @@ def load(path: str | os.PathLike) -> Settings:
         upstream_tls=wt.get("upstream_tls", bool, False),
     )
 
+    pp = root.table("proxy_protocol")
+    trusted = []
+    for cidr in pp.get("trusted", list, []):
+        try:
+            trusted.append(ipaddress.ip_network(cidr, strict=False))
+        except (ValueError, TypeError):
+            raise ConfigError(f"proxy_protocol.trusted: {cidr!r} is not a network") from None
+    proxy_timeout = pp.positive("timeout", float, 3.0)
+
     url = ldap.get("url", str, required=True)
     if not url.startswith(("ldap://", "ldaps://", "ldapi://")):
         raise ConfigError(f"ldap.url: expected ldap://, ldaps:// or ldapi://, got {url!r}")
@@ -266,6 +313,8 @@ def load(path: str | os.PathLike) -> Settings:
         ldap_base=ldap.get("base", str, required=True),
         ldap_timeout=ldap.positive("timeout", float, 5.0),
         hosts=hosts,
+        proxy_trusted=tuple(trusted),
+        proxy_timeout=proxy_timeout,
         mail=mail,
         web=web,
     )

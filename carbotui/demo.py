@@ -587,9 +587,19 @@ def program_state(states: dict[str, str], name: str) -> str:
     return next((v for v in mine if v != "RUNNING"), "RUNNING")
 
 
-def wait(timeout: float) -> None:
+# `make cluster`: HAProxy's frontends, which answer only when a node behind them does.
+CLUSTER_CHECKS: list[tuple[str, str, int, Callable[[str, int], None]]] = [
+    ("haproxy", "127.0.0.1", 20143, IMAP), ("haproxy", "127.0.0.1", 20993, IMAPS),
+    ("haproxy", "127.0.0.1", 20110, POP3), ("haproxy", "127.0.0.1", 20995, POP3S),
+    ("haproxy", "127.0.0.1", 20443, HTTPS),
+    ("node1", "127.0.0.1", 20143, IMAP), ("node2", "127.0.0.1", 20143, IMAP),
+]
+
+
+def wait(timeout: float, checks=None) -> None:
     """Until every check's program is RUNNING in supervisord and its port answers."""
-    pending = list(CHECKS)
+    checks = CHECKS if checks is None else checks
+    pending = list(checks)
     errors: dict[tuple[str, int], str] = {}
     deadline = time.monotonic() + timeout
     while True:
@@ -616,7 +626,7 @@ def wait(timeout: float) -> None:
             lines += [f"  {name} [{program_state(states, name)}] {where}",
                       f"  last lines of var/log/{name}.log:", tail(LOG / f"{name}.log")]
         raise DemoError("\n".join(lines))
-    say(f"up: {', '.join(dict.fromkeys(c[0] for c in CHECKS))}")
+    say(f"up: {', '.join(dict.fromkeys(c[0] for c in checks))}")
 
 
 # --- down ---------------------------------------------------------------------------------
@@ -626,11 +636,11 @@ def _leftovers(exclude: set[int]):
     their command line mentions var/ or the node config, or they are a demo daemon still
     listening on a demo port (memcached's command line names no path)."""
     import psutil
-    marks = (f"{VAR}/", f"{ROOT}/carbotui.toml")
+    marks = (f"{VAR}/", f"{ROOT}/carbotui.toml", f"{ROOT}/etc/cluster/")
     ports = {(host, port) for _, host, port, _ in CHECKS}
     listeners = {c.pid for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.pid and (c.laddr.ip, c.laddr.port) in ports}
-    daemons = ("memcached", "slapd", "dovecot")
+    daemons = ("memcached", "slapd", "dovecot", "haproxy")
     found = []
     for p in psutil.process_iter(["pid", "name", "cmdline"]):
         name, cmd = p.info["name"] or "", " ".join(p.info["cmdline"] or [])
@@ -717,7 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("setup", help="generate var/").add_argument("--force", action="store_true",
                                                                 help="regenerate even if intact")
-    sub.add_parser("wait", help="wait for the services").add_argument("--timeout", type=float, default=30)
+    w = sub.add_parser("wait", help="wait for the services")
+    w.add_argument("--timeout", type=float, default=30)
+    w.add_argument("--cluster", action="store_true", help="the `make cluster` part")
     sub.add_parser("summary", help="how to connect")
     sub.add_parser("down", help="stop supervisord, leave nothing").add_argument(
         "--timeout", type=float, default=60)
@@ -726,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "setup":
             setup(args.force)
         elif args.cmd == "wait":
-            wait(args.timeout)
+            wait(args.timeout, CLUSTER_CHECKS if args.cluster else None)
         elif args.cmd == "down":
             down(args.timeout)
         else:

@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(memcached slapd ldap-utils dovecot-imapd dovecot-pop3d curl openssl tmux)
-SERVICES=(memcached slapd dovecot)   # what those packages would start at install and boot
+PACKAGES=(memcached slapd ldap-utils dovecot-imapd dovecot-pop3d haproxy curl openssl tmux)
+SERVICES=(memcached slapd dovecot haproxy)   # what those packages would start at install and boot
 MAIL_USER=carbotui-mail              # owns var/mbox*/mail; Dovecot's userdb uses it
 STAMP=.venv/.carbotui-installed      # newer than pyproject.toml = dependencies are current
 

@@ -80,8 +80,10 @@ class BackendProtocol(asyncio.Protocol):
 
 
 class MailSession(asyncio.Protocol):
-    def __init__(self, worker, kind: str, proto: str, implicit_tls: bool, thread: str):
+    def __init__(self, worker, kind: str, proto: str, implicit_tls: bool, thread: str,
+                 addresses=None):
         self.worker = worker
+        self.addresses = addresses        # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                  # listener: imap | imaps | pop3 | pop3s
         self.proto = proto                # imap | pop3
         self.tls = implicit_tls
@@ -112,10 +114,10 @@ class MailSession(asyncio.Protocol):
     # -- connection ---------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
-        local = transport.get_extra_info("sockname") or ("", 0)
-        self.client_ip, self.client_port = peer[0], peer[1]
-        self.local_ip, self.local_port = local[0], local[1]
+        peer, local = self.addresses or (transport.get_extra_info("peername") or ("", 0),
+                                         transport.get_extra_info("sockname") or ("", 0))
+        self.client_ip, self.client_port = _plain_ip(peer[0]), peer[1]
+        self.local_ip, self.local_port = _plain_ip(local[0]), local[1]
         w = self.worker
         w.stats.connections[self.kind] += 1
         limits = w.settings.mail.limits
@@ -365,6 +367,11 @@ class MailSession(asyncio.Protocol):
             account=account, protocol=self.proto, client_ip=self.client_ip,
             client_port=self.client_port, proxy_ip=self.local_ip, error=error,
             user_agent=self.user_agent, thread=self.thread))
+
+
+def _plain_ip(ip: str) -> str:
+    """'::ffff:1.2.3.4' -> '1.2.3.4', so audit, throttles and whitelists see one form."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
 def _text(response: bytes) -> str:

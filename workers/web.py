@@ -22,6 +22,7 @@ from carbotui.authtoken import zimbra_id_from_token
 from carbotui.routes import RouteError
 from workers import http11
 from workers.httpconn import HttpConnection
+from workers.mail import _plain_ip
 from workers.relay import Splice
 from workers.upstreams import Upstream
 
@@ -72,10 +73,11 @@ def login_name(path: bytes, body: bytes) -> str:
 class WebSession(HttpConnection):
     """One client connection to an HTTP, HTTPS or admin listener."""
 
-    def __init__(self, worker, kind: str, tls: bool):
+    def __init__(self, worker, kind: str, tls: bool, addresses=None):
         super().__init__(http11.RequestParser(
             max_header_bytes=worker.settings.web.max_header_bytes))
         self.worker = worker
+        self.addresses = addresses      # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                # http | https | admin
         self.scheme = "https" if tls else "http"
         self.id = worker.next_session_id()
@@ -91,10 +93,10 @@ class WebSession(HttpConnection):
     # -- lifecycle ----------------------------------------------------------
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        peer = transport.get_extra_info("peername") or ("", 0)
-        local = transport.get_extra_info("sockname") or ("", 0)
-        self.client_ip, self.client_port = peer[0], peer[1]
-        self.local_ip, self.local_port = local[0], local[1]
+        peer, local = self.addresses or (transport.get_extra_info("peername") or ("", 0),
+                                         transport.get_extra_info("sockname") or ("", 0))
+        self.client_ip, self.client_port = _plain_ip(peer[0]), peer[1]
+        self.local_ip, self.local_port = _plain_ip(local[0]), local[1]
         w = self.worker
         w.stats.connections[self.kind] += 1
         # A connection accepted while draining is still served: refusing it would

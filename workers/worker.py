@@ -56,6 +56,7 @@ class Stats:
     logins_temp: Counter = field(default_factory=Counter)
     web_requests: Counter = field(default_factory=Counter)     # by listener kind
     rejected_busy: int = 0
+    proxy_refused: int = 0               # PROXY headers missing, malformed or untrusted
     backends: dict[str, BackendStats] = field(default_factory=dict)
 
     def backend(self, name: str) -> BackendStats:
@@ -84,6 +85,7 @@ class Worker:
         self.admin_upstreams = UpstreamSet("admin", settings.web)
         self.live = LiveConfig(self)
         self._tasks: list[asyncio.Task] = []
+        self._accepting: list = []          # (socket, accept task) of PROXY listeners
         self.servers: list[asyncio.AbstractServer] = []
         self.draining = False
         self.stopped = asyncio.Event()
@@ -132,17 +134,24 @@ class Worker:
                 if kind in MAIL_KINDS:
                     proto, tls, thread = MAIL_KINDS[kind]
 
-                    def factory(kind=kind, proto=proto, tls=tls, thread=thread):
-                        return MailSession(self, kind, proto, tls, f"{thread}-{self.index}")
+                    def factory(kind=kind, proto=proto, tls=tls, thread=thread, addresses=None):
+                        return MailSession(self, kind, proto, tls, f"{thread}-{self.index}",
+                                           addresses)
                 else:
                     tls = WEB_KINDS[kind]
 
-                    def factory(kind=kind, tls=tls):
-                        return WebSession(self, kind, tls)
-                server = await loop.create_server(
-                    factory, sock=listeners.bind(endpoint), ssl=self.tls.front if tls else None,
-                    ssl_handshake_timeout=10 if tls else None, backlog=listeners.BACKLOG)
-                self.servers.append(server)
+                    def factory(kind=kind, tls=tls, addresses=None):
+                        return WebSession(self, kind, tls, addresses)
+                sock = listeners.bind(endpoint)
+                ssl_ctx = self.tls.front if tls else None
+                if endpoint.proxy_protocol:
+                    from workers import proxied
+                    self._accepting.append((sock, loop.create_task(
+                        proxied.serve(self, sock, factory, ssl_ctx, endpoint))))
+                else:
+                    self.servers.append(await loop.create_server(
+                        factory, sock=sock, ssl=ssl_ctx,
+                        ssl_handshake_timeout=10 if tls else None, backlog=listeners.BACKLOG))
                 log.info("listening on %s (%s)", endpoint, kind)
         self._tasks = [
             loop.create_task(self.live.run()),
@@ -179,6 +188,9 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
+        for sock, task in self._accepting:
+            task.cancel()
+            sock.close()
         for task in self._tasks:
             task.cancel()
         deadline = time.monotonic() + self.settings.mail.drain_timeout

@@ -60,3 +60,34 @@ def test_bad_listener_and_missing_key(tmp_path):
         load(tmp_path, BASE.replace('base = "o=carbotui"', ""))
     with pytest.raises(config.ConfigError, match="not valid TOML"):
         load(tmp_path, "[node")
+
+
+def test_include_merges_tables_and_keeps_paths_relative_to_their_file(tmp_path):
+    (tmp_path / "base.toml").write_text(BASE + '[mail]\nauth_wait = 2\nmax_line = 100\n')
+    node = tmp_path / "cluster" / "node1.toml"
+    node.parent.mkdir()
+    node.write_text('include = "../base.toml"\n[node]\nname = "n1"\nvar_dir = "v"\n'
+                    '[mail]\nauth_wait = 5\n')
+    s = config.load(node)
+    assert s.node_name == "n1" and s.var_dir == node.parent / "v"
+    assert s.tls_certificate == tmp_path / "c.crt"          # from the base, its folder
+    assert s.mail.auth_wait == 5.0 and s.mail.limits.max_line == 100
+
+
+def test_include_loop_is_an_error(tmp_path):
+    (tmp_path / "a.toml").write_text('include = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('include = "a.toml"\n')
+    with pytest.raises(config.ConfigError, match="include loop"):
+        config.load(tmp_path / "a.toml")
+
+
+def test_proxy_protocol_listeners_and_trusted_networks(tmp_path):
+    s = load(tmp_path, BASE.replace('"[::1]:10143"', '"[::1]:10143 proxy_protocol"')
+             + '[proxy_protocol]\ntrusted = ["127.0.0.1/32", "fd00::/8"]\ntimeout = 4\n')
+    assert [e.proxy_protocol for e in s.listen["imap"]] == [False, True]
+    assert str(s.listen["imap"][1]) == "[::1]:10143 proxy_protocol"
+    assert len(s.proxy_trusted) == 2 and s.proxy_timeout == 4.0
+    with pytest.raises(config.ConfigError, match="unknown listener option"):
+        load(tmp_path, BASE.replace('"[::1]:10143"', '"[::1]:10143 ssl"'))
+    with pytest.raises(config.ConfigError, match="proxy_protocol.trusted"):
+        load(tmp_path, BASE + '[proxy_protocol]\ntrusted = ["nope"]\n')
