@@ -442,7 +442,13 @@ class ProxyHeaderParser:
             else:
                 if not buf:
                     return _NEED_MORE
-                raise _Invalid(f"not a PROXY protocol header (starts with {_show(head, 8)})")
+                # Quote up to the first byte that fits neither signature, so
+                # that the reason does not depend on how the input was split.
+                end = 1
+                while (self.allow_v2 and head[:end] == V2_SIGNATURE[:end]
+                       or self.allow_v1 and head[:end] == _V1_PREFIX[:end]):
+                    end += 1
+                raise _Invalid(f"not a PROXY protocol header (starts with {_show(head[:end])})")
         if self._state == _V1:
             return self._step_v1()
         return self._step_v2()
