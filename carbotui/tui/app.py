@@ -254,7 +254,9 @@ class CarbotuiApp(App):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(self.all_bindings(), self.current_mode))
+            title = SCREEN_CLASSES[self.current_mode].TITLE_TEXT \
+                if self.current_mode in SCREEN_CLASSES else ""
+            self.push_screen(HelpScreen(self.all_bindings(), title))
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused

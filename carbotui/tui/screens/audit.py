@@ -30,7 +30,9 @@ def event_fields(e: AuditEvent) -> dict[str, str]:
 def event_line(e: AuditEvent) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp))
     result = "✓ ok" if e.ok else "✗ " + e.error.split("], ", 1)[-1]
-    return f"{stamp} {e.protocol:5} {e.client_ip:15} {e.account[:22]:22} {result}"
+    # Columns line up for common names; a longer account is never cut (it is what
+    # an admin searches for), it just pushes the result to the right.
+    return f"{stamp} {e.protocol:5} {e.client_ip:15} {e.account:22} {result}"
 
 
 class AuditScreen(LiveScreen):

@@ -33,6 +33,12 @@ class HelpScreen(ModalScreen[None]):
             key = b.key_display or self.app.get_key_display(b)
             table.add_row(group, Text(key, style="bold cyan"), b.description, b.id or "")
         table.focus()
+        # Open at the keys of the screen the admin came from; global keys are above.
+        for row, (group, _) in enumerate(self.bindings_list):
+            if group == self.current:
+                table.move_cursor(row=row, animate=False, scroll=False)
+                self.call_after_refresh(table.scroll_to, y=row, animate=False)
+                break
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)

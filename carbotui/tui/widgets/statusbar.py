@@ -21,6 +21,8 @@ class StatusBar(Static):
         elif state == "down":
             t.append(" ✖ STACK DOWN ", style="bold white on red")
             t.append(" retrying every %gs" % refresh, style="red")
+        elif state == "starting":
+            t.append("… collecting the first data", style="yellow")
         elif paused:
             t.append(" ❚❚ PAUSED ", style="bold black on yellow")
         else:
