@@ -1,0 +1,91 @@
+"""fleet.py pieces that need no stack: audit.log following, rates, worker control client."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+from carbotui.fleet import AuditTail, Rates, WorkerControl, WorkerControlError
+
+LINE = ("2026-11-27 21:09:02,456 WARN  [Pop3Server-1] [ip=10.0.0.1;oip=203.0.113.5;] security"
+        " - cmd=Auth; account={who}; protocol=pop3; error=authentication failed for [{who}],"
+        " invalid password;\n")
+
+
+def test_audit_tail_follows_appends_partial_lines_rotation_and_truncation(tmp_path):
+    log = tmp_path / "audit.log"
+    log.write_text(LINE.format(who="old@demo.test"))
+    tail = AuditTail(log)
+    assert [e.account for e in tail.read_events()] == ["old@demo.test"]   # recent backlog
+    with log.open("a") as f:
+        f.write(LINE.format(who="a@demo.test") + LINE.format(who="b@demo.test")[:40])
+    assert [e.account for e in tail.read_events()] == ["a@demo.test"]     # b is partial
+    with log.open("a") as f:
+        f.write(LINE.format(who="b@demo.test")[40:])
+    assert [e.account for e in tail.read_events()] == ["b@demo.test"]
+    # rotation: the rest of the old file, then the new file from its start
+    with log.open("a") as f:
+        f.write(LINE.format(who="last@demo.test"))
+    os.rename(log, tmp_path / "audit.log.1")
+    log.write_text(LINE.format(who="new@demo.test"))
+    assert [e.account for e in tail.read_events()] == ["last@demo.test", "new@demo.test"]
+    # truncation in place (copytruncate)
+    log.write_text("")
+    assert tail.read_events() == []
+    with log.open("a") as f:
+        f.write(LINE.format(who="after@demo.test"))
+    assert [e.account for e in tail.read_events()] == ["after@demo.test"]
+    tail.close()
+
+
+def test_audit_tail_waits_for_a_missing_file(tmp_path):
+    tail = AuditTail(tmp_path / "audit.log")
+    assert tail.read_events() == []
+    (tmp_path / "audit.log").write_text(LINE.format(who="first@demo.test"))
+    assert [e.account for e in tail.read_events()] == ["first@demo.test"]
+
+
+def test_rates_survive_a_worker_restart():
+    r = Rates()
+    assert r.per_second(("ok", "proxy_00", 1), 100, 10.0) == 0.0
+    assert r.per_second(("ok", "proxy_00", 1), 110, 12.0) == 5.0
+    r.end()
+    assert r.per_second(("ok", "proxy_00", 2), 3, 13.0) == 0.0      # new pid: new series
+    r.end()
+    assert ("ok", "proxy_00", 1) not in r._last                     # the old one dropped
+
+
+def test_worker_control_request_and_errors(tmp_path):
+    path = tmp_path / "proxy_00.ctl"
+    (tmp_path / "proxy_00.sock").touch()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    seen = []
+
+    def serve():
+        for _ in range(2):
+            conn, _ = server.accept()
+            request = json.loads(conn.makefile().readline())
+            seen.append(request)
+            ok = request.get("session") == 7
+            conn.sendall(json.dumps({"ok": ok} if ok else
+                                    {"ok": False, "error": "no session 8"}).encode() + b"\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    control = WorkerControl(tmp_path)
+    control.kick("proxy_00", 7)
+    try:
+        control.kick("proxy_00", 8)
+    except WorkerControlError as exc:
+        assert "proxy_00: no session 8" in str(exc)
+    else:
+        raise AssertionError("a refused kick must raise")
+    assert seen == [{"cmd": "kick", "session": 7}, {"cmd": "kick", "session": 8}]
+    try:
+        control.kick("proxy_01", 1)
+    except WorkerControlError as exc:
+        assert "no control socket" in str(exc)
+    server.close()
