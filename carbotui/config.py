@@ -118,6 +118,7 @@ class Settings:
     hosts: dict[str, str]
     proxy_trusted: tuple = ()            # ip_network objects allowed to send PROXY headers
     proxy_timeout: float = 3.0
+    proxy_drain_grace: float = 3.0       # SIGTERM: accept this long while checks fail
     mail: MailSettings = field(default_factory=MailSettings)
     web: WebSettings = field(default_factory=WebSettings)
 
@@ -288,6 +289,7 @@ def load(path: str | os.PathLike) -> Settings:
         except (ValueError, TypeError):
             raise ConfigError(f"proxy_protocol.trusted: {cidr!r} is not a network") from None
     proxy_timeout = pp.positive("timeout", float, 3.0)
+    proxy_drain_grace = pp.get("drain_grace", float, 3.0)
 
     url = ldap.get("url", str, required=True)
     if not url.startswith(("ldap://", "ldaps://", "ldapi://")):
@@ -315,6 +317,7 @@ def load(path: str | os.PathLike) -> Settings:
         hosts=hosts,
         proxy_trusted=tuple(trusted),
         proxy_timeout=proxy_timeout,
+        proxy_drain_grace=proxy_drain_grace,
         mail=mail,
         web=web,
     )

@@ -35,9 +35,22 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Non
 
 
 async def read_header(sock: socket.socket) -> proxyproto.ProxyHeader:
+    """Peek until a whole header is there, then consume exactly it.
+
+    The event-loop watcher goes on a duplicate descriptor, closed a moment later:
+    libuv tears a watcher down lazily, and one left on the session's own
+    descriptor would unregister the session's reads (a stalled TLS handshake)."""
     loop = asyncio.get_running_loop()
+    watched = sock.dup()
+    try:
+        return await _peek_header(loop, sock, watched)
+    finally:
+        loop.call_later(1.0, watched.close)
+
+
+async def _peek_header(loop, sock: socket.socket, watched: socket.socket):
     while True:
-        await _readable(loop, sock)
+        await _readable(loop, watched)
         data = sock.recv(PEEK, socket.MSG_PEEK)
         if not data:
             raise HeaderRefused("closed before a complete PROXY header")
@@ -77,6 +90,11 @@ async def _start(worker, conn: socket.socket, peer, factory, ssl_ctx) -> None:
         worker.stats.proxy_refused += 1
         log.info("PROXY header from %s refused: %s", peer[0],
                  "timed out" if isinstance(exc, asyncio.TimeoutError) else exc)
+        conn.close()
+        return
+    if header.command == "LOCAL" and worker.draining:
+        # The balancer's health check: fail it, so it stops sending new clients,
+        # while the clients it still sends meanwhile are served.
         conn.close()
         return
     # PROXY: the header's addresses; LOCAL (health checks) and UNKNOWN: the socket's.

@@ -188,6 +188,10 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
+        if self._accepting:
+            # Behind a balancer: keep accepting until its health checks (which now
+            # fail, see proxied.py) have taken this node out, then stop.
+            await asyncio.sleep(self.settings.proxy_drain_grace)
         for sock, task in self._accepting:
             task.cancel()
             sock.close()
