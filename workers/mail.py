@@ -255,6 +255,9 @@ class MailSession(asyncio.Protocol):
             raise LoginFailure(f"no route: {exc}", temporary=True) from None
         if route is None:
             raise LoginFailure("account not found", temporary=False)
+        if self.worker.in_maintenance(route.server.hostname):
+            raise LoginFailure(f"mailbox server {route.server.hostname} is in maintenance",
+                               temporary=True)
         return route
 
     def _backend_machine(self, account: str, auth: ev.Authenticate):

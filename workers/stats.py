@@ -34,11 +34,15 @@ def snapshot(worker) -> dict:
                   "poisoned": r.poisoned, "memcached_available": worker.cache.available,
                   "memcached_errors": worker.cache.errors},
         "ldap_searches": worker.directory.searches,
-        "backends": {name: vars(b) for name, b in st.backends.items()},
+        "backends": {name: {**vars(b), "maintenance": any(
+            h.split(".", 1)[0] == name for h in worker.maintenance)}
+            for name, b in st.backends.items()},
+        "maintenance": sorted(worker.maintenance),
         "web": {
             "requests": dict(st.web_requests),
             "upstreams": [{"server": u.name, "port": u.port, "kind": u.port_kind,
                            "healthy": u.healthy, "active": u.active, "requests": u.requests,
+                           "maintenance": worker.in_maintenance(u.server.hostname),
                            "errors": u.errors, "idle": len(u.idle)}
                           for u in worker.all_upstreams()],
         },

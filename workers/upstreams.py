@@ -76,8 +76,9 @@ def ip_hash(client_ip: str) -> int:
 class UpstreamSet:
     """The upstreams of one kind (web or admin), rebuilt when servers change."""
 
-    def __init__(self, port_kind: str, settings: WebSettings):
+    def __init__(self, port_kind: str, settings: WebSettings, in_maintenance=lambda _: False):
         self.port_kind = port_kind
+        self.in_maintenance = in_maintenance
         self.settings = settings
         self.upstreams: dict[str, Upstream] = {}
         self._rr = 0
@@ -107,7 +108,8 @@ class UpstreamSet:
     def pick(self, client_ip: str, method: str) -> Upstream | None:
         """A usable upstream by the balancing method, or None if all are down."""
         now = time.monotonic()
-        ups = [u for u in self.upstreams.values() if u.server.lookup_target]
+        ups = [u for u in self.upstreams.values()
+               if u.server.lookup_target and not self.in_maintenance(u.server.hostname)]
         live = [u for u in ups if u.usable(now)]
         if not live:
             return None

@@ -245,6 +245,8 @@ class WebSession(HttpConnection):
             name = login_name(path, body)
             route = await w.router.route_mail(name, "http", self.local_ip) if name else None
             if route is not None:
+                if w.in_maintenance(route.server.hostname):
+                    return None, True          # no new logins there: 503
                 return ups.for_server(route.server.hostname), True
         if self.kind != "admin":
             m = _REST.match(path)

@@ -18,7 +18,7 @@ from carbotui.audit import AuditLog
 from carbotui.directory import Directory
 from carbotui.memcache import Memcache
 from carbotui.routes import Router
-from workers import listeners
+from workers import control, listeners
 from workers.live import LiveConfig
 from workers.tls import TlsContexts, upstream_context
 from workers.upstreams import UpstreamSet, health_loop
@@ -81,9 +81,10 @@ class Worker:
         self.tls = TlsContexts(settings)
         self.upstream_tls = self._upstream_context(settings)
         web_kind = "httpssl" if settings.web.upstream_tls else "http"
-        self.web_upstreams = UpstreamSet(web_kind, settings.web)
-        self.admin_upstreams = UpstreamSet("admin", settings.web)
+        self.web_upstreams = UpstreamSet(web_kind, settings.web, self.in_maintenance)
+        self.admin_upstreams = UpstreamSet("admin", settings.web, self.in_maintenance)
         self.live = LiveConfig(self)
+        self.maintenance: set[str] = control.load_maintenance(settings.run_dir)
         self._tasks: list[asyncio.Task] = []
         self._accepting: list = []          # (socket, accept task) of PROXY listeners
         self.servers: list[asyncio.AbstractServer] = []
@@ -94,6 +95,9 @@ class Worker:
     @property
     def upstream_web_tls(self):
         return self.upstream_tls if self.settings.web.upstream_tls else None
+
+    def in_maintenance(self, hostname: str) -> bool:
+        return hostname in self.maintenance
 
     def upstreams_for(self, kind: str) -> UpstreamSet:
         return self.admin_upstreams if kind == "admin" else self.web_upstreams
@@ -112,6 +116,10 @@ class Worker:
     def stats_path(self):
         return self.settings.run_dir / f"{self.name}.sock"
 
+    @property
+    def control_path(self):
+        return self.settings.run_dir / f"{self.name}.ctl"
+
     def session_ended(self, session_id: int) -> None:
         self.sessions.pop(session_id, None)
         if self.draining and not self.sessions:
@@ -129,6 +137,7 @@ class Worker:
         # Start even if LDAP is down: cached routes still work and it may come back.
         await self.live.refresh()
         self.stats_server = await stats.serve(self, str(self.stats_path))
+        self.control_server = await control.serve(self, self.control_path)
         for kind, endpoints in self.settings.listen.items():
             for endpoint in endpoints:
                 if kind in MAIL_KINDS:
@@ -172,6 +181,7 @@ class Worker:
             log.warning("listener changes need a restart of the workers; other settings applied")
         self.settings = settings
         self.upstream_tls = self._upstream_context(settings)
+        self.maintenance = control.load_maintenance(settings.run_dir)
         self.directory.settings = settings
         self.router.ttl = settings.memcached_ttl
         self.cache.timeout = settings.memcached_timeout
@@ -210,6 +220,8 @@ class Worker:
             session.shutdown("worker stopping")
         self.stats_server.close()
         self.stats_path.unlink(missing_ok=True)
+        self.control_server.close()
+        self.control_path.unlink(missing_ok=True)
         await self.cache.close()
         self.directory.close()
         self.audit.close()

@@ -122,3 +122,46 @@ def test_failures_close_the_connection_after_the_limit(custom_worker):
     lines = [c.line(), c.line()]
     assert lines[0].startswith(b"b NO") and lines[1].startswith(b"* BYE"), lines
     c.close()
+
+
+def find_session(port: int) -> tuple[str, int]:
+    from tests.integration.conftest import worker_stats
+    for s in worker_stats():
+        for sess in s["sessions"]:
+            if sess["client_port"] == port:
+                return s["worker"], sess["id"]
+    raise AssertionError(f"no session from port {port}")
+
+
+def test_an_admin_can_kick_a_session():
+    from carbotui.fleet import WorkerControl
+    from tests.integration.conftest import REPO
+    conn = imap_login("user19@demo.test")
+    conn.select("INBOX")
+    worker, session = find_session(conn.sock.getsockname()[1])
+    WorkerControl(REPO / "var/run").kick(worker, session)
+    line = conn.readline()
+    assert line.startswith(b"* BYE")
+    assert conn.readline() == b""          # and closed
+
+
+def test_maintenance_refuses_new_logins_only_on_that_server():
+    import imaplib
+    from carbotui.fleet import WorkerControl
+    from tests.integration.conftest import REPO
+    ctl = WorkerControl(REPO / "var/run")
+    before = imap_login("user01@demo.test")         # open before: must go on
+    before.select("INBOX")
+    ctl.maintenance("mbox1.demo.test", True)
+    try:
+        try:
+            imap_login("user03@demo.test").logout()
+            raise AssertionError("a login on a server in maintenance succeeded")
+        except imaplib.IMAP4.error as exc:
+            assert "UNAVAILABLE" in str(exc)
+        imap_login("user04@demo.test").logout()      # mbox2 is unaffected
+        assert first_subject_imap(before) == "Subject: Welcome to mbox1"
+    finally:
+        ctl.maintenance("mbox1.demo.test", False)
+        before.logout()
+    imap_login("user03@demo.test").logout()
