@@ -2,7 +2,8 @@
 # system user, Dovecot); everything it generates or runs lives in var/ and .venv/.
 #   make up      install what is missing, generate var/, start (or update) supervisord, wait
 #   make down    stop supervisord and everything it runs; leave no process behind
-#   make demo    make up, then print how to connect
+#   make demo    make up, open the dashboard; on quitting it, print how to connect
+#   make screenshots  regenerate screenshots/ (every dashboard screen, SVG)
 #   make test    make up, then pytest (PYTEST_ARGS="-k certs" to pass arguments)
 #   make venv    just .venv (no root)
 #   make cluster make up, then two more nodes (127.0.0.11/.12) behind HAProxy (127.0.0.1:20143…)
@@ -13,7 +14,7 @@ CTL   := .venv/bin/supervisorctl -c supervisord.conf
 # what `make up` keeps running (`make cluster` adds haproxy, node1, node2)
 SERVICES := memcached slapd mbox1 mbox2 web1 web2 'proxy:*'
 
-.PHONY: up down demo test venv cluster
+.PHONY: up down demo test venv cluster screenshots
 
 venv:
 	scripts/install-deps.sh --venv-only
@@ -34,7 +35,12 @@ down:
 	@if [[ -x $(PY) ]]; then $(PY) -m carbotui.demo down; else echo "no .venv: nothing to stop"; fi
 
 demo: up
+	.venv/bin/carbotui
 	@$(PY) -m carbotui.demo summary
+
+# every dashboard screen as SVG in screenshots/, from deterministic data
+screenshots: venv
+	$(PY) scripts/screenshots.py
 
 test: up
 	$(PY) -m pytest $(PYTEST_ARGS)
