@@ -350,11 +350,11 @@ async def run(config_path: str) -> int:
         log.error("cannot start: %s", exc)
         return 2
     watcher = Watcher(loaded)
-    stop, hup = asyncio.Event(), asyncio.Event()
+    stop, hup, wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    for sig, flag in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup)):
+        # a signal also ends the poll pause: a reload is applied at once
+        loop.add_signal_handler(sig, lambda flag=flag: (flag.set(), wake.set()))
     watcher.tail.start()
     watcher.tail.commit()
     log.info("watching %s (rules %s, window %d s, cooldown %d s)",
@@ -374,9 +374,10 @@ async def run(config_path: str) -> int:
             if more:
                 continue                  # a backlog: no pause until it is read
             try:
-                await asyncio.wait_for(stop.wait(), watcher.loaded.alerts.poll_interval)
+                await asyncio.wait_for(wake.wait(), watcher.loaded.alerts.poll_interval)
             except asyncio.TimeoutError:
                 pass
+            wake.clear()
     finally:
         watcher.tail.commit()
         await watcher.close()

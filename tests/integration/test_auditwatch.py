@@ -9,7 +9,6 @@ import asyncio
 import json
 import mailbox
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from carbotui.memcache import Memcache
 from carbotui.throttle import IP_REJECT, Throttle, ThrottleSettings
 
 from .conftest import REPO, SETTINGS, wait_for
+from .test_throttle import fresh_ip
 
 ACCOUNTS = [f"user{i:02d}@demo.test" for i in range(1, 6)]
 
@@ -291,7 +291,7 @@ def test_smtp_down_alert_spooled_survives_restart_and_is_delivered(make_node):
 
 
 def test_rule_blocks_ip_in_memcached_and_sighup_reloads(make_node):
-    ip = f"2001:db8:{secrets.token_hex(2)}::{secrets.token_hex(2)}"
+    ip = fresh_ip()
     node = make_node(alerts="[alerts.ip]\nthreshold = 50\nblock_seconds = 120")
     node.start_watch()
     node.alerts_extra = "[alerts.ip]\nthreshold = 3\nblock_seconds = 120"

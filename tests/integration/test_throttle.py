@@ -6,6 +6,7 @@ not collide with each other or with the live demo workers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 
 import pytest
@@ -19,7 +20,9 @@ from .conftest import SETTINGS
 
 
 def fresh_ip() -> str:
-    return f"2001:db8:{secrets.token_hex(2)}::{secrets.token_hex(2)}"
+    """A random documentation address, in canonical form (as Throttle stores it)."""
+    return ipaddress.ip_address(f"2001:db8:{secrets.token_hex(2)}::{secrets.token_hex(2)}"
+                                ).compressed
 
 
 def fresh_login() -> str:
@@ -53,7 +56,7 @@ def test_two_workers_share_one_ip_count():
 
 
 def test_whitelisted_ip_is_never_throttled_or_blocked():
-    ip = "2001:db8:ffff::" + secrets.token_hex(2)
+    ip = fresh_ip().replace("2001:db8:", "2001:db8:ffff:", 1)
     settings = ThrottleSettings.from_table({
         "ip_limit": 1, "ip_ttl": 60, "user_limit": 1, "user_ttl": 60,
         "whitelist": ["10.0.0.0/8", "2001:db8:ffff::/48"]})
