@@ -14,7 +14,8 @@ Following the file. Files are known by (device, inode), never by name:
   new file only on its next check (up to 1 s) and keeps appending to the old
   one until then. The new file is read from its first byte.
 * truncation (``copytruncate``): the size falling below our offset means the
-  file was emptied; reading starts again at 0.
+  file was emptied; reading starts again at 0. (If it grows past the old
+  offset between two polls the truncation cannot be seen: prefer ``create``.)
 * A partial last line is not consumed: only bytes up to the last newline
   count as read, so a line being written is read whole on the next poll.
 

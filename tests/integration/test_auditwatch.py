@@ -319,3 +319,31 @@ def test_rule_blocks_ip_in_memcached_and_sighup_reloads(make_node):
     answer, listed = asyncio.run(check())
     assert answer == IP_REJECT
     assert listed and listed[0].by == "auditwatch" and "ip" in listed[0].reason
+
+
+def test_tail_truncation_partial_lines_and_first_start(tmp_path):
+    """The tailer alone (no subprocess): copytruncate, a half-written line, first start."""
+    from carbotui.auditwatch import Tail
+    path, state = tmp_path / "audit.log", tmp_path / "run" / "auditwatch.state"
+    path.write_text("old history\n")
+    tail = Tail(path, state, grace=1)
+    tail.start()                              # first start: from the end, history skipped
+    assert tail.poll() == ([], False)
+    with open(path, "a") as f:
+        f.write("one\ntw")
+        f.flush()
+        assert tail.poll()[0] == ["one"]      # "tw" is still being written
+        f.write("o\n")
+    assert tail.poll()[0] == ["two"]
+    tail.commit()
+    path.write_text("")                       # copytruncate empties the file in place
+    with open(path, "a") as f:
+        f.write("three\n")
+    assert tail.poll()[0] == ["three"]
+    tail.commit()
+    tail.close()
+    again = Tail(path, state, grace=1)        # a restart re-reads nothing
+    again.start()
+    assert again.poll()[0] == []
+    assert again.counters["lines"] == 3
+    again.close()
