@@ -121,6 +121,8 @@ class Settings:
     proxy_drain_grace: float = 3.0       # SIGTERM: accept this long while checks fail
     mail: MailSettings = field(default_factory=MailSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    throttle: object = None              # carbotui.throttle.ThrottleSettings
+    alerts: object = None                # carbotui.alerts.AlertSettings
 
     @property
     def audit_log(self) -> Path:
@@ -291,6 +293,12 @@ def load(path: str | os.PathLike) -> Settings:
     proxy_timeout = pp.positive("timeout", float, 3.0)
     proxy_drain_grace = pp.get("drain_grace", float, 3.0)
 
+    # Imported here: those modules import this one for ConfigError.
+    from carbotui.alerts import AlertSettings
+    from carbotui.throttle import ThrottleSettings
+    throttle = ThrottleSettings.from_table(root.get("throttle", dict, {}))
+    alerts = AlertSettings.from_table(root.get("alerts", dict, {}), base=base)
+
     url = ldap.get("url", str, required=True)
     if not url.startswith(("ldap://", "ldaps://", "ldapi://")):
         raise ConfigError(f"ldap.url: expected ldap://, ldaps:// or ldapi://, got {url!r}")
@@ -320,4 +328,6 @@ def load(path: str | os.PathLike) -> Settings:
         proxy_drain_grace=proxy_drain_grace,
         mail=mail,
         web=web,
+        throttle=throttle,
+        alerts=alerts,
     )

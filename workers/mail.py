@@ -133,8 +133,24 @@ class MailSession(asyncio.Protocol):
             transport.close()
             return
         w.sessions[self.id] = self
-        transport.write(self.machine.greeting())
         self._arm_preauth_timer()
+        if w.exempt(self.client_ip):
+            transport.write(self.machine.greeting())
+        else:
+            # The IP throttle (and blocks) first, as Carbonio's nginx: no greeting yet.
+            transport.pause_reading()
+            self._task = asyncio.get_running_loop().create_task(self._admit())
+
+    async def _admit(self) -> None:
+        reject = await self.worker.throttle.check_ip(self.kind, self.client_ip)
+        if self.transport.is_closing():
+            return
+        if reject:
+            self.worker.stats.throttled["ip"] += 1
+            self._run(self.machine.throttled(reject))
+            return
+        self.transport.write(self.machine.greeting())
+        self.transport.resume_reading()
 
     def _arm_preauth_timer(self) -> None:
         if self._timer:
@@ -230,6 +246,13 @@ class MailSession(asyncio.Protocol):
         settings = w.settings.mail
         self.state = "login"
         login = auth.username
+        reject = await w.throttle.check_user(login, ip=self.client_ip)
+        if reject:
+            w.stats.throttled["user"] += 1
+            self._audit(login, audit.failure(login, "login rejected: too many failed logins"))
+            if not self.transport.is_closing():
+                self._run(self.machine.throttled(reject))
+            return
         try:
             route = await asyncio.wait_for(self._route(login), settings.login_timeout)
             self.account = route.account
@@ -246,6 +269,13 @@ class MailSession(asyncio.Protocol):
             raise
         self._audit(self.account, "")
         w.stats.logins_ok[self.proto] += 1
+        reject = await w.throttle.count_user(login, success=True, ip=self.client_ip)
+        if reject:                # Carbonio's "successes" mode: too many logins
+            w.stats.throttled["user"] += 1
+            backend.transport.close()
+            if not self.transport.is_closing():
+                self._run(self.machine.throttled(reject))
+            return
         self._login_succeeded(backend, response)
 
     async def _route(self, login: str) -> Route:
@@ -316,6 +346,7 @@ class MailSession(asyncio.Protocol):
                         failure.reason)
         else:
             w.stats.logins_failed[self.proto] += 1
+            await w.throttle.count_user(login, success=False, ip=self.client_ip)
             # The route may be stale (a moved mailbox): forget it, as Carbonio does.
             await w.router.forget(login, self.route_proto, self.local_ip, self.account)
             # Tarpit: slow down password guessing; reading stays paused meanwhile.

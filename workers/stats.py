@@ -29,7 +29,7 @@ def snapshot(worker) -> dict:
         "connections": dict(st.connections),
         "logins": {"ok": dict(st.logins_ok), "failed": dict(st.logins_failed),
                    "temporary": dict(st.logins_temp)},
-        "rejected_busy": st.rejected_busy, "proxy_refused": st.proxy_refused,
+        "throttled": dict(st.throttled), "rejected_busy": st.rejected_busy, "proxy_refused": st.proxy_refused,
         "cache": {"hits": r.hits, "misses": r.misses, "ldap_lookups": r.ldap_lookups,
                   "poisoned": r.poisoned, "memcached_available": worker.cache.available,
                   "memcached_errors": worker.cache.errors},

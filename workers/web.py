@@ -36,6 +36,10 @@ AUDIT_BODY_LIMIT = 64 * 1024
 RESPONSE_DROP = (b"server", b"x-powered-by")
 
 
+class Throttled(Exception):
+    """A web login refused by the user throttle; the text is Carbonio's."""
+
+
 def error_page(status: int, text: str, *, close: bool = True, extra=()) -> bytes:
     title = f"{status} {HTTPStatus(status).phrase}"
     body = (f"<!doctype html><html><head><title>{title}</title></head><body>"
@@ -110,6 +114,16 @@ class WebSession(HttpConnection):
         w.sessions[self.id] = self
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
+    async def _admitted(self) -> bool:
+        """Blocks and the web IP limit (throttle:proto=h), checked once per connection."""
+        if self.worker.exempt(self.client_ip):
+            return True
+        reject = await self.worker.throttle.check_ip(self.kind, self.client_ip)
+        if reject:
+            self.worker.stats.throttled["ip"] += 1
+            self.send(error_page(403, reject + "."))
+        return not reject
+
     def connection_lost(self, exc) -> None:
         super().connection_lost(exc)
         self.worker.session_ended(self.id)
@@ -126,6 +140,8 @@ class WebSession(HttpConnection):
         web = self.worker.settings.web
         timeout = web.header_timeout
         try:
+            if not await self._admitted():
+                return
             while True:
                 try:
                     event = await self.next_event(timeout)
@@ -174,6 +190,9 @@ class WebSession(HttpConnection):
                 return False
         try:
             upstream, routed = await self._choose(req, body)
+        except Throttled as reject:
+            self.send(error_page(403, f"{reject}."))
+            return False
         except RouteError:
             self.send(error_page(503, "The mail service is temporarily unavailable. "
                                       "Please try again in a moment.",
@@ -243,6 +262,12 @@ class WebSession(HttpConnection):
         path = req.target.split(b"?", 1)[0]
         if body is not None:
             name = login_name(path, body)
+            reject = await w.throttle.check_user(name, ip=self.client_ip) if name else None
+            if reject:
+                w.stats.throttled["user"] += 1
+                self._audit_login(name, "soap", audit.failure(name, "login rejected: too many "
+                                                              "failed logins"), req)
+                raise Throttled(reject)
             route = await w.router.route_mail(name, "http", self.local_ip) if name else None
             if route is not None:
                 if w.in_maintenance(route.server.hostname):
@@ -517,6 +542,12 @@ class WebSession(HttpConnection):
                       else f"login failed (HTTP {resp.status})")
             error = audit.failure(name, reason)
             self.worker.stats.logins_failed[proto] += 1
+        self._audit_login(name, proto, error, req)
+        if name != "(unknown)":
+            asyncio.get_running_loop().create_task(
+                self.worker.throttle.count_user(name, success=ok, ip=self.client_ip))
+
+    def _audit_login(self, name: str, proto: str, error: str, req) -> None:
         self.worker.audit.write(audit.AuditEvent(
             account=name, protocol=proto, client_ip=self.client_ip, client_port=self.client_port,
             proxy_ip=self.local_ip, error=error,

@@ -18,6 +18,7 @@ from carbotui.audit import AuditLog
 from carbotui.directory import Directory
 from carbotui.memcache import Memcache
 from carbotui.routes import Router
+from carbotui.throttle import Throttle, whitelisted
 from workers import control, listeners
 from workers.live import LiveConfig
 from workers.tls import TlsContexts, upstream_context
@@ -54,6 +55,7 @@ class Stats:
     logins_ok: Counter = field(default_factory=Counter)        # by protocol
     logins_failed: Counter = field(default_factory=Counter)
     logins_temp: Counter = field(default_factory=Counter)
+    throttled: Counter = field(default_factory=Counter)         # "ip" | "user"
     web_requests: Counter = field(default_factory=Counter)     # by listener kind
     rejected_busy: int = 0
     proxy_refused: int = 0               # PROXY headers missing, malformed or untrusted
@@ -77,6 +79,7 @@ class Worker:
         self.cache = Memcache(settings.memcached_servers, timeout=settings.memcached_timeout,
                               reconnect=settings.memcached_reconnect)
         self.router = Router(self.directory, self.cache, ttl=settings.memcached_ttl)
+        self.throttle = Throttle(self.cache, settings.throttle)
         self.audit = AuditLog(settings.audit_log)
         self.tls = TlsContexts(settings)
         self.upstream_tls = self._upstream_context(settings)
@@ -95,6 +98,10 @@ class Worker:
     @property
     def upstream_web_tls(self):
         return self.upstream_tls if self.settings.web.upstream_tls else None
+
+    def exempt(self, ip: str) -> bool:
+        """Whitelisted for throttling: no memcached round trip at connect."""
+        return whitelisted(ip, self.settings.throttle.whitelist)
 
     def in_maintenance(self, hostname: str) -> bool:
         return hostname in self.maintenance
@@ -184,6 +191,7 @@ class Worker:
         self.maintenance = control.load_maintenance(settings.run_dir)
         self.directory.settings = settings
         self.router.ttl = settings.memcached_ttl
+        self.throttle.settings = settings.throttle
         self.cache.timeout = settings.memcached_timeout
         self.cache.reconnect = settings.memcached_reconnect
         self.web_upstreams.settings = self.admin_upstreams.settings = settings.web
