@@ -163,6 +163,14 @@ def memcached() -> Memcached:
     return Memcached()
 
 
+@pytest.fixture
+def memcached_in_use():
+    """Every worker is using memcached again (none still backing off after an outage
+    an earlier test caused: while it backs off it fails open, by design)."""
+    wait_for(lambda: all(s["cache"]["memcached_available"] for s in worker_stats()), 15,
+             what="memcached in use by every worker")
+
+
 def flush_routes(account: str) -> None:
     proc = subprocess.run([str(REPO / ".venv/bin/carbotui"), "prov", "flushCache", account],
                           cwd=REPO, capture_output=True, text=True, timeout=30)

@@ -10,7 +10,7 @@ import pytest
 from carbotui.throttle import ip_key, user_key
 from tests.integration.conftest import HOST, PORTS, imap_login, tls_context, worker_stats
 
-pytestmark = pytest.mark.usefixtures("proxy_up")
+pytestmark = pytest.mark.usefixtures("proxy_up", "memcached_in_use")
 
 
 def greeting(port: int, source: str, tls: bool = False) -> bytes:
