@@ -365,18 +365,28 @@ def run_http(parser, chunks: list[bytes], bound: int, method: bytes | None = Non
     return merged(events)
 
 
+_LIMIT_REASON = re.compile(r"too (long|large|many)")
+
+
 def same_http(whole: list, split: list) -> None:
-    """The transcripts must be equal, except for the known split-dependence
-    (see test_http_bare_lf_after_an_oversized_line_*): an oversized line
-    ending in a bare LF is refused as "too long" when it trickles in and as
-    "bare LF" when it arrives at once. Both are errors at the same point."""
+    """The transcripts must be equal, except for the two known
+    split-dependences of http11 (see the xfail tests below), both errors at
+    the same point of the same message:
+
+    * an oversized line ending in a bare LF: "bare LF" (400) at once, the
+      length limit (414/431) in pieces;
+    * a head over two limits: the one checked first at once, the one crossed
+      first in pieces (same status, other reason)."""
     if split == whole:
         return
     assert split[:-1] == whole[:-1], (whole, split)
     a, b = whole[-1], split[-1]
     assert isinstance(a, ParseError) and isinstance(b, ParseError), (whole, split)
+    if a.status == b.status and _LIMIT_REASON.search(a.reason) and _LIMIT_REASON.search(
+            b.reason):
+        return
     reasons = sorted([a.reason, b.reason], key=lambda r: "bare LF" not in r)
-    assert "bare LF" in reasons[0] and re.search(r"too (long|large)", reasons[1]), reasons
+    assert "bare LF" in reasons[0] and _LIMIT_REASON.search(reasons[1]), reasons
 
 
 def check_http_transcript(events: list, *, response: bool) -> None:
@@ -554,6 +564,18 @@ def test_http_bare_lf_after_an_oversized_start_line_is_split_independent():
 @pytest.mark.xfail(strict=True, reason="http11: 400 vs 431 depends on read sizes")
 def test_http_bare_lf_after_an_oversized_header_block_is_split_independent():
     data = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 40000 + b"\n\r\n"
+    assert _errors(RequestParser(), data, 1024) == _errors(RequestParser(), data, len(data))
+
+
+# Also found by the fuzzer (test_http_responses, seed 4): a head over both
+# the header-count and the header-bytes limits is refused with the same
+# status either way, but the reason depends on the split: at once the fast
+# path checks the count first; in pieces the byte limit trips first.
+
+@pytest.mark.xfail(strict=True, reason="http11: limit reason depends on read sizes")
+def test_http_head_over_two_limits_gives_one_reason_whatever_the_split():
+    data = (b"GET / HTTP/1.1\r\nHost: a\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 200) for i in range(120)) + b"\r\n")
     assert _errors(RequestParser(), data, 1024) == _errors(RequestParser(), data, len(data))
 
 
