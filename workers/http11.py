@@ -375,6 +375,13 @@ class _MessageParser:
                 self._scan = len(buf)
                 return self._check_partial_head(events)
             if lf == 0 or buf[lf - 1] != 0x0D:
+                # An over-long line is refused as such however it ends, with the
+                # thresholds _check_partial_head applies when it arrives in pieces:
+                # the answer must not depend on how the bytes were split.
+                if self._start_end < 0 and lf > self.max_start_line + 1:
+                    return self._fail(events, 414, "start line too long")
+                if self._start_end >= 0 and lf - self._start_end > self.max_header_bytes + 2:
+                    return self._fail(events, 431, "header block too large")
                 return self._fail(events, 400, "bare LF line ending in the message head")
             self._scan = lf + 1
             line_len = lf - 1 - self._line_start
@@ -411,10 +418,11 @@ class _MessageParser:
         first = buf.find(b"\r\n")
         if first > self.max_start_line:
             return self._fail(events, 414, "start line too long")
-        if crlfs - 2 > self.max_headers:
-            return self._fail(events, 431, "too many header fields")
+        # Bytes before count: the order in which the line loop trips them.
         if end + 2 - (first + 2) > self.max_header_bytes:
             return self._fail(events, 431, "header block too large")
+        if crlfs - 2 > self.max_headers:
+            return self._fail(events, 431, "too many header fields")
         self._start_end = first + 2
         self._complete_head(events, head_end)
         return True

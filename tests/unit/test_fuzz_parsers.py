@@ -369,9 +369,10 @@ _LIMIT_REASON = re.compile(r"too (long|large|many)")
 
 
 def same_http(whole: list, split: list) -> None:
-    """The transcripts must be equal, except for the two known
-    split-dependences of http11 (see the xfail tests below), both errors at
-    the same point of the same message:
+    """The transcripts must be equal, except for two split-dependences that
+    remain in http11's trailers and chunk-size lines (message heads are fixed:
+    see the regression tests below), both errors at the same point of the
+    same message:
 
     * an oversized line ending in a bare LF: "bare LF" (400) at once, the
       length limit (414/431) in pieces;
@@ -555,13 +556,11 @@ def _errors(parser, data: bytes, step: int) -> list:
     return [e for e in events if isinstance(e, ParseError)]
 
 
-@pytest.mark.xfail(strict=True, reason="http11: 400 vs 414 depends on read sizes")
 def test_http_bare_lf_after_an_oversized_start_line_is_split_independent():
     data = b"GET /" + b"a" * 20000 + b" HTTP/1.1\n"
     assert _errors(RequestParser(), data, 1024) == _errors(RequestParser(), data, len(data))
 
 
-@pytest.mark.xfail(strict=True, reason="http11: 400 vs 431 depends on read sizes")
 def test_http_bare_lf_after_an_oversized_header_block_is_split_independent():
     data = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 40000 + b"\n\r\n"
     assert _errors(RequestParser(), data, 1024) == _errors(RequestParser(), data, len(data))
@@ -572,7 +571,6 @@ def test_http_bare_lf_after_an_oversized_header_block_is_split_independent():
 # status either way, but the reason depends on the split: at once the fast
 # path checks the count first; in pieces the byte limit trips first.
 
-@pytest.mark.xfail(strict=True, reason="http11: limit reason depends on read sizes")
 def test_http_head_over_two_limits_gives_one_reason_whatever_the_split():
     data = (b"GET / HTTP/1.1\r\nHost: a\r\n"
             + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 200) for i in range(120)) + b"\r\n")
