@@ -5,6 +5,8 @@
     carbotui [--config FILE] stats                              worker stats sockets, JSON
     carbotui [--config FILE] stats --all                        everything the dashboard
                                                                  shows, JSON
+    carbotui [--config FILE] fleet                              every node's workers sharing
+                                                                 this memcached, JSON
 
 The settings file defaults to $CARBOTUI_CONFIG, else ./carbotui.toml.
 """
@@ -75,12 +77,39 @@ def dashboard(config_path: str, argv: list[str]) -> int:
     return run(settings, refresh=args.refresh, mouse=not args.no_mouse)
 
 
+def fleet(config_path: str) -> int:
+    """Every worker of every node sharing this memcached, as JSON."""
+    import asyncio
+
+    from carbotui import config, nodes
+    from carbotui.memcache import Memcache
+
+    settings = config.load(config_path)
+
+    async def read():
+        cache = Memcache(settings.memcached_servers, timeout=settings.memcached_timeout,
+                         reconnect=settings.memcached_reconnect)
+        try:
+            return await nodes.members(cache), cache.available
+        finally:
+            await cache.close()
+    members, reachable = asyncio.run(read())
+    if not reachable:
+        print("ERROR: memcached is not reachable; the fleet view needs it", file=sys.stderr)
+        return 1
+    json.dump(members, sys.stdout, indent=1)
+    print()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config_path, argv = _config_path(argv)
     if argv[:1] == ["prov"]:
         from carbotui import prov
         return prov.main(argv[1:], config_path)
+    if argv[:1] == ["fleet"]:
+        return fleet(config_path)
     if argv[:1] == ["stats"]:
         return stats(config_path, argv[1:])
     if argv[:1] in (["-h"], ["--help"], ["help"]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ class WebSettings:
 class Settings:
     path: Path
     node_name: str
+    node_id: str                          # this node in the fleet view (default: host name)
     var_dir: Path
     listen: dict[str, tuple[Endpoint, ...]]
     tls_certificate: Path
@@ -306,6 +308,7 @@ def load(path: str | os.PathLike) -> Settings:
     return Settings(
         path=path,
         node_name=node.get("name", str, required=True).lower(),
+        node_id=node.get("id", str, socket.gethostname()),
         var_dir=rel(node.get("var_dir", str, "var")),
         listen=listen,
         tls_certificate=rel(tls.get("certificate", str, required=True)),

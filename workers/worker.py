@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from carbotui import config as config_mod
 from carbotui.audit import AuditLog
+from carbotui import nodes
 from carbotui.directory import Directory
 from carbotui.memcache import Memcache
 from carbotui.routes import Router
@@ -72,6 +73,7 @@ class Worker:
         self.settings = settings
         self.index = index
         self.name = f"proxy_{index:02d}"
+        self.node_id = settings.node_id
         self.stats = Stats()
         self.sessions: dict[int, object] = {}
         self._ids = itertools.count(1)
@@ -171,6 +173,7 @@ class Worker:
                 log.info("listening on %s (%s)", endpoint, kind)
         self._tasks = [
             loop.create_task(self.live.run()),
+            loop.create_task(nodes.publish_forever(self)),
             loop.create_task(health_loop([self.web_upstreams, self.admin_upstreams],
                                          lambda: self.settings.web,
                                          lambda: self.upstream_web_tls)),

@@ -137,3 +137,16 @@ def test_web_login_through_haproxy_is_audited_with_the_client_address(cluster, t
     events = [e for node in NODES for e in node_audit(node)
               if e and e.account == "user06@demo.test" and e.protocol == "soap"]
     assert events and events[-1].client_ip == CLIENT
+
+
+def test_every_node_of_the_fleet_is_visible(cluster):
+    import json
+
+    def nodes_seen():
+        out = subprocess.run([str(REPO / ".venv/bin/carbotui"), "fleet"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return {m["node"] for m in json.loads(out.stdout)}
+    # Both cluster nodes and the demo node publish into the shared memcached.
+    wait_for(lambda: {"node1", "node2"} <= nodes_seen() and len(nodes_seen()) >= 3, 15,
+             interval=0.5, what="node1, node2 and the demo node in the fleet view")

@@ -1,0 +1,90 @@
+"""The fleet: every worker of every node that shares this memcached.
+
+Each worker publishes a small summary of itself every few seconds under
+``fleet:member:<node id>/<worker>`` (expires when the worker stops
+publishing), and keeps its key listed in ``fleet:index``. memcached cannot
+list keys, so the index is a JSON list updated with a short ``add`` lock;
+a racing update can drop a member for one period, and it re-adds itself on
+its next publish. Readers skip listed members whose key has expired.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from carbotui.memcache import Memcache
+from carbotui.routes import escape
+
+INDEX = b"fleet:index"
+LOCK = b"fleet:index:lock"
+PUBLISH_EVERY = 3.0
+MEMBER_TTL = 10
+MAX_MEMBERS = 256
+
+
+def member_key(node: str, worker: str) -> bytes:
+    return f"fleet:member:{escape(node)}/{escape(worker)}".encode()
+
+
+async def _index(cache: Memcache) -> list[str]:
+    found = await cache.get_many([INDEX])
+    try:
+        members = json.loads(found.get(INDEX, b"[]"))
+        return [m for m in members if isinstance(m, str)][:MAX_MEMBERS]
+    except ValueError:
+        return []
+
+
+async def publish(cache: Memcache, node: str, worker: str, summary: dict) -> None:
+    key = member_key(node, worker)
+    await cache.delete(key)                  # Memcache has add, not set: replace
+    await cache.add(key, json.dumps(summary).encode(), MEMBER_TTL)
+    members = await _index(cache)
+    if key.decode() in members:
+        return
+    if not await cache.add(LOCK, b"1", 2):   # someone else is updating: next time
+        return
+    try:
+        members = await _index(cache)
+        alive = await cache.get_many([m.encode() for m in members]) if members else {}
+        members = [m for m in members if m.encode() in alive] + [key.decode()]
+        await cache.delete(INDEX)
+        await cache.add(INDEX, json.dumps(members[-MAX_MEMBERS:]).encode(), 0)
+    finally:
+        await cache.delete(LOCK)
+
+
+async def members(cache: Memcache) -> list[dict]:
+    """Every live member's summary, sorted by node then worker."""
+    keys = await _index(cache)
+    if not keys:
+        return []
+    found = await cache.get_many([k.encode() for k in keys])
+    out = []
+    for value in found.values():
+        try:
+            out.append(json.loads(value))
+        except ValueError:
+            continue
+    return sorted(out, key=lambda m: (m.get("node", ""), m.get("worker", "")))
+
+
+def summary_of(worker) -> dict:
+    st = worker.stats
+    return {
+        "node": worker.node_id, "worker": worker.name, "pid": __import__("os").getpid(),
+        "time": time.time(), "started": st.started, "sessions": len(worker.sessions),
+        "logins_ok": sum(st.logins_ok.values()), "logins_failed": sum(st.logins_failed.values()),
+        "config": worker.live.version, "mail_mode": worker.live.mail_mode,
+        "listen": sorted(str(e) for eps in worker.settings.listen.values() for e in eps)[:8],
+    }
+
+
+async def publish_forever(worker) -> None:
+    while True:
+        try:
+            await publish(worker.cache, worker.node_id, worker.name, summary_of(worker))
+        except Exception:  # noqa: BLE001 - the fleet view must never hurt serving
+            pass
+        await asyncio.sleep(PUBLISH_EVERY)
