@@ -129,6 +129,13 @@ class Worker:
     def control_path(self):
         return self.settings.run_dir / f"{self.name}.ctl"
 
+    async def _drained(self, closed: list) -> None:
+        await asyncio.gather(*closed)
+        while self.sessions:        # also sessions from PROXY listeners
+            self._all_gone.clear()
+            if self.sessions:
+                await self._all_gone.wait()
+
     def session_ended(self, session_id: int) -> None:
         self.sessions.pop(session_id, None)
         if self.draining and not self.sessions:
@@ -207,6 +214,11 @@ class Worker:
         if self.draining:
             return
         self.draining = True
+        loop = asyncio.get_running_loop()
+        # Registered before close(): uvloop then wakes them when the last connection of
+        # each server is gone, TLS handshakes still in progress included.
+        closed = [loop.create_task(server.wait_closed()) for server in self.servers]
+        await asyncio.sleep(0)
         for server in self.servers:
             server.close()
         if self._accepting:
@@ -221,12 +233,11 @@ class Worker:
         deadline = time.monotonic() + self.settings.mail.drain_timeout
         log.info("draining %d session(s), at most %gs", len(self.sessions),
                  self.settings.mail.drain_timeout)
-        if self.sessions:
-            try:
-                await asyncio.wait_for(self._all_gone.wait(),
-                                       max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass
+        try:
+            await asyncio.wait_for(self._drained(closed),
+                                   max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            pass
         for session in list(self.sessions.values()):
             session.shutdown("worker stopping")
         self.stats_server.close()

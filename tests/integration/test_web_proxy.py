@@ -229,3 +229,19 @@ def test_slow_client_gets_408_and_others_are_served(custom_worker):
     assert reply.startswith(b"HTTP/1.1 408"), reply
     assert time.monotonic() - started < 20
     sock.close()
+
+
+def test_chunked_upload_and_keep_alive_reuse(tmp_path):
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(5 * 1024 * 1024))
+    want = hashlib.sha256(blob.read_bytes()).hexdigest()
+    # Chunked in (curl reads stdin with Transfer-Encoding: chunked), then two more
+    # requests on the same client connection.
+    common = ["--cacert", str(CA), "--resolve", f"{VHOST}:{HTTPS}:{HOST}", "-sS", "-v"]
+    out = subprocess.run(["curl", *common, "-H", "Transfer-Encoding: chunked",
+                          "--data-binary", f"@{blob}", f"https://{VHOST}:{HTTPS}/upload",
+                          "--next", *common, f"https://{VHOST}:{HTTPS}/health",
+                          f"https://{VHOST}:{HTTPS}/health"], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert want in out.stdout.decode()
+    assert out.stderr.count(b"Re-using existing connection") >= 2
