@@ -552,6 +552,8 @@ CHECKS: list[tuple[str, str, int, Callable[[str, int], None]]] = [
     *[(m.short, m.ip, MBOX_PORTS[proto], probe) for m in MAILBOXES
       for proto, probe in (("imap", IMAP), ("imaps", IMAPS), ("pop3", POP3), ("pop3s", POP3S))],
     *[(f"web{m.short[-1]}", m.ip, port, HTTP) for m in MAILBOXES for port in (8080, 7071)],
+    *[(f"web{m.short[-1]}", m.ip, 8443, HTTPS) for m in MAILBOXES],
+    ("mailsink", "127.0.0.1", 10025, _greeting(b"220")),
     ("proxy", "127.0.0.1", 10143, IMAP), ("proxy", "127.0.0.1", 10993, IMAPS),
     ("proxy", "127.0.0.1", 10110, POP3), ("proxy", "127.0.0.1", 10995, POP3S),
     ("proxy", "127.0.0.1", 10080, HTTP), ("proxy", "127.0.0.1", 10443, HTTPS),

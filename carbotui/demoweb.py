@@ -370,11 +370,15 @@ class DemoWeb:
     def short(self) -> str:
         return self.accounts.short
 
-    async def start(self, listens: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Bind every listener; returns the bound (host, port) pairs."""
+    async def start(self, listens: list[tuple[str, int]], tls_listens=(), tls=None
+                    ) -> list[tuple[str, int]]:
+        """Bind every listener (``tls_listens`` with the ``tls`` SSLContext, like a
+        mailbox server's 8443); returns the bound (host, port) pairs."""
         bound = []
-        for host, port in listens:
-            server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        for (host, port), ctx in [*((x, None) for x in listens),
+                                  *((x, tls) for x in tls_listens)]:
+            server = await asyncio.start_server(self._serve, host, port, reuse_address=True,
+                                                ssl=ctx)
             self._servers.append(server)
             bound += [sock.getsockname()[:2] for sock in server.sockets]
         return bound
@@ -708,9 +712,10 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def _run(accounts: str, listens: list[tuple[str, int]]) -> None:
+async def _run(accounts: str, listens: list[tuple[str, int]], tls_listens=(),
+               tls=None) -> None:
     app = DemoWeb(accounts)
-    bound = await app.start(listens)
+    bound = await app.start(listens, tls_listens, tls)
     for host, port in bound:
         log.info("demo web %s listening on %s:%d", app.short, host, port)
     stop = asyncio.Event()
@@ -728,8 +733,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accounts", required=True, help="accounts.json of this server")
     parser.add_argument("--listen", action="append", type=_parse_listen, required=True,
                         metavar="HOST:PORT", help="address to serve on (repeatable)")
+    parser.add_argument("--tls-listen", action="append", type=_parse_listen, default=[],
+                        metavar="HOST:PORT", help="address to serve HTTPS on (repeatable)")
+    parser.add_argument("--cert", help="certificate (PEM) for --tls-listen")
+    parser.add_argument("--key", help="private key (PEM) for --tls-listen")
     parser.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
     args = parser.parse_args(argv)
+    tls = None
+    if args.tls_listen:
+        if not (args.cert and args.key):
+            parser.error("--tls-listen needs --cert and --key")
+        import ssl
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.cert, args.key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run = asyncio.run
     if not args.no_uvloop:
@@ -738,7 +754,7 @@ def main(argv: list[str] | None = None) -> None:
             run = uvloop.run
         except ImportError:
             pass
-    run(_run(args.accounts, args.listen))
+    run(_run(args.accounts, args.listen, args.tls_listen, tls))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,12 @@ def test_tls_to_the_mailbox_servers_is_verified(custom_worker, memcached):
     conn.logout()
     # The route was looked up for the TLS port of the server (Carbonio's imapssl keys).
     assert memcached.get(b"route:proto=imapssl;user=user03@demo.test") == b"127.0.0.1:7993"
+    # The web front too ([web] upstream_tls): to the servers' 8443, verified the same way.
+    seen = set()
+    for _ in range(6):
+        head = subprocess.run(["curl", "-sS", "-i", "--cacert", str(CA),
+                               f"https://{HOST}:{w.ports['https']}/health"],
+                              capture_output=True, timeout=20).stdout
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        seen.add(head.split(b"X-Demo-Server: ")[1][:5])
+    assert seen == {b"mbox1", b"mbox2"}
