@@ -14,15 +14,21 @@ snapshots compare with `==` and the dashboard redraws only on a real change.
 A part that does not answer becomes a line in `problems` instead of an
 exception, and is simply asked again next time: that is the reconnect.
 
-`AuditTail` follows audit.log through rotation and truncation, and
-`WorkerControl` sends requests (kick, maintenance) to a worker's control socket.
+`LogTail` follows a log through rotation and truncation (`AuditTail` reads
+audit.log events, `AlertTail` the alerts auditwatch writes to alerts.log),
+`BlockStore` lists, adds and lifts IP blocks in memcached from blocking code,
+and `WorkerControl` sends requests (kick, maintenance) to a worker's control socket.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import ipaddress
 import json
 import os
+import re
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,8 +38,10 @@ from typing import Iterable
 import psutil
 
 from carbotui import certs
+from carbotui.alerts import Alert, alert_from_json
 from carbotui.audit import AuditEvent, parse_line
 from carbotui.supervisor import ProcessState, Supervisor, SupervisorError
+from carbotui.throttle import MAX_TTL, Block
 
 EXPIRY_WARNING_DAYS = 30          # certificates closer than this to notAfter are flagged
 HISTORY_POINTS = 120              # sparkline length (one point per refresh)
@@ -221,6 +229,8 @@ class FleetSnapshot:
     history: tuple[tuple[str, tuple[float, ...]], ...] = ()   # name -> points, oldest first
     problems: tuple[str, ...] = ()
     supervisor_up: bool = True
+    blocks: tuple[Block, ...] = ()  # IP blocks in memcached, soonest expiry first
+    blocks_error: str = ""          # why `blocks` is unknown ("" = it is complete)
 
     @property
     def workers(self) -> tuple[Process, ...]:
@@ -356,8 +366,8 @@ class Rates:
 
 # --- audit.log follower --------------------------------------------------------------------
 
-class AuditTail:
-    """New lines of audit.log since the previous call, across rotation and truncation.
+class LogTail:
+    """New lines of a log file since the previous call, across rotation and truncation.
 
     Rotation (a new inode at the path): the rest of the old file is read first,
     then the new one from its start. Truncation (size below our offset): read
@@ -421,13 +431,139 @@ class AuditTail:
         *lines, self._partial = data.split(b"\n")
         return [line.decode("utf-8", "replace") for line in lines if line]
 
-    def read_events(self) -> list[AuditEvent]:
-        return [e for e in map(parse_line, self.read_lines()) if e is not None]
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class AuditTail(LogTail):
+    """audit.log: new login events since the previous call."""
+
+    def read_events(self) -> list[AuditEvent]:
+        return [e for e in map(parse_line, self.read_lines()) if e is not None]
+
+
+def parse_alert(line: str) -> Alert | None:
+    """One line of alerts.log (carbotui.alerts.AlertLog), or None if it is not an alert."""
+    try:
+        return alert_from_json(json.loads(line))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+class AlertTail(LogTail):
+    """alerts.log (JSON lines written by auditwatch): new alerts since the previous call.
+    The first call returns the recent past (the last `backlog_bytes`, a few hundred
+    alerts): enough to count the last hour's alerts when the dashboard starts."""
+
+    def __init__(self, path: str | Path, *, backlog_bytes: int = 512 * 1024):
+        super().__init__(path, backlog_bytes=backlog_bytes)
+
+    def read_alerts(self) -> list[Alert]:
+        return [a for a in map(parse_alert, self.read_lines()) if a is not None]
+
+
+# --- IP blocks ---------------------------------------------------------------------------------
+
+class BlocksUnavailable(RuntimeError):
+    """memcached did not answer: the blocks cannot be listed or changed now."""
+
+
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from "3600", "90s", "15m", "2h" or "7d"; ValueError with a sentence otherwise.
+    A block lasts 1 s to 30 days (memcached reads a longer expiry as a date)."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhd]?)\s*", text.lower())
+    if not m:
+        raise ValueError(f"{text.strip() or 'an empty duration'!r} is not a duration: give "
+                         f"seconds, or a number with s, m, h or d (e.g. 3600, 15m, 2h, 7d)")
+    seconds = int(m.group(1)) * DURATION_UNITS[m.group(2)]
+    if not 1 <= seconds <= MAX_TTL:
+        raise ValueError(f"a block lasts 1 second to 30 days ({MAX_TTL} s), not {seconds} s")
+    return seconds
+
+
+def parse_ip(text: str) -> str:
+    """The canonical text of an IPv4 or IPv6 address; ValueError with a sentence otherwise."""
+    from carbotui.throttle import normalize_ip
+    try:
+        return ipaddress.ip_address(normalize_ip(text.strip())).compressed
+    except ValueError:
+        raise ValueError(f"{text.strip() or 'an empty address'!r} is not an IPv4 or IPv6 "
+                         f"address") from None
+
+
+class BlockStore:
+    """IP blocks (carbotui.throttle) from blocking code: the dashboard's threads and the CLI.
+
+    One private event loop runs the async Throttle, one call at a time (the poll
+    thread lists while an action thread may add). memcached being down raises
+    BlocksUnavailable rather than passing for "no blocks"."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._throttle = None
+
+    @property
+    def whitelist(self) -> tuple:
+        return getattr(self.settings.throttle, "whitelist", ()) or ()
+
+    def _run(self, method: str, *args, **kwargs):
+        from carbotui.memcache import Memcache
+        from carbotui.throttle import Throttle, ThrottleSettings
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                cache = Memcache(self.settings.memcached_servers,
+                                 timeout=self.settings.memcached_timeout,
+                                 reconnect=self.settings.memcached_reconnect)
+                self._throttle = Throttle(cache, self.settings.throttle or ThrottleSettings())
+            result = self._loop.run_until_complete(
+                getattr(self._throttle, method)(*args, **kwargs))
+            if not self._throttle.cache.available:
+                servers = ", ".join(str(e) for e in self.settings.memcached_servers)
+                raise BlocksUnavailable(f"memcached ({servers}) does not answer: IP blocks "
+                                        f"cannot be read or changed now")
+            return result
+
+    def list(self) -> list[Block]:
+        return self._run("blocks")
+
+    def check(self, ip: str, seconds: str | int) -> tuple[str, int]:
+        """Validated (ip, seconds) for add(); ValueError with the reason for the admin."""
+        from carbotui.throttle import whitelisted
+        ip = parse_ip(ip)
+        seconds = parse_duration(str(seconds))
+        if whitelisted(ip, self.whitelist):
+            raise ValueError(f"{ip} is in throttle.whitelist: a block would have no effect")
+        return ip, seconds
+
+    def add(self, ip: str, seconds: str | int, reason: str, *, by: str = "") -> Block:
+        ip, seconds = self.check(ip, seconds)
+        from carbotui.throttle import ThrottleUnavailable
+        try:
+            return self._run("block", ip, seconds, reason.strip() or "blocked by an admin",
+                             by=by)
+        except ThrottleUnavailable as exc:
+            raise BlocksUnavailable(str(exc)) from None
+
+    def remove(self, ip: str) -> bool:
+        """Lift the block on `ip`; False when there was none."""
+        return self._run("unblock", parse_ip(ip))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loop is not None:
+                try:
+                    self._loop.run_until_complete(self._throttle.cache.close())
+                finally:
+                    self._loop.close()
+                    self._loop = None
 
 
 # --- requests to a worker --------------------------------------------------------------------
@@ -540,6 +676,13 @@ class Fleet:
         self.history: dict[str, deque] = {
             name: deque(maxlen=HISTORY_POINTS)
             for name in ("sessions", "logins_ok", "logins_failed", "connections")}
+        self._blocks: BlockStore | None = None
+
+    @property
+    def blocks(self) -> BlockStore:
+        if self._blocks is None:
+            self._blocks = BlockStore(self.settings)
+        return self._blocks
 
     @property
     def directory(self):
@@ -580,12 +723,23 @@ class Fleet:
                 problems.append(f"{p.short} is {p.state}")
         totals = self._totals(workers, up, sessions, now)
         self.rates.end()
+        blocks, blocks_error = self._read_blocks()
         return FleetSnapshot(
             node=self.settings.node_name, taken_at=now, processes=tuple(processes),
             sessions=sessions, backends=tuple(backends), memcached=memcached,
             directory=self._slow.directory, totals=totals,
             history=tuple((k, tuple(v)) for k, v in self.history.items()),
-            problems=tuple(problems), supervisor_up=supervisor_up)
+            problems=tuple(problems), supervisor_up=supervisor_up, blocks=blocks,
+            blocks_error=blocks_error)
+
+    def _read_blocks(self) -> tuple[tuple[Block, ...], str]:
+        """The IP blocks, or why they are unknown (memcached down is already a problem)."""
+        if not getattr(self.settings, "memcached_servers", ()):
+            return (), "no memcached configured: IP blocks are off"
+        try:
+            return tuple(self.blocks.list()), ""
+        except BlocksUnavailable as exc:
+            return (), str(exc)
 
     def _supervised(self, problems: list[str]) -> tuple[list[ProcessState], bool]:
         try:
@@ -771,3 +925,5 @@ class Fleet:
     def close(self) -> None:
         if self._directory is not None:
             self._directory.close()
+        if self._blocks is not None:
+            self._blocks.close()
