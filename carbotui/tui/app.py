@@ -3,8 +3,9 @@
 Data flow (dolphie's shape): a thread worker calls `source.collect()`, posts
 SnapshotReady, and the handler schedules the next poll with set_timer, so two
 polls never overlap and a slow node just slows the refresh. A snapshot equal to
-the previous one (apart from its time) draws nothing. audit.log is followed by
-a second thread that posts batches of new events as they are written.
+the previous one (apart from its time) draws nothing. audit.log and alerts.log
+are followed by a second thread that posts batches of new lines as they are
+written; a new alert is announced on every screen (App.notify).
 
 Keys (posting's way): every action is a Binding with an id, shown in the
 footer when useful, listed by the help screen (?), and offered by the command
@@ -27,7 +28,8 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from carbotui.fleet import FleetSnapshot
-from carbotui.tui.messages import AuditEvents, SnapshotFailed, SnapshotReady
+from carbotui.tui.messages import AlertsArrived, AuditEvents, SnapshotFailed, SnapshotReady
+from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.screens.audit import AuditScreen
 from carbotui.tui.screens.backends import BackendsScreen
 from carbotui.tui.screens.base import LiveScreen
@@ -43,8 +45,11 @@ from carbotui.tui.widgets.statusbar import SCREENS, NavBar, StatusBar
 SCREEN_CLASSES: dict[str, type[LiveScreen]] = {
     "overview": OverviewScreen, "connections": ConnectionsScreen, "backends": BackendsScreen,
     "cache": CacheScreen, "audit": AuditScreen, "config": ConfigScreen, "workers": WorkersScreen,
+    "alerts": AlertsScreen,
 }
 AUDIT_BUFFER = 5000              # events kept for filtering on the Audit screen
+ALERT_BUFFER = 1000              # alerts kept for the Alerts screen and the hourly count
+ALERT_TOASTS = 3                 # at most this many notifications for one batch
 REFRESH_STEPS = (0.5, 1, 2, 5, 10, 30)
 
 
@@ -91,6 +96,9 @@ class CarbotuiApp(App):
         self.paused = False
         self.audit: deque = deque(maxlen=AUDIT_BUFFER)
         self.audit_seq = 0               # events ever received; screens track what they drew
+        self.alerts: deque = deque(maxlen=ALERT_BUFFER)
+        self.alerts_seq = 0              # alerts ever received
+        self.alerts_announced = 0        # new alerts notified (for tests)
         self.polls = 0                   # snapshots received (for tests)
         self.redraws = 0                 # snapshots that changed something (for tests)
         self._poll_timer = None
@@ -198,10 +206,12 @@ class CarbotuiApp(App):
             error=self.data_error)
         screen.query_one(NavBar).show(screen.MODE, screen.size.width or self.size.width)
 
-    # -- audit.log -------------------------------------------------------------------------
-    @work(thread=True, group="audit", exit_on_error=False, description="follow audit.log")
+    # -- audit.log and alerts.log -----------------------------------------------------------
+    @work(thread=True, group="audit", exit_on_error=False,
+          description="follow audit.log and alerts.log")
     def follow_audit(self) -> None:
         worker = get_current_worker()
+        backlog = True                   # the first read of alerts.log is its past
         while not worker.is_cancelled and not self._stop.is_set():
             try:
                 events = self.source.audit_events()
@@ -210,6 +220,14 @@ class CarbotuiApp(App):
                 events = []
             if events:
                 self.post_message(AuditEvents(events))
+            try:
+                alerts = self.source.alerts()
+            except Exception as exc:   # noqa: BLE001 - keep following
+                self.log.error(f"alerts.log: {exc}")
+            else:
+                if alerts:
+                    self.post_message(AlertsArrived(alerts, backlog))
+                backlog = False
             self._stop.wait(self.audit_poll)
 
     @on(AuditEvents)
@@ -218,6 +236,28 @@ class CarbotuiApp(App):
         self.audit_seq += len(message.events)
         if isinstance(self.screen, AuditScreen):
             self.screen.append_new()
+
+    @on(AlertsArrived)
+    def _alerts_arrived(self, message: AlertsArrived) -> None:
+        self.alerts.extend(message.alerts)
+        self.alerts_seq += len(message.alerts)
+        if not message.backlog:
+            self.alerts_announced += len(message.alerts)
+            shown = message.alerts[-ALERT_TOASTS:]
+            if len(message.alerts) > len(shown):
+                self.notify(f"{len(message.alerts) - len(shown)} more new alerts: 8 lists them",
+                            title="Alerts", severity="warning", timeout=10)
+            for alert in shown:
+                self.notify(alert.summary(), title=f"Alert: {alert.rule} {alert.key}",
+                            severity="warning", timeout=10)
+        screen = self.screen
+        if isinstance(screen, AlertsScreen):
+            screen.draw_alerts()
+        elif isinstance(screen, OverviewScreen) and self.snapshot is not None:
+            screen.show_security(self.snapshot)
+
+    def recent_alerts(self, now: float, seconds: float = 3600) -> int:
+        return sum(1 for a in self.alerts if a.last_seen > now - seconds)
 
     # -- actions run in a thread ------------------------------------------------------------
     def run_action_in_thread(self, func: Callable[..., str], *args, **kwargs) -> None:

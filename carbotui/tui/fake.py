@@ -5,6 +5,8 @@ mbox1/mbox2, demo.test and corp.test) and a fixed clock. Actions change that
 state the way the real node would (a kick removes the session, a restart gives
 a new pid, the mail mode flips) and are recorded in `calls` for assertions.
 `stack_down()` and `stack_up()` simulate an outage and the recovery.
+Alerts (five in alerts.log at start, one of them older than an hour) and IP
+blocks (two) are fixed too; `add_alert()` makes auditwatch write a new one.
 """
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import hashlib
 import math
 from typing import Callable
 
+from carbotui.alerts import Alert
 from carbotui.audit import AuditEvent, failure
 from carbotui.fleet import (Backend, Certificate, DirectoryView, DomainView, FleetSnapshot,
-                            Memcached, Process, Session, Totals, WorkerStats)
+                            Memcached, Process, Session, Totals, WorkerStats, parse_duration,
+                            parse_ip)
+from carbotui.throttle import Block, parse_networks, whitelisted
 from carbotui.tui.source import ActionFailed
 
 # 2026-11-27 21:30:00 UTC: every time on screen derives from this.
@@ -25,6 +30,39 @@ DOMAIN_CERT = Certificate(subject="CN=mail.demo.test", names=("mail.demo.test",)
 CORP_CERT = Certificate(subject="CN=webmail.corp.test", names=("webmail.corp.test",),
                         not_after="2026-12-15", days_left=17)
 CLIENTS = ["203.0.113.5", "198.51.100.23", "192.0.2.77", "203.0.113.19", "198.51.100.4"]
+
+
+WHITELIST = parse_networks(["127.0.0.1/32"], "throttle.whitelist")
+
+
+def make_alert(rule: str, key: str, count: int, at: float, *, ips=(), accounts=(),
+               protocols=("imap",), block_seconds: int = 0, more_accounts: int = 0) -> Alert:
+    """An alert as auditwatch writes it (thresholds and window of the demo)."""
+    threshold = {"ipacct": 10, "acct": 10, "ip": 20, "total": 100}[rule]
+    block_ip = ips[0] if block_seconds else ""
+    return Alert(rule=rule, key=key, count=count, threshold=threshold, window=60,
+                 first_seen=at - 41.5, last_seen=at, accounts=tuple(accounts), ips=tuple(ips),
+                 protocols=tuple(protocols), more_accounts=more_accounts,
+                 node="proxy.demo.test", block_ip=block_ip, block_seconds=block_seconds,
+                 blocked=bool(block_seconds))
+
+
+def _alerts() -> list[Alert]:
+    return [
+        make_alert("acct", "user07@demo.test", 10, NOW - 7300,
+                   ips=("192.0.2.77", "198.51.100.4"), accounts=("user07@demo.test",)),
+        make_alert("total", "*", 100, NOW - 3000, ips=CLIENTS[:3],
+                   accounts=("user01@demo.test", "user02@demo.test"), more_accounts=14,
+                   protocols=("imap", "pop3")),
+        make_alert("ipacct", "198.51.100.23 user03@demo.test", 10, NOW - 1260,
+                   ips=("198.51.100.23",), accounts=("user03@demo.test",)),
+        make_alert("ip", "203.0.113.5", 20, NOW - 320, ips=("203.0.113.5",),
+                   accounts=("user01@demo.test", "user05@demo.test", "user09@demo.test"),
+                   protocols=("imap", "pop3"), block_seconds=3600),
+        make_alert("acct", "boss@corp.test", 12, NOW - 95,
+                   ips=("203.0.113.19", "192.0.2.77", "198.51.100.4"),
+                   accounts=("boss@corp.test",), protocols=("imaps",)),
+    ]
 
 
 def _wave(n: int, base: float, amp: float, period: float, phase: float = 0.0) -> tuple:
@@ -51,6 +89,13 @@ class FakeSource:
         }
         self.sessions = [self._session(i) for i in range(sessions)]
         self._audit_pending = [self._audit(i) for i in range(12)]
+        self._alerts_pending = _alerts()
+        self.blocks = {b.ip: b for b in (
+            Block("203.0.113.5", "auditwatch ip: 20 failed logins from 203.0.113.5 against 3 "
+                  "account(s) in 60 s; 203.0.113.5 blocked for 3600 s", since=NOW - 320,
+                  until=NOW + 3280, by="auditwatch"),
+            Block("198.51.100.23", "password spraying on user03", since=NOW - 1200,
+                  until=NOW + 85200, by="dashboard:root"))}
         self.collects = 0
         # What the workers report having applied: (version, time, mail mode, vhosts).
         # It follows the directory one collect late, as real workers poll LDAP.
@@ -82,6 +127,9 @@ class FakeSource:
     def add_audit(self, event: AuditEvent) -> None:
         self._audit_pending.append(event)
 
+    def add_alert(self, alert: Alert) -> None:
+        self._alerts_pending.append(alert)
+
     # -- outage simulation ----------------------------------------------------------
     def stack_down(self) -> None:
         self.down = True
@@ -103,7 +151,9 @@ class FakeSource:
                           "start the stack with make up)",
                           "memcached 127.0.0.1:12211 down (ConnectionRefusedError): routes "
                           "come from LDAP meanwhile",
-                          "LDAP: LDAP ldap://127.0.0.1:10389: socket connection error"))
+                          "LDAP: LDAP ldap://127.0.0.1:10389: socket connection error"),
+                blocks_error="memcached (127.0.0.1:12211) does not answer: IP blocks cannot "
+                             "be read or changed now")
         workers = []
         for i, (short, pid) in enumerate(sorted(self.pids.items())):
             mine = [s for s in self.sessions if s.worker == short]
@@ -163,7 +213,9 @@ class FakeSource:
                      ("logins_failed", _wave(120, 0.5, 0.9, 3, 1)),
                      ("connections", _wave(120, 3, 2, 6))),
             problems=tuple(f"{w.short} is {w.state}" for w in workers if w.stats is None),
-            supervisor_up=True)
+            supervisor_up=True,
+            blocks=tuple(sorted((b for b in self.blocks.values() if b.until > self.now),
+                                key=lambda b: (b.until, b.ip))))
 
     def _workers_apply(self) -> None:
         vhosts = tuple(sorted(n for d in self.domains.values() for n in d.virtual_hostnames))
@@ -175,6 +227,10 @@ class FakeSource:
     def audit_events(self) -> list[AuditEvent]:
         events, self._audit_pending = self._audit_pending, []
         return events
+
+    def alerts(self) -> list[Alert]:
+        alerts, self._alerts_pending = self._alerts_pending, []
+        return alerts
 
     def tail_log(self, process: str, offset: int) -> tuple[str, int]:
         self.calls.append(("tail_log", process, offset))
@@ -271,6 +327,32 @@ class FakeSource:
             progress(f"restarting proxy:{short}")
             self.pids[short] += 100
         return f"rolling restart done: {len(self.pids)} workers restarted one by one"
+
+    def check_block(self, ip: str, duration: str) -> str:
+        try:
+            ip = parse_ip(ip)
+            parse_duration(duration)
+        except ValueError as exc:
+            return str(exc)
+        if whitelisted(ip, WHITELIST):
+            return f"{ip} is in throttle.whitelist: a block would have no effect"
+        return ""
+
+    def block(self, ip: str, duration: str, reason: str) -> str:
+        self._record("block", ip, duration, reason)
+        error = self.check_block(ip, duration)
+        if error:
+            raise ActionFailed(error)
+        ip, seconds = parse_ip(ip), parse_duration(duration)
+        self.blocks[ip] = Block(ip, reason or "blocked by an admin", since=self.now,
+                                until=self.now + seconds, by="dashboard:root")
+        return f"{ip} blocked for {seconds}s on every node"
+
+    def unblock(self, ip: str) -> str:
+        self._record("unblock", ip)
+        if self.blocks.pop(ip, None) is None:
+            raise ActionFailed(f"{ip} was not blocked (the block may have expired)")
+        return f"block on {ip} lifted"
 
     def close(self) -> None:
         self.calls.append(("close",))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from carbotui.alerts import Alert
 from carbotui.audit import AuditEvent
 from carbotui.fleet import FleetSnapshot
 
@@ -27,6 +28,15 @@ class AuditEvents(Message):
     def __init__(self, events: list[AuditEvent]) -> None:
         super().__init__()
         self.events = events
+
+
+class AlertsArrived(Message):
+    """New lines of alerts.log, oldest first. `backlog`: what the file held when the
+    dashboard started (shown, but not announced as news)."""
+
+    def __init__(self, alerts: list[Alert], backlog: bool) -> None:
+        super().__init__()
+        self.alerts, self.backlog = alerts, backlog
 
 
 class LogText(Message):

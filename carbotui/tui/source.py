@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol
 
+from carbotui.alerts import Alert
 from carbotui.audit import AuditEvent
 from carbotui.fleet import FleetSnapshot
 
@@ -24,6 +25,8 @@ class Source(Protocol):
 
     def collect(self) -> FleetSnapshot: ...
     def audit_events(self) -> list[AuditEvent]: ...
+    def alerts(self) -> list[Alert]: ...       # new since the last call; the first call
+                                               # returns what alerts.log held at start
     def tail_log(self, process: str, offset: int) -> tuple[str, int]: ...
 
     def kick(self, worker: str, session_id: int) -> str: ...
@@ -38,6 +41,9 @@ class Source(Protocol):
     def stop(self, process: str) -> str: ...
     def restart(self, process: str) -> str: ...
     def rolling_restart(self, progress: Callable[[str], None]) -> str: ...
+    def check_block(self, ip: str, duration: str) -> str: ...   # "" or what is wrong
+    def block(self, ip: str, duration: str, reason: str) -> str: ...
+    def unblock(self, ip: str) -> str: ...
     def close(self) -> None: ...
 
 
@@ -57,7 +63,7 @@ class LiveSource:
     def __init__(self, settings):
         from carbotui.admin import Admin
         from carbotui.directory import Directory
-        from carbotui.fleet import AuditTail, Fleet, WorkerControl
+        from carbotui.fleet import AlertTail, AuditTail, Fleet, WorkerControl
         from carbotui.supervisor import Supervisor
 
         self.settings = settings
@@ -68,6 +74,8 @@ class LiveSource:
         self.admin = Admin(self.directory, ca_dir=settings.var_dir / "certs")
         self.control = WorkerControl(settings.run_dir)
         self.audit = AuditTail(settings.audit_log)
+        alert_log = getattr(settings.alerts, "log", None)
+        self.alert_tail = AlertTail(alert_log) if alert_log else None
 
     # -- data ----------------------------------------------------------------
     def collect(self) -> FleetSnapshot:
@@ -75,6 +83,9 @@ class LiveSource:
 
     def audit_events(self) -> list[AuditEvent]:
         return self.audit.read_events()
+
+    def alerts(self) -> list[Alert]:
+        return self.alert_tail.read_alerts() if self.alert_tail else []
 
     def tail_log(self, process: str, offset: int) -> tuple[str, int]:
         return self._guard(self.supervisor.tail, process, offset)
@@ -157,6 +168,43 @@ class LiveSource:
                            ready=ready)
         return f"rolling restart done: {len(done)} workers restarted one by one"
 
+    # -- IP blocks (memcached, shared by every node) ----------------------------
+    def check_block(self, ip: str, duration: str) -> str:
+        try:
+            self.fleet.blocks.check(ip, duration)
+        except ValueError as exc:
+            return str(exc)
+        return ""
+
+    def block(self, ip: str, duration: str, reason: str) -> str:
+        from carbotui.fleet import BlocksUnavailable
+        from carbotui.tui.format import duration as fmt_duration
+        try:
+            b = self.fleet.blocks.add(ip, duration, reason, by=f"dashboard:{_user()}")
+        except (ValueError, BlocksUnavailable) as exc:
+            raise ActionFailed(str(exc)) from None
+        return f"{b.ip} blocked for {fmt_duration(b.until - b.since)} on every node"
+
+    def unblock(self, ip: str) -> str:
+        from carbotui.fleet import BlocksUnavailable
+        try:
+            lifted = self.fleet.blocks.remove(ip)
+        except (ValueError, BlocksUnavailable) as exc:
+            raise ActionFailed(str(exc)) from None
+        if not lifted:
+            raise ActionFailed(f"{ip} was not blocked (the block may have expired)")
+        return f"block on {ip} lifted"
+
     def close(self) -> None:
         self.audit.close()
+        if self.alert_tail:
+            self.alert_tail.close()
         self.fleet.close()
+
+
+def _user() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "?"

@@ -12,7 +12,7 @@ from carbotui.tui.app import CarbotuiApp
 from carbotui.tui.fake import FakeSource
 
 SCREENS = {"overview": "1", "connections": "2", "backends": "3", "cache": "4", "audit": "5",
-           "config": "6", "workers": "7", "help": "question_mark"}
+           "config": "6", "workers": "7", "alerts": "8", "help": "question_mark"}
 SIZES = [(80, 24), (120, 40)]
 
 
@@ -57,6 +57,15 @@ def test_add_vhost_form(snap_compare):
     async def run_before(pilot):
         await first_data(pilot)
         await pilot.press("6", "a", *"imap.corp.test")
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_block_alert_ip_form(snap_compare):
+    async def run_before(pilot):
+        await first_data(pilot)
+        await pilot.press("8", "b")
         await pilot.pause(0.2)
 
     assert snap_compare(make_app(), run_before=run_before, terminal_size=(80, 24))

@@ -1,4 +1,5 @@
-"""Overview: totals, sparklines of sessions and logins/s, workers, problems."""
+"""Overview: totals, alerts and IP blocks, sparklines of sessions and logins/s, workers,
+problems."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -23,6 +24,7 @@ class OverviewScreen(LiveScreen):
     def compose_body(self) -> ComposeResult:
         with Vertical(id="body"):
             yield Static(id="totals")
+            yield Static(id="security")
             with Grid(id="graphs"):
                 for key, title in SERIES:
                     yield Label(title, classes="graph-label")
@@ -33,6 +35,23 @@ class OverviewScreen(LiveScreen):
                               ("ok", "Logins", 6), ("failed", "Failed", 6), ("since", "Since", 8)],
                              id="workers", sort_column="worker")
             yield Static(id="problems")
+
+    def show_security(self, snapshot: FleetSnapshot) -> None:
+        """Alerts of the last hour (alerts.log) and active IP blocks (memcached)."""
+        recent = self.app.recent_alerts(snapshot.taken_at)
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append("Alerts ", style="dim").append(f"{recent}", style="bold yellow"
+                                                   if recent else "bold")
+        line.append(" in the last hour  ")
+        line.append("IP blocks ", style="dim")
+        if snapshot.blocks_error:
+            line.append("unknown", style="bold yellow")
+        else:
+            n = len(snapshot.blocks)
+            line.append(f"{n}", style="bold red" if n else "bold").append(" active")
+        if recent or snapshot.blocks:
+            line.append("  (8: Alerts)", style="dim")
+        self.query_one("#security", Static).update(line)
 
     def focus_main(self) -> None:
         self.query_one("#workers", KeyedTable).focus()
@@ -53,6 +72,7 @@ class OverviewScreen(LiveScreen):
         line.append(f"{len(mc)}/{len(snapshot.memcached)} up",
                     style="green" if len(mc) == len(snapshot.memcached) else "bold red")
         self.query_one("#totals", Static).update(line)
+        self.show_security(snapshot)
 
         for key, _ in SERIES:
             points = snapshot.series(key)

@@ -1,4 +1,4 @@
-"""Modal dialogs: confirm, one-line prompt, virtual hostname form.
+"""Modal dialogs: confirm, one-line prompt, virtual hostname form, IP block form.
 
 Each returns its result through dismiss() to the push_screen callback, and
 every key works without a mouse: enter confirms, escape cancels.
@@ -148,6 +148,62 @@ class VhostModal(ModalScreen[VhostRequest | None]):
         domain = self.query_one("#domain", Select).value
         self.dismiss(VhostRequest(domain=str(domain), fqdn=fqdn, generate=self._generate(),
                                   cert_path=cert, key_path=key))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class BlockRequest:
+    ip: str
+    duration: str                      # as typed: 3600, 90s, 15m, 2h, 7d
+    reason: str
+
+
+class BlockModal(ModalScreen[BlockRequest | None]):
+    """Block an IP on every node: address, duration, reason. `check(ip, duration)`
+    returns what is wrong ("" when fine); the dialog stays open until it is fine."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="block.cancel"),
+                Binding("ctrl+s", "submit", "Block", id="block.submit")]
+
+    def __init__(self, check: Callable[[str, str], str], ip: str = "", duration: str = "1h",
+                 reason: str = "", title: str = "Block an IP address on every node"):
+        super().__init__(classes="modal")
+        self.check = check
+        self.ip, self.duration, self.reason, self.title_text = ip, duration, reason, title
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Label(self.title_text, classes="title")
+            yield Input(value=self.ip, placeholder="IP address, e.g. 203.0.113.5 or 2001:db8::7",
+                        id="ip")
+            yield Input(value=self.duration, placeholder="duration: 3600, 90s, 15m, 2h, 7d "
+                        "(1 s to 30 days)", id="duration")
+            yield Input(value=self.reason, placeholder="reason (shown in the block list)",
+                        id="reason")
+            yield Static("enter: next field · ctrl+s or enter on the reason: block · "
+                         "escape: cancel", id="error", classes="hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#duration" if self.ip else "#ip", Input).focus()
+
+    @on(Input.Submitted)
+    def next_field(self, event: Input.Submitted) -> None:
+        if event.input.id == "reason":
+            self.action_submit()
+        else:
+            self.focus_next()
+
+    def action_submit(self) -> None:
+        ip = self.query_one("#ip", Input).value.strip()
+        duration = self.query_one("#duration", Input).value.strip()
+        reason = self.query_one("#reason", Input).value.strip()
+        error = self.check(ip, duration)
+        if error:
+            self.query_one("#error", Static).update(Text(error, style="bold red"))
+            return
+        self.dismiss(BlockRequest(ip=ip, duration=duration, reason=reason))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

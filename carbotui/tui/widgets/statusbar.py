@@ -35,7 +35,8 @@ class StatusBar(Static):
 
 
 SCREENS = (("overview", "Overview"), ("connections", "Connections"), ("backends", "Backends"),
-           ("cache", "Cache"), ("audit", "Audit"), ("config", "Config"), ("workers", "Workers"))
+           ("cache", "Cache"), ("audit", "Audit"), ("config", "Config"), ("workers", "Workers"),
+           ("alerts", "Alerts"))
 
 
 class NavBar(Static):
@@ -50,6 +51,7 @@ class NavBar(Static):
             style = "bold reverse" if mode == current else ""
             t.append(f"{i}", style="bold cyan" if mode != current else "bold reverse")
             t.append(f" {label} ", style=style)
-            t.append(" ")
+            if not short:                   # 80 columns: eight tabs and "? help" just fit
+                t.append(" ")
         t.append("? help", style="dim")
         self.update(t)
