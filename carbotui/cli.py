@@ -7,6 +7,8 @@
                                                                  shows, JSON
     carbotui [--config FILE] fleet                              every node's workers sharing
                                                                  this memcached, JSON
+    carbotui [--config FILE] blocks [add <ip> <seconds> [reason…] | remove <ip>]
+                                                                IP blocks on every node
 
 The settings file defaults to $CARBOTUI_CONFIG, else ./carbotui.toml.
 """
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         return prov.main(argv[1:], config_path)
     if argv[:1] == ["fleet"]:
         return fleet(config_path)
+    if argv[:1] == ["blocks"]:
+        from carbotui import blockcli
+        return blockcli.main(argv[1:], config_path)
     if argv[:1] == ["stats"]:
         return stats(config_path, argv[1:])
     if argv[:1] in (["-h"], ["--help"], ["help"]):

@@ -515,7 +515,7 @@ class BlockStore:
 
     def _run(self, method: str, *args, **kwargs):
         from carbotui.memcache import Memcache
-        from carbotui.throttle import Throttle, ThrottleSettings
+        from carbotui.throttle import Throttle, ThrottleSettings, ThrottleUnavailable
         with self._lock:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
@@ -523,8 +523,11 @@ class BlockStore:
                                  timeout=self.settings.memcached_timeout,
                                  reconnect=self.settings.memcached_reconnect)
                 self._throttle = Throttle(cache, self.settings.throttle or ThrottleSettings())
-            result = self._loop.run_until_complete(
-                getattr(self._throttle, method)(*args, **kwargs))
+            try:
+                result = self._loop.run_until_complete(
+                    getattr(self._throttle, method)(*args, **kwargs))
+            except ThrottleUnavailable:
+                result = None
             if not self._throttle.cache.available:
                 servers = ", ".join(str(e) for e in self.settings.memcached_servers)
                 raise BlocksUnavailable(f"memcached ({servers}) does not answer: IP blocks "
@@ -545,12 +548,7 @@ class BlockStore:
 
     def add(self, ip: str, seconds: str | int, reason: str, *, by: str = "") -> Block:
         ip, seconds = self.check(ip, seconds)
-        from carbotui.throttle import ThrottleUnavailable
-        try:
-            return self._run("block", ip, seconds, reason.strip() or "blocked by an admin",
-                             by=by)
-        except ThrottleUnavailable as exc:
-            raise BlocksUnavailable(str(exc)) from None
+        return self._run("block", ip, seconds, reason.strip() or "blocked by an admin", by=by)
 
     def remove(self, ip: str) -> bool:
         """Lift the block on `ip`; False when there was none."""
