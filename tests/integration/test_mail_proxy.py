@@ -158,7 +158,7 @@ def test_idle_is_held_for_30_seconds_and_sees_new_mail():
     # is 2 min, the proxy's post-auth idle limit 30 min): no byte, no EOF.
     started = time.monotonic()
     readable, _, _ = select.select([conn.sock], [], [], 30)
-    assert not readable and conn.sock.pending() == 0
+    assert not readable and conn.sock.pending() == 0, conn.readline()
     assert time.monotonic() - started >= 30
     other = imap_login("user11@demo.test")
     other.append("INBOX", None, None, b"Subject: during idle\r\n\r\nhello\r\n")
