@@ -48,3 +48,10 @@ test: up
 cluster: up
 	$(CTL) start haproxy 'node1:*' 'node2:*'
 	$(PY) -m carbotui.demo wait --cluster
+
+# carbotui side by side with nginx (bench/): installs nginx + its mail module and wrk,
+# runs every load against both, writes bench/results/latest.{json,md} (about 4 minutes)
+.PHONY: bench
+bench: up
+	bench/install.sh
+	$(PY) bench/run.py
