@@ -325,6 +325,8 @@ class WebSession(HttpConnection):
             if fixed != location:
                 headers = [(k, fixed if k.lower() == b"location" else v) for k, v in headers]
         rechunk = False
+        if not self.parser.keep_alive:
+            headers.append((b"Connection", b"close"))       # the client asked for it
         if resp.status == 101:
             headers.append((b"Connection", b"upgrade"))
             headers.append((b"Upgrade", http11.get_header(resp.headers, b"upgrade") or b""))
@@ -425,6 +427,10 @@ class WebSession(HttpConnection):
         """Client body -> upstream, re-framed, with backpressure both ways."""
         kind = req.body_mode.kind
         if kind in ("none", "upgrade"):
+            # The parser emits a body-less request's end with its head: take it, or
+            # the request loop would read it as the next message.
+            if self.events and isinstance(self.events[0], http11.EndOfMessage):
+                self.events.popleft()
             return True
         timeout = self.worker.settings.web.body_timeout
         while True:

@@ -245,3 +245,24 @@ def test_chunked_upload_and_keep_alive_reuse(tmp_path):
     assert out.returncode == 0, out.stderr
     assert want in out.stdout.decode()
     assert out.stderr.count(b"Re-using existing connection") >= 2
+    assert b"Connection died" not in out.stderr and b"Closing connection 0" not in out.stderr
+
+
+def test_keep_alive_serves_many_requests_on_one_connection():
+    raw = socket.create_connection((HOST, HTTPS), timeout=10)
+    sock = tls_context().wrap_socket(raw, server_hostname=VHOST)
+    f = sock.makefile("rb")
+    for i in range(5):
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: mail.demo.test\r\n\r\n")
+        status = f.readline()
+        assert status.startswith(b"HTTP/1.1 200"), (i, status)
+        length = 0
+        while (line := f.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+            assert not line.lower().startswith(b"connection: close"), line
+        f.read(length)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    head = f.read()
+    assert b"Connection: close" in head and head.startswith(b"HTTP/1.1 200")
+    sock.close()
