@@ -72,8 +72,8 @@ class Memcache:
 
     async def _call(self, server: _Server, method: str, *args):
         try:
-            result = await asyncio.wait_for(getattr(server.get_client(), method)(*args),
-                                            self.timeout)
+            async with asyncio.timeout(self.timeout):      # no extra task, unlike wait_for
+                result = await getattr(server.get_client(), method)(*args)
         except (OSError, asyncio.TimeoutError, aiomcache.exceptions.ClientException) as exc:
             await self._mark_down(server, exc)
             return None
@@ -129,7 +129,8 @@ class Memcache:
             return None
         for _ in range(2):
             try:
-                value = await asyncio.wait_for(server.get_client().incr(key, 1), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    value = await server.get_client().incr(key, 1)
             except aiomcache.exceptions.ClientException:
                 value = None               # NOT_FOUND: create it below
             except (OSError, asyncio.TimeoutError) as exc:

@@ -38,10 +38,10 @@ class LoginFailure(Exception):
 class BackendProtocol(asyncio.Protocol):
     """The proxy's connection to a mailbox server: login first, then relay."""
 
-    def __init__(self, machine):
+    def __init__(self, machine, loop: asyncio.AbstractEventLoop):
         self.machine = machine
         self.transport: asyncio.Transport | None = None
-        self.result: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.result: asyncio.Future = loop.create_future()
         self.splice: Splice | None = None
         self.session: MailSession | None = None
 
@@ -139,7 +139,7 @@ class MailSession(asyncio.Protocol):
         else:
             # The IP throttle (and blocks) first, as Carbonio's nginx: no greeting yet.
             transport.pause_reading()
-            self._task = asyncio.get_running_loop().create_task(self._admit())
+            self._task = self.worker.loop.create_task(self._admit())
 
     async def _admit(self) -> None:
         reject = await self.worker.throttle.check_ip(self.kind, self.client_ip)
@@ -155,7 +155,7 @@ class MailSession(asyncio.Protocol):
     def _arm_preauth_timer(self) -> None:
         if self._timer:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
+        self._timer = self.worker.loop.call_later(
             self.worker.settings.mail.preauth_timeout, self._preauth_timeout)
 
     def _preauth_timeout(self) -> None:
@@ -211,10 +211,10 @@ class MailSession(asyncio.Protocol):
                 self.transport.write(event.data)
             elif isinstance(event, ev.Authenticate):
                 self.transport.pause_reading()
-                self._task = asyncio.get_running_loop().create_task(self._login(event))
+                self._task = self.worker.loop.create_task(self._login(event))
             elif isinstance(event, ev.StartTLS):
                 self.transport.pause_reading()     # nothing more in plaintext
-                self._task = asyncio.get_running_loop().create_task(self._start_tls())
+                self._task = self.worker.loop.create_task(self._start_tls())
             elif isinstance(event, ev.ClientId):
                 name = event.fields.get("name") or ""
                 version = event.fields.get("version") or ""
@@ -224,7 +224,7 @@ class MailSession(asyncio.Protocol):
                 return
 
     async def _start_tls(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.worker.loop
         try:
             self.transport = await loop.start_tls(self.transport, self, self.worker.tls.front,
                                                   server_side=True, ssl_handshake_timeout=10)
@@ -254,11 +254,12 @@ class MailSession(asyncio.Protocol):
                 self._run(self.machine.throttled(reject))
             return
         try:
-            route = await asyncio.wait_for(self._route(login), settings.login_timeout)
-            self.account = route.account
-            self.server = route.server.short_name
-            backend, response = await asyncio.wait_for(
-                self._connect_and_login(route, auth), settings.login_timeout)
+            # One deadline for the whole login (no task per step: asyncio.timeout).
+            async with asyncio.timeout(settings.login_timeout):
+                route = await self._route(login)
+                self.account = route.account
+                self.server = route.server.short_name
+                backend, response = await self._connect_and_login(route, auth)
         except LoginFailure as failure:
             await self._login_failed(login, failure)
             return
@@ -302,19 +303,20 @@ class MailSession(asyncio.Protocol):
     async def _connect_and_login(self, route: Route, auth: ev.Authenticate):
         """Connect (a few tries within the login deadline) and log in upstream."""
         s = self.worker.settings.mail
-        loop = asyncio.get_running_loop()
+        loop = self.worker.loop
         stats = self.worker.stats.backend(route.server.short_name)
         last_error = "no attempt"
         for attempt in range(max(1, s.connect_retries + 1)):
             if attempt:
                 await asyncio.sleep(RETRY_PAUSE)
-            protocol = BackendProtocol(self._backend_machine(route.account, auth))
+            protocol = BackendProtocol(self._backend_machine(route.account, auth), loop)
             started = time.monotonic()
             try:
                 tls = self.worker.upstream_tls
-                await asyncio.wait_for(loop.create_connection(
-                    lambda: protocol, route.address, route.port, ssl=tls,
-                    server_hostname=route.server.hostname if tls else None), s.connect_timeout)
+                async with asyncio.timeout(s.connect_timeout):
+                    await loop.create_connection(
+                        lambda: protocol, route.address, route.port, ssl=tls,
+                        server_hostname=route.server.hostname if tls else None)
             except (OSError, asyncio.TimeoutError) as exc:
                 stats.errors += 1
                 last_error = f"connect to {route.server.hostname}: {exc or 'timeout'}"
@@ -369,7 +371,7 @@ class MailSession(asyncio.Protocol):
         s = self.worker.settings.mail
         idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
-                             on_close=self._ended)
+                             on_close=self._ended, loop=self.worker.loop)
         self.backend = backend
         backend.session = self
         backend.splice = self.splice

@@ -21,7 +21,8 @@ class Splice:
                  "_timer", "_loop", "_on_close", "closed", "_tail")
 
     def __init__(self, client: asyncio.Transport, backend: asyncio.Transport, *,
-                 idle_timeout: float, on_close: Callable[[str], None]):
+                 idle_timeout: float, on_close: Callable[[str], None],
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.client = client
         self.backend = backend
         self.idle_timeout = idle_timeout
@@ -31,7 +32,7 @@ class Splice:
         self.closed = False
         self._on_close = on_close
         self._tail = b""           # last bytes from the server, to see a BYE
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self._timer = self._loop.call_later(idle_timeout, self._check_idle)
 
     # -- data ---------------------------------------------------------------

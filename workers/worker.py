@@ -73,6 +73,8 @@ class Worker:
         self.settings = settings
         self.index = index
         self.name = f"proxy_{index:02d}"
+        # Kept: on Python 3.11 every get_running_loop() costs a getpid() syscall.
+        self.loop = asyncio.get_running_loop()
         self.node_id = settings.node_id
         self.stats = Stats()
         self.sessions: dict[int, object] = {}
@@ -82,6 +84,7 @@ class Worker:
                               reconnect=settings.memcached_reconnect)
         self.router = Router(self.directory, self.cache, ttl=settings.memcached_ttl)
         self.throttle = Throttle(self.cache, settings.throttle)
+        self._exempt: dict[str, bool] = {}
         self.audit = AuditLog(settings.audit_log)
         self.tls = TlsContexts(settings)
         self.upstream_tls = self._upstream_context(settings)
@@ -102,8 +105,14 @@ class Worker:
         return self.upstream_tls if self.settings.web.upstream_tls else None
 
     def exempt(self, ip: str) -> bool:
-        """Whitelisted for throttling: no memcached round trip at connect."""
-        return whitelisted(ip, self.settings.throttle.whitelist)
+        """Whitelisted for throttling: no memcached round trip at connect. Remembered
+        per address (bounded), since parsing it costs more than the rest of accept."""
+        known = self._exempt.get(ip)
+        if known is None:
+            if len(self._exempt) > 4096:
+                self._exempt.clear()
+            known = self._exempt[ip] = whitelisted(ip, self.settings.throttle.whitelist)
+        return known
 
     def in_maintenance(self, hostname: str) -> bool:
         return hostname in self.maintenance
@@ -202,6 +211,7 @@ class Worker:
         self.directory.settings = settings
         self.router.ttl = settings.memcached_ttl
         self.throttle.settings = settings.throttle
+        self._exempt = {}
         self.cache.timeout = settings.memcached_timeout
         self.cache.reconnect = settings.memcached_reconnect
         self.web_upstreams.settings = self.admin_upstreams.settings = settings.web
