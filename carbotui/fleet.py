@@ -556,12 +556,24 @@ class BlockStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._loop is not None:
-                try:
-                    self._loop.run_until_complete(self._throttle.cache.close())
-                finally:
-                    self._loop.close()
-                    self._loop = None
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        cache = self._throttle.cache
+
+        def finish() -> None:
+            try:
+                loop.run_until_complete(cache.close())
+            except Exception:   # noqa: BLE001 - closing on the way out; nothing left to tell
+                pass
+            finally:
+                loop.close()
+
+        # A thread of its own: close() may be called from a thread whose loop is running
+        # (the dashboard's on_unmount), where run_until_complete is not allowed.
+        closer = threading.Thread(target=finish, name="blockstore-close", daemon=True)
+        closer.start()
+        closer.join(2.0)
 
 
 # --- requests to a worker --------------------------------------------------------------------

@@ -101,6 +101,9 @@ def test_a_new_alert_is_notified_on_any_screen_and_listed_on_top():
         assert len(toasts(app)) == 1 + 4
         assert any("3 more new alerts" in n.message for n in toasts(app))
         await settle(pilot, until=lambda a: a.screen.alert_table.row_count == 12)
+        # the cursor was on the newest alert: it follows the stream
+        assert screen.selected_alert().key == "192.0.2.15"
+        assert "192.0.2.15" in text_of(screen, "#detail")
     drive(test, source=source)
 
 

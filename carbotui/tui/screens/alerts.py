@@ -134,7 +134,11 @@ class AlertsScreen(LiveScreen):
                 Text("blocked", style="bold red") if blocked else
                 Text("auto" if a.blocked else "", style="dim"))
         self.alerts_by_key = by_key
-        self.alert_table.sync(rows)
+        table = self.alert_table
+        on_newest = table.cursor_row == 0
+        if table.sync(rows) and on_newest and table.row_count:
+            # The cursor on the newest alert follows the stream; elsewhere it stays put.
+            table.move_cursor(row=0, animate=False, scroll=False)
         self._detail()
 
     def _blocks_title(self) -> None:
