@@ -26,9 +26,10 @@ from carbotui.tui.app import CarbotuiApp  # noqa: E402
 
 SHOTS = [  # file stem, keys to press after the first data arrived
     ("overview", ["1"]), ("connections", ["2"]), ("backends", ["3"]), ("cache", ["4"]),
-    ("audit", ["5"]), ("config", ["6"]), ("workers", ["7"]), ("help", ["question_mark"]),
+    ("audit", ["5"]), ("config", ["6"]), ("workers", ["7"]), ("alerts", ["8"]),
+    ("help", ["question_mark"]),
     ("connections-kick", ["2", "down", "x"]), ("config-add-vhost", ["6", "a", *"imap.corp.test"]),
-    ("workers-log", ["7", "l"]),
+    ("workers-log", ["7", "l"]), ("alerts-block", ["8", "b"]),
 ]
 SIZES = [(80, 24), (120, 40)]
 

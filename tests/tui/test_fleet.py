@@ -6,7 +6,8 @@ import os
 import socket
 import threading
 
-from carbotui.fleet import AuditTail, Rates, WorkerControl, WorkerControlError
+from carbotui.fleet import (AlertTail, AuditTail, Rates, WorkerControl, WorkerControlError,
+                            parse_duration)
 
 LINE = ("2026-11-27 21:09:02,456 WARN  [Pop3Server-1] [ip=10.0.0.1;oip=203.0.113.5;] security"
         " - cmd=Auth; account={who}; protocol=pop3; error=authentication failed for [{who}],"
@@ -89,3 +90,37 @@ def test_worker_control_request_and_errors(tmp_path):
     except WorkerControlError as exc:
         assert "no control socket" in str(exc)
     server.close()
+
+
+def test_alert_tail_reads_alert_json_lines_and_skips_junk(tmp_path):
+    from carbotui.alerts import AlertLog
+    from carbotui.tui.fake import NOW, make_alert
+
+    path = tmp_path / "alerts.log"
+    first = make_alert("ip", "192.0.2.1", 20, NOW - 60, ips=("192.0.2.1",))
+    AlertLog(path).emit(first)
+    tail = AlertTail(path)
+    assert [a.key for a in tail.read_alerts()] == ["192.0.2.1"]        # the backlog
+    with path.open("a") as f:
+        f.write("not json\n" + json.dumps({"rule": "ip"}) + "\n")
+    second = make_alert("acct", "user01@demo.test", 10, NOW, accounts=("user01@demo.test",),
+                        ips=("192.0.2.2", "192.0.2.3"))
+    AlertLog(path).emit(second)
+    got = tail.read_alerts()
+    assert [a.key for a in got] == ["user01@demo.test"]
+    assert got[0].ips == ("192.0.2.2", "192.0.2.3") and got[0].last_seen == NOW
+    os.rename(path, tmp_path / "alerts.log.1")                          # rotation
+    AlertLog(path).emit(first)
+    assert [a.key for a in tail.read_alerts()] == ["192.0.2.1"]
+    tail.close()
+
+
+def test_parse_duration():
+    assert [parse_duration(t) for t in ("1", "90s", "15m", "2h", "30d", " 7D ")] == [
+        1, 90, 900, 7200, 2592000, 604800]
+    for bad in ("0", "31d", "2592001", "1.5h", "-1", "", "1w"):
+        try:
+            parse_duration(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} accepted")
