@@ -602,6 +602,7 @@ class ImapBackendLogin:
             ("X-CONNECTED-IP", local_ip), ("X-CONNECTED-PORT", str(local_port)),
             ("X-VIA", via)))
         self._send_id = send_id
+        self._id_tag: bytes | None = None     # a pipelined ID still to be answered
         self._buf = LineBuffer()
         self._step = _Step.GREETING
         self._tag = b""
@@ -691,6 +692,11 @@ class ImapBackendLogin:
                 self._caps = set(line[2:].upper().split()[1:])
             return                     # other untagged data is of no use before login
         tag, _, rest = line.partition(b" ")
+        if tag == self._id_tag:
+            # The answer to a pipelined ID, whatever it is (some servers say BAD:
+            # Zimbra bug 68678); the LOGIN answer follows.
+            self._id_tag = None
+            return
         if tag != self._tag:
             self._fail(out, f"backend reply with unexpected tag: {_describe(line)}")
             return
@@ -725,8 +731,21 @@ class ImapBackendLogin:
         elif self._send_id and b"ID" in self._caps:
             self._command(out, b"ID (" + self._id_args + b")")
             self._step = _Step.ID
+            if not self._login_waits_for_continuation():
+                # Pipelined: LOGIN goes in the same write, saving a round trip per
+                # session; the ID's own tagged answer is then skipped (see _response).
+                self._id_tag = self._tag
+                self._login(out)
         else:
             self._login(out)
+
+    def _literal_plus(self, value: bytes) -> bool:
+        caps = self._caps
+        return b"LITERAL+" in caps or (b"LITERAL-" in caps and len(value) <= _LITERAL_MINUS_MAX)
+
+    def _login_waits_for_continuation(self) -> bool:
+        return any(not _QUOTABLE_RE.fullmatch(v) and not self._literal_plus(v)
+                   for v in (self._username, self._password))
 
     def _login(self, out: list[Event]) -> None:
         """LOGIN with quoted strings where possible, else literals; a
@@ -739,7 +758,7 @@ class ImapBackendLogin:
         for value in (self._username, self._password):
             if _QUOTABLE_RE.fullmatch(value):
                 current += b" " + _quote(value)
-            elif b"LITERAL+" in caps or (b"LITERAL-" in caps and len(value) <= _LITERAL_MINUS_MAX):
+            elif self._literal_plus(value):
                 current += b" {%d+}\r\n" % len(value) + value
             else:
                 chunks.append(current + b" {%d}\r\n" % len(value))

@@ -546,9 +546,9 @@ def backend(username="bob", password="secret", **kw) -> ImapBackendLogin:
 
 def test_backend_login_with_id_and_quoted_strings():
     b = backend()
-    assert run(b, GREETING) == (ID_CMD, [])
-    assert run(b, b'* ID ("name" "Dovecot")\r\nA1 OK ID completed.\r\n') == (
-        b'A2 LOGIN "bob" "secret"\r\n', [])
+    # ID and LOGIN are pipelined: one write, one round trip.
+    assert run(b, GREETING) == (ID_CMD + b'A2 LOGIN "bob" "secret"\r\n', [])
+    assert run(b, b'* ID ("name" "Dovecot")\r\nA1 OK ID completed.\r\n') == (b"", [])
     assert run(b, b"A2 " + LOGGED_IN + b"\r\n") == (b"", [LoginOK(LOGGED_IN)])
     assert b.leftover() == b""
     with pytest.raises(RuntimeError):
@@ -564,9 +564,9 @@ def test_backend_whole_login_byte_by_byte():
 
 def test_backend_id_answered_bad_is_ignored():
     b = backend()
-    run(b, GREETING)
-    assert run(b, b"* BAD unknown command\r\nA1 BAD Error in IMAP command\r\n") == (
-        b'A2 LOGIN "bob" "secret"\r\n', [])
+    assert run(b, GREETING) == (ID_CMD + b'A2 LOGIN "bob" "secret"\r\n', [])
+    assert run(b, b"* BAD unknown command\r\nA1 BAD Error in IMAP command\r\n") == (b"", [])
+    assert run(b, b"A2 " + LOGGED_IN + b"\r\n") == (b"", [LoginOK(LOGGED_IN)])
 
 
 def test_backend_without_greeting_capabilities_asks_for_them():
@@ -587,7 +587,7 @@ def test_backend_send_id_off_and_client_ua_sanitised():
     assert run(backend(send_id=False), GREETING) == (b'A1 LOGIN "bob" "secret"\r\n', [])
     sent, _ = run(backend(client_ua='Evil "UA"\r\n\\x\u00e9'), GREETING)
     assert b'"X-VIA" "Evil \\"UA\\"??\\\\x?,carbotui")\r\n' in sent
-    assert sent.count(b"\r\n") == 1
+    assert sent.count(b"\r\n") == 2           # the ID line and the pipelined LOGIN
 
 
 def test_backend_literal_fallback():
