@@ -122,6 +122,8 @@ def test_stopping_a_node_interrupts_no_new_login(cluster):
         worker.join()
         supervisorctl("start", "node1:*")
     after = [ok for t, ok in results if t > stopped_at]
+    print(f"node stopped: {len(after)} logins through HAProxy after the stop, "
+          f"{after.count(False)} failed")
     # SIGTERM drains: the node stops accepting at once, HAProxy sees it within its
     # check interval and retries; no new login may fail.
     assert all(after), f"{after.count(False)} of {len(after)} logins failed"

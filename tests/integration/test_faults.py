@@ -99,6 +99,7 @@ def test_kill_9_under_load_loses_only_that_workers_sessions(audit):
         loop.stop()
     failed_new = [r for r in loop.after(killed_at) if not r[1]]
     assert not failed_new, failed_new[:3]
+    print(f"kill -9: {len(loop.after(killed_at))} logins after the kill, 0 failed")
     for conn, worker in owner.items():
         try:
             alive = conn.noop()[0] == "OK"
@@ -128,6 +129,8 @@ def test_rolling_restart_under_load_fails_no_login(audit):
     failed = [r for r in loop.results if not r[1]]
     assert not failed, failed[:3]
     assert took < 60
+    print(f"rolling restart of {len(proxy_names())} workers: {took:.1f}s, "
+          f"{len(loop.results)} logins, 0 failed")
     assert_one_audit_line_each(audit, loop)
 
 
@@ -192,6 +195,7 @@ def test_ldap_down_cached_routes_work_uncached_get_a_quick_temporary_error(
         with pytest.raises(imaplib.IMAP4.error, match=r"UNAVAILABLE"):
             imap_login("user09@demo.test")
         assert time.monotonic() - started < 10
+        print(f"LDAP down: uncached login refused in {time.monotonic() - started:.2f}s")
         pop = poplib.POP3_SSL(HOST, PORTS["pop3s"], context=tls_context(), timeout=15)
         pop.user("user09@demo.test")
         with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
