@@ -25,7 +25,7 @@ up:
 	@# running: apply supervisord.conf changes and start what is stopped (not the cluster);
 	@# a start that fails is reported by `demo wait`, which names what is not up.
 	@if $(CTL) pid >/dev/null 2>&1; then \
-	    $(CTL) update && { $(CTL) start $(SERVICES) || true; }; \
+	    $(CTL) update && { $(CTL) start $(SERVICES) 2>&1 | grep -v "already started" || true; }; \
 	else \
 	    .venv/bin/supervisord -c supervisord.conf; \
 	fi
