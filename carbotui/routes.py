@@ -66,6 +66,12 @@ class Route:
 
 class Router:
     SERVER_REFRESH = 60.0     # seconds between re-reads of the server list
+    # A route just used is remembered in the worker for a few seconds: a client
+    # that reconnects (mobile clients, POP3 polling, a burst of IMAP connections)
+    # costs no memcached round trip. Short, so a flushCache or a moved mailbox is
+    # seen within seconds; a failed login forgets it at once.
+    LOCAL_TTL = 5.0
+    LOCAL_MAX = 10000
 
     def __init__(self, directory: Directory, cache: Memcache, *, ttl: int):
         self.directory = directory
@@ -74,6 +80,7 @@ class Router:
         self.servers: dict[str, MailServer] = {}
         self._servers_at = 0.0
         self._refresh_lock = asyncio.Lock()
+        self._local: dict[tuple[str, str, str], tuple[float, Route]] = {}
         self.hits = 0
         self.misses = 0
         self.ldap_lookups = 0
@@ -132,17 +139,26 @@ class Router:
         Raises RouteError when the answer cannot be known now (LDAP down,
         account on a server the directory does not describe)."""
         login = login.lower()
+        key = (login, proto, local_ip)
+        now = time.monotonic()
+        local = self._local.get(key)
+        if local is not None and local[0] > now:
+            self.hits += 1
+            return local[1]
         route = await self._cached(login, proto, local_ip)
         if route is not None:
             self.hits += 1
-            return route
-        self.misses += 1
-        account = await self._lookup(login, local_ip)
-        if account is None:
-            return None
-        server = await self._server_for(account)
-        route = self._route(account.name, server, proto, cached=False)
-        await self._remember(login, local_ip, proto, route)
+        else:
+            self.misses += 1
+            account = await self._lookup(login, local_ip)
+            if account is None:
+                return None
+            server = await self._server_for(account)
+            route = self._route(account.name, server, proto, cached=False)
+            await self._remember(login, local_ip, proto, route)
+        if len(self._local) >= self.LOCAL_MAX:
+            self._local.clear()
+        self._local[key] = (now + self.LOCAL_TTL, route)
         return route
 
     async def route_by_id(self, zimbra_id: str, proto: str, *, admin: bool = False
@@ -206,6 +222,7 @@ class Router:
     async def forget(self, login: str, proto: str, local_ip: str, account: str = "") -> None:
         """After a failed upstream login: the route may be stale (a moved mailbox)."""
         login = login.lower()
+        self._local.pop((login, proto, local_ip), None)
         for key in {route_key(proto, account or login), alias_key(login, local_ip)}:
             await self.cache.delete(key)
 
