@@ -16,36 +16,10 @@ STAMP=.venv/.carbotui-installed      # newer than pyproject.toml = dependencies 
 log() { echo "install-deps: $*"; }
 
 system_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
+    local packages=("${PACKAGES[@]}")
     # Debian's python3 keeps venv/ensurepip in a separate package
-    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
-    ((${#missing[@]})) || return 0
-
-    log "installing ${missing[*]}"
-    # Debian starts a package's service at install. A policy-rc.d that exits 101 tells
-    # invoke-rc.d not to; ours is removed again (an existing one, e.g. Docker's, is kept).
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\n# carbotui install-deps: start nothing during apt-get install\nexit 101\n' \
-            >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Belt and braces: nothing from the package install may keep running or start at boot
-    # (a system Dovecot would also listen on 143/110, which the proxy serves in production).
-    local s
-    for s in "${SERVICES[@]}"; do
-        if [[ -d /run/systemd/system ]]; then
-            systemctl disable --now "$s" >/dev/null 2>&1 || true
-        else
-            service "$s" stop >/dev/null 2>&1 || true
-        fi
-    done
+    python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+    scripts/apt-install.sh --disable "${SERVICES[*]}" "${packages[@]}"
 }
 
 mail_user() {
