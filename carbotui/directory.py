@@ -179,6 +179,13 @@ class Directory:
         a = escape_filter_chars(address.lower())
         filt = (f"(&(objectClass=zimbraAccount)"
                 f"(|(zimbraMailDeliveryAddress={a})(zimbraMailAlias={a})))")
+        return self._account(filt)
+
+    def find_account_by_id(self, zimbra_id: str) -> Account | None:
+        return self._account(
+            f"(&(objectClass=zimbraAccount)(zimbraId={escape_filter_chars(zimbra_id)}))")
+
+    def _account(self, filt: str) -> Account | None:
         entries = self._search(filt, ACCOUNT_ATTRS)
         if not entries:
             return None
@@ -190,13 +197,6 @@ class Directory:
             aliases=tuple(x.lower() for x in _all(e, "zimbraMailAlias")),
             status=_first(e, "zimbraAccountStatus", "active"),
         )
-
-    def find_account_by_id(self, zimbra_id: str) -> Account | None:
-        filt = f"(&(objectClass=zimbraAccount)(zimbraId={escape_filter_chars(zimbra_id)}))"
-        entries = self._search(filt, ACCOUNT_ATTRS)
-        if not entries:
-            return None
-        return self.find_account(_first(entries[0], "zimbraMailDeliveryAddress"))
 
     def servers(self) -> dict[str, MailServer]:
         """Every server entry, keyed by hostname, with its resolved address."""

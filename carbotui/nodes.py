@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 from carbotui.memcache import Memcache
@@ -73,7 +74,7 @@ async def members(cache: Memcache) -> list[dict]:
 def summary_of(worker) -> dict:
     st = worker.stats
     return {
-        "node": worker.node_id, "worker": worker.name, "pid": __import__("os").getpid(),
+        "node": worker.node_id, "worker": worker.name, "pid": os.getpid(),
         "time": time.time(), "started": st.started, "sessions": len(worker.sessions),
         "logins_ok": sum(st.logins_ok.values()), "logins_failed": sum(st.logins_failed.values()),
         "config": worker.live.version, "mail_mode": worker.live.mail_mode,

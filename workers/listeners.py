@@ -30,3 +30,16 @@ def bind(endpoint: Endpoint) -> socket.socket:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {endpoint}: {exc.strerror}") from None
     return sock
+
+
+def plain_ip(ip: str) -> str:
+    """'::ffff:1.2.3.4' -> '1.2.3.4', so audit, throttles and whitelists see one form."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+def session_addresses(transport, addresses=None) -> tuple[str, int, str, int]:
+    """(client ip, client port, local ip, local port) of a new session: from the PROXY
+    header when there was one (``addresses``), else from the socket."""
+    peer, local = addresses or (transport.get_extra_info("peername") or ("", 0),
+                                transport.get_extra_info("sockname") or ("", 0))
+    return plain_ip(peer[0]), peer[1], plain_ip(local[0]), local[1]

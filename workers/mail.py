@@ -17,6 +17,7 @@ import time
 from carbotui import audit
 from carbotui.routes import Route, RouteError
 from workers import events as ev
+from workers.listeners import session_addresses
 from workers.imap import ImapBackendLogin, ImapClientSide
 from workers.pop3 import Pop3BackendLogin, Pop3ClientSide
 from workers.relay import Splice
@@ -114,10 +115,8 @@ class MailSession(asyncio.Protocol):
     # -- connection ---------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        peer, local = self.addresses or (transport.get_extra_info("peername") or ("", 0),
-                                         transport.get_extra_info("sockname") or ("", 0))
-        self.client_ip, self.client_port = _plain_ip(peer[0]), peer[1]
-        self.local_ip, self.local_port = _plain_ip(local[0]), local[1]
+        (self.client_ip, self.client_port,
+         self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.worker
         w.stats.connections[self.kind] += 1
         limits = w.settings.mail.limits
@@ -403,11 +402,6 @@ class MailSession(asyncio.Protocol):
             account=account, protocol=self.proto, client_ip=self.client_ip,
             client_port=self.client_port, proxy_ip=self.local_ip, error=error,
             user_agent=self.user_agent, thread=self.thread))
-
-
-def _plain_ip(ip: str) -> str:
-    """'::ffff:1.2.3.4' -> '1.2.3.4', so audit, throttles and whitelists see one form."""
-    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
 def _text(response: bytes) -> str:

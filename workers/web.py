@@ -22,7 +22,7 @@ from carbotui.authtoken import zimbra_id_from_token
 from carbotui.routes import RouteError
 from workers import http11
 from workers.httpconn import HttpConnection
-from workers.mail import _plain_ip
+from workers.listeners import session_addresses
 from workers.relay import Splice
 from workers.upstreams import Upstream
 
@@ -97,10 +97,8 @@ class WebSession(HttpConnection):
     # -- lifecycle ----------------------------------------------------------
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        peer, local = self.addresses or (transport.get_extra_info("peername") or ("", 0),
-                                         transport.get_extra_info("sockname") or ("", 0))
-        self.client_ip, self.client_port = _plain_ip(peer[0]), peer[1]
-        self.local_ip, self.local_port = _plain_ip(local[0]), local[1]
+        (self.client_ip, self.client_port,
+         self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.worker
         w.stats.connections[self.kind] += 1
         # A connection accepted while draining is still served: refusing it would
