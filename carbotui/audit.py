@@ -74,7 +74,6 @@ class AuditEvent:
 
     def format(self) -> str:
         seconds, millis = divmod(round(self.timestamp * 1000), 1000)
-        stamp = datetime.fromtimestamp(seconds)
         context = f"ip={encode_value(self.proxy_ip)};oip={encode_value(self.client_ip)};"
         if self.client_port:
             context += f"oport={self.client_port};"
@@ -84,8 +83,22 @@ class AuditEvent:
                 f"protocol={encode_value(self.protocol)};")
         if self.error:
             body += f" error={encode_value(self.error)};"
-        return (f"{stamp:%Y-%m-%d %H:%M:%S},{millis:03d} {self.level:<5} [{self.thread}] "
+        return (f"{_local_time(seconds)},{millis:03d} {self.level:<5} [{self.thread}] "
                 f"[{context}] security - {body}\n")
+
+
+_stamp_cache: tuple[int, str] = (-1, "")
+
+
+def _local_time(seconds: int) -> str:
+    """'YYYY-mm-dd HH:MM:SS' in local time; remembered for the current second, since a
+    busy worker writes many lines per second and strftime is the dearest part."""
+    global _stamp_cache
+    cached_second, text = _stamp_cache
+    if seconds != cached_second:
+        text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+        _stamp_cache = (seconds, text)
+    return text
 
 
 _LINE = re.compile(

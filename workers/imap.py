@@ -576,10 +576,13 @@ class _Step(enum.Enum):
     DONE = enum.auto()
 
 
+_NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
+
+
 def _id_value(text: str, limit: int = 200) -> bytes:
     # Printable ASCII only: values may come from the client (its ID name),
     # and every IMAP server accepts them in a quoted string.
-    return _quote("".join(c if " " <= c <= "~" else "?" for c in text[:limit]).encode())
+    return _quote(_NOT_PRINTABLE_RE.sub("?", text[:limit]).encode("ascii"))
 
 
 def _describe(line: bytes) -> str:
@@ -596,11 +599,8 @@ class ImapBackendLogin:
         check_wire_safe(username, password)
         self._username = username.encode("utf-8")
         self._password = password.encode("utf-8")
-        via = f"{client_ua},carbotui" if client_ua else "carbotui"
-        self._id_args = b" ".join(_id_value(k) + b" " + _id_value(v) for k, v in (
-            ("X-ORIGINATING-IP", client_ip), ("X-ORIGINATING-PORT", str(client_port)),
-            ("X-CONNECTED-IP", local_ip), ("X-CONNECTED-PORT", str(local_port)),
-            ("X-VIA", via)))
+        # The ID's fields; quoted only when an ID is sent (most logins: once).
+        self._id_fields = (client_ip, client_port, local_ip, local_port, client_ua)
         self._send_id = send_id
         self._id_tag: bytes | None = None     # a pipelined ID still to be answered
         self._buf = LineBuffer()
@@ -729,7 +729,7 @@ class ImapBackendLogin:
             self._fail(out, "backend refuses LOGIN on this connection (LOGINDISABLED): "
                             "enable TLS to the backend or allow plaintext logins there")
         elif self._send_id and b"ID" in self._caps:
-            self._command(out, b"ID (" + self._id_args + b")")
+            self._command(out, b"ID (" + self._id_args() + b")")
             self._step = _Step.ID
             if not self._login_waits_for_continuation():
                 # Pipelined: LOGIN goes in the same write, saving a round trip per
@@ -738,6 +738,14 @@ class ImapBackendLogin:
                 self._login(out)
         else:
             self._login(out)
+
+    def _id_args(self) -> bytes:
+        client_ip, client_port, local_ip, local_port, client_ua = self._id_fields
+        via = f"{client_ua},carbotui" if client_ua else "carbotui"
+        return (b'"X-ORIGINATING-IP" %s "X-ORIGINATING-PORT" "%d" '
+                b'"X-CONNECTED-IP" %s "X-CONNECTED-PORT" "%d" "X-VIA" %s' % (
+                    _id_value(client_ip), client_port, _id_value(local_ip), local_port,
+                    _id_value(via)))
 
     def _literal_plus(self, value: bytes) -> bool:
         caps = self._caps
