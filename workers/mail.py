@@ -25,6 +25,9 @@ from workers.relay import Splice
 log = logging.getLogger("workers.mail")
 
 RETRY_PAUSE = 0.5        # between connects to a mailbox server that did not answer
+# A POP3 server's CAPA answer is reused this long by later logins to it (they skip
+# CAPA: one round trip less); forgotten at once when a login with it goes wrong.
+POP3_CAPA_TTL = 60.0
 
 
 class LoginFailure(Exception):
@@ -34,6 +37,47 @@ class LoginFailure(Exception):
     def __init__(self, reason: str, *, temporary: bool):
         super().__init__(reason)
         self.reason, self.temporary = reason, temporary
+
+
+class _LoginDeadline:
+    """asyncio.timeout's job on the login path for a fraction of its cost (two of those
+    per login were a measurable share of a session's CPU): one timer that cancels the
+    login task. ``expired`` tells that cancel apart from others; ``limit`` shortens it
+    for one connect attempt, ``restore`` puts the login deadline back."""
+
+    __slots__ = ("_loop", "_task", "_handle", "expired", "login_at", "_short")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task, seconds: float):
+        self._loop, self._task = loop, task
+        self.expired = self._short = False
+        self.login_at = loop.time() + seconds
+        self._handle = loop.call_at(self.login_at, self._fire)
+
+    def _fire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def _arm(self, at: float) -> None:
+        self._handle.cancel()
+        self._short = at < self.login_at
+        self._handle = self._loop.call_at(at, self._fire)
+
+    def limit(self, seconds: float) -> None:
+        self._arm(min(self.login_at, self._loop.time() + seconds))
+
+    def restore(self) -> None:
+        self._arm(self.login_at)
+
+    def login_expired(self) -> bool:
+        return self.expired and not self._short
+
+    def absorb(self) -> None:
+        """Our own shorter limit fired: the login goes on."""
+        self.expired = False
+        self._task.uncancel()
+
+    def clear(self) -> None:
+        self._handle.cancel()
 
 
 class BackendProtocol(asyncio.Protocol):
@@ -102,6 +146,7 @@ class MailSession(asyncio.Protocol):
         self.started = time.time()
         self.state = "preauth"
         self._timer: asyncio.TimerHandle | None = None
+        self._last_input = 0.0
         self._task: asyncio.Task | None = None
 
     @property
@@ -152,12 +197,18 @@ class MailSession(asyncio.Protocol):
         self.transport.resume_reading()
 
     def _arm_preauth_timer(self) -> None:
-        if self._timer:
-            self._timer.cancel()
+        # Lazy: input only moves _last_input; the timer re-arms itself when it fires
+        # early, so a command costs no timer cancel and re-create.
+        self._last_input = self.worker.loop.time()
         self._timer = self.worker.loop.call_later(
             self.worker.settings.mail.preauth_timeout, self._preauth_timeout)
 
     def _preauth_timeout(self) -> None:
+        loop = self.worker.loop
+        remaining = self._last_input + self.worker.settings.mail.preauth_timeout - loop.time()
+        if remaining > 0 and self.splice is None:
+            self._timer = loop.call_later(remaining, self._preauth_timeout)
+            return
         if self.splice is None and self.transport and not self.transport.is_closing():
             self.transport.write(b"* BYE Autologout; idle for too long\r\n"
                                  if self.proto == "imap" else
@@ -168,7 +219,7 @@ class MailSession(asyncio.Protocol):
         if self.splice is not None:
             self.splice.from_client(data)
             return
-        self._arm_preauth_timer()
+        self._last_input = self.worker.loop.time()
         self._run(self.machine.feed(data))
 
     def eof_received(self):
@@ -252,21 +303,25 @@ class MailSession(asyncio.Protocol):
             if not self.transport.is_closing():
                 self._run(self.machine.throttled(reject))
             return
+        # One deadline for the whole login; no task per step.
+        deadline = _LoginDeadline(w.loop, self._task, settings.login_timeout)
         try:
-            # One deadline for the whole login (no task per step: asyncio.timeout).
-            async with asyncio.timeout(settings.login_timeout):
+            try:
                 route = await self._route(login)
                 self.account = route.account
                 self.server = route.server.short_name
-                backend, response = await self._connect_and_login(route, auth)
+                backend, response = await self._connect_and_login(route, auth, deadline)
+            finally:
+                deadline.clear()
         except LoginFailure as failure:
             await self._login_failed(login, failure)
             return
-        except asyncio.TimeoutError:
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            deadline.absorb()
             await self._login_failed(login, LoginFailure("login timed out", temporary=True))
             return
-        except asyncio.CancelledError:
-            raise
         self._audit(self.account, "")
         w.stats.logins_ok[self.proto] += 1
         reject = await w.throttle.count_user(login, success=True, ip=self.client_ip)
@@ -290,16 +345,30 @@ class MailSession(asyncio.Protocol):
                                temporary=True)
         return route
 
-    def _backend_machine(self, account: str, auth: ev.Authenticate):
+    def _backend_machine(self, route: Route, auth: ev.Authenticate):
         s = self.worker.settings.mail
         common = dict(client_ip=self.client_ip, client_port=self.client_port,
                       local_ip=self.local_ip, local_port=self.local_port)
         if self.proto == "imap":
-            return ImapBackendLogin(account, auth.password, client_ua=self.user_agent,
+            return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
                                     send_id=s.send_imap_id, **common)
-        return Pop3BackendLogin(account, auth.password, send_xoip=s.send_pop3_xoip, **common)
+        known = self.worker.pop3_server_capa.get((route.address, route.port))
+        capabilities = known[1] if known and known[0] > self.worker.loop.time() else None
+        return Pop3BackendLogin(route.account, auth.password, send_xoip=s.send_pop3_xoip,
+                                capabilities=capabilities, **common)
 
-    async def _connect_and_login(self, route: Route, auth: ev.Authenticate):
+    def _learn_capabilities(self, route: Route, machine, ok: bool) -> None:
+        if self.proto != "pop3":
+            return
+        memory = self.worker.pop3_server_capa
+        if machine.learned is not None and ok:
+            memory[(route.address, route.port)] = (self.worker.loop.time() + POP3_CAPA_TTL,
+                                                   machine.learned)
+        elif machine.remembered and not ok:
+            memory.pop((route.address, route.port), None)
+
+    async def _connect_and_login(self, route: Route, auth: ev.Authenticate,
+                                 deadline: _LoginDeadline):
         """Connect (a few tries within the login deadline) and log in upstream."""
         s = self.worker.settings.mail
         loop = self.worker.loop
@@ -308,24 +377,35 @@ class MailSession(asyncio.Protocol):
         for attempt in range(max(1, s.connect_retries + 1)):
             if attempt:
                 await asyncio.sleep(RETRY_PAUSE)
-            protocol = BackendProtocol(self._backend_machine(route.account, auth), loop)
+            protocol = BackendProtocol(self._backend_machine(route, auth), loop)
             started = time.monotonic()
+            tls = self.worker.upstream_tls
+            deadline.limit(s.connect_timeout)
             try:
-                tls = self.worker.upstream_tls
-                async with asyncio.timeout(s.connect_timeout):
-                    await loop.create_connection(
-                        lambda: protocol, route.address, route.port, ssl=tls,
-                        server_hostname=route.server.hostname if tls else None)
-            except (OSError, asyncio.TimeoutError) as exc:
+                await loop.create_connection(
+                    lambda: protocol, route.address, route.port, ssl=tls,
+                    server_hostname=route.server.hostname if tls else None)
+            except OSError as exc:
                 stats.errors += 1
-                last_error = f"connect to {route.server.hostname}: {exc or 'timeout'}"
+                last_error = f"connect to {route.server.hostname}: {exc}"
                 continue
+            except asyncio.CancelledError:
+                if not deadline.expired or deadline.login_expired():
+                    raise
+                deadline.absorb()           # this attempt's connect_timeout, not the login's
+                stats.errors += 1
+                last_error = f"connect to {route.server.hostname}: timeout"
+                continue
+            finally:
+                deadline.restore()
             try:
                 result = await protocol.result
             except asyncio.CancelledError:
                 protocol.transport.close()        # login deadline passed
                 raise
-            if isinstance(result, ev.LoginOK):
+            ok = isinstance(result, ev.LoginOK)
+            self._learn_capabilities(route, protocol.machine, ok)
+            if ok:
                 stats.connected((time.monotonic() - started) * 1000)
                 return protocol, result.response
             protocol.transport.close()

@@ -1,0 +1,161 @@
+"""The login deadlines of a mail session (workers/mail.py), on a real event loop with
+real sockets: a mailbox server that accepts but never greets (login_timeout), and one
+whose accept queue is full, so connecting hangs (connect_timeout, then a retry).
+
+The worker around the session is a stand-in with only what a session reads; routing is
+fixed to the silent server. Whole-stack behaviour (LDAP, memcached, Dovecot) is in
+tests/integration.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from carbotui.audit import AuditEvent
+from carbotui.directory import MailServer
+from carbotui.routes import Route
+from workers.events import MailLimits
+from workers.mail import MailSession
+from workers.worker import Stats
+from carbotui.config import MailSettings
+
+
+class AuditRecorder:
+    def __init__(self):
+        self.events: list[AuditEvent] = []
+
+    def write(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+class FixedRouter:
+    def __init__(self, port: int):
+        server = MailServer("mbox9.demo.test", "127.0.0.1", {"imap": port})
+        self.route = Route("user01@demo.test", server, "127.0.0.1", port, cached=True)
+
+    async def route_mail(self, login, proto, local_ip):
+        return self.route
+
+
+class NoThrottle:
+    async def check_user(self, login, *, ip=None):
+        return None
+
+    async def count_user(self, login, *, success, ip=None):
+        return None
+
+
+def stand_in_worker(loop, backend_port: int, **mail) -> SimpleNamespace:
+    settings = SimpleNamespace(mail=MailSettings(limits=MailLimits(starttls="off"), **mail))
+    ids = iter(range(1, 1000))
+    worker = SimpleNamespace(
+        loop=loop, settings=settings, stats=Stats(), sessions={}, audit=AuditRecorder(),
+        router=FixedRouter(backend_port), throttle=NoThrottle(), upstream_tls=None,
+        exempt=lambda ip: True, in_maintenance=lambda host: False, pop3_server_capa={},
+        next_session_id=lambda: next(ids))
+    worker.session_ended = lambda sid: worker.sessions.pop(sid, None)
+    return worker
+
+
+async def login_through(worker) -> tuple[bytes, float]:
+    loop = worker.loop
+    server = await loop.create_server(
+        lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        greeting = await reader.readline()
+        assert greeting.startswith(b"* OK")
+        started = time.monotonic()
+        writer.write(b"a1 LOGIN user01@demo.test demo-pass\r\n")
+        reply = await asyncio.wait_for(reader.readline(), 10)
+        return reply, time.monotonic() - started
+    finally:
+        writer.close()
+        server.close()
+
+
+def test_a_server_that_never_greets_ends_in_a_temporary_no_at_the_login_deadline():
+    async def main():
+        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        worker = stand_in_worker(asyncio.get_running_loop(), port, login_timeout=0.3,
+                                 auth_wait=0)
+        reply, took = await login_through(worker)
+        silent.close()
+        return worker, reply, took
+
+    worker, reply, took = asyncio.run(main())
+    assert reply.startswith(b"a1 NO [UNAVAILABLE]")
+    assert 0.3 <= took < 3
+    [event] = worker.audit.events
+    assert event.error.endswith("login timed out")
+    assert worker.stats.logins_temp["imap"] == 1
+
+
+@pytest.fixture
+def full_accept_queue():
+    """A listening socket nobody accepts from, its queue filled: connects to it hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):                 # more than the queue takes; the rest are pending
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    yield port
+    for s in fillers:
+        s.close()
+    listener.close()
+
+
+def test_a_hanging_connect_is_retried_after_connect_timeout_within_the_login(
+        full_accept_queue):
+    async def main():
+        worker = stand_in_worker(asyncio.get_running_loop(), full_accept_queue,
+                                 connect_timeout=0.2, connect_retries=1, login_timeout=20,
+                                 auth_wait=0)
+        reply, took = await login_through(worker)
+        return worker, reply, took
+
+    worker, reply, took = asyncio.run(main())
+    assert reply.startswith(b"a1 NO [UNAVAILABLE]")
+    # two attempts of 0.2 s and the pause between them, far below the login deadline
+    assert 0.4 <= took < 5
+    [event] = worker.audit.events
+    assert "mailbox server unavailable" in event.error and "timeout" in event.error
+    assert worker.stats.backend("mbox9").errors == 2
+
+
+def test_the_preauth_timeout_counts_from_the_last_command():
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker = stand_in_worker(loop, 1, preauth_timeout=0.6)
+        server = await loop.create_server(
+            lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        await reader.readline()
+        started = time.monotonic()
+        for n in range(5):                  # 1.25 s of commands, each within 0.6 s
+            await asyncio.sleep(0.25)
+            writer.write(b"n%d NOOP\r\n" % n)
+            assert (await reader.readline()).startswith(b"n%d OK" % n)
+        quiet_from = time.monotonic()
+        bye = await asyncio.wait_for(reader.readline(), 5)
+        closed = await reader.read()
+        writer.close()
+        server.close()
+        return started, quiet_from, time.monotonic(), bye, closed
+
+    started, quiet_from, ended, bye, closed = asyncio.run(main())
+    assert quiet_from - started > 0.6        # longer than the timeout in all
+    assert bye.startswith(b"* BYE Autologout") and closed == b""
+    assert 0.5 <= ended - quiet_from < 3
