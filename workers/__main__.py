@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -30,6 +31,9 @@ async def _serve(settings: config.Settings, index: int) -> None:
         loop.add_signal_handler(sig, lambda: loop.create_task(worker.drain()))
     loop.add_signal_handler(signal.SIGHUP, worker.reload)
     await worker.start()
+    # What exists now (modules, settings, listeners) lives as long as the worker: keep
+    # it out of the collector's reach, so a full collection only walks session objects.
+    gc.freeze()
     await worker.stopped.wait()
 
 

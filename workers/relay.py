@@ -18,7 +18,7 @@ from typing import Callable
 
 class Splice:
     __slots__ = ("client", "backend", "idle_timeout", "last", "bytes_in", "bytes_out",
-                 "_timer", "_loop", "_on_close", "closed", "_tail")
+                 "_timer", "_loop", "_on_close", "closed", "_tail", "_prev")
 
     def __init__(self, client: asyncio.Transport, backend: asyncio.Transport, *,
                  idle_timeout: float, on_close: Callable[[str], None],
@@ -31,7 +31,7 @@ class Splice:
         self.bytes_out = 0         # server -> client
         self.closed = False
         self._on_close = on_close
-        self._tail = b""           # last bytes from the server, to see a BYE
+        self._tail = self._prev = b""   # last chunks from the server, to see a BYE
         self._loop = loop or asyncio.get_running_loop()
         self._timer = self._loop.call_later(idle_timeout, self._check_idle)
 
@@ -44,12 +44,14 @@ class Splice:
     def from_backend(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self.last = time.monotonic()
-        self._tail = (self._tail + data[-64:])[-64:]
+        # The ends of the last two chunks (a short chunk is not copied): enough to see a
+        # BYE split across two reads, without keeping big chunks alive in idle sessions.
+        self._prev, self._tail = self._tail, data[-64:]
         self.client.write(data)
 
     def server_said(self, marker: bytes) -> bool:
         """Whether the last bytes from the server contain ``marker`` (e.g. b'* BYE')."""
-        return marker in self._tail
+        return marker in self._prev + self._tail
 
     # -- flow control -------------------------------------------------------
     # Client's send buffer is full: stop reading the server, and vice versa.
