@@ -85,6 +85,8 @@ class Worker:
         self.router = Router(self.directory, self.cache, ttl=settings.memcached_ttl)
         self.throttle = Throttle(self.cache, settings.throttle)
         self._exempt: dict[str, bool] = {}
+        # (address, port) -> (expires, CAPA answer) of POP3 mailbox servers (mail.py)
+        self.pop3_server_capa: dict[tuple[str, int], tuple[float, dict]] = {}
         self.audit = AuditLog(settings.audit_log)
         self.tls = TlsContexts(settings)
         self.upstream_tls = self._upstream_context(settings)

@@ -347,6 +347,31 @@ def test_backend_step_by_step_with_xclient():
         b.feed(b"x")
 
 
+def test_backend_learns_the_capabilities_and_skips_capa_when_given_them():
+    first = backend()
+    run(first, GREETING)
+    assert first.learned is None
+    run(first, capa("TOP", "SASL PLAIN LOGIN"))
+    assert first.learned == {b"TOP": [], b"SASL": [b"PLAIN", b"LOGIN"]}
+    assert not first.remembered
+    # The next login to that server: AUTH right after the greeting.
+    again = backend(capabilities=first.learned)
+    assert again.remembered
+    assert run(again, GREETING) == (AUTH_PLAIN, [])
+    assert run(again, b"+OK Logged in.\r\n") == (b"", [LoginOK(b"+OK Logged in.")])
+    assert again.learned is None
+    # Remembered XOIP and a server without SASL PLAIN are honoured as if just read.
+    assert run(backend(capabilities={b"XOIP": []}), GREETING) == (b"XOIP 203.0.113.9\r\n", [])
+    assert run(backend(capabilities={}, send_xoip=False), GREETING) == (b"USER bob\r\n", [])
+
+
+def test_backend_without_capa_learns_that_too():
+    b = backend()
+    run(b, GREETING)
+    run(b, b"-ERR Unknown command\r\n")
+    assert b.learned == {}
+
+
 def test_backend_user_pass_when_no_sasl_plain():
     b = backend(send_xoip=False, password="pa ss")
     run(b, GREETING)
