@@ -235,6 +235,11 @@ class MailSession(asyncio.Protocol):
             self._task.cancel()
         if self.backend and self.backend.transport and self.splice is None:
             self.backend.transport.close()
+        if self.backend is not None:
+            # Break the session <-> backend protocol cycle, so reference counting frees
+            # the session now: left to the collector, hundreds of ended sessions waited
+            # for each collection, which then had to walk them all.
+            self.backend.session = None
 
     def pause_writing(self) -> None:
         if self.splice:

@@ -90,4 +90,5 @@ class Splice:
         # close() flushes what is buffered; the peer's leftovers are dropped.
         self.client.close()
         self.backend.close()
-        self._on_close(reason)
+        on_close, self._on_close = self._on_close, None    # no cycle through the session
+        on_close(reason)

@@ -1,6 +1,7 @@
-"""The login deadlines of a mail session (workers/mail.py), on a real event loop with
-real sockets: a mailbox server that accepts but never greets (login_timeout), and one
-whose accept queue is full, so connecting hangs (connect_timeout, then a retry).
+"""A mail session's glue (workers/mail.py) on a real event loop with real sockets: the
+login deadlines (a mailbox server that accepts but never greets: login_timeout; one
+whose accept queue is full, so connecting hangs: connect_timeout, then a retry), the
+pre-auth timeout, and an ended session freed without the cycle collector.
 
 The worker around the session is a stand-in with only what a session reads; routing is
 fixed to the silent server. Whole-stack behaviour (LDAP, memcached, Dovecot) is in
@@ -9,8 +10,10 @@ tests/integration.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -57,7 +60,13 @@ def stand_in_worker(loop, backend_port: int, **mail) -> SimpleNamespace:
         router=FixedRouter(backend_port), throttle=NoThrottle(), upstream_tls=None,
         exempt=lambda ip: True, in_maintenance=lambda host: False, pop3_server_capa={},
         next_session_id=lambda: next(ids))
-    worker.session_ended = lambda sid: worker.sessions.pop(sid, None)
+    worker.all_ended = asyncio.Event()
+
+    def session_ended(sid):
+        worker.sessions.pop(sid, None)
+        if not worker.sessions:
+            worker.all_ended.set()
+    worker.session_ended = session_ended
     return worker
 
 
@@ -159,3 +168,55 @@ def test_the_preauth_timeout_counts_from_the_last_command():
     assert quiet_from - started > 0.6        # longer than the timeout in all
     assert bye.startswith(b"* BYE Autologout") and closed == b""
     assert 0.5 <= ended - quiet_from < 3
+
+
+async def tiny_imap_server(reader, writer):
+    """Just enough of a mailbox server: greeting, ID, LOGIN, LOGOUT."""
+    writer.write(b"* OK [CAPABILITY IMAP4rev1 ID LITERAL+] ready\r\n")
+    while line := await reader.readline():
+        tag, command = line.rstrip().split(b" ", 2)[:2]
+        if command == b"LOGOUT":
+            writer.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
+            await writer.drain()
+            break
+        writer.write(tag + b" OK " + (b"[CAPABILITY IMAP4rev1] Logged in" if command == b"LOGIN"
+                                       else b"done") + b"\r\n")
+    writer.close()
+
+
+def test_an_ended_session_is_freed_by_reference_counting():
+    """No reference cycle survives a session (it would leave every ended session to the
+    collector, which then walks hundreds of them per collection under load)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        backend = await asyncio.start_server(tiny_imap_server, "127.0.0.1", 0)
+        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1])
+        made = []
+
+        def factory():
+            made.append(MailSession(worker, "imap", "imap", False, "ImapServer-0"))
+            return made[-1]
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        await reader.readline()
+        writer.write(b"a1 LOGIN user01@demo.test demo-pass\r\n")
+        assert (await reader.readline()).startswith(b"a1 OK")
+        writer.write(b"a2 LOGOUT\r\n")
+        assert await reader.read() == b"* BYE bye\r\na2 OK done\r\n"
+        writer.close()
+        session = weakref.ref(made.pop())
+        await asyncio.wait_for(worker.all_ended.wait(), 5)
+        for _ in range(5):                  # uvloop's close callbacks
+            await asyncio.sleep(0)
+        server.close()
+        backend.close()
+        return session, worker
+
+    gc.disable()
+    try:
+        session, worker = asyncio.run(main())
+        assert worker.stats.logins_ok["imap"] == 1
+        assert session() is None
+    finally:
+        gc.enable()
