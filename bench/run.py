@@ -58,15 +58,21 @@ WORKERS = 2
 
 # -- processes --------------------------------------------------------------------------
 
-def cpu_seconds(pids) -> float:
-    total = 0
+def cpu_times(pids) -> tuple[float, float]:
+    """(user, system) CPU seconds of these processes so far."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK, system / CLK
+
+
+def cpu_seconds(pids) -> float:
+    return sum(cpu_times(pids))
 
 
 def rss_kb(pids) -> int:
@@ -348,14 +354,15 @@ def tell(procs, word: str) -> None:
         p.stdin.flush()
 
 
-def run_clients(specs, pids, side, timeout) -> tuple[list[dict], float, float, float]:
-    """Start, sample CPU, go, collect; returns (results, proxy cpu s, side cpu s, wall s)."""
+def run_clients(specs, pids, side, timeout) -> tuple[list[dict], tuple, float, float]:
+    """Start, sample CPU, go, collect; returns (results, proxy (user, system) cpu s,
+    side cpu s, wall s)."""
     procs = clients(specs)
     try:
-        cpu0, side0, t0 = cpu_seconds(pids), cpu_seconds(side), time.perf_counter()
+        cpu0, side0, t0 = cpu_times(pids), cpu_seconds(side), time.perf_counter()
         tell(procs, "go")
         results = [json.loads(read_line(p, timeout)) for p in procs]
-        cpu1, side1, t1 = cpu_seconds(pids), cpu_seconds(side), time.perf_counter()
+        cpu1, side1, t1 = cpu_times(pids), cpu_seconds(side), time.perf_counter()
     finally:
         for p in procs:
             try:
@@ -366,7 +373,7 @@ def run_clients(specs, pids, side, timeout) -> tuple[list[dict], float, float, f
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-    return results, cpu1 - cpu0, side1 - side0, t1 - t0
+    return results, (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]), side1 - side0, t1 - t0
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -386,6 +393,7 @@ class Sample:
     errors: int = 0
     seconds: float = 0.0
     cpu: float = 0.0            # proxy CPU seconds
+    user_cpu: float = 0.0       # of which in user space (the rest: the kernel's work)
     side_cpu: float = 0.0       # auth server (nginx) / memcached (carbotui)
     lat_ms: list = field(default_factory=list)
     p50: float | None = None
@@ -406,8 +414,9 @@ def mail_sessions(proto: str, tls: bool, target, seconds: float, concurrency: in
         specs = [common + ["--port", port, "--users", "odd"],
                  common + ["--port", port, "--users", "even"]]
         pids, side, name = target.pids(), target.side_pids(), target.name
-    results, cpu, side_cpu, wall = run_clients(specs, pids, side, seconds + 40)
-    s = Sample(name, seconds=max(r["elapsed"] for r in results), cpu=cpu, side_cpu=side_cpu)
+    results, (user, system), side_cpu, wall = run_clients(specs, pids, side, seconds + 40)
+    s = Sample(name, seconds=max(r["elapsed"] for r in results), cpu=user + system,
+               user_cpu=user, side_cpu=side_cpu)
     for r in results:
         s.count += r["n"]
         s.errors += r["errors"]
@@ -424,7 +433,7 @@ _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 def wrk(urls: list[str], threads: int, connections: int, seconds: float, pids, side,
         name: str, headers: tuple = ()) -> Sample:
     """One wrk process per URL, in parallel; counts and latencies summed/merged."""
-    cpu0, side0 = cpu_seconds(pids), cpu_seconds(side)
+    cpu0, side0 = cpu_times(pids), cpu_seconds(side)
     extra = [arg for h in headers for arg in ("-H", h)]
     procs = [subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections),
                                "-d", f"{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
@@ -432,7 +441,9 @@ def wrk(urls: list[str], threads: int, connections: int, seconds: float, pids, s
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for url in urls]
     outs = [p.communicate(timeout=seconds + 30)[0] for p in procs]
-    s = Sample(name, cpu=cpu_seconds(pids) - cpu0, side_cpu=cpu_seconds(side) - side0)
+    cpu1 = cpu_times(pids)
+    s = Sample(name, cpu=sum(cpu1) - sum(cpu0), user_cpu=cpu1[0] - cpu0[0],
+               side_cpu=cpu_seconds(side) - side0)
     p50s, p99s = [], []
     for out in outs:
         m = _WRK_N.search(out)
@@ -571,6 +582,8 @@ def summarize(samples: list[Sample], unit: str) -> dict:
            "rate": count / seconds if seconds else 0.0,
            "per_run_rate": [round(s.count / s.seconds, 1) if s.seconds else 0 for s in samples],
            "cpu_us": (sum(s.cpu for s in samples) / count * 1e6) if count and measured else None,
+           "user_cpu_us": (sum(s.user_cpu for s in samples) / count * 1e6)
+           if count and measured else None,
            "side_cpu_us": (sum(s.side_cpu for s in samples) / count * 1e6)
            if count and measured else None,
            "unit": unit, "notes": sorted({s.note for s in samples if s.note})}
@@ -685,8 +698,8 @@ def markdown(report: dict) -> str:
         out.append(f"| {r['what']} | {fmt(r['nginx'])} | {fmt(r['carbotui'])} | "
                    f"{fmt(r['value'])} | {r['target']} | **{r['verdict']}** |")
     out += ["", "## Rate loads (direct = straight to the backend, the ceiling)", "",
-            "| load | target | rate | p50 ms | p99 ms | proxy CPU µs/op | side CPU µs/op | errors | per-run rate |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| load | target | rate | p50 ms | p99 ms | proxy CPU µs/op | of which user | side CPU µs/op | errors | per-run rate |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for load, by_target in report["rates"].items():
         for name in ("direct", "nginx", "carbotui"):
             r = by_target.get(name)
@@ -695,7 +708,7 @@ def markdown(report: dict) -> str:
             unit = r["unit"]
             out.append(f"| {LOAD_TITLES.get(load, load)} | {name} | {fmt(r['rate'])} {unit} | "
                        f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['cpu_us'])} | "
-                       f"{fmt(r['side_cpu_us'])} | {r['errors']} | "
+                       f"{fmt(r.get('user_cpu_us'))} | {fmt(r['side_cpu_us'])} | {r['errors']} | "
                        f"{', '.join(fmt(x) for x in r['per_run_rate'])} |")
     notes = [f"{LOAD_TITLES.get(load, load)}, {name}: {'; '.join(r['notes'])}"
              for load, by_target in report["rates"].items()
@@ -704,7 +717,10 @@ def markdown(report: dict) -> str:
         out += ["", "Errors seen by the clients (wrk counts a connection the server closed "
                 "after a response as a read error; the responses themselves are counted):", ""]
         out += [f"- {n}" for n in notes]
-    out += ["", "Side CPU: nginx's auth server (bench/authserver.py, one HTTP request per "
+    out += ["", "Proxy CPU = user + system time of the proxy's processes; \"of which user\" is "
+            "the part spent in the proxy's own code (the rest is the kernel's TCP/TLS work "
+            "on its behalf). "
+            "Side CPU: nginx's auth server (bench/authserver.py, one HTTP request per "
             "login) and carbotui's memcached; not in the proxy CPU figures the targets use. "
             "Direct HTTP runs one wrk per web app (2 in parallel).", "",
             "## Idle sessions (LOGIN, SELECT, IDLE; each measured on a freshly started proxy)", "",
