@@ -74,6 +74,18 @@ def test_wrong_password_pop3_and_unknown_account(audit):
     audit.wait("account=ghost@demo.test; protocol=pop3;", "account not found")
 
 
+@pytest.mark.parametrize("kind", ["imaps", "pop3s"])
+def test_tls_offers_no_session_tickets(kind):
+    """Workers share no ticket key or session cache, so resumption is not offered: no
+    TLS 1.3 tickets (each cost every handshake CPU and sat in a per-worker cache)."""
+    ctx = tls_context()
+    with socket.create_connection((HOST, PORTS[kind]), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="mail.demo.test") as conn:
+        assert conn.recv(200).startswith((b"* OK", b"+OK"))   # tickets come before this
+        assert conn.version() == "TLSv1.3"
+        assert not conn.session.has_ticket
+
+
 def test_starttls_is_required_on_the_plain_port():
     conn = imaplib.IMAP4(HOST, PORTS["imap"], timeout=15)
     assert "LOGINDISABLED" in conn.capabilities and "STARTTLS" in conn.capabilities
