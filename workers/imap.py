@@ -25,6 +25,7 @@ from workers.events import (
     Authenticate, BackendFailed, ClientId, Close, LoginOK, LoginRejected, MailLimits, Send,
     StartTLS,
 )
+from workers.preauth import ClientSide, State as _State
 from workers.sasl import (
     AuthDataError, Event, LineBuffer, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
     decode_password, decode_plain, decode_username, safe_text,
@@ -33,7 +34,6 @@ from workers.sasl import (
 __all__ = ["ImapClientSide", "ImapBackendLogin"]
 
 CRLF = b"\r\n"
-STARTTLS_MODES = ("only", "on", "off")
 
 # ------------------------------------------------------------------ syntax
 
@@ -83,15 +83,6 @@ class _SyntaxError(Exception):
 
 # ------------------------------------------------------------ client side
 
-class _State(enum.Enum):
-    COMMAND = enum.auto()       # reading commands
-    AUTH_LINE = enum.auto()     # sent "+ " for AUTHENTICATE PLAIN; want the response line
-    WAIT_AUTH = enum.auto()     # Authenticate emitted; waiting for auth_failed/auth_succeeded
-    WAIT_TLS = enum.auto()      # StartTLS emitted; waiting for tls_started
-    CLOSED = enum.auto()        # Close emitted; later input is ignored
-    HANDED_OFF = enum.auto()    # auth_succeeded returned; the relay owns the connection
-
-
 @dataclass(slots=True)
 class _Command:
     """One command being framed: its lines and the literals between them."""
@@ -106,26 +97,18 @@ class _Command:
     literal_need: int | None = None     # bytes of the current literal still to come
 
 
-class ImapClientSide:
+class ImapClientSide(ClientSide):
     """The proxy as IMAP server, before login. See the module docstring."""
 
+    TEMPORARY_CODE, FAILED_CODE = b"UNAVAILABLE", b"AUTHENTICATIONFAILED"
+
     def __init__(self, limits: MailLimits, *, tls: bool):
-        if limits.starttls not in STARTTLS_MODES:
-            raise ValueError(f"starttls mode must be one of only|on|off, not {limits.starttls!r}")
-        self._limits = limits
-        self._tls = tls
-        self._buf = LineBuffer()
-        self._state = _State.COMMAND
+        super().__init__(limits, tls=tls)
         self._cmd = _Command()
-        self._failures = 0
         # (tag, mechanism) of the command waiting for its SASL line or auth result.
         self._pending: tuple[bytes, str] | None = None
 
     # ------------------------------------------------------------ public API
-
-    @property
-    def tls(self) -> bool:
-        return self._tls
 
     @property
     def capability_line(self) -> str:
@@ -146,51 +129,10 @@ class ImapClientSide:
         return b"* OK [CAPABILITY %s] %s\r\n" % (
             self.capability_line.encode(), safe_text(self._limits.imap_greeting).encode())
 
-    def feed(self, data: bytes) -> list[Event]:
-        state = self._state
-        if state is _State.HANDED_OFF:
-            raise RuntimeError("ImapClientSide.feed() after auth_succeeded()")
-        if state is _State.CLOSED:
-            return []
-        if state is _State.WAIT_TLS:
-            # Plaintext that arrives between STARTTLS and the handshake is
-            # an injection attempt or a glue bug; it must never be executed.
-            return []
-        self._buf.append(data)
-        if state is _State.WAIT_AUTH:
-            out: list[Event] = []
-            self._check_backlog(out)
-            return out
-        return coalesce(self._run())
-
     def tls_started(self) -> list[Event]:
-        self._expect(_State.WAIT_TLS, "tls_started")
-        self._tls = True
-        self._state = _State.COMMAND
+        events = super().tls_started()
         self._cmd = _Command()
-        return []
-
-    def auth_failed(self, *, temporary: bool, text: str | None = None) -> list[Event]:
-        self._expect(_State.WAIT_AUTH, "auth_failed")
-        tag, _ = self._pending
-        self._pending = None
-        if temporary:
-            code, human = b"UNAVAILABLE", "Temporary failure, try again later."
-        else:
-            # Only real refusals count: a backend outage is not the user's fault.
-            self._failures += 1
-            code, human = b"AUTHENTICATIONFAILED", "Authentication failed."
-        if text:
-            human = safe_text(text) or human
-        out: list[Event] = [Send(_reply(tag, b"NO", b"[%s] %s" % (code, human.encode())))]
-        limit = self._limits.max_auth_failures
-        if not temporary and 0 < limit <= self._failures:
-            self._bye(out, b"Too many invalid authentication attempts",
-                      "too many authentication failures")
-            return coalesce(out)
-        self._state = _State.COMMAND
-        out += self._run()          # commands the client pipelined meanwhile
-        return coalesce(out)
+        return events
 
     def auth_succeeded(self, backend_response: bytes) -> tuple[list[Event], bytes]:
         """Answer the client's LOGIN/AUTHENTICATE with the backend's tagged
@@ -222,13 +164,17 @@ class ImapClientSide:
 
     # ---------------------------------------------------------- machinery
 
-    @property
-    def _privacy_required(self) -> bool:
-        return not self._tls and self._limits.starttls == "only"
+    def _auth_failed_reply(self, text: bytes) -> Event:
+        tag, _ = self._pending
+        self._pending = None
+        return Send(_reply(tag, b"NO", text))
 
-    def _expect(self, state: _State, method: str) -> None:
-        if self._state is not state:
-            raise RuntimeError(f"ImapClientSide.{method}() called in state {self._state.name}")
+    def _too_many_failures(self, out: list[Event]) -> None:
+        self._bye(out, b"Too many invalid authentication attempts",
+                  "too many authentication failures")
+
+    def _refuse_backlog(self, out: list[Event]) -> None:
+        self._bye(out, b"Too much data sent during authentication", "pipelined too much")
 
     def _bye(self, out: list[Event], text: bytes, reason: str) -> None:
         out.append(Send(b"* BYE " + text + CRLF))
@@ -236,12 +182,6 @@ class ImapClientSide:
         self._state = _State.CLOSED
         self._pending = None
         self._buf.clear()
-
-    def _check_backlog(self, out: list[Event]) -> None:
-        # While the login is routed we keep what the client pipelines, but
-        # only about one command's worth.
-        if len(self._buf) > self._limits.max_line + self._limits.max_literal:
-            self._bye(out, b"Too much data sent during authentication", "pipelined too much")
 
     def _run(self) -> list[Event]:
         out: list[Event] = []

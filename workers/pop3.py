@@ -16,6 +16,7 @@ import re
 from workers.events import (
     Authenticate, BackendFailed, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
 )
+from workers.preauth import ClientSide, State as _State
 from workers.sasl import (
     AuthDataError, Event, LineBuffer, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
     decode_password, decode_plain, decode_username, encode_plain, safe_text,
@@ -24,7 +25,6 @@ from workers.sasl import (
 __all__ = ["Pop3ClientSide", "Pop3BackendLogin"]
 
 CRLF = b"\r\n"
-STARTTLS_MODES = ("only", "on", "off")
 
 _PRIVACY_REFUSAL = (b"-ERR [SYS/PERM] Plaintext authentication disallowed on non-secure "
                     b"connections; use STLS first." + CRLF)
@@ -34,33 +34,16 @@ def _err(text: bytes) -> Send:
     return Send(b"-ERR " + text + CRLF)
 
 
-class _State(enum.Enum):
-    COMMAND = enum.auto()       # reading commands
-    AUTH_LINE = enum.auto()     # sent "+ " for AUTH PLAIN; want the response line
-    WAIT_AUTH = enum.auto()     # Authenticate emitted; waiting for auth_failed/auth_succeeded
-    WAIT_TLS = enum.auto()      # StartTLS emitted; waiting for tls_started
-    CLOSED = enum.auto()        # Close emitted; later input is ignored
-    HANDED_OFF = enum.auto()    # auth_succeeded returned; the relay owns the connection
-
-
-class Pop3ClientSide:
+class Pop3ClientSide(ClientSide):
     """The proxy as POP3 server, before login. See the module docstring."""
 
+    TEMPORARY_CODE, FAILED_CODE = b"SYS/TEMP", b"AUTH"
+
     def __init__(self, limits: MailLimits, *, tls: bool):
-        if limits.starttls not in STARTTLS_MODES:
-            raise ValueError(f"starttls mode must be one of only|on|off, not {limits.starttls!r}")
-        self._limits = limits
-        self._tls = tls
-        self._buf = LineBuffer()
-        self._state = _State.COMMAND
-        self._failures = 0
+        super().__init__(limits, tls=tls)
         self._user: str | None = None          # from USER, waiting for PASS
 
     # ------------------------------------------------------------ public API
-
-    @property
-    def tls(self) -> bool:
-        return self._tls
 
     @property
     def capabilities(self) -> tuple[str, ...]:
@@ -84,45 +67,6 @@ class Pop3ClientSide:
     def greeting(self) -> bytes:
         return b"+OK " + safe_text(self._limits.pop3_greeting).encode() + CRLF
 
-    def feed(self, data: bytes) -> list[Event]:
-        state = self._state
-        if state is _State.HANDED_OFF:
-            raise RuntimeError("Pop3ClientSide.feed() after auth_succeeded()")
-        if state in (_State.CLOSED, _State.WAIT_TLS):
-            # After STLS, plaintext must never be executed (see _stls).
-            return []
-        self._buf.append(data)
-        if state is _State.WAIT_AUTH:
-            out: list[Event] = []
-            self._check_backlog(out)
-            return out
-        return coalesce(self._run())
-
-    def tls_started(self) -> list[Event]:
-        self._expect(_State.WAIT_TLS, "tls_started")
-        self._tls = True
-        self._state = _State.COMMAND
-        return []
-
-    def auth_failed(self, *, temporary: bool, text: str | None = None) -> list[Event]:
-        self._expect(_State.WAIT_AUTH, "auth_failed")
-        if temporary:
-            code, human = b"SYS/TEMP", "Temporary failure, try again later."
-        else:
-            # Only real refusals count: a backend outage is not the user's fault.
-            self._failures += 1
-            code, human = b"AUTH", "Authentication failed."
-        if text:
-            human = safe_text(text) or human
-        out: list[Event] = [_err(b"[%s] %s" % (code, human.encode()))]
-        limit = self._limits.max_auth_failures
-        if not temporary and 0 < limit <= self._failures:
-            self._close(out, "too many authentication failures")
-            return coalesce(out)
-        self._state = _State.COMMAND
-        out += self._run()          # commands the client pipelined meanwhile
-        return coalesce(out)
-
     def auth_succeeded(self, backend_response: bytes) -> tuple[list[Event], bytes]:
         """Pass the backend's reply (``+OK Logged in.``) to the client. Returns
         the events and the bytes the client pipelined after its login
@@ -142,26 +86,21 @@ class Pop3ClientSide:
 
     # ---------------------------------------------------------- machinery
 
-    @property
-    def _privacy_required(self) -> bool:
-        return not self._tls and self._limits.starttls == "only"
+    def _auth_failed_reply(self, text: bytes) -> Event:
+        return _err(text)
 
-    def _expect(self, state: _State, method: str) -> None:
-        if self._state is not state:
-            raise RuntimeError(f"Pop3ClientSide.{method}() called in state {self._state.name}")
+    def _too_many_failures(self, out: list[Event]) -> None:
+        self._close(out, "too many authentication failures")
+
+    def _refuse_backlog(self, out: list[Event]) -> None:
+        out.append(_err(b"Too much data sent during authentication."))
+        self._close(out, "pipelined too much")
 
     def _close(self, out: list[Event], reason: str) -> None:
         out.append(Close(reason))
         self._state = _State.CLOSED
         self._user = None
         self._buf.clear()
-
-    def _check_backlog(self, out: list[Event]) -> None:
-        # While the login is routed we keep what the client pipelines, but
-        # only about one command's worth.
-        if len(self._buf) > self._limits.max_line + self._limits.max_literal:
-            out.append(_err(b"Too much data sent during authentication."))
-            self._close(out, "pipelined too much")
 
     def _run(self) -> list[Event]:
         out: list[Event] = []
