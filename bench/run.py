@@ -656,6 +656,17 @@ def evaluate(rates: dict, idle: dict) -> list[dict]:
     return rows
 
 
+def _value(row: dict) -> str:
+    """The value as the verdict saw it: a ratio that rounds to its threshold (0.998 for
+    >= 1.0) gets a third decimal, so the table never shows "1.00 NOT met"."""
+    value, digits = row["value"], 2
+    threshold = row["target"].split()[-1]
+    if isinstance(value, float) and threshold.replace(".", "", 1).isdigit() \
+            and f"{value:.2f}" == f"{float(threshold):.2f}":
+        digits = 3
+    return fmt(value, digits)
+
+
 def _held(d: dict) -> str | None:
     if not d:
         return None
@@ -696,7 +707,7 @@ def markdown(report: dict) -> str:
            "| target | nginx | carbotui | value | goal | |", "|---|---|---|---|---|---|"]
     for r in report["targets"]:
         out.append(f"| {r['what']} | {fmt(r['nginx'])} | {fmt(r['carbotui'])} | "
-                   f"{fmt(r['value'])} | {r['target']} | **{r['verdict']}** |")
+                   f"{_value(r)} | {r['target']} | **{r['verdict']}** |")
     out += ["", "## Rate loads (direct = straight to the backend, the ceiling)", "",
             "| load | target | rate | p50 ms | p99 ms | proxy CPU µs/op | of which user | side CPU µs/op | errors | per-run rate |",
             "|---|---|---|---|---|---|---|---|---|---|"]

@@ -48,3 +48,11 @@ def test_wrk_output_parsing_patterns():
 """
     assert run._WRK_N.search(out).groups() == ("21436", "3.00", "s")
     assert run._WRK_LAT.findall(out) == [("50", "8.21", "ms"), ("99", "41.20", "us")]
+
+
+def test_a_ratio_that_rounds_to_its_threshold_shows_a_third_decimal():
+    assert run._value({"value": 0.998, "target": ">= 1.0"}) == "0.998"
+    assert run._value({"value": 1.72, "target": "<= 1.0"}) == "1.72"
+    assert run._value({"value": 30.22, "target": "<= 40 KB"}) == "30.22"
+    assert run._value({"value": None, "target": ">= 1.0"}) == "—"
+    assert run._value({"value": 10000, "target": "10000, 0 dropped"}) == "10,000"
