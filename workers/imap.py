@@ -25,7 +25,9 @@ from workers.events import (
     Authenticate, BackendFailed, ClientId, Close, LoginOK, LoginRejected, MailLimits, Send,
     StartTLS,
 )
-from workers.preauth import ClientSide, State as _State
+from workers.preauth import (
+    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, ClientSide,
+)
 from workers.sasl import (
     AuthDataError, Event, LineBuffer, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
     decode_password, decode_plain, decode_username, safe_text,
@@ -139,25 +141,25 @@ class ImapClientSide(ClientSide):
         reply text (``OK [CAPABILITY ...] Logged in``) under the client's tag.
         Returns the events and the bytes the client pipelined after its login
         command, which the relay must pass on to the backend."""
-        self._expect(_State.WAIT_AUTH, "auth_succeeded")
+        self._expect(WAIT_AUTH, "auth_succeeded")
         tag, _ = self._pending
         self._pending = None
         leftover = self._buf.peek_all()
         self._buf.clear()
-        self._state = _State.HANDED_OFF
+        self._state = HANDED_OFF
         return [Send(tag + b" " + backend_response + CRLF)], leftover
 
     def throttled(self, message: str) -> list[Event]:
         """Refuse the user (or, before any login, the connection) and close."""
-        if self._state is _State.HANDED_OFF:
+        if self._state is HANDED_OFF:
             raise RuntimeError("ImapClientSide.throttled() after auth_succeeded()")
         out: list[Event] = [Send(b"* BYE " + safe_text(message).encode() + CRLF)]
-        if self._state is _State.WAIT_AUTH:
+        if self._state is WAIT_AUTH:
             tag, mechanism = self._pending
             command = b"LOGIN" if mechanism == "LOGIN" else b"AUTHENTICATE"
             out.append(Send(_reply(tag, b"NO", command + b" failed")))
         out.append(Close("throttled"))
-        self._state = _State.CLOSED
+        self._state = CLOSED
         self._pending = None
         self._buf.clear()
         return coalesce(out)
@@ -179,17 +181,17 @@ class ImapClientSide(ClientSide):
     def _bye(self, out: list[Event], text: bytes, reason: str) -> None:
         out.append(Send(b"* BYE " + text + CRLF))
         out.append(Close(reason))
-        self._state = _State.CLOSED
+        self._state = CLOSED
         self._pending = None
         self._buf.clear()
 
     def _run(self) -> list[Event]:
         out: list[Event] = []
         while True:
-            if self._state is _State.COMMAND:
+            if self._state is COMMAND:
                 if not self._step_command(out):
                     break
-            elif self._state is _State.AUTH_LINE:
+            elif self._state is AUTH_LINE:
                 line = self._next_line(out)
                 if line is None:
                     break
@@ -371,7 +373,7 @@ class ImapClientSide(ClientSide):
             return
         out.append(Send(b"* BYE Logging out" + CRLF + _reply(tag, b"OK", b"Logout completed.")))
         out.append(Close("client logged out"))
-        self._state = _State.CLOSED
+        self._state = CLOSED
         self._buf.clear()
 
     def _do_id(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
@@ -403,7 +405,7 @@ class ImapClientSide(ClientSide):
             # Bytes that came in plaintext after STARTTLS must not be run
             # as if they had come over TLS (CVE-2011-0411-style injection).
             self._buf.clear()
-            self._state = _State.WAIT_TLS
+            self._state = WAIT_TLS
 
     def _do_login(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if len(args) != 2 or any(kind not in (ATOM, STRING) for kind, _ in args):
@@ -431,12 +433,12 @@ class ImapClientSide(ClientSide):
             return
         out.append(Send(b"+ " + CRLF))
         self._pending = (tag, "PLAIN")
-        self._state = _State.AUTH_LINE
+        self._state = AUTH_LINE
 
     def _auth_line(self, line: bytes, out: list[Event]) -> None:
         tag, _ = self._pending
         self._pending = None
-        self._state = _State.COMMAND
+        self._state = COMMAND
         if line == b"*":
             out.append(Send(_reply(tag, b"BAD", b"Authentication cancelled.")))
             return
@@ -453,10 +455,10 @@ class ImapClientSide(ClientSide):
 
     def _begin_auth(self, tag: bytes, event: Authenticate, out: list[Event]) -> None:
         self._check_backlog(out)
-        if self._state is _State.CLOSED:
+        if self._state is CLOSED:
             return
         self._pending = (tag, event.mechanism)
-        self._state = _State.WAIT_AUTH
+        self._state = WAIT_AUTH
         out.append(event)
 
 
@@ -516,6 +518,10 @@ class _Step(enum.Enum):
     DONE = enum.auto()
 
 
+# Module constants rather than attributes of _Step: see workers/preauth.py (Enum cost).
+_GREETING, _CAPABILITY, _ID, _LOGIN, _DONE = _Step
+
+
 _NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -544,7 +550,7 @@ class ImapBackendLogin:
         self._send_id = send_id
         self._id_tag: bytes | None = None     # a pipelined ID still to be answered
         self._buf = LineBuffer()
-        self._step = _Step.GREETING
+        self._step = _GREETING
         self._tag = b""
         self._tags = 0
         self._caps: set[bytes] | None = None
@@ -556,11 +562,11 @@ class ImapBackendLogin:
         return f"<ImapBackendLogin step={self._step.name} tag={self._tag!r}>"
 
     def feed(self, data: bytes) -> list[Event]:
-        if self._step is _Step.DONE:
+        if self._step is _DONE:
             raise RuntimeError("ImapBackendLogin.feed() after the login finished")
         self._buf.append(data)
         out: list[Event] = []
-        while self._step is not _Step.DONE:
+        while self._step is not _DONE:
             if self._skip:
                 self._skip -= self._buf.discard(self._skip)
                 if self._skip:
@@ -596,7 +602,7 @@ class ImapBackendLogin:
 
     def _fail(self, out: list[Event], reason: str) -> None:
         out.append(BackendFailed(reason))
-        self._step = _Step.DONE
+        self._step = _DONE
 
     def _command(self, out: list[Event], command: bytes) -> None:
         self._tags += 1
@@ -605,20 +611,20 @@ class ImapBackendLogin:
 
     def _response(self, line: bytes, out: list[Event]) -> None:
         step = self._step
-        if step is _Step.GREETING:
+        if step is _GREETING:
             if line[:5].upper() not in (b"* OK ", b"* OK"):
                 self._fail(out, f"unexpected greeting from backend: {_describe(line)}")
                 return
             caps = _CAPS_CODE_RE.search(line)
             if caps is None:
                 self._command(out, b"CAPABILITY")
-                self._step = _Step.CAPABILITY
+                self._step = _CAPABILITY
             else:
                 self._caps = set(caps.group(1).upper().split())
                 self._after_capabilities(out)
             return
         if line[:1] == b"+":
-            if step is _Step.LOGIN and self._login_chunks:
+            if step is _LOGIN and self._login_chunks:
                 out.append(Send(self._login_chunks.pop(0)))
             else:
                 self._fail(out, "backend sent an unexpected continuation request")
@@ -628,7 +634,7 @@ class ImapBackendLogin:
             keyword = words[0].upper() if words else b""
             if keyword == b"BYE":
                 self._fail(out, f"backend closed the session: {_describe(line)}")
-            elif keyword == b"CAPABILITY" and step is _Step.CAPABILITY:
+            elif keyword == b"CAPABILITY" and step is _CAPABILITY:
                 self._caps = set(line[2:].upper().split()[1:])
             return                     # other untagged data is of no use before login
         tag, _, rest = line.partition(b" ")
@@ -641,7 +647,7 @@ class ImapBackendLogin:
             self._fail(out, f"backend reply with unexpected tag: {_describe(line)}")
             return
         status = rest.split(b" ", 1)[0].upper()
-        if step is _Step.CAPABILITY:
+        if step is _CAPABILITY:
             if status != b"OK":
                 self._fail(out, f"backend refused CAPABILITY: {_describe(line)}")
                 return
@@ -649,12 +655,12 @@ class ImapBackendLogin:
                 caps = _CAPS_CODE_RE.search(rest)
                 self._caps = set(caps.group(1).upper().split()) if caps else set()
             self._after_capabilities(out)
-        elif step is _Step.ID:
+        elif step is _ID:
             # Whatever the answer: some servers answer ID with BAD (Zimbra
             # bug 68678), which must not stop the login.
             self._login(out)
-        elif step is _Step.LOGIN:
-            self._step = _Step.DONE
+        elif step is _LOGIN:
+            self._step = _DONE
             if status == b"OK":
                 out.append(LoginOK(rest))
             elif status == b"NO":
@@ -670,7 +676,7 @@ class ImapBackendLogin:
                             "enable TLS to the backend or allow plaintext logins there")
         elif self._send_id and b"ID" in self._caps:
             self._command(out, b"ID (" + self._id_args() + b")")
-            self._step = _Step.ID
+            self._step = _ID
             if not self._login_waits_for_continuation():
                 # Pipelined: LOGIN goes in the same write, saving a round trip per
                 # session; the ID's own tagged answer is then skipped (see _response).
@@ -714,4 +720,4 @@ class ImapBackendLogin:
         chunks.append(current + CRLF)
         out.append(Send(chunks[0]))
         self._login_chunks = chunks[1:]
-        self._step = _Step.LOGIN
+        self._step = _LOGIN

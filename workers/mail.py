@@ -98,7 +98,7 @@ class BackendProtocol(asyncio.Protocol):
             self.splice.from_backend(data)
             return
         for event in self.machine.feed(data):
-            if isinstance(event, ev.Send):
+            if type(event) is ev.Send:
                 self.transport.write(event.data)
             elif not self.result.done():
                 self.result.set_result(event)
@@ -125,6 +125,20 @@ class BackendProtocol(asyncio.Protocol):
 
 
 class MailSession(asyncio.Protocol):
+    # Defaults at class level: a session sets only what differs (each instance
+    # attribute set in __init__ costs every login).
+    transport: asyncio.Transport | None = None
+    machine = None
+    splice: Splice | None = None
+    backend: BackendProtocol | None = None
+    client_ip = local_ip = ""
+    client_port = local_port = 0
+    account = server = user_agent = ""
+    state = "preauth"
+    _timer: asyncio.TimerHandle | None = None
+    _last_input = 0.0
+    _task: asyncio.Task | None = None
+
     def __init__(self, worker, kind: str, proto: str, implicit_tls: bool, thread: str,
                  addresses=None):
         self.worker = worker
@@ -134,20 +148,7 @@ class MailSession(asyncio.Protocol):
         self.tls = implicit_tls
         self.thread = thread
         self.id = worker.next_session_id()
-        self.transport: asyncio.Transport | None = None
-        self.machine = None
-        self.splice: Splice | None = None
-        self.backend: BackendProtocol | None = None
-        self.client_ip = self.local_ip = ""
-        self.client_port = self.local_port = 0
-        self.account = ""
-        self.server = ""
-        self.user_agent = ""
         self.started = time.time()
-        self.state = "preauth"
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_input = 0.0
-        self._task: asyncio.Task | None = None
 
     @property
     def bytes_in(self) -> int:
@@ -262,19 +263,20 @@ class MailSession(asyncio.Protocol):
     # -- pre-auth events ----------------------------------------------------
     def _run(self, events: list) -> None:
         for event in events:
-            if isinstance(event, ev.Send):
+            kind = type(event)
+            if kind is ev.Send:
                 self.transport.write(event.data)
-            elif isinstance(event, ev.Authenticate):
+            elif kind is ev.Authenticate:
                 self.transport.pause_reading()
                 self._task = self.worker.loop.create_task(self._login(event))
-            elif isinstance(event, ev.StartTLS):
+            elif kind is ev.StartTLS:
                 self.transport.pause_reading()     # nothing more in plaintext
                 self._task = self.worker.loop.create_task(self._start_tls())
-            elif isinstance(event, ev.ClientId):
+            elif kind is ev.ClientId:
                 name = event.fields.get("name") or ""
                 version = event.fields.get("version") or ""
                 self.user_agent = f"{name}/{version}" if version else name
-            elif isinstance(event, ev.Close):
+            elif kind is ev.Close:
                 self.transport.close()
                 return
 
@@ -483,10 +485,9 @@ class MailSession(asyncio.Protocol):
         self.worker.session_ended(self.id)
 
     def _audit(self, account: str, error: str) -> None:
-        self.worker.audit.write(audit.AuditEvent(
-            account=account, protocol=self.proto, client_ip=self.client_ip,
-            client_port=self.client_port, proxy_ip=self.local_ip, error=error,
-            user_agent=self.user_agent, thread=self.thread))
+        self.worker.audit.write_line(audit.format_line(
+            time.time(), self.thread, self.local_ip, self.client_ip, self.client_port,
+            self.user_agent, "Auth", account, self.proto, error))
 
 
 def _text(response: bytes) -> str:

@@ -16,7 +16,9 @@ import re
 from workers.events import (
     Authenticate, BackendFailed, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
 )
-from workers.preauth import ClientSide, State as _State
+from workers.preauth import (
+    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, ClientSide,
+)
 from workers.sasl import (
     AuthDataError, Event, LineBuffer, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
     decode_password, decode_plain, decode_username, encode_plain, safe_text,
@@ -71,14 +73,14 @@ class Pop3ClientSide(ClientSide):
         """Pass the backend's reply (``+OK Logged in.``) to the client. Returns
         the events and the bytes the client pipelined after its login
         command, which the relay must pass on to the backend."""
-        self._expect(_State.WAIT_AUTH, "auth_succeeded")
+        self._expect(WAIT_AUTH, "auth_succeeded")
         leftover = self._buf.peek_all()
         self._buf.clear()
-        self._state = _State.HANDED_OFF
+        self._state = HANDED_OFF
         return [Send(backend_response + CRLF)], leftover
 
     def throttled(self, message: str) -> list[Event]:
-        if self._state is _State.HANDED_OFF:
+        if self._state is HANDED_OFF:
             raise RuntimeError("Pop3ClientSide.throttled() after auth_succeeded()")
         out: list[Event] = [_err(safe_text(message).encode())]
         self._close(out, "throttled")
@@ -98,13 +100,13 @@ class Pop3ClientSide(ClientSide):
 
     def _close(self, out: list[Event], reason: str) -> None:
         out.append(Close(reason))
-        self._state = _State.CLOSED
+        self._state = CLOSED
         self._user = None
         self._buf.clear()
 
     def _run(self) -> list[Event]:
         out: list[Event] = []
-        while self._state in (_State.COMMAND, _State.AUTH_LINE):
+        while self._state in (COMMAND, AUTH_LINE):
             try:
                 line = self._buf.next_line(self._limits.max_line)
             except LineTooLong:
@@ -113,7 +115,7 @@ class Pop3ClientSide(ClientSide):
                 break
             if line is None:
                 break
-            if self._state is _State.AUTH_LINE:
+            if self._state is AUTH_LINE:
                 self._auth_line(line, out)
             else:
                 self._command(line, out)
@@ -170,7 +172,7 @@ class Pop3ClientSide(ClientSide):
             # USER given before TLS is forgotten too (RFC 2595 section 4).
             self._buf.clear()
             self._user = None
-            self._state = _State.WAIT_TLS
+            self._state = WAIT_TLS
 
     def _do_user(self, arg: bytes | None, out: list[Event]) -> None:
         if self._privacy_required:
@@ -220,10 +222,10 @@ class Pop3ClientSide(ClientSide):
             self._plain(b"" if response == b"=" else response, out)
             return
         out.append(Send(b"+ " + CRLF))
-        self._state = _State.AUTH_LINE
+        self._state = AUTH_LINE
 
     def _auth_line(self, line: bytes, out: list[Event]) -> None:
-        self._state = _State.COMMAND
+        self._state = COMMAND
         if line == b"*":
             out.append(_err(b"Authentication cancelled."))
             return
@@ -240,9 +242,9 @@ class Pop3ClientSide(ClientSide):
 
     def _begin_auth(self, event: Authenticate, out: list[Event]) -> None:
         self._check_backlog(out)
-        if self._state is _State.CLOSED:
+        if self._state is CLOSED:
             return
-        self._state = _State.WAIT_AUTH
+        self._state = WAIT_AUTH
         out.append(event)
 
 
@@ -280,6 +282,10 @@ class _Step(enum.Enum):
     DONE = enum.auto()
 
 
+# Module constants rather than attributes of _Step: see workers/preauth.py (Enum cost).
+_GREETING, _CAPA, _CAPA_LIST, _XOIP, _AUTH, _USER, _PASS, _DONE = _Step
+
+
 def _status(line: bytes) -> bytes:
     """+OK, -ERR, + (continuation) or b"" for anything else."""
     word = line.split(b" ", 1)[0]
@@ -315,7 +321,7 @@ class Pop3BackendLogin:
         # XOIP/XCLIENT as sent here do not carry them.
         self._send_xoip = send_xoip
         self._buf = LineBuffer()
-        self._step = _Step.GREETING
+        self._step = _GREETING
         self._caps: dict[bytes, list[bytes]] = {}
         self._auth_response: bytes | None = None   # SASL response waiting for "+ "
         self.remembered = capabilities is not None
@@ -329,11 +335,11 @@ class Pop3BackendLogin:
         return f"<Pop3BackendLogin step={self._step.name}>"
 
     def feed(self, data: bytes) -> list[Event]:
-        if self._step is _Step.DONE:
+        if self._step is _DONE:
             raise RuntimeError("Pop3BackendLogin.feed() after the login finished")
         self._buf.append(data)
         out: list[Event] = []
-        while self._step is not _Step.DONE:
+        while self._step is not _DONE:
             try:
                 line = self._buf.next_line(_MAX_BACKEND_LINE)
             except LineTooLong:
@@ -352,11 +358,11 @@ class Pop3BackendLogin:
 
     def _fail(self, out: list[Event], reason: str) -> None:
         out.append(BackendFailed(reason))
-        self._step = _Step.DONE
+        self._step = _DONE
 
     def _line(self, line: bytes, out: list[Event]) -> None:
         step = self._step
-        if step is _Step.CAPA_LIST:
+        if step is _CAPA_LIST:
             if line == b".":
                 self.learned = self._caps
                 self._after_capa(out)
@@ -366,7 +372,7 @@ class Pop3BackendLogin:
                     self._caps[words[0]] = words[1:]
             return
         status = _status(line)
-        if step is _Step.GREETING:
+        if step is _GREETING:
             if status != b"+OK":
                 self._fail(out, f"unexpected greeting from backend: {_describe(line)}")
                 return
@@ -374,32 +380,32 @@ class Pop3BackendLogin:
                 self._after_capa(out)
                 return
             out.append(Send(b"CAPA" + CRLF))
-            self._step = _Step.CAPA
-        elif step is _Step.CAPA:
+            self._step = _CAPA
+        elif step is _CAPA:
             if status == b"+OK":
-                self._step = _Step.CAPA_LIST
+                self._step = _CAPA_LIST
             elif status == b"-ERR":             # a server without CAPA: plain USER/PASS
                 self.learned = self._caps
                 self._after_capa(out)
             else:
                 self._fail(out, f"unexpected reply to CAPA: {_describe(line)}")
-        elif step is _Step.XOIP:
+        elif step is _XOIP:
             # Either answer is fine: the IP is informational for the backend.
             if status in (b"+OK", b"-ERR"):
                 self._authenticate(out)
             else:
                 self._fail(out, f"unexpected reply to XOIP/XCLIENT: {_describe(line)}")
-        elif step is _Step.AUTH and status == b"+" and self._auth_response is not None:
+        elif step is _AUTH and status == b"+" and self._auth_response is not None:
             out.append(Send(self._auth_response + CRLF))
             self._auth_response = None
-        elif step is _Step.USER and status == b"+OK":
+        elif step is _USER and status == b"+OK":
             out.append(Send(b"PASS " + self._password.encode("utf-8") + CRLF))
-            self._step = _Step.PASS
+            self._step = _PASS
         elif status == b"+OK":
-            self._step = _Step.DONE
+            self._step = _DONE
             out.append(LoginOK(line))
         elif status == b"-ERR":
-            self._step = _Step.DONE
+            self._step = _DONE
             code = _RESP_CODE_RE.match(line)
             temporary = bool(code) and code.group(1).upper() in _TEMPORARY_CODES
             out.append(LoginRejected(line, temporary=temporary))
@@ -410,11 +416,11 @@ class Pop3BackendLogin:
         caps = self._caps
         if self._send_xoip and b"XOIP" in caps:
             out.append(Send(b"XOIP " + _address(self._client_ip) + CRLF))
-            self._step = _Step.XOIP
+            self._step = _XOIP
         elif self._send_xoip and b"XCLIENT" in caps:
             out.append(Send(b"XCLIENT ADDR=%s PORT=%d" % (
                 _address(self._client_ip), self._client_port) + CRLF))
-            self._step = _Step.XOIP
+            self._step = _XOIP
         else:
             self._authenticate(out)
 
@@ -427,7 +433,7 @@ class Pop3BackendLogin:
                 self._auth_response = response
             else:
                 out.append(Send(command + CRLF))
-            self._step = _Step.AUTH
+            self._step = _AUTH
         else:
             out.append(Send(b"USER " + self._username.encode("utf-8") + CRLF))
-            self._step = _Step.USER
+            self._step = _USER

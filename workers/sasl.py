@@ -120,6 +120,8 @@ def safe_text(text: str, limit: int = 200) -> str:
 
 def coalesce(events: list[Event]) -> list[Event]:
     """Merge runs of adjacent Send events, so the glue does one write per run."""
+    if len(events) < 2:
+        return events
     out: list[Event] = []
     run: list[bytes] = []
     for event in events:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from carbotui.audit import AuditEvent
+from carbotui.audit import AuditEvent, parse_line
 from carbotui.directory import MailServer
 from carbotui.routes import Route
 from workers.events import MailLimits
@@ -31,8 +31,8 @@ class AuditRecorder:
     def __init__(self):
         self.events: list[AuditEvent] = []
 
-    def write(self, event: AuditEvent) -> None:
-        self.events.append(event)
+    def write_line(self, line: str) -> None:
+        self.events.append(parse_line(line))
 
 
 class FixedRouter:
