@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from carbotui import audit
@@ -40,33 +41,52 @@ class LoginFailure(Exception):
 
 
 class _LoginDeadline:
-    """asyncio.timeout's job on the login path for a fraction of its cost (two of those
-    per login were a measurable share of a session's CPU): one timer that cancels the
-    login task. ``expired`` tells that cancel apart from others; ``limit`` shortens it
-    for one connect attempt, ``restore`` puts the login deadline back."""
+    """asyncio.timeout's job on the login path for a fraction of its cost: the login
+    deadline and each connect attempt's shorter limit share one timer, which cancels the
+    login task. A login normally arms it once; it re-arms itself only when it fires
+    before the deadline that applies then (a slow login after a quick connect).
+    ``expired`` tells its cancel apart from others, ``login_expired`` which limit it was.
+    """
 
-    __slots__ = ("_loop", "_task", "_handle", "expired", "login_at", "_short")
+    __slots__ = ("_loop", "_task", "_handle", "_armed_at", "expired", "login_at",
+                 "connect_at", "_short")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task, seconds: float):
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task, seconds: float,
+                 first_check: float):
         self._loop, self._task = loop, task
         self.expired = self._short = False
-        self.login_at = loop.time() + seconds
-        self._handle = loop.call_at(self.login_at, self._fire)
+        now = loop.time()
+        self.login_at = now + seconds
+        self.connect_at = math.inf          # no connect attempt running
+        # The first check at the earliest moment a connect limit could matter, so the
+        # usual login (route at once, then connect) needs no second timer.
+        self._armed_at = now + min(seconds, first_check)
+        self._handle = loop.call_at(self._armed_at, self._fire)
 
     def _fire(self) -> None:
-        self.expired = True
-        self._task.cancel()
+        now = self._loop.time()
+        self._armed_at = math.inf
+        if now >= self.login_at or now >= self.connect_at:
+            self.expired = True
+            self._short = now < self.login_at
+            self._task.cancel()
+        else:
+            self._arm(min(self.login_at, self.connect_at))
 
     def _arm(self, at: float) -> None:
         self._handle.cancel()
-        self._short = at < self.login_at
+        self._armed_at = at
         self._handle = self._loop.call_at(at, self._fire)
 
     def limit(self, seconds: float) -> None:
-        self._arm(min(self.login_at, self._loop.time() + seconds))
+        """A connect attempt starts: it may take ``seconds`` (within the login's time)."""
+        self.connect_at = self._loop.time() + seconds
+        if self._armed_at > min(self.login_at, self.connect_at):
+            self._arm(min(self.login_at, self.connect_at))
 
     def restore(self) -> None:
-        self._arm(self.login_at)
+        """The connect attempt is over; only the login deadline applies again."""
+        self.connect_at = math.inf
 
     def login_expired(self) -> bool:
         return self.expired and not self._short
@@ -311,7 +331,8 @@ class MailSession(asyncio.Protocol):
                 self._run(self.machine.throttled(reject))
             return
         # One deadline for the whole login; no task per step.
-        deadline = _LoginDeadline(w.loop, self._task, settings.login_timeout)
+        deadline = _LoginDeadline(w.loop, self._task, settings.login_timeout,
+                                  settings.connect_timeout)
         try:
             try:
                 route = await self._route(login)

@@ -170,8 +170,10 @@ def test_the_preauth_timeout_counts_from_the_last_command():
     assert 0.5 <= ended - quiet_from < 3
 
 
-async def tiny_imap_server(reader, writer):
+async def tiny_imap_server(reader, writer, greeting_delay: float = 0.0):
     """Just enough of a mailbox server: greeting, ID, LOGIN, LOGOUT."""
+    if greeting_delay:
+        await asyncio.sleep(greeting_delay)     # a slow server, not synchronisation
     writer.write(b"* OK [CAPABILITY IMAP4rev1 ID LITERAL+] ready\r\n")
     while line := await reader.readline():
         tag, command = line.rstrip().split(b" ", 2)[:2]
@@ -220,3 +222,22 @@ def test_an_ended_session_is_freed_by_reference_counting():
         assert session() is None
     finally:
         gc.enable()
+
+
+def test_a_slow_login_after_a_quick_connect_is_not_cut_by_the_connect_limit():
+    """connect_timeout bounds the TCP connect only; the greeting and LOGIN may take up
+    to login_timeout."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        backend = await asyncio.start_server(
+            lambda r, w: tiny_imap_server(r, w, greeting_delay=0.4), "127.0.0.1", 0)
+        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1],
+                                 connect_timeout=0.1, login_timeout=5)
+        reply, took = await login_through(worker)
+        backend.close()
+        return worker, reply, took
+
+    worker, reply, took = asyncio.run(main())
+    assert reply.startswith(b"a1 OK"), reply
+    assert took >= 0.4
+    assert worker.stats.logins_ok["imap"] == 1 and not worker.audit.events[0].error
