@@ -1,20 +1,22 @@
 """Events exchanged between the sans-IO protocol machines and the asyncio glue.
 
 A machine takes bytes (``feed``) and returns a list of these events; the glue
-carries them out in order. Nothing here does I/O.
+carries them out in order. Nothing here does I/O. Events are not changed once made,
+but are not frozen dataclasses either: a frozen __init__ sets each field through
+object.__setattr__, and a login makes several of them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Write these bytes to the peer the machine talks to."""
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartTLS:
     """Upgrade the client connection to TLS now (the OK/+OK was already sent).
 
@@ -22,7 +24,7 @@ class StartTLS:
     """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Authenticate:
     """The client presented credentials; the glue routes and logs in upstream.
 
@@ -35,13 +37,13 @@ class Authenticate:
     mechanism: str = "LOGIN"          # LOGIN | PLAIN | USER
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientId:
     """IMAP ID fields the client sent (lower-cased keys), for the audit ``ua``."""
     fields: dict[str, str | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close:
     """Close the connection after the preceding Sends are flushed."""
     reason: str
@@ -49,7 +51,7 @@ class Close:
 
 # Backend-side (proxy -> mailbox server) login results.
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoginOK:
     """The mailbox server accepted the login. ``response`` is its reply text
     without tag and CRLF (IMAP: ``OK [CAPABILITY ...] Logged in``; POP3:
@@ -57,7 +59,7 @@ class LoginOK:
     response: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoginRejected:
     """The mailbox server refused the login. ``temporary`` is true for
     [UNAVAILABLE]/[SYS/TEMP]-style refusals, where retrying later may work."""
@@ -65,7 +67,7 @@ class LoginRejected:
     temporary: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BackendFailed:
     """The mailbox server spoke something we cannot use (bad greeting, BYE,
     protocol error). The glue may try another connection."""

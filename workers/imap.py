@@ -236,7 +236,7 @@ class ImapClientSide(ClientSide):
 
     def _command_line(self, cmd: _Command, line: bytes, out: list[Event]) -> None:
         limits = self._limits
-        marker = _LITERAL_RE.search(line)
+        marker = _LITERAL_RE.search(line) if line[-1:] == b"}" else None
         cmd.text_size += len(line)
         if cmd.text_size > limits.max_line:
             self._bye(out, b"Command line too long", "line too long")
@@ -580,7 +580,7 @@ class ImapBackendLogin:
                 break
             if self._first_line is None:
                 self._first_line = line
-            marker = _LITERAL_RE.search(line)
+            marker = _LITERAL_RE.search(line) if line[-1:] == b"}" else None
             if marker:
                 # Untagged data (an ID value, say) may carry a literal: skip
                 # it, the response goes on after it.

@@ -218,17 +218,23 @@ class MailSession(asyncio.Protocol):
         self.transport.resume_reading()
 
     def _arm_preauth_timer(self) -> None:
-        # Lazy: input only moves _last_input; the timer re-arms itself when it fires
-        # early, so a command costs no timer cancel and re-create.
+        # One lazy timer for the session's whole life: input only moves _last_input
+        # and the timer re-arms itself when it fires early, so a command costs no timer
+        # cancel and re-create; after login it checks the relay's idle time.
         self._last_input = self.worker.loop.time()
         self._timer = self.worker.loop.call_later(
-            self.worker.settings.mail.preauth_timeout, self._preauth_timeout)
+            self.worker.settings.mail.preauth_timeout, self._timer_fired)
 
-    def _preauth_timeout(self) -> None:
+    def _timer_fired(self) -> None:
         loop = self.worker.loop
+        if self.splice is not None:
+            wait = self.splice.check_idle()
+            if wait is not None:
+                self._timer = loop.call_later(wait, self._timer_fired)
+            return
         remaining = self._last_input + self.worker.settings.mail.preauth_timeout - loop.time()
         if remaining > 0 and self.splice is None:
-            self._timer = loop.call_later(remaining, self._preauth_timeout)
+            self._timer = loop.call_later(remaining, self._timer_fired)
             return
         if self.splice is None and self.transport and not self.transport.is_closing():
             self.transport.write(b"* BYE Autologout; idle for too long\r\n"
@@ -473,12 +479,14 @@ class MailSession(asyncio.Protocol):
             return
         events, leftover = self.machine.auth_succeeded(response)
         self._run(events)
-        if self._timer:
-            self._timer.cancel()
         s = self.worker.settings.mail
+        loop = self.worker.loop
         idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
-                             on_close=self._ended, loop=self.worker.loop)
+                             on_close=self._ended, loop=loop, own_timer=False)
+        if self._timer.when() > loop.time() + idle:     # an idle limit below preauth's
+            self._timer.cancel()
+            self._timer = loop.call_later(idle, self._timer_fired)
         self.backend = backend
         backend.session = self
         backend.splice = self.splice

@@ -7,7 +7,9 @@ and we stop reading from the *other* side until resume_writing(). So a slow
 reader never makes the proxy buffer more than a few hundred KiB per session.
 
 Idle time is checked by one lazy timer per session that is only re-armed
-when it fires, so busy sessions cost nothing per chunk beyond a counter.
+when it fires, so busy sessions cost nothing per chunk beyond a counter. An
+owner that has a timer of its own (a mail session) passes own_timer=False and
+calls check_idle() from it: one timer per session instead of two.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ class Splice:
 
     def __init__(self, client: asyncio.Transport, backend: asyncio.Transport, *,
                  idle_timeout: float, on_close: Callable[[str], None],
-                 loop: asyncio.AbstractEventLoop | None = None):
+                 loop: asyncio.AbstractEventLoop | None = None, own_timer: bool = True):
         self.client = client
         self.backend = backend
         self.idle_timeout = idle_timeout
@@ -33,7 +35,7 @@ class Splice:
         self._on_close = on_close
         self._tail = self._prev = b""   # last chunks from the server, to see a BYE
         self._loop = loop or asyncio.get_running_loop()
-        self._timer = self._loop.call_later(idle_timeout, self._check_idle)
+        self._timer = self._loop.call_later(idle_timeout, self._check_idle) if own_timer else None
 
     # -- data ---------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
@@ -72,19 +74,26 @@ class Splice:
             self.client.resume_reading()
 
     # -- ending -------------------------------------------------------------
-    def _check_idle(self) -> None:
+    def check_idle(self) -> float | None:
+        """Close if idle for idle_timeout; else return the seconds until that could be."""
         idle = time.monotonic() - self.last
         if idle >= self.idle_timeout:
             self.close("idle timeout")
-        else:
-            self._timer = self._loop.call_later(self.idle_timeout - idle, self._check_idle)
+            return None
+        return self.idle_timeout - idle
+
+    def _check_idle(self) -> None:
+        wait = self.check_idle()
+        if wait is not None:
+            self._timer = self._loop.call_later(wait, self._check_idle)
 
     def close(self, reason: str, *, farewell: bytes = b"") -> None:
         """Close both sides once; ``farewell`` goes to the client first."""
         if self.closed:
             return
         self.closed = True
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if farewell and not self.client.is_closing():
             self.client.write(farewell)
         # close() flushes what is buffered; the peer's leftovers are dropped.
