@@ -241,3 +241,34 @@ def test_a_slow_login_after_a_quick_connect_is_not_cut_by_the_connect_limit():
     assert reply.startswith(b"a1 OK"), reply
     assert took >= 0.4
     assert worker.stats.logins_ok["imap"] == 1 and not worker.audit.events[0].error
+
+
+def test_an_idle_logged_in_session_is_closed_at_the_idle_timeout():
+    """After login the session's one timer watches the relay: idle longer than
+    imap_idle_timeout (here far below preauth_timeout) and both sides are closed."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        backend = await asyncio.start_server(tiny_imap_server, "127.0.0.1", 0)
+        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1],
+                                 imap_idle_timeout=0.5, preauth_timeout=60)
+        server = await loop.create_server(
+            lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        await reader.readline()
+        writer.write(b"a1 LOGIN user01@demo.test demo-pass\r\n")
+        assert (await reader.readline()).startswith(b"a1 OK")
+        writer.write(b"a2 NOOP\r\n")             # activity after login moves the limit
+        assert (await reader.readline()).startswith(b"a2 OK")
+        quiet_from = time.monotonic()
+        rest = await asyncio.wait_for(reader.read(), 10)
+        closed_after = time.monotonic() - quiet_from
+        writer.close()
+        server.close()
+        backend.close()
+        return rest, closed_after, worker
+
+    rest, closed_after, worker = asyncio.run(main())
+    assert rest == b""
+    assert 0.4 <= closed_after < 3
+    assert not worker.sessions
