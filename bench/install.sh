@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # What `make bench` needs besides the demo stack (`make up` installs that): Debian's nginx
-# with the mail module (the reference proxy) and wrk (the HTTP(S) load generator).
+# with the mail module (the reference proxy), wrk (the HTTP(S) load generator) and valgrind
+# (bench/instructions.py).
 # Idempotent and quick when everything is present (no apt-get then). Needs root to install.
 # nginx is only ever run by bench/run.py, in the foreground, from var/bench/nginx/nginx.conf;
 # the system service the package would start is never started and disabled if it was.
 set -euo pipefail
 
-PACKAGES=(nginx libnginx-mod-mail wrk)
+PACKAGES=(nginx libnginx-mod-mail wrk valgrind)
 log() { echo "bench/install: $*"; }
 
 cd "$(dirname "$0")/.."
