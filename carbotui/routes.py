@@ -133,18 +133,26 @@ class Router:
             return None           # never trust a cached route for an unqualified name
         return self._route(account, server, proto, cached=True)
 
+    def recent_mail_route(self, login: str, proto: str, local_ip: str) -> Route | None:
+        """The route this worker used for the login within LOCAL_TTL, else None: a plain
+        call, so the usual login needs no await (route_mail falls back to this too)."""
+        local = self._local.get((login.lower(), proto, local_ip))
+        if local is not None and local[0] > time.monotonic():
+            self.hits += 1
+            return local[1]
+        return None
+
     async def route_mail(self, login: str, proto: str, local_ip: str) -> Route | None:
         """The route for a mail login; None when no such account exists.
 
         Raises RouteError when the answer cannot be known now (LDAP down,
         account on a server the directory does not describe)."""
+        recent = self.recent_mail_route(login, proto, local_ip)
+        if recent is not None:
+            return recent
         login = login.lower()
         key = (login, proto, local_ip)
         now = time.monotonic()
-        local = self._local.get(key)
-        if local is not None and local[0] > now:
-            self.hits += 1
-            return local[1]
         route = await self._cached(login, proto, local_ip)
         if route is not None:
             self.hits += 1

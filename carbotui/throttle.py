@@ -204,18 +204,43 @@ class ThrottleUnavailable(RuntimeError):
 # -- the throttle -------------------------------------------------------------
 
 class Throttle:
+    EXEMPT_MEMORY = 4096          # addresses whose whitelist answer is remembered
+
     def __init__(self, memcache: Memcache, settings: ThrottleSettings):
         self.cache = memcache
         self.settings = settings
 
-    def _exempt(self, ip: str | None) -> bool:
-        return bool(ip) and whitelisted(ip, self.settings.whitelist)
+    @property
+    def settings(self) -> ThrottleSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: ThrottleSettings) -> None:
+        self._settings = settings
+        self._exempt_known: dict[str, bool] = {}      # a new whitelist: ask again
+
+    def exempt(self, ip: str | None) -> bool:
+        """Whitelisted: never throttled. Remembered per address (bounded), since parsing
+        it costs more than the rest of an accept."""
+        if not ip:
+            return False
+        known = self._exempt_known.get(ip)
+        if known is None:
+            if len(self._exempt_known) >= self.EXEMPT_MEMORY:
+                self._exempt_known.clear()
+            known = self._exempt_known[ip] = whitelisted(ip, self._settings.whitelist)
+        return known
+
+    def counts_users(self, ip: str | None) -> bool:
+        """Whether logins from ``ip`` go through check_user/count_user at all (a plain
+        call: the login path skips two awaits when not)."""
+        return self._settings.user_limit > 0 and not self.exempt(ip)
 
     async def check_ip(self, proto: str, ip: str) -> str | None:
         """At connect time: None to allow, else the reject text (then close).
         Blocks first, then the per-protocol counter (incremented here, as nginx does)."""
         s = self.settings
-        if self._exempt(ip):
+        if self.exempt(ip):
             return None
         found = await self.cache.get_many([block_key(ip)])
         if found:
@@ -232,7 +257,7 @@ class Throttle:
     async def check_user(self, login: str, *, ip: str | None = None) -> str | None:
         """Before the route lookup, check only: None to allow, else the reject text."""
         s = self.settings
-        if s.user_limit <= 0 or self._exempt(ip):
+        if s.user_limit <= 0 or self.exempt(ip):
             return None
         found = await self.cache.get_many([user_key(login)])
         try:
@@ -250,7 +275,7 @@ class Throttle:
         went over the limit (Carbonio then closes the authenticated session);
         a failure is never refused here: the next check_user refuses."""
         s = self.settings
-        if s.user_limit <= 0 or self._exempt(ip):
+        if s.user_limit <= 0 or self.exempt(ip):
             return None
         if success != (s.count_user == "successes"):
             return None

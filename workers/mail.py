@@ -329,7 +329,10 @@ class MailSession(asyncio.Protocol):
         settings = w.settings.mail
         self.state = "login"
         login = auth.username
-        reject = await w.throttle.check_user(login, ip=self.client_ip)
+        # Plain calls first: a whitelisted client and a route used seconds ago (the
+        # usual login) need no await before the connect.
+        throttled = w.throttle.counts_users(self.client_ip)
+        reject = throttled and await w.throttle.check_user(login, ip=self.client_ip)
         if reject:
             w.stats.throttled["user"] += 1
             self._audit(login, audit.failure(login, "login rejected: too many failed logins"))
@@ -341,7 +344,9 @@ class MailSession(asyncio.Protocol):
                                   settings.connect_timeout)
         try:
             try:
-                route = await self._route(login)
+                route = (w.router.recent_mail_route(login, self.route_proto, self.local_ip)
+                         or await self._route(login))
+                self._check_route(route)
                 self.account = route.account
                 self.server = route.server.short_name
                 backend, response = await self._connect_and_login(route, auth, deadline)
@@ -358,7 +363,8 @@ class MailSession(asyncio.Protocol):
             return
         self._audit(self.account, "")
         w.stats.logins_ok[self.proto] += 1
-        reject = await w.throttle.count_user(login, success=True, ip=self.client_ip)
+        reject = throttled and await w.throttle.count_user(login, success=True,
+                                                           ip=self.client_ip)
         if reject:                # Carbonio's "successes" mode: too many logins
             w.stats.throttled["user"] += 1
             backend.transport.close()
@@ -367,17 +373,18 @@ class MailSession(asyncio.Protocol):
             return
         self._login_succeeded(backend, response)
 
-    async def _route(self, login: str) -> Route:
+    async def _route(self, login: str) -> Route | None:
         try:
-            route = await self.worker.router.route_mail(login, self.route_proto, self.local_ip)
+            return await self.worker.router.route_mail(login, self.route_proto, self.local_ip)
         except RouteError as exc:
             raise LoginFailure(f"no route: {exc}", temporary=True) from None
+
+    def _check_route(self, route: Route | None) -> None:
         if route is None:
             raise LoginFailure("account not found", temporary=False)
         if self.worker.in_maintenance(route.server.hostname):
             raise LoginFailure(f"mailbox server {route.server.hostname} is in maintenance",
                                temporary=True)
-        return route
 
     def _backend_machine(self, route: Route, auth: ev.Authenticate):
         s = self.worker.settings.mail

@@ -19,7 +19,7 @@ from carbotui import nodes
 from carbotui.directory import Directory
 from carbotui.memcache import Memcache
 from carbotui.routes import Router
-from carbotui.throttle import Throttle, whitelisted
+from carbotui.throttle import Throttle
 from workers import control, listeners
 from workers.live import LiveConfig
 from workers.tls import TlsContexts, upstream_context
@@ -84,7 +84,6 @@ class Worker:
                               reconnect=settings.memcached_reconnect)
         self.router = Router(self.directory, self.cache, ttl=settings.memcached_ttl)
         self.throttle = Throttle(self.cache, settings.throttle)
-        self._exempt: dict[str, bool] = {}
         # (address, port) -> (expires, CAPA answer) of POP3 mailbox servers (mail.py)
         self.pop3_server_capa: dict[tuple[str, int], tuple[float, dict]] = {}
         self.audit = AuditLog(settings.audit_log)
@@ -107,14 +106,8 @@ class Worker:
         return self.upstream_tls if self.settings.web.upstream_tls else None
 
     def exempt(self, ip: str) -> bool:
-        """Whitelisted for throttling: no memcached round trip at connect. Remembered
-        per address (bounded), since parsing it costs more than the rest of accept."""
-        known = self._exempt.get(ip)
-        if known is None:
-            if len(self._exempt) > 4096:
-                self._exempt.clear()
-            known = self._exempt[ip] = whitelisted(ip, self.settings.throttle.whitelist)
-        return known
+        """Whitelisted for throttling: no memcached round trip at connect."""
+        return self.throttle.exempt(ip)
 
     def in_maintenance(self, hostname: str) -> bool:
         return hostname in self.maintenance
@@ -213,7 +206,6 @@ class Worker:
         self.directory.settings = settings
         self.router.ttl = settings.memcached_ttl
         self.throttle.settings = settings.throttle
-        self._exempt = {}
         self.cache.timeout = settings.memcached_timeout
         self.cache.reconnect = settings.memcached_reconnect
         self.web_upstreams.settings = self.admin_upstreams.settings = settings.web

@@ -40,11 +40,17 @@ class FixedRouter:
         server = MailServer("mbox9.demo.test", "127.0.0.1", {"imap": port})
         self.route = Route("user01@demo.test", server, "127.0.0.1", port, cached=True)
 
+    def recent_mail_route(self, login, proto, local_ip):
+        return None                    # as after LOCAL_TTL: the awaited lookup is used
+
     async def route_mail(self, login, proto, local_ip):
         return self.route
 
 
 class NoThrottle:
+    def counts_users(self, ip):
+        return True                    # goes through both awaits, which allow
+
     async def check_user(self, login, *, ip=None):
         return None
 
