@@ -99,6 +99,10 @@ class _Command:
     literal_need: int | None = None     # bytes of the current literal still to come
 
 
+# (id(limits), tls) -> (limits, greeting): the limits object is kept, so its id stays its own.
+_GREETINGS: dict[tuple[int, bool], tuple[MailLimits, bytes]] = {}
+
+
 class ImapClientSide(ClientSide):
     """The proxy as IMAP server, before login. See the module docstring."""
 
@@ -128,8 +132,16 @@ class ImapClientSide(ClientSide):
         return " ".join(caps)
 
     def greeting(self) -> bytes:
-        return b"* OK [CAPABILITY %s] %s\r\n" % (
-            self.capability_line.encode(), safe_text(self._limits.imap_greeting).encode())
+        # The same few bytes for every connection with these limits: made once.
+        key = (id(self._limits), self._tls)
+        known = _GREETINGS.get(key)
+        if known is None or known[0] is not self._limits:
+            text = b"* OK [CAPABILITY %s] %s\r\n" % (
+                self.capability_line.encode(), safe_text(self._limits.imap_greeting).encode())
+            if len(_GREETINGS) > 64:              # settings reloaded many times
+                _GREETINGS.clear()
+            known = _GREETINGS[key] = (self._limits, text)
+        return known[1]
 
     def tls_started(self) -> list[Event]:
         events = super().tls_started()
