@@ -198,7 +198,7 @@ class MailSession(asyncio.Protocol):
             transport.close()
             return
         w.sessions[self.id] = self
-        self._arm_preauth_timer()
+        self._start_timer()
         if w.exempt(self.client_ip):
             transport.write(self.machine.greeting())
         else:
@@ -217,7 +217,7 @@ class MailSession(asyncio.Protocol):
         self.transport.write(self.machine.greeting())
         self.transport.resume_reading()
 
-    def _arm_preauth_timer(self) -> None:
+    def _start_timer(self) -> None:
         # One lazy timer for the session's whole life: input only moves _last_input
         # and the timer re-arms itself when it fires early, so a command costs no timer
         # cancel and re-create; after login it checks the relay's idle time.
@@ -233,10 +233,10 @@ class MailSession(asyncio.Protocol):
                 self._timer = loop.call_later(wait, self._timer_fired)
             return
         remaining = self._last_input + self.worker.settings.mail.preauth_timeout - loop.time()
-        if remaining > 0 and self.splice is None:
+        if remaining > 0:
             self._timer = loop.call_later(remaining, self._timer_fired)
             return
-        if self.splice is None and self.transport and not self.transport.is_closing():
+        if self.transport and not self.transport.is_closing():
             self.transport.write(b"* BYE Autologout; idle for too long\r\n"
                                  if self.proto == "imap" else
                                  b"-ERR Disconnected for inactivity.\r\n")
