@@ -12,6 +12,8 @@ from workers.events import (
 )
 from workers.imap import ImapBackendLogin, ImapClientSide
 
+from tests.unit.transcripts import bytewise, login_bytewise, run, split
+
 CAPS = "IMAP4rev1 ID LITERAL+ SASL-IR IDLE NAMESPACE ENABLE"
 ONLY_LIMITS = MailLimits()                      # starttls "only" is the default
 ON_LIMITS = MailLimits(starttls="on")
@@ -21,48 +23,6 @@ FAILED = b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
 
 
 # ---------------------------------------------------------------- helpers
-
-def run(machine, *chunks: bytes) -> tuple[bytes, list]:
-    """Feed the chunks; return (every byte sent, the other events in order)."""
-    return split([event for chunk in chunks for event in machine.feed(chunk)])
-
-
-def split(events: list) -> tuple[bytes, list]:
-    sent = b"".join(e.data for e in events if isinstance(e, Send))
-    return sent, [e for e in events if not isinstance(e, Send)]
-
-
-def bytewise(make, data: bytes) -> tuple[bytes, list]:
-    """Feed ``data`` to one fresh machine at once and to another one byte at a
-    time; the transcripts must be identical. Returns the transcript."""
-    whole = run(make(), data)
-    trickled = run(make(), *(data[i:i + 1] for i in range(len(data))))
-    assert trickled == whole
-    return whole
-
-
-FINAL = (LoginOK, LoginRejected, BackendFailed)
-
-
-def login_transcript(machine, *chunks: bytes) -> tuple[bytes, list, bytes]:
-    """Feed a backend login machine until its final event; return (bytes
-    sent, events, bytes received after the final reply)."""
-    events: list = []
-    for i, chunk in enumerate(chunks):
-        events += machine.feed(chunk)
-        if any(isinstance(e, FINAL) for e in events):
-            return *split(events), machine.leftover() + b"".join(chunks[i + 1:])
-    return *split(events), b""
-
-
-def login_bytewise(make, data: bytes) -> tuple[bytes, list, bytes]:
-    """``bytewise`` for backend login machines, which refuse input after
-    their final event."""
-    whole = login_transcript(make(), data)
-    trickled = login_transcript(make(), *(data[i:i + 1] for i in range(len(data))))
-    assert trickled == whole
-    return whole
-
 
 def client(limits: MailLimits = OFF_LIMITS, tls: bool = False) -> ImapClientSide:
     return ImapClientSide(limits, tls=tls)
