@@ -26,10 +26,10 @@ from workers.events import (
     StartTLS,
 )
 from workers.preauth import (
-    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, ClientSide,
+    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
 )
 from workers.sasl import (
-    AuthDataError, Event, LineBuffer, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
+    AuthDataError, Event, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
     decode_password, decode_plain, decode_username, safe_text,
 )
 
@@ -547,10 +547,12 @@ def _describe(line: bytes) -> str:
     return safe_text(line.decode("utf-8", "replace"), 120).strip()
 
 
-class ImapBackendLogin:
+class ImapBackendLogin(BackendLogin):
     """The proxy logging in to an IMAP mailbox server with the client's
     credentials. ``feed`` returns Sends for the server followed, once, by
     LoginOK, LoginRejected or BackendFailed."""
+
+    GREETING, DONE = _GREETING, _DONE
 
     def __init__(self, username: str, password: str, *, client_ip: str, client_port: int,
                  local_ip: str, local_port: int, client_ua: str = "", send_id: bool = True):
@@ -561,8 +563,7 @@ class ImapBackendLogin:
         self._id_fields = (client_ip, client_port, local_ip, local_port, client_ua)
         self._send_id = send_id
         self._id_tag: bytes | None = None     # a pipelined ID still to be answered
-        self._buf = LineBuffer()
-        self._step = _GREETING
+        super().__init__()
         self._tag = b""
         self._tags = 0
         self._caps: set[bytes] | None = None
@@ -574,9 +575,7 @@ class ImapBackendLogin:
         return f"<ImapBackendLogin step={self._step.name} tag={self._tag!r}>"
 
     def feed(self, data: bytes) -> list[Event]:
-        if self._step is _DONE:
-            raise RuntimeError("ImapBackendLogin.feed() after the login finished")
-        self._buf.append(data)
+        self._receive(data)
         out: list[Event] = []
         while self._step is not _DONE:
             if self._skip:
@@ -606,15 +605,7 @@ class ImapBackendLogin:
             self._response(response, out)
         return coalesce(out)
 
-    def leftover(self) -> bytes:
-        """Bytes received after the final reply (normally none)."""
-        return self._buf.peek_all()
-
     # ------------------------------------------------------------------
-
-    def _fail(self, out: list[Event], reason: str) -> None:
-        out.append(BackendFailed(reason))
-        self._step = _DONE
 
     def _command(self, out: list[Event], command: bytes) -> None:
         self._tags += 1

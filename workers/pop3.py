@@ -14,13 +14,13 @@ import enum
 import re
 
 from workers.events import (
-    Authenticate, BackendFailed, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
+    Authenticate, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
 )
 from workers.preauth import (
-    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, ClientSide,
+    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
 )
 from workers.sasl import (
-    AuthDataError, Event, LineBuffer, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
+    AuthDataError, Event, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
     decode_password, decode_plain, decode_username, encode_plain, safe_text,
 )
 
@@ -302,10 +302,12 @@ def _address(ip: str) -> bytes:
     return re.sub(r"[^0-9A-Fa-f.:]", "", ip).encode("ascii")
 
 
-class Pop3BackendLogin:
+class Pop3BackendLogin(BackendLogin):
     """The proxy logging in to a POP3 mailbox server with the client's
     credentials. ``feed`` returns Sends for the server followed, once, by
     LoginOK, LoginRejected or BackendFailed."""
+
+    GREETING, DONE = _GREETING, _DONE
 
     def __init__(self, username: str, password: str, *, client_ip: str, client_port: int,
                  local_ip: str = "", local_port: int = 0, send_xoip: bool = True,
@@ -320,8 +322,7 @@ class Pop3BackendLogin:
         # local_ip/local_port: accepted for symmetry with ImapBackendLogin;
         # XOIP/XCLIENT as sent here do not carry them.
         self._send_xoip = send_xoip
-        self._buf = LineBuffer()
-        self._step = _GREETING
+        super().__init__()
         self._caps: dict[bytes, list[bytes]] = {}
         self._auth_response: bytes | None = None   # SASL response waiting for "+ "
         self.remembered = capabilities is not None
@@ -335,9 +336,7 @@ class Pop3BackendLogin:
         return f"<Pop3BackendLogin step={self._step.name}>"
 
     def feed(self, data: bytes) -> list[Event]:
-        if self._step is _DONE:
-            raise RuntimeError("Pop3BackendLogin.feed() after the login finished")
-        self._buf.append(data)
+        self._receive(data)
         out: list[Event] = []
         while self._step is not _DONE:
             try:
@@ -350,15 +349,7 @@ class Pop3BackendLogin:
             self._line(line, out)
         return coalesce(out)
 
-    def leftover(self) -> bytes:
-        """Bytes received after the final reply (normally none)."""
-        return self._buf.peek_all()
-
     # ------------------------------------------------------------------
-
-    def _fail(self, out: list[Event], reason: str) -> None:
-        out.append(BackendFailed(reason))
-        self._step = _DONE
 
     def _line(self, line: bytes, out: list[Event]) -> None:
         step = self._step

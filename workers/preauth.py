@@ -1,16 +1,19 @@
-"""What the IMAP and POP3 client-side machines share, sans-IO: the pre-auth states, the
-line buffer, the STARTTLS policy, the bound on what a client may pipeline while its
-login is routed, and the count of failed logins.
+"""What the IMAP and POP3 machines share, sans-IO.
 
+``ClientSide``: the pre-auth states, the line buffer, the STARTTLS policy, the bound on
+what a client may pipeline while its login is routed, and the count of failed logins.
 Each protocol (imap.py, pop3.py) supplies its commands and its words: ``_run`` (parse
 what is buffered), ``_auth_failed_reply``, ``_too_many_failures`` and
 ``_refuse_backlog``.
+
+``BackendLogin``: the receive buffer of a login to a mailbox server, its failure, and
+what came after the final reply. Each protocol supplies ``feed`` and its steps.
 """
 from __future__ import annotations
 
 import enum
 
-from workers.events import MailLimits
+from workers.events import BackendFailed, MailLimits
 from workers.sasl import Event, LineBuffer, coalesce, safe_text
 
 STARTTLS_MODES = ("only", "on", "off")
@@ -121,3 +124,28 @@ class ClientSide:
 
     def _refuse_backlog(self, out: list[Event]) -> None:
         raise NotImplementedError
+
+
+class BackendLogin:
+    """The proxy logging in to a mailbox server; subclasses speak the protocol and set
+    ``GREETING``/``DONE`` to their first and last steps."""
+
+    GREETING: enum.Enum
+    DONE: enum.Enum
+
+    def __init__(self) -> None:
+        self._buf = LineBuffer()
+        self._step = self.GREETING
+
+    def leftover(self) -> bytes:
+        """Bytes received after the final reply (normally none)."""
+        return self._buf.peek_all()
+
+    def _receive(self, data: bytes) -> None:
+        if self._step is self.DONE:
+            raise RuntimeError(f"{type(self).__name__}.feed() after the login finished")
+        self._buf.append(data)
+
+    def _fail(self, out: list[Event], reason: str) -> None:
+        out.append(BackendFailed(reason))
+        self._step = self.DONE
