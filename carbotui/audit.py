@@ -71,10 +71,6 @@ class AuditEvent:
     def ok(self) -> bool:
         return not self.error
 
-    @property
-    def level(self) -> str:
-        return "WARN" if self.error else "INFO"
-
     def format(self) -> str:
         return format_line(self.timestamp, self.thread, self.proxy_ip, self.client_ip,
                            self.client_port, self.user_agent, self.cmd, self.account,
