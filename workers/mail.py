@@ -199,7 +199,7 @@ class MailSession(asyncio.Protocol):
             return
         w.sessions[self.id] = self
         self._start_timer()
-        if w.exempt(self.client_ip):
+        if w.throttle.exempt(self.client_ip):
             transport.write(self.machine.greeting())
         else:
             # The IP throttle (and blocks) first, as Carbonio's nginx: no greeting yet.

@@ -114,7 +114,7 @@ class WebSession(HttpConnection):
 
     async def _admitted(self) -> bool:
         """Blocks and the web IP limit (throttle:proto=h), checked once per connection."""
-        if self.worker.exempt(self.client_ip):
+        if self.worker.throttle.exempt(self.client_ip):
             return True
         reject = await self.worker.throttle.check_ip(self.kind, self.client_ip)
         if reject:

@@ -105,10 +105,6 @@ class Worker:
     def upstream_web_tls(self):
         return self.upstream_tls if self.settings.web.upstream_tls else None
 
-    def exempt(self, ip: str) -> bool:
-        """Whitelisted for throttling: no memcached round trip at connect."""
-        return self.throttle.exempt(ip)
-
     def in_maintenance(self, hostname: str) -> bool:
         return hostname in self.maintenance
 
