@@ -9,7 +9,6 @@ import time
 from collections import Counter
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -17,7 +16,7 @@ from textual.widgets import Input, Log, Static
 
 from carbotui.audit import AuditEvent
 from carbotui.tui import filters
-from carbotui.tui.screens.base import LiveScreen
+from carbotui.tui.screens.base import FilteredScreen
 
 HEADER = f"{'time':8} {'proto':5} {'client':15} {'account':22} result"
 
@@ -35,7 +34,7 @@ def event_line(e: AuditEvent) -> str:
     return f"{stamp} {e.protocol:5} {e.client_ip:15} {e.account:22} {result}"
 
 
-class AuditScreen(LiveScreen):
+class AuditScreen(FilteredScreen):
     MODE = "audit"
     TITLE_TEXT = "Audit"
     BINDINGS = [
@@ -49,7 +48,6 @@ class AuditScreen(LiveScreen):
 
     def __init__(self):
         super().__init__()
-        self.terms: list = []
         self.show_successes = False
         self.drawn_seq = 0          # App.audit_seq already considered
         self.cleared_seq = 0        # events up to here were cleared by the admin
@@ -121,24 +119,7 @@ class AuditScreen(LiveScreen):
         self.query_one("#summary", Static).update(text)
 
     # -- actions --------------------------------------------------------------------
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = True
-        box.focus()
-
-    @on(Input.Submitted, "#filter")
-    def apply_filter(self, event: Input.Submitted) -> None:
-        self.terms = filters.parse(event.value)
-        event.input.display = bool(event.value.strip())
-        self.focus_main()
-        self.redraw()
-
-    def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.value = ""
-        box.display = False
-        self.terms = []
-        self.focus_main()
+    def refilter(self) -> None:
         self.redraw()
 
     def action_toggle_successes(self) -> None:

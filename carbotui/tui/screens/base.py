@@ -6,11 +6,13 @@ itself. Screens never poll: data arrives, they draw it.
 """
 from __future__ import annotations
 
+from textual import on
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Input
 
 from carbotui.fleet import FleetSnapshot
+from carbotui.tui import filters
 from carbotui.tui.widgets.statusbar import NavBar, StatusBar
 
 
@@ -42,3 +44,35 @@ class LiveScreen(Screen):
 
     def show(self, snapshot: FleetSnapshot) -> None:
         """Draw `snapshot`; called only when it differs from the previous one."""
+
+
+class FilteredScreen(LiveScreen):
+    """A screen with a `#filter` Input: `/` opens it, Enter applies its terms, Escape
+    clears them. The screen keeps `terms` and redraws itself in `refilter()`."""
+
+    def __init__(self):
+        super().__init__()
+        self.terms: list = []
+
+    def refilter(self) -> None:
+        """Draw again with the current `terms`."""
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def apply_filter(self, event: Input.Submitted) -> None:
+        self.terms = filters.parse(event.value)
+        event.input.display = bool(event.value.strip())
+        self.focus_main()
+        self.refilter()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.terms = []
+        self.focus_main()
+        self.refilter()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -11,7 +10,7 @@ from textual.widgets import Input, Static
 from carbotui.fleet import FleetSnapshot, Session
 from carbotui.tui import filters
 from carbotui.tui import format as fmt
-from carbotui.tui.screens.base import LiveScreen
+from carbotui.tui.screens.base import FilteredScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
 from carbotui.tui.widgets.modals import ConfirmModal
 
@@ -28,7 +27,7 @@ def session_fields(s: Session) -> dict[str, str]:
             "server": s.server, "worker": s.worker, "state": s.state}
 
 
-class ConnectionsScreen(LiveScreen):
+class ConnectionsScreen(FilteredScreen):
     MODE = "connections"
     TITLE_TEXT = "Connections"
     BINDINGS = [
@@ -45,7 +44,6 @@ class ConnectionsScreen(LiveScreen):
 
     def __init__(self):
         super().__init__()
-        self.terms: list = []
         self.sessions: dict[str, Session] = {}
         self.total = 0
 
@@ -97,25 +95,7 @@ class ConnectionsScreen(LiveScreen):
         self.query_one("#summary", Static).update(text)
 
     # -- actions --------------------------------------------------------------------
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = True
-        box.focus()
-
-    @on(Input.Submitted, "#filter")
-    def apply_filter(self, event: Input.Submitted) -> None:
-        self.terms = filters.parse(event.value)
-        event.input.display = bool(event.value.strip())
-        self.focus_main()
-        if self.app.snapshot is not None:
-            self.show(self.app.snapshot)
-
-    def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.value = ""
-        box.display = False
-        self.terms = []
-        self.focus_main()
+    def refilter(self) -> None:
         if self.app.snapshot is not None:
             self.show(self.app.snapshot)
 
