@@ -10,7 +10,7 @@ from carbotui import certs
 from carbotui.directory import Directory
 from tests.integration.conftest import (CA, HOST, PASSWORD, REPO, SETTINGS, WEB_PORTS,
                                         first_subject_imap, imap_login, process_pid,
-                                        supervisorctl, wait_for)
+                                        supervisorctl, wait_for, worker_stats)
 
 pytestmark = pytest.mark.usefixtures("proxy_up")
 HTTPS = WEB_PORTS["https"]
@@ -31,16 +31,25 @@ def set_mail_mode(mode: str) -> None:
     d.close()
 
 
+def wait_every_worker_applied(mode: str) -> None:
+    """Workers poll LDAP on their own clocks: until each reports the mode, a few requests in a
+    row may all reach the one that already switched."""
+    wait_for(lambda: all(w["config"]["mail_mode"] == mode for w in worker_stats()), 10,
+             what=f"mail mode {mode} applied by every worker")
+
+
 def test_mail_mode_switches_at_runtime_on_every_worker():
     pids = [process_pid(l.split()[0]) for l in supervisorctl("status").splitlines()
             if l.startswith("proxy:")]
     url = f"http://mail.demo.test:{WEB_PORTS['http']}/mail?x=1"
     try:
         set_mail_mode("https")
+        wait_every_worker_applied("https")
         # Every request (whichever worker takes it) now gets the HTTPS-only error.
         wait_for(lambda: all(curl(url).startswith(b"HTTP/1.1 403") for _ in range(6)), 5,
                  what="https mode on every worker")
         set_mail_mode("redirect")
+        wait_every_worker_applied("redirect")
         wait_for(lambda: all(curl(url).startswith(b"HTTP/1.1 301") for _ in range(6)), 5,
                  what="redirect mode on every worker")
         assert f"Location: https://mail.demo.test:{HTTPS}/mail?x=1".encode() in curl(url)
