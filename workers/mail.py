@@ -20,6 +20,7 @@ from carbotui.routes import Route, RouteError
 from workers import events as ev
 from workers.listeners import session_addresses
 from workers.imap import ImapBackendLogin, ImapClientSide
+from workers.imapstream import ImapStream
 from workers.pop3 import Pop3BackendLogin, Pop3ClientSide
 from workers.relay import Splice
 
@@ -281,7 +282,7 @@ class MailSession(asyncio.Protocol):
         farewell = (b"* BYE Server shutting down, please reconnect\r\n" if self.proto == "imap"
                     else b"-ERR Server shutting down\r\n")
         if self.splice is not None:
-            self.splice.close(reason, farewell=farewell)
+            self.splice.close(reason, farewell=self._farewell(farewell))
         elif self.transport and not self.transport.is_closing():
             self.transport.write(farewell)
             self.transport.close()
@@ -490,7 +491,8 @@ class MailSession(asyncio.Protocol):
         loop = self.worker.loop
         idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
-                             on_close=self._ended, loop=loop, own_timer=False)
+                             on_close=self._ended, loop=loop, own_timer=False,
+                             watch=ImapStream() if self.proto == "imap" else None)
         if self._timer.when() > loop.time() + idle:     # an idle limit below preauth's
             self._timer.cancel()
             self._timer = loop.call_later(idle, self._timer_fired)
@@ -498,6 +500,9 @@ class MailSession(asyncio.Protocol):
         backend.session = self
         backend.splice = self.splice
         self.state = "proxy"
+        # Open sessions per mailbox server: up here, down in _ended (every way a relay
+        # ends goes through Splice.close, once).
+        self.worker.stats.backend(self.server).active += 1
         extra = backend.machine.leftover()
         if extra:
             self.splice.from_backend(extra)
@@ -506,18 +511,24 @@ class MailSession(asyncio.Protocol):
         backend.transport.resume_reading()
         self.transport.resume_reading()
 
+    def _farewell(self, line: bytes) -> bytes:
+        """``line`` if the proxy may add it to a logged-in session, else nothing: only IMAP
+        gets one (POP3 has no untagged line: its client just sees the close), and only
+        while the server has not said BYE, the client has not asked for LOGOUT or
+        COMPRESS, and the server's stream is between two responses (imapstream.py)."""
+        watch = self.splice.watch
+        return line if watch is not None and watch.may_add_line() else b""
+
     def backend_closed(self, exc) -> None:
-        """The mailbox server went away: tell the client unless it said BYE already."""
+        """The mailbox server went away: tell the client, if the transparency rule lets."""
         if self.splice is None or self.splice.closed:
             return
-        if self.proto == "imap" and not self.splice.server_said(b"* BYE"):
-            farewell = b"* BYE [UNAVAILABLE] Mailbox server connection lost\r\n"
-        else:
-            farewell = b""
+        farewell = self._farewell(b"* BYE [UNAVAILABLE] Mailbox server connection lost\r\n")
         self.worker.stats.backend(self.server).errors += exc is not None
         self.splice.close("mailbox server closed", farewell=farewell)
 
     def _ended(self, reason: str) -> None:
+        self.worker.stats.backend(self.server).active -= 1
         self.worker.session_ended(self.id)
 
     def _audit(self, account: str, error: str) -> None:

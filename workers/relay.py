@@ -10,6 +10,10 @@ Idle time is checked by one lazy timer per session that is only re-armed
 when it fires, so busy sessions cost nothing per chunk beyond a counter. An
 owner that has a timer of its own (a mail session) passes own_timer=False and
 calls check_idle() from it: one timer per session instead of two.
+
+An IMAP session passes ``watch`` (workers/imapstream.ImapStream): it sees every chunk of
+both directions and tells the session, when the mailbox server goes away, whether the
+proxy may still add a line of its own. Nothing else is copied or kept per chunk.
 """
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ from typing import Callable
 
 class Splice:
     __slots__ = ("client", "backend", "idle_timeout", "last", "bytes_in", "bytes_out",
-                 "_timer", "_loop", "_on_close", "closed", "_tail", "_prev")
+                 "_timer", "_loop", "_on_close", "closed", "watch")
 
     def __init__(self, client: asyncio.Transport, backend: asyncio.Transport, *,
                  idle_timeout: float, on_close: Callable[[str], None],
-                 loop: asyncio.AbstractEventLoop | None = None, own_timer: bool = True):
+                 loop: asyncio.AbstractEventLoop | None = None, own_timer: bool = True,
+                 watch=None):
         self.client = client
         self.backend = backend
         self.idle_timeout = idle_timeout
@@ -33,7 +38,7 @@ class Splice:
         self.bytes_out = 0         # server -> client
         self.closed = False
         self._on_close = on_close
-        self._tail = self._prev = b""   # last chunks from the server, to see a BYE
+        self.watch = watch
         self._loop = loop or asyncio.get_running_loop()
         self._timer = self._loop.call_later(idle_timeout, self._check_idle) if own_timer else None
 
@@ -41,19 +46,16 @@ class Splice:
     def from_client(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self.last = time.monotonic()
+        if self.watch is not None:
+            self.watch.from_client(data)
         self.backend.write(data)
 
     def from_backend(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self.last = time.monotonic()
-        # The ends of the last two chunks (a short chunk is not copied): enough to see a
-        # BYE split across two reads, without keeping big chunks alive in idle sessions.
-        self._prev, self._tail = self._tail, data[-64:]
+        if self.watch is not None:
+            self.watch.from_server(data)
         self.client.write(data)
-
-    def server_said(self, marker: bytes) -> bool:
-        """Whether the last bytes from the server contain ``marker`` (e.g. b'* BYE')."""
-        return marker in self._prev + self._tail
 
     # -- flow control -------------------------------------------------------
     # Client's send buffer is full: stop reading the server, and vice versa.

@@ -179,15 +179,20 @@ def test_the_preauth_timeout_counts_from_the_last_command():
     assert 0.5 <= ended - quiet_from < 3
 
 
-async def tiny_imap_server(reader, writer, greeting_delay: float = 0.0):
-    """Just enough of a mailbox server: greeting, ID, LOGIN, LOGOUT."""
+async def tiny_imap_server(reader, writer, greeting_delay: float = 0.0,
+                           logout_text: bytes = b"done"):
+    """Just enough of a mailbox server: greeting, ID, LOGIN, LOGOUT; DROP makes it
+    close without a word (a crashed server)."""
     if greeting_delay:
         await asyncio.sleep(greeting_delay)     # a slow server, not synchronisation
     writer.write(b"* OK [CAPABILITY IMAP4rev1 ID LITERAL+] ready\r\n")
     while line := await reader.readline():
         tag, command = line.rstrip().split(b" ", 2)[:2]
+        if command == b"DROP":
+            break
         if command == b"LOGOUT":
-            writer.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
+            # One write: BYE and the tagged OK reach the proxy in one read.
+            writer.write(b"* BYE bye\r\n" + tag + b" OK " + logout_text + b"\r\n")
             await writer.drain()
             break
         writer.write(tag + b" OK " + (b"[CAPABILITY IMAP4rev1] Logged in" if command == b"LOGIN"
@@ -281,3 +286,57 @@ def test_an_idle_logged_in_session_is_closed_at_the_idle_timeout():
     assert rest == b""
     assert 0.4 <= closed_after < 3
     assert not worker.sessions
+
+
+async def _relayed(worker, script: bytes) -> bytes:
+    """Log in through a session, send ``script``, return all the client gets after the
+    login reply until the close."""
+    loop = worker.loop
+    server = await loop.create_server(
+        lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", server.sockets[0].getsockname()[1])
+    await reader.readline()
+    writer.write(b"a1 LOGIN user01@demo.test demo-pass\r\n")
+    assert (await reader.readline()).startswith(b"a1 OK")
+    assert worker.stats.backend("mbox9").active == 1
+    writer.write(script)
+    rest = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await asyncio.wait_for(worker.all_ended.wait(), 5)
+    server.close()
+    return rest
+
+
+@pytest.mark.parametrize("text", [b"done", b"Logout completed (0.001 + 0.000 + 0.001 secs)."
+                                  + b" " * 40])
+def test_nothing_follows_the_tagged_logout_reply(text):
+    """The mailbox server's BYE and tagged OK in one read (longer than 64 bytes in the
+    second case, as Dovecot's with its timing figures): the client gets exactly those
+    bytes, then the close; the proxy adds no BYE of its own (RFC 9051 section 6.1.3)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        backend = await asyncio.start_server(
+            lambda r, w: tiny_imap_server(r, w, logout_text=text), "127.0.0.1", 0)
+        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1])
+        rest = await _relayed(worker, b"a2 LOGOUT\r\n")
+        backend.close()
+        return rest, worker
+
+    rest, worker = asyncio.run(main())
+    assert rest == b"* BYE bye\r\na2 OK " + text + b"\r\n"
+    assert worker.stats.backend("mbox9").active == 0
+
+
+def test_a_server_lost_mid_session_gets_the_client_one_bye():
+    async def main():
+        loop = asyncio.get_running_loop()
+        backend = await asyncio.start_server(tiny_imap_server, "127.0.0.1", 0)
+        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1])
+        rest = await _relayed(worker, b"a2 NOOP\r\na3 DROP\r\n")
+        backend.close()
+        return rest, worker
+
+    rest, worker = asyncio.run(main())
+    assert rest == b"a2 OK done\r\n* BYE [UNAVAILABLE] Mailbox server connection lost\r\n"
+    assert worker.stats.backend("mbox9").active == 0

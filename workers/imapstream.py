@@ -1,0 +1,161 @@
+"""What the relay must know of a logged-in IMAP session, sans-IO: bytes in, facts out.
+
+After login the proxy adds nothing and drops nothing between client and mailbox server.
+The one exception: the mailbox server goes away mid-session, without having said
+``* BYE`` and without the client having asked for LOGOUT; then the client gets one
+``* BYE [UNAVAILABLE]`` line, as a mailbox server would send before closing (RFC 9051
+section 7.1.5). Whether that is the case is decided from protocol state, not from a window
+of recent bytes:
+
+- each direction is framed into lines and literals (RFC 9051 section 4.3: a line that ends
+  in ``{n}``, ``{n+}`` or, for BINARY, ``~{n}`` is followed by n raw bytes, then the line
+  goes on), so a ``* BYE`` or ``a LOGOUT`` inside a message body is never taken for one;
+- the server's side looks at the start of each line for an untagged ``BYE``
+  (``* BYE``, any case): once seen, the server has said goodbye;
+- the client's side looks at the start of each command line for ``LOGOUT`` (RFC 9051
+  section 6.1.3: nothing may follow its tagged OK) and for ``COMPRESS`` (RFC 4978: from
+  its OK on, both directions are deflated and no plaintext line can be added);
+- a farewell is only ever added at a line boundary of the server's stream: between two
+  responses, never inside a line or a literal.
+
+Cost: one ``bytes.find`` per line and none per byte of a literal (a literal's bytes are
+skipped by arithmetic), and no copy of a chunk: only the first and last bytes of a line
+that spans chunks are kept.
+"""
+from __future__ import annotations
+
+import re
+
+__all__ = ["ImapStream"]
+
+# The end of a line that announces a literal: {n}, {n+} (RFC 7888) or ~{n} (RFC 3516).
+_LITERAL_END = re.compile(rb"\{(\d{1,20})\+?\}\r?\n\Z")
+# The start of a client command line whose command matters here: tag SP name.
+_COMMAND = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\]+ (LOGOUT|COMPRESS)(?:[ \r\n]|\Z)",
+                      re.IGNORECASE)
+
+TAIL = 32           # bytes of a line's end kept (enough for "{" 20 digits "+}\r\n")
+
+
+class _Framer:
+    """One direction, cut into lines and literals; ``_line`` sees each line's start
+    (its first ``HEAD`` bytes) unless the line goes on after a literal."""
+
+    __slots__ = ("_literal", "_head", "_tail", "_partial", "_continues")
+    HEAD = 8
+
+    def __init__(self) -> None:
+        self._literal = 0          # bytes of the current literal still to come
+        self._head = b""           # start of the line being received (when it spans reads)
+        self._tail = b""           # end of it
+        self._partial = False      # some bytes of a line received, its LF not yet
+        self._continues = False    # the line being received follows a literal
+
+    @property
+    def at_boundary(self) -> bool:
+        """Between two lines: no line, literal or line after a literal half received."""
+        return not (self._partial or self._literal or self._continues)
+
+    def feed(self, data: bytes) -> None:
+        pos = self._literal
+        size = len(data)
+        if pos >= size:                     # all literal (the bulk of a big FETCH)
+            self._literal = pos - size
+            return
+        self._literal = 0
+        find = data.find
+        while True:
+            nl = find(b"\n", pos)
+            if nl < 0:
+                if pos < size:
+                    self._keep(data, pos, size)
+                return
+            if self._partial:
+                head = (self._head + data[pos:pos + self.HEAD])[:self.HEAD]
+                tail = (self._tail + data[max(pos, nl + 1 - TAIL):nl + 1])[-TAIL:]
+                self._partial = False
+                self._head = self._tail = b""
+                marker = _LITERAL_END.search(tail)
+            else:
+                head = data[pos:pos + self.HEAD]
+                # Only a line whose last character before CRLF is "}" can announce one.
+                end = nl - 1 if nl > pos and data[nl - 1] == 13 else nl
+                marker = (_LITERAL_END.search(data, max(pos, end - TAIL), nl + 1)
+                          if end > pos and data[end - 1] == 125 else None)
+            if not self._continues:
+                self._line(head)
+            pos = nl + 1
+            if marker is None:
+                self._continues = False
+                continue
+            self._continues = True          # the command/response goes on after it
+            pos += int(marker.group(1))
+            if pos >= size:
+                self._literal = pos - size
+                return
+
+    def _keep(self, data: bytes, pos: int, size: int) -> None:
+        """A line that goes on in the next read: keep its start and its end."""
+        if self._partial:
+            if len(self._head) < self.HEAD:
+                self._head = (self._head + data[pos:pos + self.HEAD])[:self.HEAD]
+            self._tail = (self._tail + data[max(pos, size - TAIL):])[-TAIL:]
+        else:
+            self._partial = True
+            self._head = data[pos:pos + self.HEAD]
+            self._tail = data[max(pos, size - TAIL):]
+
+    def _line(self, head: bytes) -> None:
+        raise NotImplementedError
+
+
+class _ServerSide(_Framer):
+    __slots__ = ("bye",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bye = False
+
+    def _line(self, head: bytes) -> None:
+        if head[:5].upper() == b"* BYE" and head[5:6] in (b" ", b"\r", b"\n", b""):
+            self.bye = True
+
+
+class _ClientSide(_Framer):
+    __slots__ = ("logout", "compress")
+    HEAD = 256         # a tag may be long; "tag LOGOUT" must fit
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logout = self.compress = False
+
+    def _line(self, head: bytes) -> None:
+        m = _COMMAND.match(head)
+        if m is not None:
+            if m.group(1).upper() == b"LOGOUT":
+                self.logout = True
+            else:
+                self.compress = True
+
+
+class ImapStream:
+    """Both directions of one relayed IMAP session."""
+
+    __slots__ = ("server", "client")
+
+    def __init__(self) -> None:
+        self.server = _ServerSide()
+        self.client = _ClientSide()
+
+    def from_server(self, data: bytes) -> None:
+        self.server.feed(data)
+
+    def from_client(self, data: bytes) -> None:
+        self.client.feed(data)
+
+    def may_add_line(self) -> bool:
+        """Whether the proxy may still write a line of its own to the client: the server
+        has not said BYE, the client has not asked for LOGOUT or COMPRESS, and the
+        server's stream stands between two lines."""
+        return (not self.server.bye and not self.client.logout and not self.client.compress
+                and self.server.at_boundary)
