@@ -11,8 +11,13 @@ Rules (reference §9.3; defaults from Carbonio's last zmauditswatchctl):
 A rule fires when its window holds ``threshold`` failures. The same rule and
 key (e.g. ``ip`` + ``203.0.113.5``) then stays quiet for ``cooldown`` seconds,
 so a long attack sends one alert per cooldown instead of one per failure.
-``Rules`` is pure: time comes only from the events' own timestamps, so tests
-pass explicit times and a re-read file yields the same alerts.
+``Rules`` keeps its own time from the events' timestamps, so tests pass
+explicit times and a re-read file yields the same alerts. The wall clock only
+vets what a line claims: an event dated more than ``FUTURE_SLACK`` seconds
+ahead of it, or whose client is not an IP address, cannot be a real login; it
+is ignored (and said so in the log, at most once a minute), so no line can
+move the windows' clock or name a block target. Accounts are keyed in their
+canonical form (``audit.canonical_login``): case and spaces make no new key.
 
 Sinks, each optional: the alert log (JSON lines; the dashboard reads it),
 e-mail over SMTP through an on-disk spool (an alert is written to the spool
@@ -25,9 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
+import ipaddress
 import json
 import logging
+import math
 import os
 import smtplib
 import ssl
@@ -38,8 +46,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Callable
 
-from carbotui.audit import AuditEvent
+from carbotui.audit import AuditEvent, canonical_login
 from carbotui.config import ConfigError, _Table
 
 log = logging.getLogger("carbotui.alerts")
@@ -49,6 +58,8 @@ DEFAULT_THRESHOLDS = {"ipacct": 10, "acct": 10, "ip": 20, "total": 100}
 BLOCKING_RULES = ("ipacct", "ip")        # rules whose key names one IP to block
 MAX_PER_WINDOW = 10000                   # memory bound per key; the count says "at least"
 LISTED = 20                              # accounts/IPs named in one alert
+FUTURE_SLACK = 5.0                       # seconds an event may be ahead of the wall clock
+IGNORED_REPORT_EVERY = 60.0              # at most one log line a minute about ignored events
 
 
 # -- settings -----------------------------------------------------------------
@@ -234,21 +245,39 @@ class Alert:
 
 # -- the rules ----------------------------------------------------------------
 
-def _keys(ev: AuditEvent) -> dict[str, str]:
-    ip, account = ev.client_ip, ev.account.lower()
+@functools.lru_cache(maxsize=4096)
+def client_address(text: str) -> str | None:
+    """The canonical text of the client IP an audit line names (IPv4-mapped IPv6 as
+    IPv4: one key), or None when it is not exactly an IP address."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.compressed
+
+
+def _keys(ip: str, account: str) -> dict[str, str]:
     return {"ipacct": f"{ip} {account}", "acct": account, "ip": ip, "total": "*"}
 
 
 class Rules:
-    """Sliding windows per rule and key; ``feed`` returns the alerts an event fires."""
+    """Sliding windows per rule and key; ``feed`` returns the alerts an event fires.
+    ``clock`` is the wall clock, used only to refuse events dated in the future."""
 
-    def __init__(self, settings: AlertSettings, node: str = ""):
+    def __init__(self, settings: AlertSettings, node: str = "",
+                 clock: Callable[[], float] = time.time):
         self.settings, self.node = settings, node
         self.windows: dict[str, dict[str, deque]] = {r: {} for r in RULES}
         self.fired: dict[tuple[str, str], float] = {}
         self.clock = 0.0                 # newest audit time seen: lines may be a bit out of order
         self._swept = 0.0
         self.failures = 0
+        self.wall = clock
+        self.ignored: Counter = Counter()   # "future", "client": events refused, ever
+        self._unreported = 0
+        self._reported_at = -math.inf
 
     def reconfigure(self, settings: AlertSettings) -> None:
         """New thresholds (SIGHUP) keep the windows already collected."""
@@ -257,15 +286,24 @@ class Rules:
     def feed(self, ev: AuditEvent) -> list[Alert]:
         if ev.ok:
             return []
+        ip = client_address(ev.client_ip)
+        if ip is None:
+            self._ignore("client", ev, "its client is not an IP address")
+            return []
+        ahead = ev.timestamp - self.wall()
+        if ahead > FUTURE_SLACK:
+            self._ignore("future", ev, f"it is dated {ahead:.0f} s in the future")
+            return []
         self.failures += 1
         s = self.settings
         self.clock = max(self.clock, ev.timestamp)
         horizon = self.clock - s.window
         if ev.timestamp <= horizon:
             return []                     # older than the window: cannot matter any more
-        entry = (ev.timestamp, ev.client_ip, ev.account.lower(), ev.protocol)
+        account = canonical_login(ev.account)
+        entry = (ev.timestamp, ip, account, ev.protocol)
         out = []
-        for rule, key in _keys(ev).items():
+        for rule, key in _keys(ip, account).items():
             rs = s.rules[rule]
             if rs.threshold <= 0:
                 continue
@@ -283,6 +321,20 @@ class Rules:
         if self.clock - self._swept >= s.window:
             self._sweep(horizon)
         return out
+
+    def _ignore(self, kind: str, ev: AuditEvent, why: str) -> None:
+        """Count an event that cannot be a real login; log it at most once a minute
+        (the lines are the attacker's: a flood of them must not flood our log)."""
+        self.ignored[kind] += 1
+        self._unreported += 1
+        now = self.wall()
+        if now - self._reported_at < IGNORED_REPORT_EVERY:
+            return
+        log.warning("ignored an audit line because %s (client %r, account %r); %d line(s) "
+                    "ignored since the last report, next report in %g s at the earliest",
+                    why, ev.client_ip[:64], ev.account[:80], self._unreported,
+                    IGNORED_REPORT_EVERY)
+        self._reported_at, self._unreported = now, 0
 
     def _alert(self, rule: str, key: str, dq: deque, rs: RuleSettings) -> Alert:
         ips = Counter(e[1] for e in dq)
@@ -310,6 +362,11 @@ class Rules:
 
 # -- sinks --------------------------------------------------------------------
 
+# JSON leaves these raw with ensure_ascii=False; a reader's splitlines() would break
+# the line on them. Escaped, the line is still the same JSON.
+_JSON_LINE_SAFE = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 class AlertLog:
     """One JSON object per line, appended with one write (several readers tail it)."""
 
@@ -318,7 +375,8 @@ class AlertLog:
 
     def emit(self, alert: Alert) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(alert.to_json(), ensure_ascii=False) + "\n").encode()
+        text = json.dumps(alert.to_json(), ensure_ascii=False).translate(_JSON_LINE_SAFE)
+        line = (text + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, line)

@@ -5,8 +5,11 @@
 
 The layout is log4j's ``%d %-5p [%t] [%z] %c{1} - %m%n`` (reference §9.1):
 ``ip`` is the proxy, ``oip`` the real client. Values are encoded as Zimbra
-does (``;`` doubled, CR/LF to spaces) and other control bytes are replaced,
-so a hostile login name cannot forge a line. Passwords are never an input.
+does (``;`` doubled, CR/LF to spaces); every other character that any reader
+takes for a line break (VT, FF, FS/GS/RS, NEL, U+2028, U+2029) becomes a
+space too and the other C0/C1 controls are replaced, so a hostile login name
+or User-Agent cannot forge a line. Readers split on ``b"\\n"`` before
+decoding. Passwords are never an input.
 
 Every worker appends with one ``write()`` on an ``O_APPEND`` descriptor, so
 lines from several processes never interleave or overwrite each other.
@@ -19,15 +22,35 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NEEDS_ENCODING = re.compile(r"[\x00-\x1f\x7f;]")
+# Characters some reader of the log takes for the end of a line: str.splitlines()
+# breaks on all of these (CR, LF, VT, FF, FS/GS/RS, NEL, LINE and PARAGRAPH
+# SEPARATOR), byte-oriented tools on the ASCII ones. Each becomes a space, as
+# Zimbra does for CR/LF. Every other C0 and C1 control and DEL becomes "?".
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ENCODE = {c: "?" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]}
+_ENCODE.update({ord(c): " " for c in LINE_BREAKS})
+_ENCODE[ord(";")] = ";;"
+_NEEDS_ENCODING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029;]")
 
 
 def encode_value(value: str) -> str:
+    """A value as it may stand in an audit line: no line break any reader knows, no
+    control character, ``;`` doubled (the pair separator)."""
     if not _NEEDS_ENCODING.search(value):
         return value                     # the usual case: one scan, no copies
-    value = value.replace("\r", " ").replace("\n", " ")
-    return _CONTROL.sub("?", value).replace(";", ";;")
+    return value.translate(_ENCODE)
+
+
+def canonical_login(login: str, domain: str = "") -> str:
+    """The login name as audit lines, auditwatch's rules and the user throttle key it:
+    surrounding whitespace stripped, inner runs collapsed to one space (what LDAP's
+    IA5 matching ignores), lower-cased, and qualified with ``domain`` when it has no
+    ``@`` and a domain is given. The canonical *account* (the route's) is better still
+    where it is known: this form only makes the spellings of one typed name one key."""
+    name = " ".join(login.split()).lower()
+    if domain and "@" not in name:
+        name = f"{name}@{domain.lower()}"
+    return name
 
 
 def _split_pairs(text: str, sep: str) -> dict[str, str]:

@@ -18,6 +18,8 @@ Following the file. Files are known by (device, inode), never by name:
   offset between two polls the truncation cannot be seen: prefer ``create``.)
 * A partial last line is not consumed: only bytes up to the last newline
   count as read, so a line being written is read whole on the next poll.
+  Lines are split on ``b"\\n"`` only, before decoding (never ``splitlines``,
+  which also breaks on characters a client can send: U+2028, NEL...).
 
 Exactly once across a restart. The position (device, inode, offset of every
 open file) is saved in ``var/run/auditwatch.state`` (written to a temp file,
@@ -72,6 +74,14 @@ class _File:
     name: str
     rotated_at: float = 0.0              # monotonic time it stopped being the path; 0: current
     grew_at: float = 0.0
+
+
+def _lines(data: bytes) -> list[str]:
+    """Complete lines, split on b"\\n" *before* decoding: str.splitlines() would also
+    break on NEL, U+2028, U+2029 and others, which a client can put into a value."""
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    return [line.removesuffix(b"\r").decode("utf-8", "replace") for line in data.split(b"\n")]
 
 
 class Tail:
@@ -211,7 +221,7 @@ class Tail:
             end = len(data)               # one absurdly long "line": skip it as junk
         f.offset += end
         f.grew_at = time.monotonic()
-        return data[:end].decode("utf-8", "replace").splitlines(), len(data) == CHUNK
+        return _lines(data[:end]), len(data) == CHUNK
 
     def poll(self) -> tuple[list[str], bool]:
         """New complete lines (older files first) and whether more is waiting."""
@@ -330,9 +340,11 @@ class Watcher:
             await self.throttle.block(alert.block_ip, alert.block_seconds,
                                       f"auditwatch {alert.rule}: {alert.summary()}",
                                       by="auditwatch")
-        except ThrottleUnavailable as exc:
-            log.error("cannot block %s: %s", alert.block_ip, exc)
-            return alert
+        except (ThrottleUnavailable, ValueError) as exc:
+            # ValueError: not an IP (Rules refuses those; never let one stop the watcher)
+            log.error("cannot block %r: %s", alert.block_ip, exc)
+            return replace(alert, block_ip="", block_seconds=0) \
+                if isinstance(exc, ValueError) else alert
         return replace(alert, blocked=True)
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -55,17 +56,30 @@ def b64decode_strict(data: bytes) -> bytes:
 
 
 def decode_username(raw: bytes, what: str = "Username") -> str:
-    """Bytes from the wire to a username: UTF-8, not empty, no control
-    characters. Nothing is stripped: what the client typed is what we route."""
+    """Bytes from the wire to a username: UTF-8, not empty, no control, format
+    or line/paragraph separator characters (Unicode categories Cc, Cf, Zl, Zp:
+    U+2028 would end a line for some log readers, U+202E reverses the text on
+    screen, U+200B hides in it). Nothing is stripped here: the glue keys the
+    throttle on the canonical form (audit.canonical_login)."""
     if not raw:
         raise AuthDataError(f"Empty {what.lower()}")
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise AuthDataError(f"{what} is not valid UTF-8") from None
-    if _CONTROL.search(name):
+    if _CONTROL.search(name) or (not name.isascii() and _has_invisible(name)):
         raise AuthDataError(f"{what} contains control characters")
     return name
+
+
+_INVISIBLE = frozenset(("Cc", "Cf", "Zl", "Zp"))
+
+
+def _has_invisible(name: str) -> bool:
+    """Any character of a category no name needs (only asked for non-ASCII names,
+    which are rare: the usual login costs the one regex scan above)."""
+    category = unicodedata.category
+    return any(category(c) in _INVISIBLE for c in name if c > "\x7f")
 
 
 def decode_password(raw: bytes) -> str:

@@ -6,7 +6,7 @@ from carbotui.alerts import AlertLog, AlertSettings, Rules, alert_from_json, com
 from carbotui.audit import AuditEvent, failure
 from carbotui.config import ConfigError
 
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0          # in the past: Rules ignores events dated in the future
 
 
 def fail(ip, account, ts, proto="imap"):
