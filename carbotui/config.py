@@ -245,8 +245,8 @@ def load(path: str | os.PathLike) -> Settings:
     m = root.table("mail")
     limits = MailLimits(
         starttls=m.choice("starttls", ("only", "on", "off"), "only"),
-        max_line=m.positive("max_line", int, 8192),
-        max_literal=m.positive("max_literal", int, 8192),
+        max_line=m.positive("max_line", int, 65536),
+        max_literal=m.positive("max_literal", int, 65536),
         max_auth_failures=m.positive("max_auth_failures", int, 3),
     )
     mail = MailSettings(

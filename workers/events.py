@@ -78,8 +78,8 @@ class BackendFailed:
 class MailLimits:
     """Pre-auth behaviour shared by the IMAP and POP3 client-side machines."""
     starttls: str = "only"            # only | on | off (ignored when already TLS)
-    max_line: int = 8192
-    max_literal: int = 8192
+    max_line: int = 65536
+    max_literal: int = 65536
     max_auth_failures: int = 3
     sasl_plain: bool = True
     imap_capabilities: tuple[str, ...] = (

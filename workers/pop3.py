@@ -44,6 +44,7 @@ class Pop3ClientSide(ClientSide):
     def __init__(self, limits: MailLimits, *, tls: bool):
         super().__init__(limits, tls=tls)
         self._user: str | None = None          # from USER, waiting for PASS
+        self._skipping = False                 # dropping the rest of a line over max_line
 
     # ------------------------------------------------------------ public API
 
@@ -107,12 +108,23 @@ class Pop3ClientSide(ClientSide):
     def _run(self) -> list[Event]:
         out: list[Event] = []
         while self._state in (COMMAND, AUTH_LINE):
+            if self._skipping:
+                if self._buf.skip_line() is None:
+                    break
+                self._skipping = False
+                out.append(_err(b"Line too long."))
+                continue
             try:
                 line = self._buf.next_line(self._limits.max_line)
             except LineTooLong:
-                out.append(_err(b"Line too long."))
-                self._close(out, "line too long")
-                break
+                if self._state is AUTH_LINE:
+                    out.append(_err(b"Line too long."))
+                    self._close(out, "line too long")
+                    break
+                # RFC 2449 section 4 asks for 255 octets; a longer command is refused
+                # with -ERR once its line has passed, and the session goes on.
+                self._skipping = True
+                continue
             if line is None:
                 break
             if self._state is AUTH_LINE:

@@ -212,9 +212,26 @@ class LineBuffer:
         self._scanned = max(0, self._scanned - n)
         return n
 
+    def peek(self, n: int) -> bytes:
+        return bytes(self._buf[:n])
+
     def peek_all(self) -> bytes:
         return bytes(self._buf)
 
     def clear(self) -> None:
         self._buf.clear()
         self._scanned = 0
+
+    def skip_line(self, keep: int = 32) -> bytes | None:
+        """Drop the rest of a line that is too long to keep, up to and including its LF.
+        Return its last ``keep`` bytes (line end included), or None while the LF has not
+        come: then all but the last ``keep`` bytes are dropped, so memory stays bounded."""
+        buf = self._buf
+        end = buf.find(b"\n")
+        self._scanned = 0
+        if end < 0:
+            del buf[:-keep]
+            return None
+        tail = bytes(buf[max(0, end + 1 - keep):end + 1])
+        del buf[:end + 1]
+        return tail

@@ -233,41 +233,95 @@ def test_control_characters_inside_literals():
 
 def test_literal_too_big_synchronising_keeps_the_connection():
     c = client(dataclasses.replace(OFF_LIMITS, max_literal=10))
-    assert run(c, b"a LOGIN {11}\r\n") == (b"a BAD Literal too big\r\n", [])
+    assert run(c, b"a LOGIN {11}\r\n") == (b"a BAD [TOOBIG] Literal too big\r\n", [])
     # The limit holds for the sum of a command's literals.
     assert run(c, b"b LOGIN {6}\r\n") == (b"+ OK\r\n", [])
-    assert run(c, b"bobbob {5}\r\n") == (b"b BAD Literal too big\r\n", [])
-    assert run(c, b"c LOGIN {99999999999999999999}\r\n") == (b"c BAD Literal too big\r\n", [])
+    assert run(c, b"bobbob {5}\r\n") == (b"b BAD [TOOBIG] Literal too big\r\n", [])
+    assert run(c, b"c LOGIN {99999999999999999999}\r\n") == (
+        b"c BAD [TOOBIG] Literal too big\r\n", [])
     assert logged_in_pending(c, b"d LOGIN bob pw\r\n") == Authenticate("bob", "pw")
 
 
-def test_literal_too_big_non_synchronising_closes():
+def test_literal_too_big_non_synchronising_is_dropped_and_refused():
+    """LITERAL+ (RFC 7888 section 4): the bytes come anyway; they are dropped as they
+    stream in (never read as commands) and the command gets BAD; the session goes on."""
     c = client(dataclasses.replace(OFF_LIMITS, max_literal=10))
-    assert run(c, b"a LOGIN {11+}\r\nbobbobbobbo pw\r\n") == (
-        b"* BYE Literal too big\r\n", [Close("literal too big")])
-    assert c.feed(b"b NOOP\r\n") == []
+    assert run(c, b"a LOGIN {11+}\r\nb NOOP\r\nxx pw\r\n") == (
+        b"a BAD [TOOBIG] Literal too big\r\n", [])
+    assert run(c, b"b NOOP\r\n") == (b"b OK NOOP completed.\r\n", [])
+    # Too many digits to count: the session cannot stay in step and ends.
+    assert run(c, b"c LOGIN {99999999999999999999+}\r\n") == (
+        b"* BYE [TOOBIG] Literal too big\r\n", [Close("literal too big")])
 
 
-def test_line_too_long_closes():
+def test_line_too_long_is_refused_and_the_session_goes_on():
     limits = dataclasses.replace(OFF_LIMITS, max_line=20)
     ok = b"a LOGIN bob " + b"p" * 8          # exactly 20 bytes
     assert run(client(limits), ok + b"\r\n")[1] == [Authenticate("bob", "p" * 8)]
     c = client(limits)
     assert run(c, ok) == (b"", [])
     assert run(c, b"\r") == (b"", [])                   # may still be the line end
-    assert run(c, b"x") == (b"* BYE Command line too long\r\n", [Close("line too long")])
+    assert run(c, b"x") == (b"", [])                    # over: dropped as it comes
+    assert run(c, b"x" * 5000) == (b"", [])
+    assert run(c, b"\r\nb NOOP\r\n") == (
+        b"a BAD [TOOBIG] Command line too long\r\nb OK NOOP completed.\r\n", [])
+    # Without any line end the buffer stays bounded.
     c = client(limits)
-    assert run(c, ok + b"p") == (b"* BYE Command line too long\r\n", [Close("line too long")])
-    # Without any line end the buffer is bounded too.
+    run(c, b"x" * 50000)
+    assert len(c._buf) <= 64
+    assert run(c, b"\n") == (b"* BAD [TOOBIG] Command line too long\r\n", [])
+
+
+def test_line_too_long_keeps_the_framing_of_its_literal():
+    limits = dataclasses.replace(OFF_LIMITS, max_line=20)
+    # A non-synchronising literal at the end of the long line is dropped, not executed.
     c = client(limits)
-    assert run(c, b"x" * 50) == (b"* BYE Command line too long\r\n", [Close("line too long")])
+    assert run(c, b"a LOGIN " + b"u" * 30 + b" {12+}\r\nc LOGOUT\r\nx\r\nb NOOP\r\n") == (
+        b"a BAD [TOOBIG] Command line too long\r\nb OK NOOP completed.\r\n", [])
+    # A synchronising one gets the BAD at once, and no "+".
+    c = client(limits)
+    assert run(c, b"a LOGIN " + b"u" * 30 + b" {12}\r\n") == (
+        b"a BAD [TOOBIG] Command line too long\r\n", [])
+    assert run(c, b"b NOOP\r\n") == (b"b OK NOOP completed.\r\n", [])
 
 
 def test_command_spread_over_literals_is_bounded_by_max_line():
     limits = dataclasses.replace(OFF_LIMITS, max_line=30)
     c = client(limits)
-    assert run(c, b"a ID (" + b'"k" {1+}\r\nv ' * 6 + b")\r\n") == (
-        b"* BYE Command line too long\r\n", [Close("line too long")])
+    assert run(c, b"a ID (" + b'"k" {1+}\r\nv ' * 6 + b")\r\nb NOOP\r\n") == (
+        b"a BAD [TOOBIG] Command line too long\r\nb OK NOOP completed.\r\n", [])
+
+
+def _largest_id(escaped: bool) -> bytes:
+    """RFC 2971 section 3.3's limits: 30 pairs, fields of 30 octets, values of 1024."""
+    pairs = []
+    for i in range(30):
+        field = (b"f%02d" % i).ljust(30, b"x")
+        if escaped:
+            value = b'\\"' * 512                       # 1024 octets, each one escaped
+        else:
+            value = b"v" * 1024
+        pairs.append(b'"' + field + b'" "' + value + b'"')
+    return b"a ID (" + b" ".join(pairs) + b")\r\n"
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+def test_the_largest_id_rfc_2971_allows_passes_at_the_default_limits(escaped):
+    line = _largest_id(escaped)
+    assert len(line) > 30000
+    c = client(MailLimits(starttls="off"))
+    events = c.feed(line)
+    assert events[0].data.endswith(b"\r\na OK ID completed.\r\n")
+    assert len(events) == 2 and len(events[1].fields) == 30
+    assert run(c, b"b NOOP\r\n") == (b"b OK NOOP completed.\r\n", [])
+
+
+def test_the_largest_id_as_literals_passes_at_the_default_limits():
+    pairs = b" ".join(b'"f%02d" {1024+}\r\n' % i + b"v" * 1024 for i in range(30))
+    c = client(MailLimits(starttls="off"))
+    events = c.feed(b"a ID (" + pairs + b")\r\n")
+    assert events[0].data.endswith(b"\r\na OK ID completed.\r\n")
+    assert len(events) == 2 and len(events[1].fields) == 30
 
 
 # ----------------------------------------------------------- bad commands
@@ -357,6 +411,7 @@ def test_authenticate_refused_without_sasl_plain():
 
 
 def test_authenticate_response_line_is_bounded():
+    # A SASL response line over the limit still ends the session (no client sends one).
     c = client(dataclasses.replace(OFF_LIMITS, max_line=40))
     assert run(c, b"a AUTHENTICATE PLAIN\r\n" + b"A" * 60) == (
         b"+ \r\n* BYE Command line too long\r\n", [Close("line too long")])

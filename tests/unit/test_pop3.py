@@ -97,10 +97,13 @@ def test_bad_commands(line, reply):
     assert run(c, b"NOOP\r\n") == (b"+OK\r\n", [])
 
 
-def test_line_too_long_closes():
+def test_line_too_long_is_refused_and_the_session_goes_on():
     c = client(dataclasses.replace(OFF_LIMITS, max_line=10))
     assert run(c, b"USER bobby\r\n") == (b"+OK\r\n", [])         # exactly 10
-    assert run(c, b"USER bobbyx") == (b"-ERR Line too long.\r\n", [Close("line too long")])
+    assert run(c, b"USER bobbyx") == (b"", [])                  # over: dropped as it comes
+    run(c, b"y" * 50000)
+    assert len(c._buf) <= 64                                    # bounded without a line end
+    assert run(c, b"\r\nNOOP\r\n") == (b"-ERR Line too long.\r\n+OK\r\n", [])
 
 
 # --------------------------------------------------------------- USER/PASS
