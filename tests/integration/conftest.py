@@ -136,7 +136,8 @@ class AuditTail:
             return []
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            return f.read().decode("utf-8", "replace").splitlines()
+            # split on b"\n" as auditwatch does: never on what str.splitlines() also takes
+            return [line.decode("utf-8", "replace") for line in f.read().split(b"\n") if line]
 
     def wait(self, *needles: str, count: int = 1, timeout: float = 5.0) -> list[str]:
         def found():
