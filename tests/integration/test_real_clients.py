@@ -107,6 +107,10 @@ def without_headers(message: bytes, *names: str) -> bytes:
     return b"\n".join(kept) + sep + body
 
 
+def message_id(message: bytes) -> bytes:
+    return re.search(rb"\nMessage-ID: (<[^>]+>)", message).group(1)
+
+
 def maildir_messages(path: Path) -> list[Path]:
     return sorted(p for sub in ("new", "cur") if (path / sub).is_dir()
                   for p in (path / sub).iterdir() if p.is_file())
@@ -174,7 +178,7 @@ def inbox():
         with dovecot(user) as c:
             for m in messages:
                 assert c.append("INBOX", None, None, m)[0] == "OK"
-                seeded.append((user, re.search(rb"Message-ID: (<[^>]+>)", m).group(1)))
+                seeded.append((user, message_id(m)))
     yield seed
     for user in {u for u, _ in seeded}:
         with dovecot(user) as c:
@@ -273,14 +277,14 @@ def test_mbsync_pulls_a_folder_into_a_maildir(kind, tmp_path, folder, audit):
     stored = make_messages(f"mbsync-pull-{kind}")
     name = folder(user, stored, flags={0: r"\Seen", 1: r"\Flagged"})
     out = mbsync(mbsyncrc(tmp_path, user, kind, name, "Pull"), tmp_path)
-    assert "Connection is now encrypted" in out.stdout
+    assert f"(127.0.0.1:{PORTS[kind]})" in out.stdout and "Connection is now encrypted" in out.stdout
     assert re.search(r"far side: 3 messages", out.stdout), out.stdout
 
     local = maildir_messages(tmp_path / "mail" / name)
     assert len(local) == 3
-    by_id = {re.search(rb"Message-ID: (<[^>]+>)", p.read_bytes()).group(1): p for p in local}
+    by_id = {message_id(p.read_bytes()): p for p in local}
     for i, message in enumerate(stored):
-        path = by_id[re.search(rb"Message-ID: (<[^>]+>)", message).group(1)]
+        path = by_id[message_id(message)]
         # mbsync stores LF line endings and adds its X-TUID header; nothing else changes
         assert without_headers(path.read_bytes(), "X-TUID") == as_lf(message)
         flags = path.name.rpartition(":2,")[2]
@@ -308,14 +312,16 @@ def test_mbsync_pushes_new_mail_and_flags_to_the_server(kind, tmp_path, folder, 
     out = mbsync(rc, tmp_path)
     assert "Connection is now encrypted" in out.stdout
 
-    on_server = server_messages(user, name)
+    on_server = {message_id(m): (flags, m) for _, flags, m in server_messages(user, name)}
     assert len(on_server) == 3, on_server
-    (_, flags0, m0), (_, flags1, m1), (_, flags2, m2) = on_server
-    assert (flags0, m0) == ({r"\Seen"}, first)
-    # Uploads go out with CRLF again; mbsync may tag them with X-TUID to find their UIDs.
-    assert flags1 == {r"\Flagged"} and without_headers(as_lf(m1), "X-TUID") == as_lf(second)
-    assert flags2 == set() and without_headers(as_lf(m2), "X-TUID") == as_lf(third)
-    assert b"\n" not in m1.replace(b"\r\n", b"")
+    assert on_server[message_id(first)] == ({r"\Seen"}, first)
+    # Uploads go out with CRLF line endings again (and X-TUID, should mbsync need one to
+    # find the UIDs), with their flags.
+    for message, flags in ((second, {r"\Flagged"}), (third, set())):
+        got_flags, got = on_server[message_id(message)]
+        assert got_flags == flags
+        assert without_headers(got.replace(b"\r\n", b"\n"), "X-TUID") == as_lf(message)
+        assert b"\n" not in got.replace(b"\r\n", b"")
 
     # Both sides agree now: a third run has nothing to do.
     out = mbsync(rc, tmp_path)
@@ -607,8 +613,10 @@ def test_neomutt_copies_a_pop3s_mailbox(tmp_path, inbox, audit):
     user = "user13@demo.test"
     stored = make_messages("neomutt-pop3s")
     inbox(user, stored)
+    before = server_messages(user, "INBOX")
     target, screen = neomutt_copy(tmp_path, user, "pop3s")
-    on_server = [m for _, _, m in server_messages(user, "INBOX")]
-    assert neomutt_delivered(target) == sorted(as_lf(m) for m in on_server)
+    assert f"Msgs:{len(before)} ".encode() in screen, screen[-3000:]
+    assert neomutt_delivered(target) == sorted(as_lf(m) for _, _, m in before)
+    assert server_messages(user, "INBOX") == before        # nothing deleted
     assert all(as_lf(m) in neomutt_delivered(target) for m in stored)
     logins(audit, user, "pop3s", 1)
