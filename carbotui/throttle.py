@@ -4,7 +4,7 @@ Every worker of every node shares memcached, so they all count together
 (reference §5). Keys (§3.1), always built from ``routes.escape``:
 
     throttle:proto=<i|p|h>,ip=<ip>   logins from an IP, per protocol (h: web)
-    throttle:user=<login>            login attempts of one login name
+    throttle:user=<account>          login attempts of one account (canonical name)
     block:ip=<ip>                    an IP block: JSON {ip, reason, since, until, by}
     blocks:index                     JSON list of blocked IPs, for listing only
 
@@ -21,6 +21,21 @@ Semantics, and where they differ from Carbonio:
 * The whitelist (CIDRs, IPv4 and IPv6) skips everything: counters, blocks and
   the user throttle for attempts from that IP. Matching is done in-process,
   so Carbonio's ``whitelist:ip=`` cache key is not needed.
+* One account, one user counter (security review M1): ``user_key`` keys the
+  canonical form of a name (``canonical_login``: stripped, inner spaces
+  collapsed, lower-cased), and callers check and count on the *account* the
+  route resolved (case, spaces, aliases and a bare name qualified by the VIP
+  or default domain all end up there). The typed name's key is checked before
+  the route lookup (a locked name costs no lookup) and counted only for names
+  that resolve to no account. How the login paths use it:
+
+      reject = await t.check_user(typed, ip=ip)              # before routing
+      ... route = <lookup>                                   # route.account or None
+      reject = await t.check_user(typed, account=route.account, ip=ip)
+      ... upstream login ...
+      await t.count_user(typed, account=route.account if route else "",
+                         success=ok, ip=ip)
+
 * Fail-open: with memcached down every check allows (Memcache logs once).
 
 The block index is updated read-modify-write under an ``add``-based lock key
@@ -38,6 +53,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from carbotui.audit import canonical_login
 from carbotui.config import ConfigError, _Table
 from carbotui.memcache import Memcache
 from carbotui.routes import _key, escape  # _key: the same >250-byte MD5 rule as routes
@@ -99,7 +115,19 @@ def ip_key(proto: str, ip: str) -> bytes:
 
 
 def user_key(login: str) -> bytes:
-    return _key(f"throttle:user={escape(login)}")
+    """The user counter of a login name or account: every spelling that
+    canonical_login makes one (case, surrounding or repeated spaces) is one key."""
+    return _key(f"throttle:user={escape(canonical_login(login))}")
+
+
+def _user_keys(login: str, account: str) -> list[bytes]:
+    """The keys that decide on a login: the account's when it is known, and the typed
+    name's too when that differs (it may have been counted before the account was)."""
+    keys = [user_key(account)] if account else []
+    typed = user_key(login)
+    if typed not in keys:
+        keys.append(typed)
+    return keys
 
 
 def block_key(ip: str) -> bytes:
@@ -254,14 +282,19 @@ class Throttle:
             return s.ip_reject_message
         return None                           # None count: memcached down, fail open
 
-    async def check_user(self, login: str, *, ip: str | None = None) -> str | None:
-        """Before the route lookup, check only: None to allow, else the reject text."""
+    async def check_user(self, login: str, *, ip: str | None = None,
+                         account: str = "") -> str | None:
+        """Check only: None to allow, else the reject text. ``login`` is the name as
+        typed (keyed in its canonical form); ``account``, once the route lookup gave
+        it, is the canonical account, whose counter then decides too (one round
+        trip for both)."""
         s = self.settings
         if s.user_limit <= 0 or self.exempt(ip):
             return None
-        found = await self.cache.get_many([user_key(login)])
+        keys = _user_keys(login, account)
+        found = await self.cache.get_many(keys)
         try:
-            count = int(found.get(user_key(login), b"0"))
+            count = max((int(found.get(k, b"0")) for k in keys), default=0)
         except ValueError:
             return None
         # failures: user_limit wrong passwords are answered, then refused.
@@ -269,19 +302,23 @@ class Throttle:
         over = count >= s.user_limit if s.count_user == "failures" else count > s.user_limit
         return s.user_reject_message if over else None
 
-    async def count_user(self, login: str, *, success: bool, ip: str | None = None) -> str | None:
+    async def count_user(self, login: str, *, success: bool, ip: str | None = None,
+                         account: str = "") -> str | None:
         """After the upstream login answered. Counts only the configured kind of
-        attempt. Returns the reject text only in "successes" mode when this login
-        went over the limit (Carbonio then closes the authenticated session);
-        a failure is never refused here: the next check_user refuses."""
+        attempt, on ``account`` (the route's canonical account) when known, else on
+        the canonical form of the typed ``login``. Returns the reject text only in
+        "successes" mode when this login went over the limit (Carbonio then closes
+        the authenticated session); a failure is never refused here: the next
+        check_user refuses."""
         s = self.settings
         if s.user_limit <= 0 or self.exempt(ip):
             return None
         if success != (s.count_user == "successes"):
             return None
-        count = await self.cache.incr(user_key(login), s.user_ttl)
+        count = await self.cache.incr(user_key(account or login), s.user_ttl)
         if success and count is not None and count > s.user_limit:
-            log.info("user throttle:[%s] deny [count:%d, limit:%d]", login, count, s.user_limit)
+            log.info("user throttle:[%r] deny [count:%d, limit:%d]", account or login, count,
+                     s.user_limit)
             return s.user_reject_message
         return None
 

@@ -329,42 +329,54 @@ class MailSession(asyncio.Protocol):
         w = self.worker
         settings = w.settings.mail
         self.state = "login"
-        login = auth.username
+        typed = auth.username
+        # Every spelling of one name is one throttle key and one route (M1): case,
+        # surrounding and repeated spaces. Aliases and bare names meet on route.account.
+        login = audit.canonical_login(typed)
         # Plain calls first: a whitelisted client and a route used seconds ago (the
         # usual login) need no await before the connect.
         throttled = w.throttle.counts_users(self.client_ip)
         reject = throttled and await w.throttle.check_user(login, ip=self.client_ip)
+        route = None
+        if not reject:
+            # One deadline for the whole login; no task per step.
+            deadline = _LoginDeadline(w.loop, self._task, settings.login_timeout,
+                                      settings.connect_timeout)
+            try:
+                try:
+                    route = (w.router.recent_mail_route(login, self.route_proto, self.local_ip)
+                             or await self._route(login))
+                    self._check_route(route)
+                    if throttled and route.account != login:
+                        # an alias, a bare name: the account's own counter decides
+                        reject = await w.throttle.check_user(route.account, ip=self.client_ip)
+                    if not reject:
+                        self.account = route.account
+                        self.server = route.server.short_name
+                        backend, response = await self._connect_and_login(route, auth,
+                                                                          deadline)
+                finally:
+                    deadline.clear()
+            except LoginFailure as failure:
+                await self._login_failed(login, failure, typed)
+                return
+            except asyncio.CancelledError:
+                if not deadline.expired:
+                    raise
+                deadline.absorb()
+                await self._login_failed(login, LoginFailure("login timed out", temporary=True),
+                                         typed)
+                return
         if reject:
             w.stats.throttled["user"] += 1
-            self._audit(login, audit.failure(login, "login rejected: too many failed logins"))
+            self._audit(route.account if route else login,
+                        audit.failure(typed, "login rejected: too many failed logins"))
             if not self.transport.is_closing():
                 self._run(self.machine.throttled(reject))
             return
-        # One deadline for the whole login; no task per step.
-        deadline = _LoginDeadline(w.loop, self._task, settings.login_timeout,
-                                  settings.connect_timeout)
-        try:
-            try:
-                route = (w.router.recent_mail_route(login, self.route_proto, self.local_ip)
-                         or await self._route(login))
-                self._check_route(route)
-                self.account = route.account
-                self.server = route.server.short_name
-                backend, response = await self._connect_and_login(route, auth, deadline)
-            finally:
-                deadline.clear()
-        except LoginFailure as failure:
-            await self._login_failed(login, failure)
-            return
-        except asyncio.CancelledError:
-            if not deadline.expired:
-                raise
-            deadline.absorb()
-            await self._login_failed(login, LoginFailure("login timed out", temporary=True))
-            return
         self._audit(self.account, "")
         w.stats.logins_ok[self.proto] += 1
-        reject = throttled and await w.throttle.count_user(login, success=True,
+        reject = throttled and await w.throttle.count_user(self.account, success=True,
                                                            ip=self.client_ip)
         if reject:                # Carbonio's "successes" mode: too many logins
             w.stats.throttled["user"] += 1
@@ -460,16 +472,19 @@ class MailSession(asyncio.Protocol):
             last_error = f"{route.server.hostname}: {result.reason}"
         raise LoginFailure(f"mailbox server unavailable ({last_error})", temporary=True)
 
-    async def _login_failed(self, login: str, failure: LoginFailure) -> None:
+    async def _login_failed(self, login: str, failure: LoginFailure, typed: str = "") -> None:
+        """``login`` is the canonical form of the ``typed`` name; the audit line and the
+        user throttle name the account the route resolved when there was one."""
         w = self.worker
-        self._audit(login, audit.failure(login, failure.reason))
+        account = self.account or login
+        self._audit(account, audit.failure(typed or login, failure.reason))
         if failure.temporary:
             w.stats.logins_temp[self.proto] += 1
-            log.warning("login of %r from %s failed temporarily: %s", login, self.client_ip,
-                        failure.reason)
+            log.warning("login of %r from %s failed temporarily: %s", typed or login,
+                        self.client_ip, failure.reason)
         else:
             w.stats.logins_failed[self.proto] += 1
-            await w.throttle.count_user(login, success=False, ip=self.client_ip)
+            await w.throttle.count_user(account, success=False, ip=self.client_ip)
             # The route may be stale (a moved mailbox): forget it, as Carbonio does.
             await w.router.forget(login, self.route_proto, self.local_ip, self.account)
             # Tarpit: slow down password guessing; reading stays paused meanwhile.

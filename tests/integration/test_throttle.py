@@ -14,7 +14,7 @@ import pytest
 from carbotui.config import Endpoint
 from carbotui.memcache import Memcache
 from carbotui.throttle import (IP_REJECT, USER_REJECT, Throttle, ThrottleSettings,
-                               ThrottleUnavailable)
+                               ThrottleUnavailable, user_key)
 
 from .conftest import SETTINGS
 
@@ -171,3 +171,29 @@ def test_bad_block_arguments():
             await t.cache.close()
 
     run(go())
+
+
+def test_user_counter_is_the_canonical_account_whatever_the_spelling():
+    """M1: case and spaces are one key; an alias or bare name is checked and counted on
+    the account its route resolved (``account=``), in one round trip with the typed key."""
+    settings = ThrottleSettings.from_table({"user_limit": 3, "user_ttl": 60})
+    account = fresh_login()
+    alias = "alias-" + account
+
+    async def go():
+        t = Throttle(memcache(), settings)
+        try:
+            await t.count_user(f"  {account.upper()} ", success=False)
+            await t.count_user(alias, account=account, success=False)
+            await t.count_user(account.split("@")[0], account=account, success=False)
+            return (await t.check_user(account), await t.check_user(f"{account} "),
+                    await t.check_user(alias), await t.check_user(alias, account=account),
+                    await t.cache.get_many([user_key(account), user_key(alias)]))
+        finally:
+            await t.cache.delete(user_key(account))
+            await t.cache.close()
+
+    direct, spaced, alias_alone, alias_routed, stored = run(go())
+    assert direct == spaced == alias_routed == USER_REJECT
+    assert alias_alone is None            # the alias' own key was never counted ...
+    assert stored == {user_key(account): b"3"}   # ... everything went to the account

@@ -158,3 +158,14 @@ def test_email_names_ip_and_accounts():
     body = msg.get_content()
     assert "alice@demo.test" in body and "bob@demo.test" in body and "imap, pop3" in body
     assert compose(a, s)["Message-ID"] == msg["Message-ID"]       # stable for re-sends
+
+
+def test_per_account_rules_count_the_canonical_account():
+    """M1 on auditwatch's side: case and surrounding or repeated spaces make no new key."""
+    rules = Rules(AlertSettings.from_table({"acct": {"threshold": 4}, "ipacct": {"threshold": 4},
+                                            "ip": {"threshold": 0}}))
+    spellings = ["user01@demo.test", "User01@Demo.Test", " user01@demo.test", "user01@demo.test  "]
+    alerts = feed_all(rules, [fail("192.0.2.4", name, T0 + i) for i, name in enumerate(spellings)])
+    assert sorted((a.rule, a.key) for a in alerts) == [
+        ("acct", "user01@demo.test"), ("ipacct", "192.0.2.4 user01@demo.test")]
+    assert alerts[0].accounts == ("user01@demo.test",)
