@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from pathlib import Path
 
+from workers import privileges
+
 log = logging.getLogger("workers.control")
+
+SOCKET_MODE = 0o600
 
 MAX_REQUEST = 4096
 
@@ -79,6 +82,6 @@ async def serve(worker, path: Path) -> asyncio.AbstractServer:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(client, path=str(path))
-    os.chmod(path, 0o600)          # admin requests: owner only
-    return server
+    # admin requests: the worker's user (and root) only, from the moment the socket exists
+    sock = privileges.unix_listener(str(path), SOCKET_MODE)
+    return await asyncio.start_unix_server(client, sock=sock)

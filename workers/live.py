@@ -13,6 +13,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
+import stat
 import time
 
 from carbotui.directory import DirectoryUnavailable
@@ -79,17 +81,26 @@ class LiveConfig:
         w.admin_upstreams.update(servers)
         certs, vhosts = {}, {}
         cert_dir = w.settings.run_dir / "vhosts"
-        cert_dir.mkdir(parents=True, exist_ok=True)
+        cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for d in domains:
             for name in d.virtual_hostnames:
                 vhosts[name] = d.name
             if not (d.certificate_pem and d.private_key_pem and d.virtual_hostnames):
                 continue
+            # The domain name becomes a file name: anything but a DNS name ("../x", "a/b")
+            # could write outside the directory.
+            if not is_fqdn(d.name):
+                log.error("domain %r is not a DNS name; its certificate is not used", d.name)
+                continue
             # ssl loads certificates from files only; keep them private to this worker.
             crt = cert_dir / f"{d.name}.{w.index}.crt"
             key = cert_dir / f"{d.name}.{w.index}.key"
-            _write_private(crt, d.certificate_pem)
-            _write_private(key, d.private_key_pem)
+            try:
+                _write_private(crt, d.certificate_pem)
+                _write_private(key, d.private_key_pem)
+            except OSError as exc:
+                log.error("certificate of %s not written (%s); not used", d.name, exc)
+                continue
             for name in d.virtual_hostnames:
                 certs[name] = (crt, key)
         try:
@@ -105,7 +116,25 @@ class LiveConfig:
             await self.refresh()
 
 
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def is_fqdn(name: str) -> bool:
+    """A fully qualified DNS name: two or more labels of letters, digits and inner hyphens
+    (IDNs as xn--), at most 253 characters, no trailing dot."""
+    if not isinstance(name, str) or not 0 < len(name) <= 253:
+        return False
+    labels = name.lower().split(".")
+    return len(labels) >= 2 and all(_LABEL.fullmatch(label) for label in labels)
+
+
 def _write_private(path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Owner-only, whatever was there: no symlink followed (O_NOFOLLOW), a file left by an
+    earlier run gets 0600 before the key is written (fchmod), only a regular file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.fchmod(fd, 0o600)
         f.write(text)

@@ -10,6 +10,10 @@ import json
 import os
 import time
 
+from workers import privileges
+
+SOCKET_MODE = 0o660
+
 
 def snapshot(worker) -> dict:
     r = worker.router
@@ -73,7 +77,10 @@ async def serve(worker, path: str) -> asyncio.AbstractServer:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    return await asyncio.start_unix_server(handle, path=path)
+    # 0660, whatever the umask: the worker's user and group (an admin in that group, e.g.
+    # `carbotui stats` without root); nobody else sees sessions, accounts and addresses.
+    sock = privileges.unix_listener(path, SOCKET_MODE)
+    return await asyncio.start_unix_server(handle, sock=sock)
 
 
 def read(path: str, timeout: float = 2.0) -> dict:
