@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 
 from carbotui.memcache import Memcache
@@ -28,13 +29,28 @@ def member_key(node: str, worker: str) -> bytes:
     return f"fleet:member:{escape(node)}/{escape(worker)}".encode()
 
 
+# What member_key() makes: escaped names only, within memcached's 250 bytes.
+_MEMBER = re.compile(r"(?=.{1,250}\Z)fleet:member:[A-Za-z0-9.@_+%\-]+/[A-Za-z0-9.@_+%\-]+")
+
+
+def _members_of(raw: bytes) -> list[str]:
+    """The member keys a stored index lists. Anyone who can write memcached can write
+    this value, so only entries shaped like member_key() count (at most MAX_MEMBERS,
+    each once); anything else is as good as an empty index, which the next publish
+    rewrites."""
+    try:
+        members = json.loads(raw)
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(members, list):
+        return []
+    valid = dict.fromkeys(m for m in members if isinstance(m, str) and _MEMBER.fullmatch(m))
+    return list(valid)[:MAX_MEMBERS]
+
+
 async def _index(cache: Memcache) -> list[str]:
     found = await cache.get_many([INDEX])
-    try:
-        members = json.loads(found.get(INDEX, b"[]"))
-        return [m for m in members if isinstance(m, str)][:MAX_MEMBERS]
-    except ValueError:
-        return []
+    return _members_of(found.get(INDEX, b"[]"))
 
 
 async def publish(cache: Memcache, node: str, worker: str, summary: dict) -> None:
@@ -65,10 +81,12 @@ async def members(cache: Memcache) -> list[dict]:
     out = []
     for value in found.values():
         try:
-            out.append(json.loads(value))
-        except ValueError:
+            member = json.loads(value)
+        except (ValueError, RecursionError):
             continue
-    return sorted(out, key=lambda m: (m.get("node", ""), m.get("worker", "")))
+        if isinstance(member, dict):
+            out.append(member)
+    return sorted(out, key=lambda m: (str(m.get("node", "")), str(m.get("worker", ""))))
 
 
 def summary_of(worker) -> dict:

@@ -9,6 +9,7 @@ memcached does neither on demand.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import secrets
@@ -20,6 +21,7 @@ import time
 
 import pytest
 
+from carbotui import nodes
 from carbotui.config import Endpoint
 from carbotui.memcache import Memcache
 
@@ -149,6 +151,29 @@ def test_keys_memcached_refuses_are_misses_not_an_outage(server):
     assert found == after == {good: b"G"}
     assert (stored, counted, deleted) == (False, None, False)
     assert state == (0, True)
+
+
+@pytest.mark.parametrize("poison", [b'["a b"]', b'["x\\r\\ny", "a b", "a b", 7]', b"[[[[",
+                                    b'{"a": 1}'])
+def test_a_poisoned_fleet_index_is_rewritten_not_an_outage(server, poison):
+    """L9: nodes.publish over a fleet:index anyone could have written."""
+    async def go():
+        m = cache(server.endpoint)
+        assert await m.add(nodes.INDEX, poison, 0)
+        try:
+            await nodes.publish(m, "node-1", "proxy_00", {"node": "node-1", "worker": "proxy_00"})
+            listed = await m.get_many([nodes.INDEX])
+            members = await nodes.members(m)
+        finally:
+            await m.delete(nodes.INDEX)
+        state = m.available, m.errors
+        await m.close()
+        return listed, members, state
+
+    listed, members, state = run(go())
+    assert state == (True, 0)
+    assert json.loads(listed[nodes.INDEX]) == [nodes.member_key("node-1", "proxy_00").decode()]
+    assert members == [{"node": "node-1", "worker": "proxy_00"}]
 
 
 def test_values_are_length_delimited(server):
