@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 import ldap3
@@ -94,10 +95,13 @@ def _all(entry: dict, attr: str) -> tuple:
 
 
 class Directory:
+    QUALIFY_TTL = 5.0                # seconds a local address's login domain is reused
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self._conn: ldap3.Connection | None = None
         self._lock = threading.Lock()
+        self._login_domains: dict[str, tuple[float, str]] = {}   # local ip -> (until, domain)
         self.searches = 0            # every LDAP search, for stats and tests
 
     # -- connection -------------------------------------------------------
@@ -172,8 +176,22 @@ class Directory:
         login = login.lower()
         if "@" in login:
             return login
-        domain = self.domain_for_ip(local_ip) or self.default_domain()
+        domain = self._login_domain(local_ip)
         return f"{login}@{domain}" if domain else login
+
+    def _login_domain(self, local_ip: str) -> str:
+        """qualify's domain for a local address, remembered QUALIFY_TTL seconds: two
+        searches that do not depend on the name (review L4: random bare names cost
+        three searches each). Local addresses are few; the map is bounded anyway."""
+        now = time.monotonic()
+        known = self._login_domains.get(local_ip)
+        if known is not None and known[0] > now:
+            return known[1]
+        domain = self.domain_for_ip(local_ip) or self.default_domain()
+        if len(self._login_domains) >= 256:
+            self._login_domains.clear()
+        self._login_domains[local_ip] = (now + self.QUALIFY_TTL, domain)
+        return domain
 
     def find_account(self, address: str) -> Account | None:
         a = escape_filter_chars(address.lower())

@@ -72,6 +72,12 @@ class Router:
     # seen within seconds; a failed login forgets it at once.
     LOCAL_TTL = 5.0
     LOCAL_MAX = 10000
+    # A name (or zimbraId) LDAP just found no account for is answered "no such account"
+    # from memory for a few seconds, so an unauthenticated client repeating it costs no
+    # LDAP search each time (review L4). Per worker, bounded (oldest dropped first);
+    # short, so an account created meanwhile is found seconds later.
+    NEGATIVE_TTL = 5.0
+    NEGATIVE_MAX = 10000
 
     def __init__(self, directory: Directory, cache: Memcache, *, ttl: int):
         self.directory = directory
@@ -81,6 +87,8 @@ class Router:
         self._servers_at = 0.0
         self._refresh_lock = asyncio.Lock()
         self._local: dict[tuple[str, str, str], tuple[float, Route]] = {}
+        self._negative: dict[tuple[str, str], float] = {}   # (name, local ip) -> until
+        self.negative_hits = 0
         self.hits = 0
         self.misses = 0
         self.ldap_lookups = 0
@@ -153,6 +161,8 @@ class Router:
         login = login.lower()
         key = (login, proto, local_ip)
         now = time.monotonic()
+        if self._known_missing((login, local_ip), now):
+            return None
         route = await self._cached(login, proto, local_ip)
         if route is not None:
             self.hits += 1
@@ -160,6 +170,7 @@ class Router:
             self.misses += 1
             account = await self._lookup(login, local_ip)
             if account is None:
+                self._remember_missing((login, local_ip))
                 return None
             server = await self._server_for(account)
             route = self._route(account.name, server, proto, cached=False)
@@ -174,6 +185,9 @@ class Router:
         """The route for a web request carrying an auth token (by zimbraId)."""
         key = id_route_key(proto, zimbra_id, admin=admin)
         port_kind = "admin" if admin else proto
+        missing_key = (zimbra_id, "")          # an id is the same account whatever the ip
+        if self._known_missing(missing_key, time.monotonic()):
+            return None
         if self.cache.servers:
             found = await self.cache.get_many([key])
             if key in found:
@@ -192,11 +206,29 @@ class Router:
         except DirectoryUnavailable as exc:
             raise RouteError(str(exc)) from None
         if account is None:
+            self._remember_missing(missing_key)
             return None
         server = await self._server_for(account)
         route = self._route(account.name, server, port_kind, cached=False)
         await self.cache.add(key, server.endpoint(port_kind).encode(), self.ttl)
         return route
+
+    def _known_missing(self, key: tuple[str, str], now: float) -> bool:
+        until = self._negative.get(key)
+        if until is None:
+            return False
+        if until > now:
+            self.negative_hits += 1
+            return True
+        del self._negative[key]
+        return False
+
+    def _remember_missing(self, key: tuple[str, str]) -> None:
+        negative = self._negative
+        negative.pop(key, None)                # re-inserted last: dropped last
+        while len(negative) >= self.NEGATIVE_MAX:
+            del negative[next(iter(negative))]    # the oldest entry
+        negative[key] = time.monotonic() + self.NEGATIVE_TTL
 
     async def _lookup(self, login: str, local_ip: str) -> Account | None:
         self.ldap_lookups += 1
