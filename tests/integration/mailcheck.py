@@ -209,6 +209,7 @@ class Wire:
             self.start_tls()
         self.buf = bytearray()
         self.pos = 0                 # start of the next unparsed response
+        self.greeted = 0             # end of the greeting (and STARTTLS)
         self.eof = False
 
     def start_tls(self) -> None:
@@ -427,12 +428,20 @@ def open_imap(endpoint: Endpoint) -> ImapWire:
         r = wire.until_tag(b"S")
         assert r.status == b"OK", r.first
         wire.start_tls()
+    wire.greeted = wire.pos
     return wire
 
 
 def play_imap(wire: ImapWire, steps: Iterable[Step], facts: dict) -> bool:
-    """Play steps; True if the server closed the connection."""
+    """Play steps; True if the server closed the connection.
+
+    A "cont" step with a tag as ``arg`` also stops at that tag's reply: the server refused
+    the command instead of asking for its literal (APPEND to a missing mailbox, say), and
+    the steps that would have sent the rest of that command are skipped."""
+    refused = None
     for step in steps:
+        if refused is not None and step.arg == refused:
+            continue
         if step.call:
             step.call()
         if step.send:
@@ -441,7 +450,10 @@ def play_imap(wire: ImapWire, steps: Iterable[Step], facts: dict) -> bool:
             if step.until == "tag":
                 wire.until_tag(step.arg)
             elif step.until == "cont":
-                wire.until(lambda r, w: r.first.startswith(b"+"))
+                r = wire.until(lambda r, w: r.first.startswith(b"+") or
+                               (step.arg is not None and r.tag == step.arg))
+                if not r.first.startswith(b"+"):
+                    refused = step.arg
             elif step.until == "match":
                 rx = re.compile(step.arg)
                 wire.until(lambda r, w: rx.search(bytes(w.buf[r.start:r.end])) is not None)
@@ -460,26 +472,38 @@ def play_imap(wire: ImapWire, steps: Iterable[Step], facts: dict) -> bool:
 
 def run_imap(endpoint: Endpoint, account: str, steps: list[Step], *,
              fixture: Fixture | None = None, login: str = "login",
-             login_extra: bytes = b"", login_steps: list[Step] | None = None) -> Transcript:
+             login_extra: bytes = b"", login_steps: list[Step] | None = None,
+             before: Callable[[ImapWire], None] | None = None,
+             after: Callable[[], object] | None = None) -> Transcript:
     """Reset the account, set it up (straight at Dovecot), then log in at ``endpoint`` and
     play ``steps``. ``login_extra`` is sent in the same write as the (last part of the)
-    login command: pipelined commands."""
+    login command: pipelined commands. ``before`` runs on the connection before the login
+    (pre-auth commands, not recorded); ``after`` once the session is over, its result is
+    compared too (``facts["after"]``: the mailbox state the session left)."""
     facts = prepare(account, fixture)
     started = time.monotonic()
     wire = open_imap(endpoint)
     login_steps = list(login_steps or imap_login_bytes(account, login))
     last = login_steps[-1]
     login_steps[-1] = Step(last.send + login_extra, last.until, last.arg)
-    pre = wire.pos
     try:
-        play_imap(wire, login_steps, facts)
-    except Closed:
-        raise AssertionError(f"{endpoint}: closed during login: {bytes(wire.buf[pre:])!r}")
-    # The login reply is the last response read; everything after it is the transcript.
-    login_end = wire.pos
-    login_reply = bytes(wire.buf[pre:login_end])
-    closed = play_imap(wire, steps, facts)
-    wire.close()
+        if before:
+            try:
+                before(wire)
+            except Closed:
+                raise AssertionError(f"{endpoint}: closed before login: "
+                                     f"{bytes(wire.buf[wire.greeted:])[-300:]!r}") from None
+        pre = wire.pos
+        if play_imap(wire, login_steps, facts):
+            raise AssertionError(f"{endpoint}: closed during login: {bytes(wire.buf[pre:])!r}")
+        # The login reply is the last response read; everything after it is the transcript.
+        login_end = wire.pos
+        login_reply = bytes(wire.buf[pre:login_end])
+        closed = play_imap(wire, steps, facts)
+    finally:
+        wire.close()
+    if after:
+        facts["after"] = after()
     return Transcript(endpoint, login_reply, bytes(wire.buf[login_end:]), facts, closed,
                       time.monotonic() - started)
 
@@ -598,25 +622,28 @@ def pop(text: str | bytes, multi: bool = False) -> Step:
 
 def run_pop3(endpoint: Endpoint, account: str, steps: list[Step], *,
              fixture: Fixture | None = None, login: str = "user",
-             login_extra: bytes = b"") -> Transcript:
+             login_extra: bytes = b"", after: Callable[[], object] | None = None) -> Transcript:
     facts = prepare(account, fixture)
     started = time.monotonic()
     wire = open_pop3(endpoint)
     login_steps = pop3_login_steps(account, login)
-    last = login_steps[-1]
     if login_extra:
         # Pipelined after the login: goes in the same write as the login's last command
         # (for "user-pipelined", the one write with USER and PASS).
         i = max(i for i, s in enumerate(login_steps) if s.send)
         s = login_steps[i]
         login_steps[i] = Step(s.send + login_extra, s.until, s.arg)
-    pre = wire.pos
-    play_pop3(wire, login_steps)
-    login_end = wire.pos
-    login_reply = bytes(wire.buf[pre:login_end])
-    assert last.until == "line"
-    closed = play_pop3(wire, steps)
-    wire.close()
+    try:
+        pre = wire.pos
+        if play_pop3(wire, login_steps):
+            raise AssertionError(f"{endpoint}: closed during login: {bytes(wire.buf[pre:])!r}")
+        login_end = wire.pos
+        login_reply = bytes(wire.buf[pre:login_end])
+        closed = play_pop3(wire, steps)
+    finally:
+        wire.close()
+    if after:
+        facts["after"] = after()
     return Transcript(endpoint, login_reply, bytes(wire.buf[login_end:]), facts, closed,
                       time.monotonic() - started)
 
@@ -645,8 +672,8 @@ _DATE_RE = re.compile(rb'((?:INTERNALDATE|SAVEDATE) )"(\d\d?-[A-Z][a-z]{2}-\d{4}
                       rb'\d\d:\d\d:\d\d [+-]\d{4})"')
 
 # 4. POP3 UIDL: Dovecot's pop3_uidl_format %08Xu%08Xv is the UID and the INBOX's
-#    UIDVALIDITY in hex (rule 2 again); the UID half is kept.
-_UIDL_RE = re.compile(rb"(?m)^((?:\+OK )?\d+ [0-9A-F]{8})([0-9A-F]{8})(?=\r$)")
+#    UIDVALIDITY in hex (rule 2 again; Dovecot writes it in lower case); the UID half is kept.
+_UIDL_RE = re.compile(rb"(?m)^((?:\+OK )?\d+ [0-9a-fA-F]{8})([0-9a-fA-F]{8})(?=\r$)")
 
 
 def _recent(text: bytes) -> bool:
@@ -704,6 +731,9 @@ def assert_same(direct: Transcript, proxied: Transcript) -> None:
     a, b = direct.normalised(), proxied.normalised()
     assert a == b, ("server transcripts after login differ\n" + diff(a, b))
     assert direct.closed == proxied.closed, (direct.closed, proxied.closed)
+    assert direct.facts.get("after") == proxied.facts.get("after"), (
+        "the mailbox state after the session differs",
+        direct.facts.get("after"), proxied.facts.get("after"))
 
 
 def compare_imap(account: str, kind: str, steps: list[Step], **kw) -> tuple[Transcript,
@@ -754,6 +784,8 @@ class Checker:
                 break
             if pending_bye is not None and not (logout_tag and r.tag == logout_tag):
                 self.errors.append(f"unexpected BYE: {pending_bye[:100]!r}")
+            elif pending_bye is None and logout_tag and r.tag == logout_tag:
+                self.errors.append(f"LOGOUT reply without a BYE first: {r.first[:100]!r}")
             pending_bye = None
             if r.tag == b"*":
                 if r.status == b"BYE":
@@ -775,3 +807,36 @@ class Checker:
             if tag not in answered:
                 self.errors.append(f"tag never answered: {tag[:40]!r}")
         return len(self.errors) - before
+
+
+def imap_state(account: str) -> bytes:
+    """The mailbox as a later session sees it (straight at Dovecot, once the recorded
+    session has ended there): folders, subscriptions, counts, and every message's flags."""
+    wait_no_sessions(account)
+    wire = open_imap(dovecot(account, "imaps"))
+    play_imap(wire, imap_login_bytes(account, "login"), {})
+    start = wire.pos
+    wire.send(b'q1 LIST "" * RETURN (SUBSCRIBED STATUS (MESSAGES UIDNEXT UNSEEN))\r\n')
+    wire.until_tag(b"q1")
+    folders = re.findall(rb'\* LIST \([^)]*\) "." (\S+)\r\n', bytes(wire.buf[start:]))
+    for n, folder in enumerate(folders):
+        tag = b"e%d" % n
+        wire.send(tag + b" EXAMINE " + folder + b"\r\n")
+        wire.until_tag(tag)
+        wire.send(tag + b"f UID FETCH 1:* (FLAGS RFC822.SIZE)\r\n")
+        wire.until_tag(tag + b"f")
+    wire.send(b"q9 LOGOUT\r\n")
+    wire.until_tag(b"q9")
+    wire.close()
+    return normalise(bytes(wire.buf[start:]))
+
+
+def pop3_state(account: str) -> bytes:
+    """What a later POP3 session lists (straight at Dovecot)."""
+    wait_no_sessions(account)
+    wire = open_pop3(dovecot(account, "pop3s"))
+    play_pop3(wire, pop3_login_steps(account, "user"))
+    start = wire.pos
+    play_pop3(wire, [pop("STAT"), pop("LIST", True), pop("QUIT")])
+    wire.close()
+    return bytes(wire.buf[start:])
