@@ -104,6 +104,13 @@ class CarbotuiApp(App):
         self._poll_timer = None
         self._stop = threading.Event()
 
+    def notify(self, message: str, *, title: str = "", severity="information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every toast is plain text, whoever asks (a screen's notify passes markup=True
+        by default): toasts quote accounts, IPs and block reasons that clients chose."""
+        super().notify(message, title=title, severity=severity, timeout=timeout,
+                       markup=False)
+
     # -- start and stop ----------------------------------------------------------------
     def on_mount(self) -> None:
         if self.keymap:
@@ -249,7 +256,7 @@ class CarbotuiApp(App):
                             title="Alerts", severity="warning", timeout=10)
             for alert in shown:
                 self.notify(alert.summary(), title=f"Alert: {alert.rule} {alert.key}",
-                            severity="warning", timeout=10)
+                            severity="warning", timeout=10, markup=False)
         screen = self.screen
         if isinstance(screen, AlertsScreen):
             screen.draw_alerts()

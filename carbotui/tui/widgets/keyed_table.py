@@ -4,12 +4,22 @@
 sort order. Unchanged rows are not touched, so a refresh without new data
 draws nothing; removing the row under the cursor moves it to a neighbour
 rather than to the top (DataTable.clear() would reset cursor and scroll).
+
+A `str` cell is shown as plain text: DataTable would parse it as Rich markup,
+and cells hold what clients chose (account names, block reasons), where `[/x]`
+raised MarkupError and `[link=...]` drew a link (security review M5).
 """
 from __future__ import annotations
 
+from rich.text import Text
 from textual.widgets import DataTable
 
 from carbotui.tui.format import sort_key
+
+
+def _plain(cell):
+    """A str cell as Text, styled as DataTable styles a str (one line, no wrap)."""
+    return Text(cell, no_wrap=True, end="") if isinstance(cell, str) else cell
 
 
 class KeyedTable(DataTable):
@@ -49,12 +59,12 @@ class KeyedTable(DataTable):
             for key, cells in rows.items():
                 old = self._cells.get(key)
                 if old is None:
-                    self.add_row(*cells, key=key)
+                    self.add_row(*map(_plain, cells), key=key)
                     changed = True
                 elif old != cells:
                     for column, new, before in zip(self.column_keys, cells, old):
                         if new != before:
-                            self.update_cell(key, column, new)
+                            self.update_cell(key, column, _plain(new))
                     changed = True
                 self._cells[key] = cells
             if changed:

@@ -1,7 +1,8 @@
 """Modal dialogs: confirm, one-line prompt, virtual hostname form, IP block form.
 
 Each returns its result through dismiss() to the push_screen callback, and
-every key works without a mouse: enter confirms, escape cancels.
+every key works without a mouse: enter confirms, escape cancels. Their texts
+are never parsed as markup: questions quote accounts and block reasons.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ class ConfirmModal(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="title")
+            yield Label(self.question, classes="title", markup=False)
             if self.detail:
-                yield Static(self.detail, classes="detail")
+                yield Static(self.detail, classes="detail", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button(f"{self.yes} (y)", id="yes", variant="warning")
                 yield Button("Cancel (n)", id="no")
@@ -60,9 +61,9 @@ class PromptModal(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="title")
+            yield Label(self.title_text, classes="title", markup=False)
             yield Input(value=self.value, placeholder=self.placeholder, id="value")
-            yield Static(self.hint, id="error", classes="hint")
+            yield Static(self.hint, id="error", classes="hint", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -175,7 +176,7 @@ class BlockModal(ModalScreen[BlockRequest | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
-            yield Label(self.title_text, classes="title")
+            yield Label(self.title_text, classes="title", markup=False)
             yield Input(value=self.ip, placeholder="IP address, e.g. 203.0.113.5 or 2001:db8::7",
                         id="ip")
             yield Input(value=self.duration, placeholder="duration: 3600, 90s, 15m, 2h, 7d "
@@ -220,8 +221,8 @@ class ChoiceModal(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="title")
-            yield OptionList(*self.choices, id="choices")
+            yield Label(self.title_text, classes="title", markup=False)
+            yield OptionList(*(Text(c) for c in self.choices), id="choices")
             yield Static("enter: choose · escape: cancel", classes="hint")
 
     def on_mount(self) -> None:
