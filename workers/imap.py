@@ -29,8 +29,8 @@ from workers.preauth import (
     AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
 )
 from workers.sasl import (
-    AuthDataError, Event, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
-    decode_password, decode_plain, decode_username, safe_text,
+    AuthDataError, AuthzidRefused, Event, LineTooLong, b64decode_strict, check_wire_safe,
+    coalesce, decode_password, decode_plain, decode_username, safe_text,
 )
 
 __all__ = ["ImapClientSide", "ImapBackendLogin"]
@@ -497,6 +497,9 @@ class ImapClientSide(ClientSide):
     def _plain(self, tag: bytes, b64: bytes, out: list[Event]) -> None:
         try:
             creds = decode_plain(b64decode_strict(b64))
+        except AuthzidRefused as e:             # RFC 4616 §2, RFC 5530
+            out.append(Send(_reply(tag, b"NO", b"[AUTHORIZATIONFAILED] " + str(e).encode())))
+            return
         except AuthDataError as e:
             out.append(Send(_reply(tag, b"BAD", str(e).encode())))
             return

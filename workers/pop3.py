@@ -20,8 +20,8 @@ from workers.preauth import (
     AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
 )
 from workers.sasl import (
-    AuthDataError, Event, LineTooLong, b64decode_strict, check_wire_safe, coalesce,
-    decode_password, decode_plain, decode_username, encode_plain, safe_text,
+    AuthDataError, AuthzidRefused, Event, LineTooLong, b64decode_strict, check_wire_safe,
+    coalesce, decode_password, decode_plain, decode_username, encode_plain, safe_text,
 )
 
 __all__ = ["Pop3ClientSide", "Pop3BackendLogin"]
@@ -246,6 +246,9 @@ class Pop3ClientSide(ClientSide):
     def _plain(self, b64: bytes, out: list[Event]) -> None:
         try:
             creds = decode_plain(b64decode_strict(b64))
+        except AuthzidRefused as e:             # RFC 4616 §2, RFC 3206
+            out.append(_err(b"[AUTH] " + str(e).encode() + b"."))
+            return
         except AuthDataError as e:
             out.append(_err(str(e).encode() + b"."))
             return

@@ -31,9 +31,15 @@ class AuthDataError(ValueError):
     quotes the data itself."""
 
 
+class AuthzidRefused(AuthDataError):
+    """SASL PLAIN asked to act as another user (an authorization identity that is
+    not the authentication identity). The proxy supports no delegation, so the
+    exchange fails (RFC 4616 §2) with the protocol's authorization-failure code."""
+
+
 @dataclass(frozen=True, slots=True)
 class PlainCredentials:
-    authzid: str                      # "" when absent or equal to the username
+    authzid: str                      # always "": absent or equal to the username
     username: str
     password: str = field(repr=False)
 
@@ -105,10 +111,11 @@ def decode_plain(message: bytes) -> PlainCredentials:
     authzid = decode_username(raw_authzid, "Authorization identity") if raw_authzid else ""
     password = decode_password(raw_password)
     # Several clients repeat the username as authzid; that is no delegation,
-    # and normalising it saves the glue a special case.
-    if authzid == username:
-        authzid = ""
-    return PlainCredentials(authzid, username, password)
+    # and normalising it saves the glue a special case. Any other authzid is a
+    # request to act as someone else: refused, never turned into a login as oneself.
+    if authzid and authzid != username:
+        raise AuthzidRefused("Authorization as another user is not allowed")
+    return PlainCredentials("", username, password)
 
 
 def encode_plain(username: str, password: str, authzid: str = "") -> bytes:
