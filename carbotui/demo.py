@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import grp
 import hashlib
 import json
@@ -96,9 +97,16 @@ class DemoError(Exception):
 
 
 def write_private(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Create `path` with `mode` from the start (never readable by others, even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Create `path` with `mode` from the start (never readable by others, even briefly).
+    Never through a symlink or a hard link, never into a file someone else owns (var/run is
+    writable by the service user: root must not write where that user pointed it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
     with os.fdopen(fd, "wb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            raise DemoError(f"{path} is not a regular file of uid {os.geteuid()} with one link: "
+                            "remove it")
+        os.ftruncate(fd, 0)
         os.fchmod(fd, mode)
         f.write(data.encode() if isinstance(data, str) else data)
 
@@ -283,12 +291,12 @@ def make_ldap() -> None:
     admin_pw = secrets.token_urlsafe(24)
     write_private(LDAP / "admin.secret", admin_pw)  # no newline: `ldapsearch -y` uses it verbatim
     rootpw = run("slappasswd", "-T", str(LDAP / "admin.secret")).strip()  # -T: not visible in ps
-    (LDAP / "slapd.conf").write_text(SLAPD_CONF.format(
+    write_private(LDAP / "slapd.conf", SLAPD_CONF.format(  # 0600 from the start: the rootpw hash
         url=LDAP_URL, root=ROOT, run=RUN, ldap=LDAP, suffix=LDAP_SUFFIX, admin=LDAP_ADMIN, rootpw=rootpw))
-    (LDAP / "slapd.conf").chmod(0o600)  # holds the rootpw hash
     write_private(LDAP / "seed.ldif", seed_ldif())  # holds the mail.demo.test private key
     run("slaptest", "-u", "-f", str(LDAP / "slapd.conf"))
     run("slapadd", "-q", "-f", str(LDAP / "slapd.conf"), "-l", str(LDAP / "seed.ldif"))
+    (LDAP / "seed.ldif").unlink()  # seeded: no second copy of the key on disk
 
 
 DOVECOT_CONF = """\
@@ -434,14 +442,171 @@ def make_mailbox(m: Mailbox) -> None:
 
 
 def check_paths() -> None:
-    """Dovecot's unprivileged processes must be able to reach var/ (e.g. not under /root)."""
+    """Dovecot's unprivileged processes and the carbotui user must be able to reach var/
+    (e.g. not under /root)."""
     for d in [ROOT, *ROOT.parents]:
         if not d.stat().st_mode & stat.S_IXOTH:
-            raise DemoError(f"{d} is not searchable by other users; Dovecot's {MAIL_USER} and "
-                            f"dovecot users cannot reach var/. Run `chmod o+x {d}` or move the checkout.")
+            raise DemoError(f"{d} is not searchable by other users; Dovecot's {MAIL_USER}, "
+                            f"dovecot and {SERVICE_USER} users cannot reach var/. Run `chmod o+x {d}` "
+                            "or move the checkout.")
     sock = RUN / "supervisor.sock"
     if len(str(sock)) > 100:  # sun_path is 108 bytes
         raise DemoError(f"{sock} is too long for a unix socket; use a shorter checkout path")
+
+
+# --- the service user ----------------------------------------------------------------------
+# supervisord (root) starts the proxy workers, auditwatch, web1/web2 and mailsink; they run as
+# SERVICE_USER (`--user` for the workers, `user=` for the others, see supervisord.conf). What
+# they write lives in directories of their own; what root writes stays root's:
+#   var/run     root:carbotui 1770  the workers' stats/control sockets and auditwatch.state
+#                                   sit beside supervisord's socket, pid and include; the
+#                                   sticky bit stops the service user removing or replacing
+#                                   root's files
+#   var/run/vhosts, var/spool/alerts, var/mailsink, var/cluster/*/{run,log}
+#               carbotui 0700/0750
+#   var/log     root:carbotui 0750  supervisord writes (and rotates) every child's log here,
+#                                   so the service user may not create files in it (a symlink
+#                                   in place of a rotated log would make root write through
+#                                   it); audit.log and alerts.log are made here for it
+#   private keys and secrets it reads (TLS keys, admin.secret, accounts.json): 0640 root:carbotui;
+#   the CA key 0600 root.
+
+SERVICE_USER = "carbotui"
+SERVICE_LOGS = ("audit.log", "alerts.log")  # var/log files the service user appends to
+# var/run entries the service user's programs create (owned by it, so they can replace them)
+SERVICE_RUN_FILES = ("proxy_*.sock", "proxy_*.ctl", "auditwatch.state", "auditwatch.state.tmp")
+CLUSTER = VAR / "cluster"  # `make cluster` nodes' var_dir (etc/cluster/node*.toml)
+CLUSTER_NODES = ("node1", "node2")
+
+
+def service_user() -> pwd.struct_passwd:
+    """The unprivileged user of the demo's own programs, created when missing."""
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        pass
+    say(f"creating system user {SERVICE_USER}")
+    p = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                        "--comment", "carbotui proxy workers", SERVICE_USER],
+                       capture_output=True, text=True)
+    try:
+        return pwd.getpwnam(SERVICE_USER)  # also when a concurrent setup made it first
+    except KeyError:
+        raise DemoError(f"useradd {SERVICE_USER} failed: {p.stderr.strip()}") from None
+
+
+def reach_interpreter() -> None:
+    """.venv's python is a link to an interpreter that may live under a private folder
+    (pyenv under /root): make the folders on the way searchable (o+x, not readable), as
+    .ci/run does for the checkout's."""
+    for target in {Path(os.path.realpath(sys.executable)), Path(sys.base_prefix)}:
+        for d in [target, *target.parents] if target.is_dir() else target.parents:
+            mode = d.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                say(f"{d}: o+x, so {SERVICE_USER} can run {os.path.realpath(sys.executable)}")
+                d.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def check_service_user(pw: pwd.struct_passwd) -> None:
+    """The service user can run what supervisord starts as it (fails early and says why,
+    rather than every program going FATAL)."""
+    modules = "workers.worker, workers.privileges, carbotui.auditwatch, carbotui.demoweb, carbotui.mailsink"
+    p = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", f"import {modules}"],
+                       cwd="/", user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise DemoError(f"user {SERVICE_USER} cannot run .venv/bin/python with the checkout's "
+                        f"modules: {last}. The checkout and .venv must be readable by others "
+                        f"(`chmod -R o+rX {ROOT}`).")
+
+
+def _set(path: Path, uid: int, gid: int, mode: int) -> bool:
+    """Owner and mode of one file or folder, through a descriptor opened without following a
+    symlink (nothing can be swapped in between the look and the change). True if changed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DemoError(f"{path} is a symlink: remove it") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        changed = False
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)
+            changed = True
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+            changed = True
+        return changed
+    finally:
+        os.close(fd)
+
+
+def _give(top: Path, pw: pwd.struct_passwd, mode: int) -> int:
+    """`top` and everything in it to the service user (top at `mode`); for a tree that user
+    writes, so by file descriptor (os.fwalk), never following a symlink it may have put there."""
+    top.mkdir(mode=mode, parents=True, exist_ok=True)
+    changed = int(_set(top, pw.pw_uid, pw.pw_gid, mode))
+    for _, dirs, files, dfd in os.fwalk(top, follow_symlinks=False):
+        for name in dirs + files:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if (st.st_uid, st.st_gid) != (pw.pw_uid, pw.pw_gid):
+                os.chown(name, pw.pw_uid, pw.pw_gid, dir_fd=dfd, follow_symlinks=False)
+                changed += 1
+    return changed
+
+
+def fix_permissions(pw: pwd.struct_passwd) -> None:
+    """Owners and modes under var/ for the service user (see above). Idempotent, and run on
+    every setup, so a var/ made by an earlier version (everything root's) is brought over."""
+    uid, gid, n = pw.pw_uid, pw.pw_gid, 0
+    n += _set(RUN, 0, gid, 0o1770)
+    n += _give(RUN / "vhosts", pw, 0o700)
+    fd = os.open(RUN, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for pattern in SERVICE_RUN_FILES:
+            for path in RUN.glob(pattern):
+                st = os.stat(path.name, dir_fd=fd, follow_symlinks=False)
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    os.chown(path.name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                    n += 1
+    finally:
+        os.close(fd)
+    n += _set(LOG, 0, gid, 0o750)
+    for name in SERVICE_LOGS:
+        path = LOG / name
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640))
+        n += _set(path, uid, gid, 0o640)
+    for path in LOG.iterdir():  # supervisord's logs (login names, LDAP filters): not others'
+        st = path.lstat()
+        if path.name not in SERVICE_LOGS and stat.S_ISREG(st.st_mode) and st.st_mode & 0o007:
+            n += _set(path, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode) & ~0o007)
+    (VAR / "spool").mkdir(exist_ok=True)
+    n += _set(VAR / "spool", 0, gid, 0o750)
+    n += _give(VAR / "spool" / "alerts", pw, 0o700)
+    n += _give(VAR / "mailsink", pw, 0o700)
+    for node in CLUSTER_NODES:
+        CLUSTER.joinpath(node).mkdir(parents=True, exist_ok=True)
+        n += _give(CLUSTER / node / "run", pw, 0o750) + _give(CLUSTER / node / "log", pw, 0o750)
+    if CERTS.is_dir():
+        for key in CERTS.glob("*.key"):
+            n += _set(key, 0, 0, 0o600) if key.name == "ca.key" else _set(key, 0, gid, 0o640)
+    if LDAP.is_dir():
+        n += _set(LDAP, 0, gid, 0o750)
+        for secret in LDAP.glob("*.secret"):  # the workers bind with it
+            n += _set(secret, 0, gid, 0o640)
+        if (LDAP / "seed.ldif").exists():  # left by an earlier setup: a copy of a private key
+            (LDAP / "seed.ldif").unlink()
+            n += 1
+    for m in MAILBOXES:  # web1/web2 read their accounts
+        if (m.dir / "accounts.json").exists():
+            n += _set(m.dir / "accounts.json", 0, gid, 0o640)
+    if n:
+        say(f"var/: {n} owner/mode change(s) for the {SERVICE_USER} user")
 
 
 def write_workers_include() -> None:
@@ -451,7 +616,7 @@ def write_workers_include() -> None:
            f"[program:proxy]\nnumprocs={n}\n"
     path = RUN / "supervisor-workers.conf"
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        write_private(path, text, 0o644)  # supervisord (root) reads it: only root's file
         say(f"proxy workers: {n} (var/run/supervisor-workers.conf)")
 
 
@@ -459,6 +624,9 @@ def setup(force: bool) -> None:
     if os.geteuid() != 0:
         raise DemoError("setup needs root (a system user owns the maildirs; Dovecot drops privileges)")
     check_paths()
+    pw = service_user()
+    reach_interpreter()
+    check_service_user(pw)
     for d in (RUN, LOG):
         d.mkdir(parents=True, exist_ok=True)
     if not supervisord_pid() and (left := _leftovers({os.getpid()})):
@@ -467,6 +635,7 @@ def setup(force: bool) -> None:
     reason = "--force" if force else intact()
     if reason is None:
         write_workers_include()
+        fix_permissions(pw)
         say("var/ is up to date")
         return
     if supervisord_pid():
@@ -482,6 +651,7 @@ def setup(force: bool) -> None:
     for m in MAILBOXES:
         make_mailbox(m)
     write_workers_include()
+    fix_permissions(pw)
     STAMP.write_text(json.dumps({"version": SETUP_VERSION, "root": str(ROOT)}) + "\n")
     say(f"var/ generated in {time.monotonic() - t0:.1f}s")
 
