@@ -276,6 +276,7 @@ class Rules:
         self.failures = 0
         self.wall = clock
         self.ignored: Counter = Counter()   # "future", "client": events refused, ever
+        self.ignored_total = 0
         self._unreported = 0
         self._reported_at = -math.inf
 
@@ -326,6 +327,7 @@ class Rules:
         """Count an event that cannot be a real login; log it at most once a minute
         (the lines are the attacker's: a flood of them must not flood our log)."""
         self.ignored[kind] += 1
+        self.ignored_total += 1
         self._unreported += 1
         now = self.wall()
         if now - self._reported_at < IGNORED_REPORT_EVERY:

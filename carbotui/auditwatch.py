@@ -90,7 +90,7 @@ class Tail:
     def __init__(self, path: Path, state_path: Path, grace: float = 5.0):
         self.path, self.state_path, self.grace = Path(path), Path(state_path), grace
         self.files: list[_File] = []     # rotated ones first, the current one last
-        self.counters = {"lines": 0, "events": 0, "failures": 0, "alerts": 0}
+        self.counters = {"lines": 0, "events": 0, "failures": 0, "alerts": 0, "ignored": 0}
         self._had_state = False
         self.changed = False             # files opened or dropped since the last commit
 
@@ -303,6 +303,7 @@ class Watcher:
         log.warning("settings reloaded from %s", loaded.settings.path)
 
     async def handle(self, lines: list[str]) -> None:
+        ignored = self.rules.ignored_total
         for line in lines:
             event = parse_line(line)
             if event is None:
@@ -312,6 +313,8 @@ class Watcher:
                 self.tail.counters["failures"] += 1
             for alert in self.rules.feed(event):
                 await self.act(alert)
+        # lines the rules refused (dated in the future, client not an IP)
+        self.tail.counters["ignored"] += self.rules.ignored_total - ignored
 
     async def act(self, alert: Alert) -> None:
         if alert.block_ip:

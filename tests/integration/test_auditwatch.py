@@ -347,3 +347,44 @@ def test_tail_truncation_partial_lines_and_first_start(tmp_path):
     assert again.poll()[0] == []
     assert again.counters["lines"] == 3
     again.close()
+
+
+def test_lines_dated_in_the_future_or_from_no_ip_are_ignored_said_once_and_blind_nothing(
+        make_node):
+    """H2 in the real process: lines an old or hostile writer could have left in audit.log
+    (dated 9999, a client that is not an IP) move no clock and block nothing; auditwatch
+    says so in its log once, not once per line; real failures after them still alert."""
+    node = make_node(alerts="[alerts.ip]\nthreshold = 20\nblock_seconds = 60")
+    node.start_watch()
+    audit = AuditLog(node.audit_path)
+    forged = []
+    for i in range(50):
+        forged.append(AuditEvent(account="x", protocol="imap", client_ip="198.51.100.7",
+                                 proxy_ip="127.0.0.1", error="forged",
+                                 timestamp=253402300799.0 - i))
+        forged.append(AuditEvent(account="x", protocol="imap", client_ip=f"not-an-ip-{i}",
+                                 proxy_ip="127.0.0.1", error="forged"))
+    for e in forged:
+        audit.write(e)
+    ip = "203.0.113.78"
+    for i in range(20):
+        audit.write(bad_login(ip, ACCOUNTS[i % 5]))
+    audit.write(good_login())
+    counters = node.wait_events(len(forged) + 21)
+    assert counters["ignored"] == len(forged)
+    assert counters["failures"] == len(forged) + 20          # read as failures, then refused
+    wait_for(node.alerts, 10, what="the alert after the forged lines")
+    assert [(a["rule"], a["key"], a["blocked"]) for a in node.alerts()] == [("ip", ip, True)]
+    reports = [l for l in node.stderr().splitlines() if "ignored an audit line" in l]
+    assert len(reports) == 1, reports
+    assert node.watch.poll() is None                     # still running
+    asyncio.run(_unblock(ip))
+
+
+async def _unblock(ip: str) -> None:
+    t = Throttle(Memcache(SETTINGS.memcached_servers, timeout=0.5, reconnect=5),
+                 ThrottleSettings())
+    try:
+        await t.unblock(ip)
+    finally:
+        await t.cache.close()
