@@ -27,9 +27,9 @@ from datetime import datetime
 # SEPARATOR), byte-oriented tools on the ASCII ones. Each becomes a space, as
 # Zimbra does for CR/LF. Every other C0 and C1 control and DEL becomes "?".
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-_ENCODE = {c: "?" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]}
-_ENCODE.update({ord(c): " " for c in LINE_BREAKS})
-_ENCODE[ord(";")] = ";;"
+_REPLACE = {c: "?" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]}
+_REPLACE.update({ord(c): " " for c in LINE_BREAKS})
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NEEDS_ENCODING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029;]")
 
 
@@ -38,7 +38,9 @@ def encode_value(value: str) -> str:
     control character, ``;`` doubled (the pair separator)."""
     if not _NEEDS_ENCODING.search(value):
         return value                     # the usual case: one scan, no copies
-    return value.translate(_ENCODE)
+    if _UNSAFE.search(value):            # rare: only hostile or broken clients
+        value = value.translate(_REPLACE)
+    return value.replace(";", ";;")      # common in User-Agents
 
 
 def canonical_login(login: str, domain: str = "") -> str:
