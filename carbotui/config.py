@@ -117,6 +117,10 @@ class Settings:
     ldap_password_file: Path
     ldap_base: str
     ldap_timeout: float
+    ldap_start_tls: bool                 # StartTLS on ldap:// before binding
+    ldap_ca_file: Path | None            # must have signed the server's cert (None: system CAs)
+    ldap_lookup_bind_dn: str             # read-only bind for lookups ("" = the admin bind_dn)
+    ldap_lookup_password_file: Path | None
     hosts: dict[str, str]
     proxy_trusted: tuple = ()            # ip_network objects allowed to send PROXY headers
     proxy_timeout: float = 3.0
@@ -140,6 +144,13 @@ class Settings:
         except OSError as exc:
             raise ConfigError(f"ldap.password_file: cannot read {self.ldap_password_file}: "
                               f"{exc.strerror}") from None
+
+    def ldap_lookup_password(self) -> str:
+        try:
+            return self.ldap_lookup_password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"ldap.lookup_password_file: cannot read "
+                              f"{self.ldap_lookup_password_file}: {exc.strerror}") from None
 
 
 class _Table:
@@ -182,7 +193,8 @@ class _Table:
 # Settings that name files: made absolute against the file that set them, so an
 # included base file and the including file can live in different folders.
 PATH_KEYS = {("node", "var_dir"), ("tls", "certificate"), ("tls", "private_key"),
-             ("ldap", "password_file"), ("mail", "upstream_ca")}
+             ("ldap", "password_file"), ("ldap", "lookup_password_file"), ("ldap", "ca_file"),
+             ("mail", "upstream_ca")}
 
 
 def _read_toml(path: Path, seen: tuple = ()) -> dict:
@@ -304,6 +316,15 @@ def load(path: str | os.PathLike) -> Settings:
     url = ldap.get("url", str, required=True)
     if not url.startswith(("ldap://", "ldaps://", "ldapi://")):
         raise ConfigError(f"ldap.url: expected ldap://, ldaps:// or ldapi://, got {url!r}")
+    ldap_start_tls = ldap.get("start_tls", bool, False)
+    if ldap_start_tls and not url.startswith("ldap://"):
+        raise ConfigError("ldap.start_tls: only for an ldap:// url (ldaps:// is TLS from the "
+                          "start, ldapi:// a local socket)")
+    ldap_ca = ldap.get("ca_file", str, "")
+    lookup_dn = ldap.get("lookup_bind_dn", str, "")
+    lookup_pw = ldap.get("lookup_password_file", str, "")
+    if bool(lookup_dn) != bool(lookup_pw):
+        raise ConfigError("ldap.lookup_bind_dn and ldap.lookup_password_file go together")
 
     return Settings(
         path=path,
@@ -325,6 +346,10 @@ def load(path: str | os.PathLike) -> Settings:
         ldap_password_file=rel(ldap.get("password_file", str, "var/ldap/admin.secret")),
         ldap_base=ldap.get("base", str, required=True),
         ldap_timeout=ldap.positive("timeout", float, 5.0),
+        ldap_start_tls=ldap_start_tls,
+        ldap_ca_file=rel(ldap_ca) if ldap_ca else None,
+        ldap_lookup_bind_dn=lookup_dn,
+        ldap_lookup_password_file=rel(lookup_pw) if lookup_pw else None,
         hosts=hosts,
         proxy_trusted=tuple(trusted),
         proxy_timeout=proxy_timeout,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
@@ -94,31 +97,85 @@ def _all(entry: dict, attr: str) -> tuple:
     return tuple(value) if isinstance(value, list) else (value,)
 
 
+class _VerifiedTls(ldap3.Tls):
+    """ldaps:// and StartTLS with the server's certificate checked by OpenSSL: the chain
+    against ``ca_file`` (or the system CAs) and the name or IP address of the url's host.
+    ldap3's own Tls defaults to CERT_NONE, turns ``check_hostname`` off and matches names
+    itself (with a backport that refuses IP addresses once ssl.match_hostname is gone)."""
+
+    def __init__(self, ca_file: Path | None, host: str):
+        super().__init__(validate=ssl.CERT_REQUIRED,
+                         ca_certs_file=str(ca_file) if ca_file else None, sni=host)
+        self.context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def wrap_socket(self, connection, do_handshake=False):
+        connection.socket = self.context.wrap_socket(
+            connection.socket, server_side=False, do_handshake_on_connect=do_handshake,
+            server_hostname=self.sni)
+
+
+def _ldap_key(s: Settings) -> tuple:
+    """What a connection depends on: a reload that changes any of it reconnects."""
+    return (s.ldap_url, s.ldap_bind_dn, s.ldap_password_file, s.ldap_lookup_bind_dn,
+            s.ldap_lookup_password_file, s.ldap_start_tls, s.ldap_ca_file, s.ldap_timeout)
+
+
 class Directory:
+    """Lookups bind as ``ldap.lookup_bind_dn`` (read-only, what the workers need) when it
+    is set, else as ``ldap.bind_dn``; either way the connection refuses writes. Changes
+    (``modify``: carbotui prov, the dashboard) open a second connection with the admin
+    bind, on first use only, so a worker never binds as the admin."""
+
     QUALIFY_TTL = 5.0                # seconds a local address's login domain is reused
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._conn: ldap3.Connection | None = None
+        self._conn: ldap3.Connection | None = None       # lookups
+        self._admin: ldap3.Connection | None = None      # changes
+        self._conn_key: tuple | None = None
         self._lock = threading.Lock()
         self._login_domains: dict[str, tuple[float, str]] = {}   # local ip -> (until, domain)
         self.searches = 0            # every LDAP search, for stats and tests
 
     # -- connection -------------------------------------------------------
-    def _connection(self) -> ldap3.Connection:
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
+    def _open(self, user: str, password, *, read_only: bool) -> ldap3.Connection:
         s = self.settings
         # ldap3 packs receive_timeout into SO_RCVTIMEO as whole seconds.
         timeout = max(1, math.ceil(s.ldap_timeout))
-        server = ldap3.Server(s.ldap_url, connect_timeout=timeout, get_info=ldap3.NONE)
-        user = s.ldap_bind_dn or None
-        password = s.ldap_password() if user else None
-        self._conn = ldap3.Connection(
-            server, user=user, password=password, client_strategy=ldap3.SAFE_SYNC,
-            auto_bind=True, receive_timeout=timeout, raise_exceptions=True,
-            read_only=False)
+        tls = None
+        if s.ldap_url.startswith("ldaps://") or s.ldap_start_tls:
+            tls = _VerifiedTls(s.ldap_ca_file, urlsplit(s.ldap_url).hostname or "")
+        server = ldap3.Server(s.ldap_url, connect_timeout=timeout, get_info=ldap3.NONE, tls=tls)
+        return ldap3.Connection(
+            server, user=user or None, password=password() if user else None,
+            client_strategy=ldap3.SAFE_SYNC,
+            auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if s.ldap_start_tls else True,
+            receive_timeout=timeout, raise_exceptions=True, read_only=read_only)
+
+    def _current(self) -> None:
+        key = _ldap_key(self.settings)
+        if key != self._conn_key:
+            self._drop()
+            self._conn_key = key
+
+    def _connection(self) -> ldap3.Connection:
+        self._current()
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        s = self.settings
+        if s.ldap_lookup_bind_dn:
+            self._conn = self._open(s.ldap_lookup_bind_dn, s.ldap_lookup_password, read_only=True)
+        else:
+            self._conn = self._open(s.ldap_bind_dn, s.ldap_password, read_only=True)
         return self._conn
+
+    def _admin_connection(self) -> ldap3.Connection:
+        self._current()
+        if self._admin is None or self._admin.closed:
+            self._admin = self._open(self.settings.ldap_bind_dn, self.settings.ldap_password,
+                                     read_only=False)
+        return self._admin
 
     def _search(self, filt: str, attrs: list[str], base: str | None = None) -> list[dict]:
         """One subtree search; returns entries as {attr: [values]} plus 'dn'."""
@@ -145,12 +202,13 @@ class Directory:
         return out
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.unbind()
-            except Exception:  # noqa: BLE001 - already broken; nothing to save
-                pass
-        self._conn = None
+        for conn in (self._conn, self._admin):
+            if conn is not None:
+                try:
+                    conn.unbind()
+                except Exception:  # noqa: BLE001 - already broken; nothing to save
+                    pass
+        self._conn = self._admin = None
 
     def close(self) -> None:
         with self._lock:
@@ -262,7 +320,7 @@ class Directory:
         """ldap3 modify: {attr: [(MODIFY_REPLACE|MODIFY_ADD|MODIFY_DELETE, [values])]}."""
         with self._lock:
             try:
-                self._connection().modify(dn, changes)
+                self._admin_connection().modify(dn, changes)
             except (LDAPException, OSError) as exc:
                 self._drop()
                 raise DirectoryUnavailable(f"LDAP modify of {dn} failed: {exc}") from None
