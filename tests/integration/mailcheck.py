@@ -202,9 +202,14 @@ class Closed(Exception):
 class Wire:
     """A blocking socket with one receive buffer that keeps every byte it has read."""
 
-    def __init__(self, endpoint: Endpoint):
+    def __init__(self, endpoint: Endpoint, rcvbuf: int = 0):
         self.endpoint = endpoint
-        self.sock = socket.create_connection((endpoint.host, endpoint.port), timeout=TIMEOUT)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if rcvbuf:                   # before connect, so the window is small from the start
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect((endpoint.host, endpoint.port))
         if endpoint.implicit_tls:
             self.start_tls()
         self.buf = bytearray()
@@ -347,6 +352,7 @@ class Step:
     until: str = "tag"
     arg: object = None
     call: Callable[[], None] | None = None
+    split: int = 0           # > 0: send in writes of this many bytes (each its own TLS record)
 
 
 def cmd(tag: str | bytes, text: str | bytes) -> Step:
@@ -420,8 +426,8 @@ def _imap_greeting(wire: ImapWire) -> None:
     wire.until(lambda r, w: r.first.startswith(b"* OK") and b"Waiting for" not in r.first)
 
 
-def open_imap(endpoint: Endpoint) -> ImapWire:
-    wire = ImapWire(endpoint)
+def open_imap(endpoint: Endpoint, rcvbuf: int = 0) -> ImapWire:
+    wire = ImapWire(endpoint, rcvbuf)
     _imap_greeting(wire)
     if not endpoint.implicit_tls:
         wire.send(b"S STARTTLS\r\n")
@@ -445,7 +451,9 @@ def play_imap(wire: ImapWire, steps: Iterable[Step], facts: dict) -> bool:
         if step.call:
             step.call()
         if step.send:
-            wire.send(_fill(step.send, facts))
+            data = _fill(step.send, facts)
+            for i in range(0, len(data), step.split or len(data)):
+                wire.send(data[i:i + (step.split or len(data))])
         try:
             if step.until == "tag":
                 wire.until_tag(step.arg)
@@ -474,7 +482,7 @@ def run_imap(endpoint: Endpoint, account: str, steps: list[Step], *,
              fixture: Fixture | None = None, login: str = "login",
              login_extra: bytes = b"", login_steps: list[Step] | None = None,
              before: Callable[[ImapWire], None] | None = None,
-             after: Callable[[], object] | None = None) -> Transcript:
+             after: Callable[[], object] | None = None, rcvbuf: int = 0) -> Transcript:
     """Reset the account, set it up (straight at Dovecot), then log in at ``endpoint`` and
     play ``steps``. ``login_extra`` is sent in the same write as the (last part of the)
     login command: pipelined commands. ``before`` runs on the connection before the login
@@ -482,7 +490,7 @@ def run_imap(endpoint: Endpoint, account: str, steps: list[Step], *,
     compared too (``facts["after"]``: the mailbox state the session left)."""
     facts = prepare(account, fixture)
     started = time.monotonic()
-    wire = open_imap(endpoint)
+    wire = open_imap(endpoint, rcvbuf)
     login_steps = list(login_steps or imap_login_bytes(account, login))
     last = login_steps[-1]
     login_steps[-1] = Step(last.send + login_extra, last.until, last.arg)
@@ -586,9 +594,11 @@ def pop3_login_steps(account: str, style: str) -> list[Step]:
     if style == "user-pipelined":        # USER and PASS in one write (RFC 2449 PIPELINING)
         return [Step(b"USER %s\r\nPASS %s\r\n" % (account.encode(), PASSWORD.encode()),
                      "line"), Step(b"", "line")]
-    if style == "auth-plain":
+    if style in ("auth-plain", "auth-plain-cont"):
         import base64
         ir = base64.b64encode(b"\0" + account.encode() + b"\0" + PASSWORD.encode())
+        if style == "auth-plain-cont":      # the credentials after the server's "+ "
+            return [Step(b"AUTH PLAIN\r\n", "line"), Step(ir + CRLF, "line")]
         return [Step(b"AUTH PLAIN " + ir + CRLF, "line")]
     raise ValueError(style)
 
