@@ -262,6 +262,8 @@ def test_malformed_and_oversized_input_get_clear_errors():
     c.send(b"z3 NOOP\r\n")                      # still in sync after the refused literal
     assert c.line().startswith(b"z3 OK")
     c.send(b"z4 NOOP " + b"A" * 100_000 + b"\r\n")
+    assert c.line() == b"z4 BAD [TOOBIG] Command line too long"
+    c.send(b"z5 LOGIN {99999999999+}\r\n")     # too many digits to stay in step
     assert c.line().startswith(b"* BYE")
     with pytest.raises((EOFError, ConnectionError, ssl.SSLError)):
         c.line()
