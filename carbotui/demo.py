@@ -45,6 +45,7 @@ SETUP_VERSION = 2  # bump whenever what `setup` writes changes, so old var/ tree
 PASSWORD = "demo-pass"
 MAIL_USER = "carbotui-mail"  # owns the maildirs; created by scripts/install-deps.sh
 LDAP_URL, LDAP_SUFFIX, LDAP_ADMIN = "ldap://127.0.0.1:10389/", "o=carbotui", "cn=admin,o=carbotui"
+LDAP_LOOKUP = "cn=proxy,o=carbotui"  # the workers' read-only bind (password in var/ldap/proxy.secret)
 MEMCACHED = ("127.0.0.1", 12211)
 MBOX_PORTS = {"imap": 7143, "imaps": 7993, "pop3": 7110, "pop3s": 7995}
 WEB_PORTS = {"zimbraMailPort": 8080, "zimbraMailSSLPort": 8443, "zimbraAdminPort": 7071}
@@ -152,7 +153,7 @@ CERT_SPECS = {  # file stem -> (DNS names, IP addresses)
 
 def expected_files() -> list[Path]:
     files = [CERTS / f"{stem}.{ext}" for stem in ["ca", *CERT_SPECS] for ext in ("crt", "key")]
-    files += [LDAP / "slapd.conf", LDAP / "admin.secret", LDAP / "data" / "data.mdb"]
+    files += [LDAP / "slapd.conf", LDAP / "admin.secret", LDAP / "proxy.secret", LDAP / "data" / "data.mdb"]
     for m in MAILBOXES:
         files += [m.dir / "dovecot.conf", m.dir / "passwd", m.dir / "accounts.json", m.dir / "mail"]
     return files
@@ -242,6 +243,10 @@ def seed_ldif() -> str:
             ("zimbraMailDeliveryAddress", a.address), *([("zimbraMailAlias", a.alias)] if a.alias else []),
             ("zimbraMailHost", a.mailbox.host), ("zimbraAccountStatus", "active"),
             ("userPassword", ssha(PASSWORD))]))
+    e.append(ldif_entry(LDAP_LOOKUP, [  # what the workers bind as: reads only (see SLAPD_CONF)
+        ("objectClass", "organizationalRole"), ("objectClass", "simpleSecurityObject"),
+        ("cn", LDAP_LOOKUP.split(",")[0][3:]), ("description", "carbotui proxy lookups (read-only)"),
+        ("userPassword", ssha((LDAP / "proxy.secret").read_text()))]))
     return "\n".join(e)
 
 
@@ -262,7 +267,7 @@ moduleload back_mdb
 database mdb
 suffix "{suffix}"
 rootdn "{admin}"
-# the plain password is in var/ldap/admin.secret (the proxy reads it, see carbotui.toml)
+# the plain password is in var/ldap/admin.secret (carbotui prov and the dashboard use it)
 rootpw {rootpw}
 directory {ldap}/data
 maxsize 67108864
@@ -273,12 +278,16 @@ index uid,zimbraMailDeliveryAddress,zimbraMailAlias,zimbraId eq
 index zimbraDomainName,zimbraVirtualHostname,zimbraVirtualIPAddress eq
 index zimbraServiceHostname,zimbraServiceEnabled eq
 
-# The rootdn (the proxy, carbotui prov) bypasses these. Users may bind and read the
-# directory, never password hashes or domain private keys; anonymous may only bind.
+# The rootdn (carbotui prov, the dashboard's changes) bypasses these. The proxy workers bind
+# as {lookup}: they read everything but password hashes (domain private keys too, for
+# their vhost certificates) and write nothing. Users may bind and read the directory, never
+# password hashes or domain private keys; anonymous may only bind.
+limits dn.exact="{lookup}" size=unlimited time=unlimited
 access to attrs=userPassword
     by anonymous auth
     by * none
 access to attrs=zimbraSSLPrivateKey
+    by dn.exact="{lookup}" read
     by * none
 access to *
     by users read
@@ -291,8 +300,10 @@ def make_ldap() -> None:
     admin_pw = secrets.token_urlsafe(24)
     write_private(LDAP / "admin.secret", admin_pw)  # no newline: `ldapsearch -y` uses it verbatim
     rootpw = run("slappasswd", "-T", str(LDAP / "admin.secret")).strip()  # -T: not visible in ps
+    write_private(LDAP / "proxy.secret", secrets.token_urlsafe(24))  # the workers' lookup bind
     write_private(LDAP / "slapd.conf", SLAPD_CONF.format(  # 0600 from the start: the rootpw hash
-        url=LDAP_URL, root=ROOT, run=RUN, ldap=LDAP, suffix=LDAP_SUFFIX, admin=LDAP_ADMIN, rootpw=rootpw))
+        url=LDAP_URL, root=ROOT, run=RUN, ldap=LDAP, suffix=LDAP_SUFFIX, admin=LDAP_ADMIN,
+        lookup=LDAP_LOOKUP, rootpw=rootpw))
     write_private(LDAP / "seed.ldif", seed_ldif())  # holds the mail.demo.test private key
     run("slaptest", "-u", "-f", str(LDAP / "slapd.conf"))
     run("slapadd", "-q", "-f", str(LDAP / "slapd.conf"), "-l", str(LDAP / "seed.ldif"))

@@ -226,3 +226,28 @@ def test_settings_keys(tmp_path):
         load('url = "ldaps://127.0.0.1:10636"\nstart_tls = true\n')
     with pytest.raises(config.ConfigError, match="lookup"):
         load('url = "ldap://127.0.0.1:10389"\nlookup_bind_dn = "cn=proxy,o=carbotui"\n')
+
+
+def test_the_demo_workers_lookup_dn_reads_keys_and_cannot_write():
+    """The demo's [ldap] lookup_bind_dn: what the workers bind as. slapd itself refuses
+    its writes (not only the read-only connection), and it still reads what they need."""
+    if not SETTINGS.ldap_lookup_bind_dn:
+        pytest.skip("carbotui.toml sets no lookup_bind_dn")
+    d = Directory(SETTINGS)
+    try:
+        assert d._connection().extend.standard.who_am_i() == f"dn:{SETTINGS.ldap_lookup_bind_dn}"
+        demo_test = next(x for x in d.domains() if x.name == "demo.test")
+        assert "PRIVATE KEY" in demo_test.private_key_pem and d.servers()
+        assert d.find_account("user01@demo.test") is not None
+    finally:
+        d.close()
+    raw = ldap3.Connection(ldap3.Server(SETTINGS.ldap_url), user=SETTINGS.ldap_lookup_bind_dn,
+                           password=SETTINGS.ldap_lookup_password(), auto_bind=True)
+    try:
+        assert not raw.modify(f"cn=config,{SETTINGS.ldap_base}", {
+            "zimbraDefaultDomainName": [(ldap3.MODIFY_REPLACE, ["evil.test"])]})
+        assert raw.result["description"] == "insufficientAccessRights"
+        raw.search(SETTINGS.ldap_base, "(uid=user01@demo.test)", attributes=["userPassword"])
+        assert raw.response[0]["raw_attributes"].get("userPassword") in (None, [])
+    finally:
+        raw.unbind()
