@@ -850,3 +850,34 @@ def pop3_state(account: str) -> bytes:
     play_pop3(wire, [pop("STAT"), pop("LIST", True), pop("QUIT")])
     wire.close()
     return bytes(wire.buf[start:])
+
+
+def restore_demo_mailbox(account: str) -> None:
+    """Leave the account as `make up` made it: an empty mailbox with the demo's welcome
+    message (carbotui.demo.WELCOME), for people trying the demo after the tests."""
+    import json
+    from carbotui.demo import WELCOME
+    reset_account(account)
+    short, ip = mbox_of(account)
+    info = json.loads((REPO / "var" / short / "accounts.json").read_text())
+    home = home_of(account)
+    path = home / "new" / f"{int(time.time())}.welcome.{short}"
+    path.write_text(WELCOME.format(
+        address=account, short=short, host=info["server"], ip=ip,
+        zid=info["accounts"][account]["zimbraId"],
+        date=time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())))
+    owner = home.stat()
+    shutil.chown(path, owner.st_uid, owner.st_gid)
+
+
+def responses(data: bytes) -> list[Response]:
+    """The IMAP responses in a transcript, framed as the client read them."""
+    wire = ImapWire.__new__(ImapWire)
+    wire.buf, wire.pos, wire.eof, wire.endpoint = bytearray(data), 0, True, None
+    out = []
+    while wire.pos < len(wire.buf):
+        try:
+            out.append(wire.response())
+        except Closed:
+            break
+    return out

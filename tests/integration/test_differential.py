@@ -20,11 +20,11 @@ also reads (EXAMINE, BODY.PEEK) user15, user17 and user19 on mbox1, changing not
 from __future__ import annotations
 
 import random
-from collections import Counter
 import re
-import socket
+import subprocess
 import threading
 import time
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -42,20 +42,28 @@ POP_USER = "user20@demo.test"
 IMAP_KINDS = ["imap", "imaps"]            # STARTTLS and implicit TLS
 POP_KINDS = ["pop3", "pop3s"]
 
-# What the suite compared, for the closing note (printed by the last test, with -s).
+# What the suite compared, for the closing note (printed when the module ends, with -s).
 COUNTS = {"scenarios": 0, "commands": 0, "bytes": 0}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def summary():
-    """Prints what the suite compared when the module ends (visible with -s)."""
+    """Prints what the suite compared when the module ends (visible with -s), and leaves
+    the two accounts as the demo made them."""
     yield
     print(f"\ndifferential: {COUNTS}")
+    for account in (IMAP_USER, POP_USER):
+        mc.restore_demo_mailbox(account)
 
 
 def _count(steps, direct) -> None:
+    """Scenarios, commands answered (IMAP: tagged replies; POP3: status lines awaited) and
+    transcript bytes compared."""
     COUNTS["scenarios"] += 1
-    COUNTS["commands"] += sum(1 for s in steps if s.send)
+    if direct.endpoint.proto == "imap":
+        COUNTS["commands"] += sum(1 for r in mc.responses(direct.data) if r.tag not in (b"*", b"+"))
+    else:
+        COUNTS["commands"] += sum(1 for s in steps if s.until in ("line", "multi"))
     COUNTS["bytes"] += len(direct.data)
 
 
@@ -173,7 +181,8 @@ EXT_LIST = imap_script(
     'LIST "" * RETURN (CHILDREN SUBSCRIBED)',
     'LIST "" % RETURN (STATUS (MESSAGES UNSEEN SIZE HIGHESTMODSEQ UIDNEXT))',
     'LIST (SPECIAL-USE) "" *', 'LIST "" * RETURN (SPECIAL-USE)', 'LIST "" (INBOX work)',
-    'LIST (REMOTE) "" *', "CREATE archive (USE (\\Archive))", 'LIST "" archive RETURN (SPECIAL-USE)',
+    'LIST (REMOTE) "" *', "CREATE archive (USE (\\Archive))",
+    'LIST "" archive RETURN (SPECIAL-USE)',
     "STATUS INBOX (SIZE MESSAGES HIGHESTMODSEQ)", "SELECT INBOX (CONDSTORE)", "UNSELECT",
     "UNSELECT", "EXAMINE work", "UNSELECT",
     "COMPRESS DEFLATE",                     # not offered by the demo Dovecot: refused alike
@@ -237,7 +246,8 @@ EXT_MODIFY = imap_script(
     "SELECT work (CONDSTORE)",
     "FETCH 1:* (UID FLAGS MODSEQ PREVIEW SAVEDATE)", "FETCH 1 (PREVIEW (LAZY))",
     "FETCH 1:* (SNIPPET (FUZZY))", "FETCH 1:* BINARY.SIZE[]", "UID FETCH * BINARY.PEEK[]",
-    "FETCH 1:* BODY.PEEK[]", "STATUS INBOX (SIZE)", "SEARCH SAVEDATESUPPORTED SAVEDSINCE 01-Jan-2024",
+    "FETCH 1:* BODY.PEEK[]", "STATUS INBOX (SIZE)",
+    "SEARCH SAVEDATESUPPORTED SAVEDSINCE 01-Jan-2024",
     *logout())
 
 
@@ -420,9 +430,9 @@ def test_server_ends_the_session_itself(kind):
 
 
 def _kick():
-    out = __import__("subprocess").run(
-        ["doveadm", "-c", str(mc.REPO / "var/mbox2/dovecot.conf"), "kick", IMAP_USER],
-        capture_output=True, text=True, timeout=10)
+    short, _ = mc.mbox_of(IMAP_USER)
+    out = subprocess.run(["doveadm", "-c", str(mc.REPO / "var" / short / "dovecot.conf"),
+                          "kick", IMAP_USER], capture_output=True, text=True, timeout=10)
     assert "kicked" in out.stdout, out
 
 
