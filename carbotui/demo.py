@@ -479,7 +479,7 @@ def check_paths() -> None:
 #                                   so the service user may not create files in it (a symlink
 #                                   in place of a rotated log would make root write through
 #                                   it); audit.log and alerts.log are made here for it
-#   private keys and secrets it reads (TLS keys, admin.secret, accounts.json): 0640 root:carbotui;
+#   private keys and secrets it reads (TLS keys, proxy.secret, accounts.json): 0640 root:carbotui;
 #   the CA key 0600 root.
 
 SERVICE_USER = "carbotui"
@@ -608,8 +608,11 @@ def fix_permissions(pw: pwd.struct_passwd) -> None:
             n += _set(key, 0, 0, 0o600) if key.name == "ca.key" else _set(key, 0, gid, 0o640)
     if LDAP.is_dir():
         n += _set(LDAP, 0, gid, 0o750)
-        for secret in LDAP.glob("*.secret"):  # the workers bind with it
-            n += _set(secret, 0, gid, 0o640)
+        for secret in LDAP.glob("*.secret"):
+            # The workers bind with proxy.secret (read-only DN); admin.secret (writes:
+            # prov, the dashboard, as root) is nobody else's.
+            n += (_set(secret, 0, 0, 0o600) if secret.name == "admin.secret"
+                  else _set(secret, 0, gid, 0o640))
         if (LDAP / "seed.ldif").exists():  # left by an earlier setup: a copy of a private key
             (LDAP / "seed.ldif").unlink()
             n += 1

@@ -640,7 +640,13 @@ class WorkerControl:
             current = set()
         current = (current | {server}) if on else (current - {server})
         tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"servers": sorted(current)}) + "\n")
+        # var/run is writable by the workers' user: never follow a link planted there,
+        # never write into a file someone else made (root runs this).
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o644)              # readable by the workers whatever the umask
+            f.write(json.dumps({"servers": sorted(current)}) + "\n")
         os.replace(tmp, state_file)           # workers read it whole or not at all
         failures = []
         for worker in self.workers():

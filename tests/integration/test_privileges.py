@@ -226,7 +226,10 @@ def test_private_keys_are_root_and_service_user_only():
         st = key.stat()
         expected = (0, 0, 0o600) if key.name == "ca.key" else (0, USER.pw_gid, 0o640)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == expected, key
-    secret = VAR / "ldap" / "admin.secret"
+    admin = VAR / "ldap" / "admin.secret"           # writes: root's tools only
+    st = admin.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600)
+    secret = VAR / "ldap" / "proxy.secret"          # the workers' read-only lookup bind
     st = secret.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, USER.pw_gid, 0o640)
     vhost_keys = sorted((VAR / "run" / "vhosts").glob("*.key"))
@@ -241,10 +244,11 @@ def test_private_keys_are_root_and_service_user_only():
     assert not (VAR / "ldap" / "seed.ldif").exists()     # no second copy of a key
     # what that means, tried: nobody else opens any of them; the service user opens what it
     # serves with, never the CA's key
-    everything = [*keys, secret, *vhost_keys]
+    everything = [*keys, admin, secret, *vhost_keys]
     assert not any(_readable_by("nobody", everything).values())
-    service = _readable_by(demo.SERVICE_USER, [*keys, secret])
-    assert service.pop("ca.key") is False and all(service.values()), service
+    service = _readable_by(demo.SERVICE_USER, [*keys, admin, secret])
+    assert service.pop("ca.key") is False and service.pop("admin.secret") is False, service
+    assert all(service.values()), service
 
 
 def test_runtime_folders_and_sockets():
