@@ -631,6 +631,26 @@ def test_generated_command_sequences(kind, select, commands):
     imap_diff(kind, _to_steps(([f"SELECT {select}"] if select else []) + commands))
 
 
+_n = st.integers(0, 6).map(str)
+_pop_command = st.one_of(
+    st.sampled_from([("STAT", False), ("LIST", True), ("UIDL", True), ("RSET", False),
+                     ("NOOP", False), ("CAPA", True), ("LAST", False)]),
+    st.builds(lambda c, n: (f"{c} {n}", False), st.sampled_from(["LIST", "UIDL", "DELE"]), _n),
+    st.builds(lambda n: (f"RETR {n}", True), _n),
+    st.builds(lambda n, k: (f"TOP {n} {k}", True), _n, st.integers(0, 30).map(str)),
+)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(POP_KINDS), commands=st.lists(_pop_command, min_size=3, max_size=15))
+def test_generated_pop3_sequences(kind, commands):
+    """Random POP3 sequences; a multi-line answer is read as one only when it is +OK (a
+    RETR of a missing or deleted message is one -ERR line)."""
+    steps = [pop(c, multi) for c, multi in commands] + [pop("QUIT"), Step(until="eof")]
+    pop_diff(kind, steps, after=lambda: mc.pop3_state(POP_USER))
+
+
 # ----------------------------------------------------------------- stress
 
 def test_the_checker_finds_what_it_must():
