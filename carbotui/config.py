@@ -86,9 +86,14 @@ class WebSettings:
     connect_timeout: float = 25.0       # zimbraReverseProxyUpstreamConnectTimeout
     read_timeout: float = 60.0          # zimbraReverseProxyUpstreamReadTimeout
     polling_timeout: float = 3600.0     # long polls and WebSockets
-    header_timeout: float = 10.0        # a client must send its head within this
-    body_timeout: float = 60.0          # and keep a body moving
+    header_timeout: float = 10.0        # a head must arrive within this of its first byte
+    body_timeout: float = 60.0          # and a body keep moving (at most this between pieces)
+    body_min_rate: int = 500            # ... and average this many bytes/s after body_timeout
     keepalive_timeout: float = 75.0     # idle client connection between requests
+    send_timeout: float = 60.0          # a client that accepts nothing this long is cut
+    max_connections_per_ip: int = 1000  # per worker, whitelist exempt; 0 = no cap
+    login_body_limit: int = 65536       # login bodies are read whole up to this; larger: 413
+    extend_forwarded_for: bool = False  # PROXY-protocol listeners: append to the balancer's XFF
     upstream_keepalive: int = 32        # idle upstream connections kept per server
     max_header_bytes: int = 16384
     health_interval: float = 2.0
@@ -288,7 +293,12 @@ def load(path: str | os.PathLike) -> Settings:
         polling_timeout=wt.positive("polling_timeout", float, 3600.0),
         header_timeout=wt.positive("header_timeout", float, 10.0),
         body_timeout=wt.positive("body_timeout", float, 60.0),
+        body_min_rate=wt.get("body_min_rate", int, 500),
         keepalive_timeout=wt.positive("keepalive_timeout", float, 75.0),
+        send_timeout=wt.positive("send_timeout", float, 60.0),
+        max_connections_per_ip=wt.get("max_connections_per_ip", int, 1000),
+        login_body_limit=wt.positive("login_body_limit", int, 65536),
+        extend_forwarded_for=wt.get("extend_forwarded_for", bool, False),
         upstream_keepalive=wt.get("upstream_keepalive", int, 32),
         max_header_bytes=wt.positive("max_header_bytes", int, 16384),
         health_interval=wt.positive("health_interval", float, 2.0),
@@ -296,6 +306,9 @@ def load(path: str | os.PathLike) -> Settings:
         fail_timeout=wt.positive("fail_timeout", float, 10.0),
         upstream_tls=wt.get("upstream_tls", bool, False),
     )
+    for name in ("body_min_rate", "max_connections_per_ip"):
+        if getattr(web, name) < 0:
+            raise ConfigError(f"web.{name}: must not be negative (0 = off)")
 
     pp = root.table("proxy_protocol")
     trusted = []
