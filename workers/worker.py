@@ -21,6 +21,7 @@ from carbotui.memcache import Memcache
 from carbotui.routes import Router
 from carbotui.throttle import Throttle
 from workers import control, listeners
+from workers.ipcount import ConnectionsPerIp
 from workers.live import LiveConfig
 from workers.tls import TlsContexts, upstream_context
 from workers.upstreams import UpstreamSet, health_loop
@@ -78,6 +79,7 @@ class Worker:
         self.node_id = settings.node_id
         self.stats = Stats()
         self.sessions: dict[int, object] = {}
+        self.connections_per_ip = ConnectionsPerIp()   # per-IP caps (web; mail may use it)
         self._ids = itertools.count(1)
         self.directory = Directory(settings)
         self.cache = Memcache(settings.memcached_servers, timeout=settings.memcached_timeout,
