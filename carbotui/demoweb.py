@@ -37,6 +37,9 @@ Endpoints:
                           REST-ish page naming server and user; 404 when the user's
                           mailbox is not on this server; ``~`` alone means the cookie's user
 ``GET /health``           ``ok``
+``/headers`` (any method) the request as it arrived, JSON: ``{"method", "target",
+                          "headers": [[name, value], ...], "body_bytes"}``, so a test can
+                          see what a proxy forwarded (names and values as latin-1)
 ``GET /download?size=N``  N bytes of a deterministic pattern (byte i is i % 251), streamed
 ``POST /upload``          streams the body (length or chunked, Expect: 100-continue
                           honoured) and answers ``{"bytes": n, "sha256": "<hex>"}``
@@ -475,6 +478,8 @@ class DemoWeb:
         if path in routes:
             allowed, handler = routes[path]
             return handler() if allowed else self._not_allowed("GET, HEAD")
+        if path == "/headers":
+            return await self._echo_headers(conn, request)
         if path == "/login":
             return await self._login(conn) if method == b"POST" else self._not_allowed("POST")
         if path in ("/service/soap/AuthRequest", "/service/soap"):
@@ -568,6 +573,18 @@ class DemoWeb:
                          .encode())
         return Reply(200, f"{self.short}: {path} for {account.name} "
                           f"on {self.accounts.server}\n".encode())
+
+    async def _echo_headers(self, conn: HttpConnection, request: Request) -> Reply:
+        size = 0
+        async for piece in conn.body():
+            size += len(piece)
+        body = json.dumps({
+            "method": request.method.decode("latin-1"),
+            "target": request.target.decode("latin-1"),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers],
+            "body_bytes": size,
+        }).encode()
+        return Reply(200, body, "application/json", ((b"Cache-Control", b"no-store"),))
 
     async def _upload(self, conn: HttpConnection) -> Reply:
         digest, size = hashlib.sha256(), 0

@@ -6,41 +6,73 @@ cookie names the account (``ZM_ADMIN_AUTH_TOKEN`` on the admin port), else
 the request is balanced across healthy upstreams. Bodies stream both ways
 with backpressure, WebSocket upgrades become a raw splice, and nothing in a
 response names a backend. Port 80 follows the mail mode from LDAP.
+
+Logins (security review M2, M4): a request that may log in (the form, and any
+``POST /service/soap*`` however its target is spelled: ``webrules.login_kind``)
+has its body read whole first, up to ``login_body_limit`` whatever its framing,
+so the name is known before a mailbox server sees anything: the user throttle
+is checked, the login routed to the account's server, and after the answer the
+same name is audited and counted. A form over the limit is a 413; a larger
+SOAP body streams through but is cut (413) before its end if it spells a login.
+
+What reaches a mailbox server (M3, L5): forwarding headers are ours only
+(``webrules.upstream_headers``), header names with ``_`` are dropped, and only
+a WebSocket handshake may become a tunnel, only on a 101 that accepts it.
+
+Slow or greedy clients (L2, L3): a head must arrive within ``header_timeout``
+of its first byte (``keepalive_timeout`` is only the wait for that byte), a
+body keeps moving at ``body_min_rate``, a client that accepts nothing for
+``send_timeout`` is cut, and one address holds at most
+``max_connections_per_ip`` connections per worker.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from carbotui import audit
 from carbotui.authtoken import zimbra_id_from_token
 from carbotui.routes import RouteError
-from workers import http11
-from workers.httpconn import HttpConnection
+from workers import http11, webrules
+from workers.httpconn import HttpConnection, SendTimeout
 from workers.listeners import session_addresses
 from workers.relay import Splice
+from workers.sasl import safe_text
 from workers.upstreams import Upstream
+from workers.webrules import FORM, BodyDeadline, LoginMarkerScan
 
 log = logging.getLogger("workers.web")
 
 _REST = re.compile(rb"^/(?:service/)?home/~?([^/?#]+)")
 _HOST = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
-LOGIN_PATHS = {b"/login": "soap", b"/service/soap/AuthRequest": "soap",
-               b"/service/soap": "soap"}
-AUDIT_BODY_LIMIT = 64 * 1024
 RESPONSE_DROP = (b"server", b"x-powered-by")
+DISCARD_LIMIT = 1024 * 1024        # body bytes read and dropped before closing after a refusal
+ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 
 
 class Throttled(Exception):
     """A web login refused by the user throttle; the text is Carbonio's."""
 
 
-def error_page(status: int, text: str, *, close: bool = True, extra=()) -> bytes:
+@dataclass(slots=True)
+class Login:
+    """A request that logs in: the name its body gives (audited, throttled and
+    routed on) and, once routed, the account that name resolved to."""
+    kind: str                  # webrules.FORM | webrules.SOAP
+    name: str                  # as the body gives it; '' when it gives none
+    account: str = ""
+
+
+def error_page(status: int, text: str, *, close: bool = True, extra=(),
+               head_only: bool = False) -> bytes:
+    """A small HTML error response. ``head_only`` for HEAD: the same head, no
+    content (RFC 9110 §9.3.2), or the client would read the page as the next
+    response."""
     title = f"{status} {HTTPStatus(status).phrase}"
     body = (f"<!doctype html><html><head><title>{title}</title></head><body>"
             f"<h1>{title}</h1><p>{text}</p></body></html>\n").encode()
@@ -48,7 +80,8 @@ def error_page(status: int, text: str, *, close: bool = True, extra=()) -> bytes
                (b"Content-Length", str(len(body)).encode()), *extra]
     if close:
         headers.append((b"Connection", b"close"))
-    return http11.serialize_response_head(status, None, headers) + body
+    head = http11.serialize_response_head(status, None, headers)
+    return head if head_only else head + body
 
 
 def cookie(headers, name: bytes) -> bytes | None:
@@ -58,20 +91,6 @@ def cookie(headers, name: bytes) -> bytes | None:
             if key == name:
                 return val
     return None
-
-
-def login_name(path: bytes, body: bytes) -> str:
-    """The account a web login names (form field or SOAP AuthRequest), '' if none."""
-    text = body.decode("utf-8", "replace")
-    if path == b"/login":
-        return (parse_qs(text).get("username") or [""])[0]
-    try:
-        doc = json.loads(text)
-        account = doc["Body"]["AuthRequest"]["account"]
-        return str(account.get("_content", "")) if isinstance(account, dict) else str(account)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        m = re.search(r"<account[^>]*>([^<]{1,320})</account>", text)
-        return m.group(1) if m else ""
 
 
 class WebSession(HttpConnection):
@@ -92,7 +111,13 @@ class WebSession(HttpConnection):
         self.started = time.time()
         self.bytes_out = 0
         self._task: asyncio.Task | None = None
+        self._ip_counted = False          # holds a place in connections_per_ip
+        # per request
+        self._method = b"GET"
+        self._head_sent = False           # the response head went out: no error page now
         self._bad_body = False            # the request body broke off (None: client gone)
+        self._body_done = False           # its EndOfMessage was taken
+        self._body: BodyDeadline | None = None
 
     # -- lifecycle ----------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -109,8 +134,19 @@ class WebSession(HttpConnection):
                                        extra=[(b"Retry-After", b"5")]))
             transport.close()
             return
+        per_ip = w.settings.web.max_connections_per_ip
+        if per_ip and not w.throttle.exempt(self.client_ip):
+            if not w.connections_per_ip.acquire("web", self.client_ip, per_ip):
+                # nginx's limit_conn answers 503 too
+                w.stats.throttled["ip_connections"] += 1
+                transport.write(error_page(503, "Too many connections from your address. "
+                                                "Please try again shortly.",
+                                           extra=[(b"Retry-After", b"5")]))
+                transport.close()
+                return
+            self._ip_counted = True
         w.sessions[self.id] = self
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        self._task = w.loop.create_task(self._serve())
 
     async def _admitted(self) -> bool:
         """Blocks and the web IP limit (throttle:proto=h), checked once per connection."""
@@ -124,6 +160,9 @@ class WebSession(HttpConnection):
 
     def connection_lost(self, exc) -> None:
         super().connection_lost(exc)
+        if self._ip_counted:
+            self._ip_counted = False
+            self.worker.connections_per_ip.release("web", self.client_ip)
         self.worker.session_ended(self.id)
 
     def shutdown(self, reason: str) -> None:
@@ -133,16 +172,37 @@ class WebSession(HttpConnection):
         self.bytes_out += len(data)
         self.write(data)
 
+    def _page(self, status: int, text: str, *, close: bool = True, extra=()) -> bytes:
+        return error_page(status, text, close=close, extra=extra,
+                          head_only=self._method == b"HEAD")
+
+    async def _refuse(self, status: int, text: str, extra=()) -> bool:
+        """An error page that ends the connection, as its ``Connection: close`` says.
+        What is left of the body is read (bounded) and dropped first, so that the
+        client reads the page rather than a reset."""
+        self.send(self._page(status, text, extra=extra))
+        await self._discard_body()
+        return False
+
     # -- request loop -------------------------------------------------------
     async def _serve(self) -> None:
         web = self.worker.settings.web
-        timeout = web.header_timeout
         try:
             if not await self._admitted():
                 return
+            first = True
             while True:
                 try:
-                    event = await self.next_event(timeout)
+                    if not first:
+                        # Between requests the client may think for keepalive_timeout; from
+                        # the first byte of a head on, header_timeout applies to the whole
+                        # head, as for the first request (no slow head on a kept-alive
+                        # connection).
+                        try:
+                            await self.wait_readable(web.keepalive_timeout)
+                        except asyncio.TimeoutError:
+                            break
+                    event = await self.next_event(web.header_timeout)
                 except asyncio.TimeoutError:
                     if self.parser.buffered:       # a head started but never finished
                         self.send(error_page(408, "The request took too long to arrive."))
@@ -155,12 +215,10 @@ class WebSession(HttpConnection):
                 if not isinstance(event, http11.Request):
                     break
                 keep = await self._handle(event)
-                if not keep or not self.parser.keep_alive:
+                if not keep or not self.parser.keep_alive or self.closed:
                     break
                 self.start_next()
-                timeout = web.keepalive_timeout
-                # After the first byte of a new head the header timeout applies again;
-                # a keep-alive client that sends nothing is closed after keepalive_timeout.
+                first = False
         except (ConnectionError, OSError) as exc:
             log.debug("client %s: %s", self.client_ip, exc)
         finally:
@@ -170,71 +228,131 @@ class WebSession(HttpConnection):
 
     async def _handle(self, req: http11.Request) -> bool:
         w = self.worker
+        web = w.settings.web
         w.stats.web_requests[self.kind] += 1
+        req = webrules.without_underscored(req)
+        self._method = req.method
+        self._head_sent = False
+        self._bad_body = False
+        self._body_done = False
+        self._body = BodyDeadline(w.loop.time(), web.body_timeout, web.body_min_rate)
         host = http11.get_header(req.headers, b"host") or b""
         if host and not _HOST.match(host):
-            self.send(error_page(400, "Bad Host header."))
+            self.send(self._page(400, "Bad Host header."))
             return False
         if self.kind == "http":
             return await self._plain_http(req, host)
-        body = None
-        path = req.target.split(b"?", 1)[0]
-        if (self.kind != "admin" and req.method == b"POST" and path in LOGIN_PATHS
-                and req.body_mode.kind == "length" and req.body_mode.length <= AUDIT_BODY_LIMIT):
-            # A login goes to the server that holds the account, like a mail login:
-            # read the (small) body first to learn the name.
-            body = await self._read_small_body(req)
-            if body is None:
+        if req.method == b"CONNECT":
+            # RFC 9110 §9.3.6: CONNECT asks a forward proxy for a tunnel; this is not one.
+            return await self._refuse(405, "CONNECT is not supported here.",
+                                      extra=[(b"Allow", ALLOW)])
+        kind = webrules.login_kind(req.method, req.target) if self.kind != "admin" else None
+        body: bytes | None = None
+        whole = True
+        login = None
+        if kind is not None:
+            got = await self._read_login_body(req, kind)
+            if got is None:
                 return False
+            body, whole = got
+            problem = None
+            if whole:
+                try:
+                    name = webrules.login_name(kind, body)
+                except webrules.BadLogin as exc:
+                    problem = str(exc)
+                else:
+                    if name is not None:
+                        login = Login(kind, name)
+            elif kind == FORM or webrules.has_login_marker(body):
+                log.info("client %s: login body over %d bytes refused", self.client_ip,
+                         web.login_body_limit)
+                return await self._refuse(413, "The login request is too large.")
+            else:
+                problem = webrules.soap_body_problem(body[:512])
+            if problem:
+                log.info("client %s: login request refused: %s", self.client_ip, problem)
+                return await self._refuse(400, "The login request could not be understood.")
         try:
-            upstream, routed = await self._choose(req, body)
+            upstream, routed = await self._choose(req, login)
         except Throttled as reject:
-            self.send(error_page(403, f"{reject}."))
+            self.send(self._page(403, f"{reject}."))
             return False
         except RouteError:
-            self.send(error_page(503, "The mail service is temporarily unavailable. "
-                                      "Please try again in a moment.",
-                                 extra=[(b"Retry-After", b"10")]))
-            return await self._discard_body()
+            return await self._refuse(503, "The mail service is temporarily unavailable. "
+                                           "Please try again in a moment.",
+                                      extra=[(b"Retry-After", b"10")])
         if upstream is None:
-            self.send(error_page(503 if routed else 502,
-                                 "Your mailbox is temporarily unavailable. Please try again "
-                                 "in a moment." if routed else
-                                 "The mail service is temporarily unavailable.",
-                                 extra=[(b"Retry-After", b"10")]))
-            return await self._discard_body()
-        return await self._proxy(req, upstream, routed, body)
+            return await self._refuse(503 if routed else 502,
+                                      "Your mailbox is temporarily unavailable. Please try "
+                                      "again in a moment." if routed else
+                                      "The mail service is temporarily unavailable.",
+                                      extra=[(b"Retry-After", b"10")])
+        return await self._proxy(req, upstream, routed, body, whole, login)
 
-    async def _read_small_body(self, req: http11.Request) -> bytes | None:
-        if http11.expects_continue(req.headers):
+    async def _body_event(self):
+        """The next event of the request body within its deadline (BodyDeadline);
+        None when the client went away. Raises TimeoutError when it is too slow."""
+        clock = self._body
+        timeout = clock.timeout(self.worker.loop.time())
+        if timeout <= 0:
+            raise asyncio.TimeoutError
+        event = await self.next_event(timeout)
+        if type(event) is http11.Data:
+            clock.received += len(event.data)
+        elif type(event) is http11.EndOfMessage:
+            self._body_done = True
+        return event
+
+    async def _read_login_body(self, req: http11.Request, kind: str
+                               ) -> tuple[bytes, bool] | None:
+        """(body, whole): the body of a possible login, read up to login_body_limit
+        whatever its framing (a chunked login is checked like any other); whole is
+        False when there is more. None when the client was answered (or is gone)."""
+        limit = self.worker.settings.web.login_body_limit
+        mode = req.body_mode
+        if kind == FORM and mode.kind == "length" and mode.length > limit:
+            self.send(self._page(413, "The login request is too large."))
+            if not http11.expects_continue(req.headers):   # (those never send it)
+                await self._discard_body()
+            return None
+        if req.version == b"1.1" and http11.expects_continue(req.headers):
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = bytearray()
         try:
-            while True:
-                event = await self.next_event(self.worker.settings.web.body_timeout)
-                if isinstance(event, http11.Data):
+            while len(body) <= limit:
+                event = await self._body_event()
+                if type(event) is http11.Data:
                     body += event.data
-                elif isinstance(event, http11.EndOfMessage):
-                    return bytes(body)
+                elif type(event) is http11.EndOfMessage:
+                    return bytes(body), True
                 else:
+                    if isinstance(event, http11.ParseError):
+                        self.send(self._page(event.status,
+                                             "The request body could not be understood."))
                     return None
         except asyncio.TimeoutError:
-            self.send(error_page(408, "The request took too long to arrive."))
+            self.send(self._page(408, "The request took too long to arrive."))
             return None
+        return bytes(body), False
 
-    async def _discard_body(self) -> bool:
-        """Read and drop a request body (bounded by the body timeout)."""
-        if self.parser.keep_alive is False:
-            return False
+    async def _discard_body(self, max_bytes: int = DISCARD_LIMIT) -> bool:
+        """Read and drop what is left of the request body: True when it ended (then
+        another request may follow), False when it broke off, was too slow or went
+        on past ``max_bytes``."""
+        seen = 0
         try:
-            while True:
-                event = await self.next_event(self.worker.settings.web.body_timeout)
+            while not self._body_done:
+                event = await self._body_event()
                 if event is None or isinstance(event, http11.ParseError):
                     return False
-                if isinstance(event, http11.EndOfMessage):
-                    return True
+                if type(event) is http11.Data:
+                    seen += len(event.data)
+                    if seen > max_bytes:
+                        return False
         except asyncio.TimeoutError:
             return False
+        return True
 
     async def _plain_http(self, req: http11.Request, host: bytes) -> bool:
         """Port 80: 'redirect' sends the same URL over https; 'https' refuses."""
@@ -249,25 +367,25 @@ class WebSession(HttpConnection):
             self.send(http11.serialize_response_head(
                 301, None, [(b"Location", location), (b"Content-Length", b"0")]))
             return await self._discard_body()
-        self.send(error_page(403, "This service is available over HTTPS only.", close=False))
+        self.send(self._page(403, "This service is available over HTTPS only.", close=False))
         return await self._discard_body()
 
-    async def _choose(self, req: http11.Request, body: bytes | None
+    async def _choose(self, req: http11.Request, login: Login | None
                       ) -> tuple[Upstream | None, bool]:
         """(upstream, routed): routed means it must be this user's own server."""
         w = self.worker
         ups = w.admin_upstreams if self.kind == "admin" else w.web_upstreams
         path = req.target.split(b"?", 1)[0]
-        if body is not None:
-            name = login_name(path, body)
-            reject = await w.throttle.check_user(name, ip=self.client_ip) if name else None
+        if login is not None and login.name:
+            name = login.name
+            reject = (await w.throttle.check_user(name, ip=self.client_ip)
+                      if w.throttle.counts_users(self.client_ip) else None)
             if reject:
-                w.stats.throttled["user"] += 1
-                self._audit_login(name, "soap", audit.failure(name, "login rejected: too many "
-                                                              "failed logins"), req)
+                self._throttled(login, req)
                 raise Throttled(reject)
-            route = await w.router.route_mail(name, "http", self.local_ip) if name else None
+            route = await w.router.route_mail(name, "http", self.local_ip)
             if route is not None:
+                login.account = route.account
                 if w.in_maintenance(route.server.hostname):
                     return None, True          # no new logins there: 503
                 return ups.for_server(route.server.hostname), True
@@ -289,27 +407,37 @@ class WebSession(HttpConnection):
                 return ups.for_server(route.server.hostname), True
         return ups.pick(self.client_ip, w.settings.web.balance), False
 
+    def _throttled(self, login: Login, req) -> None:
+        self.worker.stats.throttled["user"] += 1
+        self._audit_login(login.name, "soap", audit.failure(
+            login.name, "login rejected: too many failed logins"), req)
+
     # -- proxying -----------------------------------------------------------
-    def _request_head(self, req: http11.Request, upstream: Upstream, *, expect: bool = True
-                      ) -> bytes:
+    def _request_head(self, req: http11.Request, upstream: Upstream, *, expect: bool = True,
+                      length: int | None = None, websocket: bool = False) -> bytes:
+        """The head for the mailbox server. ``length``: the body was read whole and
+        goes with that Content-Length, whatever framing the client used."""
         headers = http11.remove_hop_by_hop(req.headers)
+        drop = []
         if not expect:          # we answered 100-continue ourselves
-            headers = http11.remove_headers(headers, b"expect")
-        headers = http11.remove_headers(headers, b"x-forwarded-proto", b"x-real-ip")
-        xff = http11.get_header(headers, b"x-forwarded-for")
-        headers = http11.remove_headers(headers, b"x-forwarded-for")
-        client = self.client_ip.encode()
-        headers.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
-        headers.append((b"X-Forwarded-Proto", self.scheme.encode()))
-        headers.append((b"X-Real-IP", client))
+            drop.append(b"expect")
+        if length is not None:
+            drop.append(b"content-length")
+        if drop:
+            headers = http11.remove_headers(headers, *drop)
+        headers = webrules.upstream_headers(
+            headers, client_ip=self.client_ip, scheme=self.scheme,
+            extend_forwarded_for=self.addresses is not None
+            and self.worker.settings.web.extend_forwarded_for)
         if http11.get_header(headers, b"host") is None:
             headers.append((b"Host", upstream.server.hostname.encode()))
-        mode = req.body_mode
-        if mode.kind == "chunked":
+        if length is not None:
+            headers.append((b"Content-Length", b"%d" % length))
+        elif req.body_mode.kind == "chunked":
             headers.append((b"Transfer-Encoding", b"chunked"))
-        elif mode.kind == "upgrade":
+        if websocket:
             headers.append((b"Connection", b"upgrade"))
-            headers.append((b"Upgrade", http11.get_header(req.headers, b"upgrade") or b""))
+            headers.append((b"Upgrade", b"websocket"))
         return http11.serialize_request_head(req.method, req.target, headers)
 
     def _response_head(self, resp: http11.Response, req: http11.Request,
@@ -327,7 +455,7 @@ class WebSession(HttpConnection):
             headers.append((b"Connection", b"close"))       # the client asked for it
         if resp.status == 101:
             headers.append((b"Connection", b"upgrade"))
-            headers.append((b"Upgrade", http11.get_header(resp.headers, b"upgrade") or b""))
+            headers.append((b"Upgrade", b"websocket"))      # the only one let through
         elif resp.body_mode.kind in ("chunked", "until-close"):
             if req.version == b"1.1":
                 headers.append((b"Transfer-Encoding", b"chunked"))
@@ -352,13 +480,18 @@ class WebSession(HttpConnection):
         host = http11.get_header(req.headers, b"host") or self.local_ip.encode()
         return self.scheme.encode() + b"://" + host + (m.group(3) or b"/")
 
-    async def _connect(self, upstream: Upstream) -> HttpConnection:
+    async def _connect(self, upstream: Upstream, method: bytes) -> HttpConnection:
+        """A connection to the upstream whose parser expects the answer to ``method``
+        (a HEAD answer has no body whatever its headers say, RFC 9110 §9.3.2)."""
         while upstream.idle:
             conn = upstream.idle.pop()
-            if conn.reusable:
+            # An idle connection that has sent anything since is not in step any more.
+            if conn.reusable and not conn.events and not conn.parser.buffered:
+                conn.start_next(method)
                 return conn
-        loop = asyncio.get_running_loop()
-        conn = HttpConnection(http11.ResponseParser())
+            conn.close()
+        loop = self.worker.loop
+        conn = HttpConnection(http11.ResponseParser(method))
         tls = self.worker.upstream_web_tls
         await asyncio.wait_for(loop.create_connection(
             lambda: conn, upstream.address, upstream.port, ssl=tls,
@@ -367,53 +500,64 @@ class WebSession(HttpConnection):
         return conn
 
     async def _proxy(self, req: http11.Request, upstream: Upstream, routed: bool,
-                     body: bytes | None) -> bool:
+                     body: bytes | None, whole: bool, login: Login | None) -> bool:
         w = self.worker
         web = w.settings.web
         try:
-            up = await self._connect(upstream)
+            up = await self._connect(upstream, req.method)
         except (OSError, asyncio.TimeoutError):
             upstream.failed(web.fail_timeout)
             retry = None if routed else w.upstreams_for(self.kind).pick(self.client_ip,
                                                                          web.balance)
             if retry is None:
-                self.send(error_page(503 if routed else 502,
-                                     "Your mailbox is temporarily unavailable." if routed else
-                                     "The mail service is temporarily unavailable."))
-                return False
+                return await self._refuse(503 if routed else 502,
+                                          "Your mailbox is temporarily unavailable." if routed
+                                          else "The mail service is temporarily unavailable.")
             upstream = retry
             try:
-                up = await self._connect(upstream)
+                up = await self._connect(upstream, req.method)
             except (OSError, asyncio.TimeoutError):
                 upstream.failed(web.fail_timeout)
-                self.send(error_page(502, "The mail service is temporarily unavailable."))
-                return False
+                return await self._refuse(502, "The mail service is temporarily unavailable.")
         self.server = upstream.name
         upstream.active += 1
         upstream.requests += 1
-        path = req.target.split(b"?", 1)[0]
-        audit_proto = LOGIN_PATHS.get(path) if req.method == b"POST" else None
-        captured = bytearray() if audit_proto else None
-        up.write(self._request_head(req, upstream, expect=body is None))
-        if body is not None:
+        websocket = webrules.websocket_request(req)
+        read_whole = body is not None and whole
+        up.write(self._request_head(req, upstream, expect=body is None, websocket=websocket,
+                                    length=len(body) if read_whole else None))
+        if read_whole:
             up.write(body)
-            captured = bytearray(body[:AUDIT_BODY_LIMIT]) if audit_proto else None
-            body_task = asyncio.get_running_loop().create_future()
+            body_task = w.loop.create_future()
             body_task.set_result(True)
         else:
-            body_task = asyncio.get_running_loop().create_task(
-                self._pump_body(req, up, captured))
+            scan = None
+            if body is not None:           # a large SOAP body: its start, then the rest
+                scan = LoginMarkerScan(body)
+                up.write(http11.chunk(body) if req.body_mode.kind == "chunked" else body)
+            body_task = w.loop.create_task(self._pump_body(req, up, scan))
         try:
-            keep = await self._relay_response(req, up, upstream, body_task, audit_proto,
-                                              captured)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
-            bad = self._bad_body
-            if isinstance(bad, http11.ParseError):
-                self.send(error_page(bad.status, "The request body could not be understood."))
-            elif bad is False:
-                self.send(error_page(504, "The mail service did not answer in time."))
-            keep = False
+            keep = await self._relay_response(req, up, upstream, body_task, login, websocket)
+        except SendTimeout as exc:
+            log.info("client %s: %s; closed", self.client_ip, exc)
             up.close()
+            self.abort()
+            keep = False
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            up.close()
+            keep = False
+            if not body_task.done():
+                body_task.cancel()
+                await asyncio.wait([body_task])
+            bad = self._bad_body
+            if self._head_sent:
+                pass                   # cut short: closing says so; a page would be garbage
+            elif isinstance(bad, http11.ParseError):
+                self.send(self._page(bad.status, "The request body could not be accepted."))
+                if bad.status == 413:
+                    await self._discard_body()
+            elif bad is False:
+                self.send(self._page(504, "The mail service did not answer in time."))
         finally:
             upstream.active -= 1
             if not body_task.done():
@@ -421,34 +565,43 @@ class WebSession(HttpConnection):
                 keep = False
         return keep
 
-    async def _pump_body(self, req, up: HttpConnection, captured) -> bool:
-        """Client body -> upstream, re-framed, with backpressure both ways."""
+    async def _pump_body(self, req, up: HttpConnection, scan: LoginMarkerScan | None) -> bool:
+        """Client body -> upstream, re-framed, with backpressure both ways. With
+        ``scan``, a piece that spells a login is never sent: the upstream is cut
+        before the end of the body, so it never acts on it (413 to the client)."""
         kind = req.body_mode.kind
         if kind in ("none", "upgrade"):
             # The parser emits a body-less request's end with its head: take it, or
             # the request loop would read it as the next message.
             if self.events and isinstance(self.events[0], http11.EndOfMessage):
                 self.events.popleft()
+                self._body_done = True
             return True
-        timeout = self.worker.settings.web.body_timeout
         while True:
-            event = await self.next_event(timeout)
+            try:
+                event = await self._body_event()
+            except asyncio.TimeoutError:
+                event = http11.ParseError(408, "the request body arrived too slowly")
             if event is None or isinstance(event, http11.ParseError):
                 self._bad_body = event      # _proxy answers the client with its status
                 up.close()
                 return False
-            if isinstance(event, http11.Data):
-                if captured is not None and len(captured) < AUDIT_BODY_LIMIT:
-                    captured += event.data[:AUDIT_BODY_LIMIT - len(captured)]
+            if type(event) is http11.Data:
+                if scan is not None and scan.feed(event.data):
+                    log.info("client %s: a SOAP body over %d bytes spells a login; cut",
+                             self.client_ip, self.worker.settings.web.login_body_limit)
+                    self._bad_body = http11.ParseError(413, "login in a large SOAP body")
+                    up.abort()
+                    return False
                 up.write(http11.chunk(event.data) if kind == "chunked" else event.data)
                 await up.drain()
-            elif isinstance(event, http11.EndOfMessage):
+            elif type(event) is http11.EndOfMessage:
                 if kind == "chunked":
                     up.write(http11.LAST_CHUNK)
                 return True
 
     async def _relay_response(self, req, up: HttpConnection, upstream: Upstream,
-                              body_task, audit_proto, captured) -> bool:
+                              body_task, login: Login | None, websocket: bool) -> bool:
         web = self.worker.settings.web
         timeout = web.read_timeout
         while True:
@@ -457,45 +610,52 @@ class WebSession(HttpConnection):
                 raise ConnectionError("upstream closed before answering")
             if isinstance(event, http11.ParseError):
                 up.close()
-                self.send(error_page(502, "The mail service sent an invalid answer."))
+                self.send(self._page(502, "The mail service sent an invalid answer."))
                 return False
             if isinstance(event, http11.Response):
                 if event.informational:
-                    self.send(http11.serialize_response_head(event.status, event.reason,
-                                                             http11.remove_hop_by_hop(
-                                                                 event.headers)))
+                    # RFC 9110 §15.2: a server MUST NOT send a 1xx response to an
+                    # HTTP/1.0 client.
+                    if req.version != b"1.0":
+                        self.send(http11.serialize_response_head(
+                            event.status, event.reason, http11.remove_hop_by_hop(event.headers)))
                     continue
                 resp = event
                 break
+        if resp.status == 101 and not (websocket and webrules.websocket_accepted(resp)):
+            up.close()
+            log.warning("upstream %s switched protocols unasked (%r); refused", upstream.name,
+                        http11.get_header(resp.headers, b"upgrade"))
+            self.send(self._page(502, "The mail service sent an invalid answer."))
+            return False
         head, rechunk = self._response_head(resp, req, upstream)
-        if audit_proto:
-            if not body_task.done():
-                await asyncio.wait([body_task], timeout=web.body_timeout)
-            self._audit_web_login(req, resp, audit_proto, bytes(captured or b""))
+        if login is not None:
+            self._audit_web_login(req, resp, login)
         self.send(head)
+        self._head_sent = True
         if resp.status == 101:
             return await self._splice(up)
+        send_timeout = web.send_timeout
         while True:
             event = await up.next_event(timeout)
             if event is None or isinstance(event, http11.ParseError):
                 # Cut short: the client must not take a partial body for a whole one.
                 up.close()
                 return False
-            if isinstance(event, http11.Data):
+            if type(event) is http11.Data:
                 self.send(http11.chunk(event.data) if rechunk else event.data)
-                await self.drain()
+                await self.drain(send_timeout)
                 if self.closed:
                     up.close()
                     return False
-            elif isinstance(event, http11.EndOfMessage):
+            elif type(event) is http11.EndOfMessage:
                 if rechunk:
                     self.send(http11.LAST_CHUNK)
                 break
         body_ok = body_task.done() and not body_task.cancelled() and body_task.result()
         if up.parser.keep_alive and up.reusable and body_ok \
                 and len(upstream.idle) < web.upstream_keepalive:
-            up.start_next()
-            upstream.idle.append(up)
+            upstream.idle.append(up)          # _connect restarts its parser for the method
         else:
             up.close()
         # A body framed by closing (HTTP/1.0 client, not re-chunked) ends the connection.
@@ -503,7 +663,7 @@ class WebSession(HttpConnection):
 
     async def _splice(self, up: HttpConnection) -> bool:
         """After 101: raw bytes both ways until either side closes."""
-        done = asyncio.get_running_loop().create_future()
+        done = self.worker.loop.create_future()
 
         def ended(reason: str) -> None:
             if not done.done():
@@ -532,29 +692,30 @@ class WebSession(HttpConnection):
         return False
 
     # -- audit --------------------------------------------------------------
-    def _audit_web_login(self, req, resp: http11.Response, proto: str, body: bytes) -> None:
-        path = req.target.split(b"?", 1)[0]
-        name = login_name(path, body)[:320] or "(unknown)"
+    def _audit_web_login(self, req, resp: http11.Response, login: Login) -> None:
+        """The login's answer: audited and counted on the name its body gave (the one
+        checked before), as for mail logins."""
+        name = login.name[:320] or "(unknown)"
         cookies = b" ".join(http11.get_all(resp.headers, b"set-cookie"))
         ok = resp.status < 400 and b"ZM_AUTH_TOKEN=" in cookies
+        w = self.worker
         if ok:
             error = ""
-            self.account = name
-            self.worker.stats.logins_ok[proto] += 1
+            self.account = login.account or name
+            w.stats.logins_ok["soap"] += 1
         else:
             reason = ("invalid password" if resp.status in (401, 403)
                       else f"login failed (HTTP {resp.status})")
             error = audit.failure(name, reason)
-            self.worker.stats.logins_failed[proto] += 1
-        self._audit_login(name, proto, error, req)
-        if name != "(unknown)":
-            asyncio.get_running_loop().create_task(
-                self.worker.throttle.count_user(name, success=ok, ip=self.client_ip))
+            w.stats.logins_failed["soap"] += 1
+        self._audit_login(name, "soap", error, req)
+        if login.name and w.throttle.counts_users(self.client_ip):
+            w.loop.create_task(w.throttle.count_user(login.name, success=ok, ip=self.client_ip))
 
     def _audit_login(self, name: str, proto: str, error: str, req) -> None:
+        user_agent = (http11.get_header(req.headers, b"user-agent") or b"").decode("latin-1")
         self.worker.audit.write(audit.AuditEvent(
             account=name, protocol=proto, client_ip=self.client_ip, client_port=self.client_port,
             proxy_ip=self.local_ip, error=error,
-            user_agent=(http11.get_header(req.headers, b"user-agent") or b"")
-            .decode("latin-1")[:120],
+            user_agent=safe_text(user_agent, 120),       # C0/C1 controls never reach a log
             thread=f"{'Admin' if self.kind == 'admin' else 'Https'}Server-{self.worker.index}"))

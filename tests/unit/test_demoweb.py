@@ -206,6 +206,16 @@ def expected_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
+def test_headers_echoes_the_request_as_it_arrived(server):
+    response, body = request(server, "POST", "/headers?x=1", b"abc",
+                             {"X-Forwarded-For": "6.6.6.6", "X-Test": "v"})
+    assert response.status == 200
+    doc = json.loads(body)
+    assert doc["method"] == "POST" and doc["target"] == "/headers?x=1"
+    assert ["X-Forwarded-For", "6.6.6.6"] in doc["headers"] and ["X-Test", "v"] in doc["headers"]
+    assert doc["body_bytes"] == 3
+
+
 @pytest.mark.parametrize("size", [0, 1, 251, 3 * 1024 * 1024 + 7])
 def test_download_is_byte_exact(server, size):
     response, body = request(server, "GET", f"/download?size={size}")

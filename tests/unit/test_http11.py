@@ -413,6 +413,26 @@ def test_head_response_has_no_body_even_with_length():
     assert p.keep_alive
 
 
+@pytest.mark.parametrize("step", [None, 1, 5])
+def test_head_on_a_kept_alive_connection_is_framed_without_a_body(step):
+    # L1: GET, then HEAD on the same upstream connection, then GET again. Read as a GET,
+    # the HEAD answer would swallow the next response as its 500-byte body.
+    p = ResponseParser(request_method=b"GET")
+    events = feed(p, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", step)
+    assert events[1:] == [Data(b"ok"), EndOfMessage([])]
+    head_answer = (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"
+                   b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert p.start_next(b"HEAD") == []
+    events = feed(p, head_answer, step)
+    assert events[0].body_mode == NO_BODY and events[-1] == EndOfMessage([])
+    assert [e for e in events if isinstance(e, Data)] == []
+    events = p.start_next(b"HEAD")
+    assert events[0].body_mode == NO_BODY and events[1] == EndOfMessage([])
+    assert p.start_next(b"GET") == []
+    events = feed(p, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew", step)
+    assert events[1:] == [Data(b"new"), EndOfMessage([])]
+
+
 @pytest.mark.parametrize("status", [204, 304])
 def test_204_and_304_have_no_body(status):
     p = ResponseParser()
