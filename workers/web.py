@@ -61,11 +61,18 @@ class Throttled(Exception):
 
 @dataclass(slots=True)
 class Login:
-    """A request that logs in: the name its body gives (audited, throttled and
-    routed on) and, once routed, the account that name resolved to."""
+    """A request that logs in. As for mail logins (M1), the canonical form of the
+    name it gives is checked and routed, and the account the route resolved (alias,
+    bare name ...) is checked, audited and counted when there is one."""
     kind: str                  # webrules.FORM | webrules.SOAP
-    name: str                  # as the body gives it; '' when it gives none
-    account: str = ""
+    typed: str                 # as the body gives it; '' when it gives none
+    name: str                  # audit.canonical_login(typed)
+    account: str = ""          # route.account, once routed
+
+    @property
+    def counted(self) -> str:
+        """The user-throttle counter (and audit account) this login goes to."""
+        return self.account or self.name
 
 
 def error_page(status: int, text: str, *, close: bool = True, extra=(),
@@ -263,7 +270,7 @@ class WebSession(HttpConnection):
                     problem = str(exc)
                 else:
                     if name is not None:
-                        login = Login(kind, name)
+                        login = Login(kind, name, audit.canonical_login(name))
             elif kind == FORM or webrules.has_login_marker(body):
                 log.info("client %s: login body over %d bytes refused", self.client_ip,
                          web.login_body_limit)
@@ -377,15 +384,22 @@ class WebSession(HttpConnection):
         ups = w.admin_upstreams if self.kind == "admin" else w.web_upstreams
         path = req.target.split(b"?", 1)[0]
         if login is not None and login.name:
-            name = login.name
-            reject = (await w.throttle.check_user(name, ip=self.client_ip)
-                      if w.throttle.counts_users(self.client_ip) else None)
+            # Checked before anything reaches a mailbox server, counted after its
+            # answer (_audit_web_login), on the same key.
+            throttled = w.throttle.counts_users(self.client_ip)
+            reject = throttled and await w.throttle.check_user(login.name, ip=self.client_ip)
             if reject:
                 self._throttled(login, req)
                 raise Throttled(reject)
-            route = await w.router.route_mail(name, "http", self.local_ip)
+            route = await w.router.route_mail(login.name, "http", self.local_ip)
             if route is not None:
                 login.account = route.account
+                if throttled and route.account != login.name:
+                    # an alias, a bare name: the account's own counter decides
+                    reject = await w.throttle.check_user(route.account, ip=self.client_ip)
+                    if reject:
+                        self._throttled(login, req)
+                        raise Throttled(reject)
                 if w.in_maintenance(route.server.hostname):
                     return None, True          # no new logins there: 503
                 return ups.for_server(route.server.hostname), True
@@ -409,8 +423,8 @@ class WebSession(HttpConnection):
 
     def _throttled(self, login: Login, req) -> None:
         self.worker.stats.throttled["user"] += 1
-        self._audit_login(login.name, "soap", audit.failure(
-            login.name, "login rejected: too many failed logins"), req)
+        self._audit_login(login.counted, "soap", audit.failure(
+            login.typed, "login rejected: too many failed logins"), req)
 
     # -- proxying -----------------------------------------------------------
     def _request_head(self, req: http11.Request, upstream: Upstream, *, expect: bool = True,
@@ -693,24 +707,25 @@ class WebSession(HttpConnection):
 
     # -- audit --------------------------------------------------------------
     def _audit_web_login(self, req, resp: http11.Response, login: Login) -> None:
-        """The login's answer: audited and counted on the name its body gave (the one
-        checked before), as for mail logins."""
-        name = login.name[:320] or "(unknown)"
+        """The login's answer: audited and counted on the account (or canonical name)
+        that was checked before, as for mail logins."""
+        name = login.counted[:320] or "(unknown)"
         cookies = b" ".join(http11.get_all(resp.headers, b"set-cookie"))
         ok = resp.status < 400 and b"ZM_AUTH_TOKEN=" in cookies
         w = self.worker
         if ok:
             error = ""
-            self.account = login.account or name
+            self.account = name
             w.stats.logins_ok["soap"] += 1
         else:
             reason = ("invalid password" if resp.status in (401, 403)
                       else f"login failed (HTTP {resp.status})")
-            error = audit.failure(name, reason)
+            error = audit.failure(login.typed[:320] or name, reason)
             w.stats.logins_failed["soap"] += 1
         self._audit_login(name, "soap", error, req)
         if login.name and w.throttle.counts_users(self.client_ip):
-            w.loop.create_task(w.throttle.count_user(login.name, success=ok, ip=self.client_ip))
+            w.loop.create_task(w.throttle.count_user(login.counted, success=ok,
+                                                     ip=self.client_ip))
 
     def _audit_login(self, name: str, proto: str, error: str, req) -> None:
         user_agent = (http11.get_header(req.headers, b"user-agent") or b"").decode("latin-1")

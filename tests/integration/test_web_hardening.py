@@ -198,6 +198,7 @@ LOGINS = [
     lambda u, p: post("/service/soap/AuthRequest;x", soap(u, p), content_type="application/json"),
     lambda u, p: post("/service/soap/Anything", soap(u, p), content_type="application/json"),
     lambda u, p: post("/service%2Fsoap/", soap_xml(u, p), chunked=True, content_type="text/xml"),
+    lambda u, p: post("/login", form(f"  {u.upper()} ", p), chunked=True),   # M1's spelling
     lambda u, p: post("/login", form(u, p)),
 ]
 
