@@ -283,3 +283,51 @@ def test_connections_per_ip():
         c.release("web", "192.0.2.9")           # never below zero
     assert c.count("web", "192.0.2.9") == 0
     assert c.acquire("web", "192.0.2.1", 0)     # 0: no cap
+
+
+# ----------------------------------------------------------------------- fuzz
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=300, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PIECES = [b"{", b"}", b"[", b"]", b'"', b":", b",", b"\\", b"\\u0041", b"\x00", b"<", b">",
+          b"/", b"=", b"'", b"&", b"&#64;", b"<![CDATA[", b"]]>", b"<!DOCTYPE x>", b"<?xml ",
+          b'encoding="utf-16"?>', b"AuthRequest", b"account", b"_content", b"Body",
+          b"BatchRequest", b"a", b"\xc3", b"\xe2\x80\xa8", b" ", b"%", b"username="]
+LOGIN_BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.sampled_from(PIECES), max_size=60).map(b"".join),
+    st.recursive(st.one_of(st.text(max_size=8), st.integers(), st.none()),
+                 lambda kids: st.one_of(
+                     st.lists(kids, max_size=3),
+                     st.dictionaries(st.sampled_from(["Body", "AuthRequest", "BatchRequest",
+                                                      "account", "_content", "x"]), kids,
+                                     max_size=3)),
+                 max_leaves=12).map(lambda doc: json.dumps(doc).encode()),
+)
+
+
+@FUZZ
+@given(kind=st.sampled_from([FORM, SOAP]), body=LOGIN_BODIES)
+def test_login_readers_answer_a_name_none_or_badlogin_and_nothing_else(kind, body):
+    try:
+        name = login_name(kind, body)
+    except BadLogin as exc:
+        assert str(exc)
+        return
+    assert name is None or isinstance(name, str)
+    if kind == FORM:
+        assert name is not None
+    if name is not None:
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", name)
+
+
+@FUZZ
+@given(body=st.binary(max_size=200), cuts=st.lists(st.integers(0, 200), max_size=6))
+def test_the_marker_scan_agrees_with_the_whole_body_search_whatever_the_split(body, cuts):
+    scan, last, hits = LoginMarkerScan(), 0, []
+    for cut in sorted(set(cuts)) + [len(body)]:
+        hits.append(scan.feed(body[last:cut]))
+        last = max(last, cut)
+    assert any(hits) == has_login_marker(body)
