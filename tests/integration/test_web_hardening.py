@@ -288,7 +288,7 @@ def recv_some(sock: socket.socket) -> bytes:
 
 @pytest.mark.timeout(90)
 def test_one_address_gets_at_most_max_connections_per_ip(custom_worker):
-    w = custom_worker(port_base=29000, max_connections_per_ip=3)
+    w = custom_worker(port_base=29000, max_connections_per_ip=3, header_timeout=60)
     port = w.ports["http"]
 
     def open_from(ip):
