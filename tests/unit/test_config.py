@@ -47,10 +47,22 @@ def test_relative_paths_follow_the_file(tmp_path):
     ('[mail]\nauth_wait = "slow"', "mail.auth_wait"),
     ('[memcached]\nservers = ["nohost"]', "memcached.servers"),
     ('[hosts]\n"mbox1" = "not-an-ip"', "hosts.mbox1"),
+    ('[web]\nsend_timeout = 0', "web.send_timeout"),
+    ('[web]\nmax_connections_per_ip = -1', "web.max_connections_per_ip"),
+    ('[web]\nbody_min_rate = -5', "web.body_min_rate"),
+    ('[web]\nlogin_body_limit = 0', "web.login_body_limit"),
+    ('[web]\nextend_forwarded_for = "yes"', "web.extend_forwarded_for"),
 ])
 def test_bad_values_name_the_key(tmp_path, extra, key):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
         load(tmp_path, BASE + extra)
+
+
+def test_web_hardening_defaults(tmp_path):
+    web = load(tmp_path, BASE).web
+    assert (web.send_timeout, web.body_min_rate, web.max_connections_per_ip,
+            web.login_body_limit, web.extend_forwarded_for) == (60.0, 500, 1000, 65536, False)
+    assert load(tmp_path, BASE + "[web]\nmax_connections_per_ip = 0").web.max_connections_per_ip == 0
 
 
 def test_bad_listener_and_missing_key(tmp_path):
