@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import select
 import socket
-import time
 from urllib.parse import quote
 
 import psutil
 import pytest
 
 from carbotui.throttle import user_key
-from tests.integration.conftest import (HOST, PASSWORD, WEB_PORTS, tls_context, wait_for,
-                                        worker_stats)
+from tests.integration.conftest import HOST, PASSWORD, WEB_PORTS, tls_context, wait_for
 from workers.stats import read as read_stats
 
 pytestmark = pytest.mark.usefixtures("proxy_up")

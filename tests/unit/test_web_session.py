@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from carbotui.config import MailSettings, WebSettings
 from carbotui.directory import MailServer
 from workers import httpconn
-from workers.http11 import Data, RequestParser
+from workers.http11 import RequestParser
 from workers.ipcount import ConnectionsPerIp
 from workers.upstreams import UpstreamSet
 from workers.web import WebSession
