@@ -73,6 +73,7 @@ class MailSettings:
     connect_retries: int = 3
     login_timeout: float = 30.0
     max_connections: int = 10000
+    max_connections_per_ip: int = 1000  # per worker, whitelist exempt; 0 = no cap
     upstream_tls: bool = False
     upstream_ca: Path | None = None     # CA bundle for verifying mailbox servers
     send_imap_id: bool = True
@@ -276,6 +277,7 @@ def load(path: str | os.PathLike) -> Settings:
         connect_retries=m.get("connect_retries", int, 3),
         login_timeout=m.positive("login_timeout", float, 30.0),
         max_connections=m.positive("max_connections", int, 10000),
+        max_connections_per_ip=m.get("max_connections_per_ip", int, 1000),
         upstream_tls=m.get("upstream_tls", bool, False),
         upstream_ca=rel(m.get("upstream_ca", str)) if m.get("upstream_ca", str) else None,
         send_imap_id=m.get("send_imap_id", bool, True),

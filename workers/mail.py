@@ -159,6 +159,7 @@ class MailSession(asyncio.Protocol):
     _timer: asyncio.TimerHandle | None = None
     _last_input = 0.0
     _task: asyncio.Task | None = None
+    _ip_counted = False               # holds a place in worker.connections_per_ip
 
     def __init__(self, worker, kind: str, proto: str, implicit_tls: bool, thread: str,
                  addresses=None):
@@ -198,9 +199,22 @@ class MailSession(asyncio.Protocol):
                             b"-ERR [SYS/TEMP] Server busy, try again later\r\n")
             transport.close()
             return
+        exempt = w.throttle.exempt(self.client_ip)
+        if not exempt:
+            # One address may hold at most max_connections_per_ip of this worker's mail
+            # connections (the per-worker cap above is everyone's).
+            if not w.connections_per_ip.acquire("mail", self.client_ip,
+                                                w.settings.mail.max_connections_per_ip):
+                w.stats.rejected_busy += 1
+                transport.write(b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+                                if self.proto == "imap" else
+                                b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
+                transport.close()
+                return
+            self._ip_counted = True
         w.sessions[self.id] = self
         self._start_timer()
-        if w.throttle.exempt(self.client_ip):
+        if exempt:
             transport.write(self.machine.greeting())
         else:
             # The IP throttle (and blocks) first, as Carbonio's nginx: no greeting yet.
@@ -255,6 +269,9 @@ class MailSession(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.worker.session_ended(self.id)
+        if self._ip_counted:
+            self._ip_counted = False
+            self.worker.connections_per_ip.release("mail", self.client_ip)
         if self._timer:
             self._timer.cancel()
         if self.splice is not None:
