@@ -47,7 +47,6 @@ def _table(blocks, now: float) -> str:
 
 def main(argv: list[str], config_path: str) -> int:
     from carbotui import config
-    from carbotui.fleet import BlockStore, BlocksUnavailable
 
     if argv[:1] in (["-h"], ["--help"], ["help"]):
         print(__doc__.strip())
@@ -68,8 +67,22 @@ def main(argv: list[str], config_path: str) -> int:
         return 1
     # The library logs for daemons ("blocked …", "memcached unavailable; logins are
     # routed through LDAP"); here the outcome is said once, below.
-    logging.getLogger("carbotui").addHandler(logging.NullHandler())
-    logging.getLogger("carbotui").propagate = False
+    library = logging.getLogger("carbotui")
+    quiet = logging.NullHandler()
+    library.addHandler(quiet)
+    was = library.propagate
+    library.propagate = False
+    try:
+        return _run(command, args, settings)
+    finally:
+        # Put logging back as it was: run in-process (tests, a shell), the command must
+        # not silence the library for what runs after it.
+        library.propagate = was
+        library.removeHandler(quiet)
+
+
+def _run(command: str, args: list[str], settings) -> int:
+    from carbotui.fleet import BlockStore, BlocksUnavailable
 
     store = BlockStore(settings)
     try:
