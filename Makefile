@@ -21,7 +21,7 @@ venv:
 
 up:
 	scripts/install-deps.sh
-	$(PY) -m carbotui.demo setup
+	$(PY) -m demo.stack setup
 	@# running: apply supervisord.conf changes and start what is stopped (not the cluster);
 	@# a start that fails is reported by `demo wait`, which names what is not up.
 	@if $(CTL) pid >/dev/null 2>&1; then \
@@ -29,14 +29,14 @@ up:
 	else \
 	    .venv/bin/supervisord -c supervisord.conf; \
 	fi
-	$(PY) -m carbotui.demo wait
+	$(PY) -m demo.stack wait
 
 down:
-	@if [[ -x $(PY) ]]; then $(PY) -m carbotui.demo down; else echo "no .venv: nothing to stop"; fi
+	@if [[ -x $(PY) ]]; then $(PY) -m demo.stack down; else echo "no .venv: nothing to stop"; fi
 
 demo: up
 	.venv/bin/carbotui
-	@$(PY) -m carbotui.demo summary
+	@$(PY) -m demo.stack summary
 
 # every dashboard screen as SVG in screenshots/, from deterministic data
 screenshots: venv
@@ -47,7 +47,7 @@ test: up
 
 cluster: up
 	$(CTL) start haproxy 'node1:*' 'node2:*'
-	$(PY) -m carbotui.demo wait --cluster
+	$(PY) -m demo.stack wait --cluster
 
 # carbotui side by side with nginx (bench/): installs nginx + its mail module and wrk,
 # runs every load against both, writes bench/results/latest.{json,md} (about 4 minutes)

@@ -39,7 +39,7 @@ def make_source(live: bool):
         from carbotui import config
         from carbotui.tui.source import LiveSource
         return LiveSource(config.load(ROOT / "carbotui.toml"))
-    from carbotui.tui.fake import FakeSource
+    from demo.fake_source import FakeSource
     return FakeSource()
 
 

@@ -1,7 +1,7 @@
 """Where the dashboard gets its data and sends its actions.
 
 The App talks only to a `Source`. `LiveSource` is the real node (fleet,
-supervisord, LDAP, worker control sockets); `carbotui.tui.fake.FakeSource`
+supervisord, LDAP, worker control sockets); `demo.fake_source.FakeSource`
 is deterministic data for tests and screenshots. Every method blocks and is
 called from a thread worker, never from the UI thread. Actions return a
 sentence for a notification or raise ActionFailed with one.

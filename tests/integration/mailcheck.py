@@ -854,9 +854,9 @@ def pop3_state(account: str) -> bytes:
 
 def restore_demo_mailbox(account: str) -> None:
     """Leave the account as `make up` made it: an empty mailbox with the demo's welcome
-    message (carbotui.demo.WELCOME), for people trying the demo after the tests."""
+    message (demo.stack.WELCOME), for people trying the demo after the tests."""
     import json
-    from carbotui.demo import WELCOME
+    from demo.stack import WELCOME
     reset_account(account)
     short, ip = mbox_of(account)
     info = json.loads((REPO / "var" / short / "accounts.json").read_text())

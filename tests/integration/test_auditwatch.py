@@ -1,5 +1,5 @@
 """auditwatch as a real subprocess against a temp node: audit lines written with
-carbotui.audit.AuditLog, e-mail into the real demo sink (carbotui.mailsink,
+carbotui.audit.AuditLog, e-mail into the real demo sink (demo.mailsink,
 aiosmtpd), blocks in the demo's real memcached. No sleeps as synchronisation:
 every wait polls for a condition with a deadline.
 """
@@ -99,7 +99,7 @@ timeout = 2
 
     def start_sink(self) -> None:
         self.sink = subprocess.Popen(
-            [sys.executable, "-m", "carbotui.mailsink", "--listen",
+            [sys.executable, "-m", "demo.mailsink", "--listen",
              f"127.0.0.1:{self.smtp_port}", "--maildir", str(self.root / "mailsink")],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(self.sink)

@@ -24,7 +24,7 @@ CLIENT = "127.0.0.77"          # a client address HAProxy must pass on
 def cluster():
     supervisorctl("start", "haproxy", "node1:*", "node2:*")
     try:
-        proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "carbotui.demo", "wait",
+        proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "demo.stack", "wait",
                                "--cluster"], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         yield

@@ -192,7 +192,7 @@ def test_proxy_workers_running(status):
 
 def test_setup_is_idempotent():
     before = {p: p.stat().st_mtime_ns for p in (VAR / "certs").iterdir()}
-    out = subprocess.run([sys.executable, "-m", "carbotui.demo", "setup"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "demo.stack", "setup"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert "up to date" in out
     assert before == {p: p.stat().st_mtime_ns for p in (VAR / "certs").iterdir()}

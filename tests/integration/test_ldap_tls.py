@@ -20,7 +20,8 @@ import ldap3
 import pytest
 from ldap3.core.exceptions import LDAPConnectionIsReadOnlyError
 
-from carbotui import certs, demo
+from carbotui import certs
+from demo import stack
 from carbotui.directory import Directory, DirectoryUnavailable
 
 from .conftest import CA, REPO, SETTINGS, wait_for
@@ -78,16 +79,16 @@ class Slapd:
         certs.write_pair(cert, key, root / "server.crt", root / "server.key")
         conf = root / "slapd.conf"
         conf.write_text(SLAPD_CONF.format(repo=REPO, dir=root, base=BASE, admin=ADMIN,
-                                          reader=READER, rootpw=demo.ssha(admin_pw)))
+                                          reader=READER, rootpw=stack.ssha(admin_pw)))
         seed = root / "seed.ldif"
         seed.write_text("\n".join([
-            demo.ldif_entry(BASE, [("objectClass", "organization"), ("o", "tlstest")]),
-            demo.ldif_entry(f"cn=config,{BASE}", [("objectClass", "zimbraGlobalConfig"),
+            stack.ldif_entry(BASE, [("objectClass", "organization"), ("o", "tlstest")]),
+            stack.ldif_entry(f"cn=config,{BASE}", [("objectClass", "zimbraGlobalConfig"),
                                                    ("cn", "config"),
                                                    ("zimbraDefaultDomainName", "tls.test")]),
-            demo.ldif_entry(READER, [("objectClass", "organizationalRole"),
+            stack.ldif_entry(READER, [("objectClass", "organizationalRole"),
                                      ("objectClass", "simpleSecurityObject"), ("cn", "reader"),
-                                     ("userPassword", demo.ssha(reader_pw))])]))
+                                     ("userPassword", stack.ssha(reader_pw))])]))
         subprocess.run(["slapadd", "-q", "-f", str(conf), "-l", str(seed)], check=True,
                        capture_output=True)
         self.ldaps, self.ldap = _free_port(), _free_port()

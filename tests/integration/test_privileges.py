@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from carbotui import demo
+from demo import stack
 from workers import privileges
 from workers.stats import read as read_stats
 
@@ -33,7 +33,7 @@ from .conftest import (CA, PASSWORD, PORTS, REPO, WEB_PORTS, imap_login, port_op
                        process_pid, supervisorctl, wait_for)
 
 VAR = REPO / "var"
-USER = pwd.getpwnam(demo.SERVICE_USER)
+USER = pwd.getpwnam(stack.SERVICE_USER)
 CLIENT_FACING = ["auditwatch", "web1", "web2", "mailsink"]
 
 
@@ -67,7 +67,7 @@ def test_every_client_facing_process_runs_as_the_service_user():
         assert pid, f"{name} is not running"
         assert_unprivileged(name, pid)          # the demo's ports are all above 1024
     # what drops privileges itself, or must stay the manager, is still root
-    assert psutil.Process(demo.supervisord_pid()).uids().real == 0
+    assert psutil.Process(stack.supervisord_pid()).uids().real == 0
 
 
 def test_workers_refuse_new_privileges():
@@ -171,7 +171,7 @@ def test_a_worker_on_a_privileged_port_binds_it_as_the_service_user(private_var)
     cfg.write_text(text)
     log = open(private_var / "worker.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "workers", "--config", str(cfg), "--worker", "97",
-                             "--user", demo.SERVICE_USER], cwd=REPO, stdout=log,
+                             "--user", stack.SERVICE_USER], cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: port_open(PRIVILEGED[1], host) or proc.poll() is not None, 20,
@@ -246,7 +246,7 @@ def test_private_keys_are_root_and_service_user_only():
     # serves with, never the CA's key
     everything = [*keys, admin, secret, *vhost_keys]
     assert not any(_readable_by("nobody", everything).values())
-    service = _readable_by(demo.SERVICE_USER, [*keys, admin, secret])
+    service = _readable_by(stack.SERVICE_USER, [*keys, admin, secret])
     assert service.pop("ca.key") is False and service.pop("admin.secret") is False, service
     assert all(service.values()), service
 
@@ -311,7 +311,7 @@ def test_the_service_user_cannot_touch_roots_runtime_files():
 
 
 def _supervisord_umask_applies() -> bool:
-    pid = demo.supervisord_pid()
+    pid = stack.supervisord_pid()
     umask = int(proc_status(pid)["Umask"], 8)
     if umask & 0o007 == 0o007:
         return True
@@ -338,17 +338,17 @@ def test_slapd_conf_is_0600_from_its_creation_and_the_seed_copy_is_gone(tmp_path
     code = textwrap.dedent("""
         import json, os, sys
         from pathlib import Path
-        from carbotui import demo
-        demo.LDAP = Path(sys.argv[1])
+        from demo import stack
+        stack.LDAP = Path(sys.argv[1])
         chmods = []
         sys.addaudithook(lambda ev, args: ev == "os.chmod" and not isinstance(args[0], int)
                          and chmods.append(str(args[0])))
         os.umask(0)
-        demo.make_ldap()
-        conf = demo.LDAP / "slapd.conf"
+        stack.make_ldap()
+        conf = stack.LDAP / "slapd.conf"
         print(json.dumps({"chmods": chmods, "mode": oct(os.stat(conf).st_mode & 0o777),
-                          "seed": (demo.LDAP / "seed.ldif").exists(),
-                          "seeded": (demo.LDAP / "data" / "data.mdb").exists()}))
+                          "seed": (stack.LDAP / "seed.ldif").exists(),
+                          "seeded": (stack.LDAP / "data" / "data.mdb").exists()}))
     """)
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ldap")], cwd=REPO,
                        capture_output=True, text=True, timeout=60)

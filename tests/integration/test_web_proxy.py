@@ -180,7 +180,7 @@ def test_100mb_upload_and_download_are_byte_exact_with_bounded_memory(tmp_path):
     out = curl("-o", str(down), f"https://{VHOST}:{HTTPS}/download?size={size}", timeout=120)
     assert out.returncode == 0, out.stderr
     assert down.stat().st_size == size
-    from carbotui.demoweb import download_pattern
+    from demo.mailbox_web import download_pattern
     digest = hashlib.sha256()
     for piece in download_pattern(size):
         digest.update(piece)

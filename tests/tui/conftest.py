@@ -1,6 +1,6 @@
 """Dashboard tests: deterministic time zone, no cursor blink, a helper to drive the App.
 
-Pilot tests run the App with a FakeSource (carbotui.tui.fake) inside asyncio.run,
+Pilot tests run the App with a FakeSource (demo.fake_source) inside asyncio.run,
 so they need no pytest-asyncio.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ async def settle(pilot, until=lambda app: app.polls >= 1, timeout: float = 5.0) 
 def drive(test, *, source=None, size=(80, 24), refresh: float = 60.0):
     """Run `await test(app, pilot)` against a fresh App; returns the App afterwards."""
     from carbotui.tui.app import CarbotuiApp
-    from carbotui.tui.fake import FakeSource
+    from demo.fake_source import FakeSource
 
     async def main():
         app = CarbotuiApp(source or FakeSource(), refresh=refresh, watch_terminal=False)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from textual.widgets import Input, Static
 
-from carbotui.tui.fake import NOW, FakeSource, make_alert
 from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.screens.help import HelpScreen
 from carbotui.tui.widgets.modals import BlockModal, ConfirmModal
+from demo.fake_source import NOW, FakeSource, make_alert
 
 from .conftest import drive, settle
 

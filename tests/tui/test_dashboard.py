@@ -8,10 +8,10 @@ from textual.widgets import Input, Log, Static
 
 from carbotui.audit import AuditEvent, failure
 from carbotui.tui.app import SCREEN_CLASSES, CarbotuiApp
-from carbotui.tui.fake import NOW, FakeSource
 from carbotui.tui.screens.help import HelpScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
 from carbotui.tui.widgets.modals import ConfirmModal, PromptModal, VhostModal
+from demo.fake_source import NOW, FakeSource
 
 from .conftest import drive, settle
 

@@ -94,7 +94,7 @@ def test_worker_control_request_and_errors(tmp_path):
 
 def test_alert_tail_reads_alert_json_lines_and_skips_junk(tmp_path):
     from carbotui.alerts import AlertLog
-    from carbotui.tui.fake import NOW, make_alert
+    from demo.fake_source import NOW, make_alert
 
     path = tmp_path / "alerts.log"
     first = make_alert("ip", "192.0.2.1", 20, NOW - 60, ips=("192.0.2.1",))

@@ -17,11 +17,11 @@ from textual.widgets._toast import Toast
 
 from carbotui.audit import AuditEvent, failure
 from carbotui.throttle import Block
-from carbotui.tui.fake import NOW, FakeSource, make_alert
 from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.screens.audit import AuditScreen
 from carbotui.tui.screens.connections import ConnectionsScreen
 from carbotui.tui.widgets.modals import ConfirmModal
+from demo.fake_source import NOW, FakeSource, make_alert
 
 from .conftest import drive, settle
 

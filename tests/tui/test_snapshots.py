@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from carbotui.tui.app import CarbotuiApp
-from carbotui.tui.fake import FakeSource
+from demo.fake_source import FakeSource
 
 SCREENS = {"overview": "1", "connections": "2", "backends": "3", "cache": "4", "audit": "5",
            "config": "6", "workers": "7", "alerts": "8", "help": "question_mark"}

@@ -1,4 +1,4 @@
-"""carbotui.demoweb, served in-process on an ephemeral port and driven with
+"""demo.mailbox_web, served in-process on an ephemeral port and driven with
 http.client and raw sockets."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from carbotui.authtoken import decode_token, encode_token
-from carbotui.demoweb import DemoWeb, download_pattern, make_ssha512, ws_frame, ws_unmask
+from demo.mailbox_web import DemoWeb, download_pattern, make_ssha512, ws_frame, ws_unmask
 
 USER1_ID = "11111111-2222-4333-8444-555555555555"
 USER2_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
@@ -430,7 +430,7 @@ def test_unmask_is_an_involution():
 def test_cli_serves_a_200_mb_download_in_bounded_memory(tmp_path):
     accounts = write_accounts(tmp_path / "accounts.json")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "carbotui.demoweb", "--accounts", str(accounts),
+        [sys.executable, "-m", "demo.mailbox_web", "--accounts", str(accounts),
          "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
         cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from carbotui import demo
+from demo import stack
 from carbotui.directory import Domain
 from workers import control, live, privileges, stats
 
@@ -26,14 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _user():
     try:
-        return pwd.getpwnam(demo.SERVICE_USER)
+        return pwd.getpwnam(stack.SERVICE_USER)
     except KeyError:
         return None
 
 
 needs_root_and_user = pytest.mark.skipif(
     os.geteuid() != 0 or _user() is None,
-    reason="needs root and the carbotui user (python -m carbotui.demo setup)")
+    reason="needs root and the carbotui user (python -m demo.stack setup)")
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_a_domain_name_from_ldap_cannot_place_a_file_outside_vhosts(tmp_path):
     assert stat.S_IMODE((tmp_path / "run" / "vhosts").stat().st_mode) & 0o077 == 0
 
 
-# --- demo.write_private (root writing into var/run, which the service user may write) ------
+# --- stack.write_private (root writing into var/run, which the service user may write) ------
 
 def test_demo_write_private_refuses_a_planted_symlink_or_hard_link(tmp_path):
     target = tmp_path / "target"
@@ -237,12 +237,12 @@ def test_demo_write_private_refuses_a_planted_symlink_or_hard_link(tmp_path):
     link = tmp_path / "supervisor-workers.conf"
     link.symlink_to(target)
     with pytest.raises(OSError):
-        demo.write_private(link, "x", 0o644)
+        stack.write_private(link, "x", 0o644)
     link.unlink()
     os.link(target, link)
-    with pytest.raises(demo.DemoError):
-        demo.write_private(link, "x", 0o644)
+    with pytest.raises(stack.DemoError):
+        stack.write_private(link, "x", 0o644)
     assert target.read_text() == "untouched"
     link.unlink()
-    demo.write_private(link, "numprocs=2\n", 0o644)
+    stack.write_private(link, "numprocs=2\n", 0o644)
     assert link.read_text() == "numprocs=2\n" and stat.S_IMODE(link.stat().st_mode) == 0o644

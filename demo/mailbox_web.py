@@ -2,7 +2,7 @@
 
 Each demo mailbox server runs one::
 
-    python -m carbotui.demoweb --accounts var/mbox1/accounts.json \\
+    python -m demo.mailbox_web --accounts var/mbox1/accounts.json \\
         --listen 127.0.0.1:8080 --listen 127.0.0.1:7071
 
 It speaks HTTP/1.1 with the proxy's own parser (workers.http11) on plain
@@ -74,7 +74,7 @@ from workers.http11 import (
     get_header, header_tokens, serialize_response_head,
 )
 
-log = logging.getLogger("carbotui.demoweb")
+log = logging.getLogger("demo.mailbox_web")
 
 DEMO_KEY = "0b5e1c0de0"                  # stands in for the HMAC a real server signs with
 TOKEN_LIFETIME_MS = 2 * 24 * 3600 * 1000  # zimbraAuthTokenLifetime default: 2d
@@ -745,7 +745,7 @@ async def _run(accounts: str, listens: list[tuple[str, int]], tls_listens=(),
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m carbotui.demoweb",
+    parser = argparse.ArgumentParser(prog="python -m demo.mailbox_web",
                                      description="Demo web mailbox app for one demo server.")
     parser.add_argument("--accounts", required=True, help="accounts.json of this server")
     parser.add_argument("--listen", action="append", type=_parse_listen, required=True,

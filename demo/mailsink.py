@@ -1,6 +1,6 @@
 """A demo SMTP sink: accepts every message and files it in a Maildir.
 
-    python -m carbotui.mailsink --listen 127.0.0.1:10025 --maildir var/mailsink
+    python -m demo.mailsink --listen 127.0.0.1:10025 --maildir var/mailsink
 
 The demo has no real mail server, so auditwatch's e-mailed alerts land here
 (``var/mailsink/new/``) where the demo and the tests can read them. Loopback
@@ -21,11 +21,15 @@ from aiosmtpd.smtp import SMTP
 
 from carbotui.config import ConfigError, parse_endpoint
 
-log = logging.getLogger("carbotui.mailsink")
+log = logging.getLogger("demo.mailsink")
 
 
 class MaildirHandler:
     def __init__(self, maildir: Path):
+        # Maildir(create=True) makes tmp/new/cur only when the folder itself is new; the
+        # demo setup creates the folder (owned by the service user), so make them here.
+        for sub in ("tmp", "new", "cur"):
+            (maildir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.box = mailbox.Maildir(maildir, create=True)
 
     async def handle_DATA(self, server, session, envelope) -> str:
@@ -53,7 +57,7 @@ async def serve(host: str, port: int, maildir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m carbotui.mailsink",
+    parser = argparse.ArgumentParser(prog="python -m demo.mailsink",
                                      description="demo SMTP sink writing a Maildir")
     parser.add_argument("--listen", default="127.0.0.1:10025", help="address:port")
     parser.add_argument("--maildir", default="var/mailsink", type=Path)
