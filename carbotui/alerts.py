@@ -42,155 +42,22 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Callable
 
 from carbotui.audit import AuditEvent, canonical_login
-from carbotui.config import ConfigError, _Table
+# The [alerts] tables are declared with the other settings; imported back for the sinks.
+from carbotui.settings import BLOCKING_RULES, RULES, AlertSettings, RuleSettings, SmtpSettings
 
 log = logging.getLogger("carbotui.alerts")
 
-RULES = ("ipacct", "acct", "ip", "total")
-DEFAULT_THRESHOLDS = {"ipacct": 10, "acct": 10, "ip": 20, "total": 100}
-BLOCKING_RULES = ("ipacct", "ip")        # rules whose key names one IP to block
 MAX_PER_WINDOW = 10000                   # memory bound per key; the count says "at least"
 LISTED = 20                              # accounts/IPs named in one alert
 FUTURE_SLACK = 5.0                       # seconds an event may be ahead of the wall clock
 IGNORED_REPORT_EVERY = 60.0              # at most one log line a minute about ignored events
-
-
-# -- settings -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RuleSettings:
-    threshold: int                       # 0: rule off
-    block_seconds: int = 0               # >0: block the IP (ipacct/ip rules only)
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int
-    sender: str
-    recipients: tuple[str, ...]
-    spool: Path
-    starttls: bool = False
-    tls_ca: Path | None = None
-    username: str = ""
-    password_file: Path | None = None
-    timeout: float = 10.0
-    retry_min: float = 5.0
-    retry_max: float = 300.0
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class AlertSettings:
-    window: int = 60
-    cooldown: int = 300
-    rules: dict[str, RuleSettings] = field(
-        default_factory=lambda: {r: RuleSettings(t) for r, t in DEFAULT_THRESHOLDS.items()})
-    log: Path | None = None
-    smtp: SmtpSettings | None = None
-    command: tuple[str, ...] = ()
-    command_timeout: float = 10.0
-    poll_interval: float = 0.25          # how often auditwatch looks at audit.log
-    rotate_grace: float = 5.0            # keep reading a rotated file this long
-
-    @classmethod
-    def from_table(cls, data: dict, base: Path | None = None,
-                   prefix: str = "alerts") -> "AlertSettings":
-        """``[alerts]`` of the settings file; relative paths are relative to ``base``."""
-        base = Path(base) if base is not None else Path.cwd()
-        t = _Table(data, prefix)
-        _no_unknown(t, ("window", "cooldown", "log", "command", "command_timeout",
-                        "poll_interval", "rotate_grace", "smtp") + RULES)
-
-        def path(tbl, name):
-            value = tbl.get(name, str, "")
-            return (base / value).resolve() if value else None
-
-        rules = {}
-        for rule in RULES:
-            rt = t.table(rule)
-            _no_unknown(rt, ("threshold", "block_seconds"))
-            threshold = rt.get("threshold", int, DEFAULT_THRESHOLDS[rule])
-            block = rt.get("block_seconds", int, 0)
-            if threshold < 0:
-                raise ConfigError(f"{rt.key('threshold')}: must not be negative (0 = off)")
-            if not 0 <= block <= 30 * 24 * 3600:
-                raise ConfigError(f"{rt.key('block_seconds')}: must be 0..2592000 (30 days)")
-            if block and rule not in BLOCKING_RULES:
-                raise ConfigError(f"{rt.key('block_seconds')}: only the ipacct and ip rules "
-                                  f"name one IP to block")
-            rules[rule] = RuleSettings(threshold, block)
-
-        command = t.get("command", list, [])
-        if not all(isinstance(x, str) and x for x in command):
-            raise ConfigError(f"{t.key('command')}: expected a list of non-empty strings "
-                              f"(argv, no shell)")
-        return cls(
-            window=t.positive("window", int, 60),
-            cooldown=t.get("cooldown", int, 300),
-            rules=rules,
-            log=path(t, "log"),
-            smtp=_smtp(t.table("smtp"), base) if "smtp" in data else None,
-            command=tuple(command),
-            command_timeout=t.positive("command_timeout", float, 10.0),
-            poll_interval=t.positive("poll_interval", float, 0.25),
-            rotate_grace=t.positive("rotate_grace", float, 5.0),
-        )
-
-
-def _no_unknown(t: _Table, known) -> None:
-    for name in t.data:
-        if name not in known:
-            raise ConfigError(f"{t.key(name)}: unknown setting")
-
-
-def _smtp(t: _Table, base: Path) -> SmtpSettings | None:
-    _no_unknown(t, ("host", "port", "from", "to", "spool", "starttls", "tls_ca", "username",
-                    "password_file", "timeout", "retry_min", "retry_max"))
-    host = t.get("host", str, "")
-    if not host:
-        return None                      # a table without host: e-mail off
-    sender = t.get("from", str, "")
-    recipients = t.get("to", list, [])
-    if not recipients:
-        # zmauditswatch: "Must have a notification email address defined."
-        raise ConfigError(f"{t.key('to')}: must have a notification e-mail address")
-    for addr in [sender, *recipients]:
-        if not isinstance(addr, str) or "@" not in addr or any(c in addr for c in "\r\n <>"):
-            raise ConfigError(f"{t.key('from' if addr == sender else 'to')}: "
-                              f"{addr!r} is not an e-mail address")
-    port = t.get("port", int, 25)
-    if not 0 < port < 65536:
-        raise ConfigError(f"{t.key('port')}: port {port} is not in 1..65535")
-    password_file = t.get("password_file", str, "")
-    username = t.get("username", str, "")
-    if username and not password_file:
-        raise ConfigError(f"{t.key('password_file')}: required with username "
-                          f"(the password is never written in this file)")
-    tls_ca = t.get("tls_ca", str, "")
-    retry_min = t.positive("retry_min", float, 5.0)
-    retry_max = t.positive("retry_max", float, 300.0)
-    if retry_max < retry_min:
-        raise ConfigError(f"{t.key('retry_max')}: must be at least retry_min ({retry_min})")
-    return SmtpSettings(
-        host=host, port=port, sender=sender, recipients=tuple(recipients),
-        spool=(base / t.get("spool", str, "var/spool/alerts")).resolve(),
-        starttls=t.get("starttls", bool, False),
-        tls_ca=(base / tls_ca).resolve() if tls_ca else None,
-        username=username,
-        password_file=(base / password_file).resolve() if password_file else None,
-        timeout=t.positive("timeout", float, 10.0),
-        retry_min=retry_min, retry_max=retry_max)
 
 
 # -- the alert ----------------------------------------------------------------

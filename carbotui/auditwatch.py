@@ -47,7 +47,6 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,7 +54,7 @@ from carbotui import config
 from carbotui.alerts import Alert, AlertLog, AlertSettings, CommandHook, Rules, SmtpSpool
 from carbotui.audit import parse_line
 from carbotui.memcache import Memcache
-from carbotui.throttle import Throttle, ThrottleSettings, ThrottleUnavailable, whitelisted
+from carbotui.throttle import Throttle, ThrottleUnavailable, whitelisted
 
 log = logging.getLogger("carbotui.auditwatch")
 
@@ -244,38 +243,19 @@ class Tail:
 
 # -- the program --------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Loaded:
-    settings: config.Settings
-    alerts: AlertSettings
-    throttle: ThrottleSettings
-
-
-def load(path: str | os.PathLike) -> Loaded:
-    """config.load for the node settings, then our two tables (raise ConfigError)."""
-    settings = config.load(path)
-    raw = tomllib.loads(settings.path.read_text())
-    alerts_t, throttle_t = raw.get("alerts", {}), raw.get("throttle", {})
-    if not isinstance(alerts_t, dict) or not isinstance(throttle_t, dict):
-        raise config.ConfigError("alerts, throttle: must be tables")
-    return Loaded(settings, AlertSettings.from_table(alerts_t, base=settings.path.parent),
-                  ThrottleSettings.from_table(throttle_t))
-
-
 class Watcher:
     """Rules + sinks + the block action, around one Tail."""
 
-    def __init__(self, loaded: Loaded):
-        s = loaded.settings
-        self.loaded = loaded
-        self.rules = Rules(loaded.alerts, node=s.node_name)
-        self.tail = Tail(s.audit_log, s.run_dir / STATE_NAME, loaded.alerts.rotate_grace)
+    def __init__(self, settings: config.Settings):
+        s = self.settings = settings
+        self.rules = Rules(s.alerts, node=s.node_name)
+        self.tail = Tail(s.audit_log, s.run_dir / STATE_NAME, s.alerts.rotate_grace)
         self.cache = Memcache(s.memcached_servers, timeout=s.memcached_timeout,
                               reconnect=s.memcached_reconnect)
-        self.throttle = Throttle(self.cache, loaded.throttle)
+        self.throttle = Throttle(self.cache, settings.throttle)
         self.smtp: SmtpSpool | None = None
         self.hooks: set[asyncio.Task] = set()
-        self._apply_sinks(loaded.alerts)
+        self._apply_sinks(settings.alerts)
 
     def _apply_sinks(self, a: AlertSettings) -> None:
         self.alert_log = AlertLog(a.log) if a.log else None
@@ -289,18 +269,18 @@ class Watcher:
 
     def reload(self, path) -> None:
         try:
-            loaded = load(path)
+            settings = config.load(path)
         except config.ConfigError as exc:
             log.error("reload failed, keeping the previous settings: %s", exc)
             return
-        if loaded.settings.audit_log != self.loaded.settings.audit_log:
+        if settings.audit_log != self.settings.audit_log:
             log.warning("var_dir changed: restart auditwatch to follow the new audit.log")
-        self.loaded = loaded
-        self.rules.reconfigure(loaded.alerts)
-        self.throttle.settings = loaded.throttle
-        self.tail.grace = loaded.alerts.rotate_grace
-        self._apply_sinks(loaded.alerts)
-        log.warning("settings reloaded from %s", loaded.settings.path)
+        self.settings = settings
+        self.rules.reconfigure(settings.alerts)
+        self.throttle.settings = settings.throttle
+        self.tail.grace = settings.alerts.rotate_grace
+        self._apply_sinks(settings.alerts)
+        log.warning("settings reloaded from %s", settings.path)
 
     async def handle(self, lines: list[str]) -> None:
         ignored = self.rules.ignored_total
@@ -352,7 +332,7 @@ class Watcher:
 
     async def close(self) -> None:
         if self.hooks:
-            await asyncio.wait(self.hooks, timeout=self.loaded.alerts.command_timeout)
+            await asyncio.wait(self.hooks, timeout=self.settings.alerts.command_timeout)
         if self.smtp:
             self.smtp.stop()
         self.tail.close()
@@ -361,11 +341,11 @@ class Watcher:
 
 async def run(config_path: str) -> int:
     try:
-        loaded = load(config_path)
+        settings = config.load(config_path)
     except config.ConfigError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    watcher = Watcher(loaded)
+    watcher = Watcher(settings)
     stop, hup, wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig, flag in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup)):
@@ -374,9 +354,9 @@ async def run(config_path: str) -> int:
     watcher.tail.start()
     watcher.tail.commit()
     log.info("watching %s (rules %s, window %d s, cooldown %d s)",
-             loaded.settings.audit_log,
-             ", ".join(f"{r}={x.threshold}" for r, x in loaded.alerts.rules.items()),
-             loaded.alerts.window, loaded.alerts.cooldown)
+             settings.audit_log,
+             ", ".join(f"{r}={x.threshold}" for r, x in settings.alerts.rules.items()),
+             settings.alerts.window, settings.alerts.cooldown)
     try:
         while not stop.is_set():
             if hup.is_set():
@@ -390,7 +370,7 @@ async def run(config_path: str) -> int:
             if more:
                 continue                  # a backlog: no pause until it is read
             try:
-                await asyncio.wait_for(wake.wait(), watcher.loaded.alerts.poll_interval)
+                await asyncio.wait_for(wake.wait(), watcher.settings.alerts.poll_interval)
             except asyncio.TimeoutError:
                 pass
             wake.clear()

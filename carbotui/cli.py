@@ -9,6 +9,10 @@
                                                                  this memcached, JSON
     carbotui [--config FILE] blocks [add <ip> <seconds> [reason…] | remove <ip>]
                                                                 IP blocks on every node
+    carbotui check [--config FILE] [--keys]                     check the settings file as a
+                                                                 worker loads it (exit 0 or 1);
+                                                                 --keys: every key, its default
+                                                                 and the Carbonio attribute
 
 The settings file defaults to $CARBOTUI_CONFIG, else ./carbotui.toml.
 """
@@ -19,11 +23,54 @@ import os
 import sys
 
 
-def _config_path(argv: list[str]) -> tuple[str, list[str]]:
-    path = os.environ.get("CARBOTUI_CONFIG", "carbotui.toml")
+def _config_path(argv: list[str], path: str = "") -> tuple[str, list[str]]:
+    path = path or os.environ.get("CARBOTUI_CONFIG", "carbotui.toml")
     if argv[:1] == ["--config"] and len(argv) > 1:
         path, argv = argv[1], argv[2:]
     return path, argv
+
+
+# What `carbotui check` tries beyond the file itself: functions (Settings) -> problem lines,
+# run once the file loads. The place for the LDAP bind, memcached and certificate probes.
+PROBES: tuple = ()
+
+
+def _toml(value) -> str:
+    """A default as it would be written in the file."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(str(x)) for x in value) + "]"
+    if value is None or isinstance(value, (str, os.PathLike)) and value != "(required)":
+        return f'"{value or ""}"'
+    return str(value)
+
+
+def check(config_path: str, argv: list[str]) -> int:
+    """The file loaded and validated by the very function the workers use (config.load),
+    then PROBES: one line per problem and exit 1, or one OK line and exit 0."""
+    from carbotui import config
+
+    config_path, argv = _config_path(argv, config_path)
+    if argv == ["--keys"]:
+        for key, kind, default, mirrors in config.keys():
+            print(f"{key:32} {kind:24} {_toml(default):28} {mirrors}".rstrip())
+        return 0
+    if argv:
+        print("usage: carbotui check [--config FILE] [--keys]", file=sys.stderr)
+        return 2
+    try:
+        settings = config.load(config_path)
+    except config.ConfigError as exc:
+        problems = exc.problems
+    else:
+        problems = [line for probe in PROBES for line in probe(settings)]
+    for line in problems:
+        print(f"{config_path}: {line}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{config_path}: OK (node {settings.node_name}, id {settings.node_id})")
+    return 0
 
 
 def stats(config_path: str, argv: list[str]) -> int:
@@ -117,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return blockcli.main(argv[1:], config_path)
     if argv[:1] == ["stats"]:
         return stats(config_path, argv[1:])
+    if argv[:1] == ["check"]:
+        return check(config_path, argv[1:])
     if argv[:1] in (["-h"], ["--help"], ["help"]):
         print(__doc__.strip())
         return 0

@@ -54,22 +54,17 @@ import time
 from dataclasses import dataclass
 
 from carbotui.audit import canonical_login
-from carbotui.config import ConfigError, _Table
 from carbotui.memcache import Memcache
 from carbotui.routes import _key, escape  # _key: the same >250-byte MD5 rule as routes
+# [throttle] is declared with the other settings; imported back (and re-exported) from there.
+from carbotui.settings import (IP_REJECT, MAX_TTL, PROTO_LETTER, USER_REJECT,  # noqa: F401
+                               Network, ThrottleSettings, parse_networks)
 
 log = logging.getLogger("carbotui.throttle")
 
-IP_REJECT = "Login rejected from this IP"        # zimbraReverseProxyIpThrottleMsg
-USER_REJECT = "Login rejected for this user"     # zimbraReverseProxyUserThrottleMsg
-# memcached reads an expiry above 30 days as an absolute Unix time.
-MAX_TTL = 30 * 24 * 3600
 INDEX_KEY = b"blocks:index"
 INDEX_LOCK = b"blocks:index:lock"
 INDEX_MAX = 10000
-PROTO_LETTER = {"imap": "i", "imaps": "i", "i": "i", "pop3": "p", "pop3s": "p", "p": "p",
-                "http": "h", "https": "h", "admin": "h", "web": "h", "h": "h"}
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # -- pure helpers --------------------------------------------------------------
@@ -84,18 +79,6 @@ def normalize_ip(text: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
     return addr.compressed
-
-
-def parse_networks(items, key: str) -> tuple[Network, ...]:
-    out = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ConfigError(f"{key}: expected CIDR strings, got {item!r}")
-        try:
-            out.append(ipaddress.ip_network(item.strip(), strict=False))
-        except ValueError:
-            raise ConfigError(f"{key}: {item!r} is not an IP network (CIDR)") from None
-    return tuple(out)
 
 
 def whitelisted(ip: str, networks: tuple[Network, ...]) -> bool:
@@ -132,73 +115,6 @@ def _user_keys(login: str, account: str) -> list[bytes]:
 
 def block_key(ip: str) -> bytes:
     return _key(f"block:ip={escape(normalize_ip(ip))}")
-
-
-# -- settings -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ThrottleSettings:
-    ip_limit: int = 0                  # zimbraReverseProxyIPLoginLimit (0 = off)
-    ip_ttl: int = 3600                 # ...LimitTime, seconds
-    imap_ip_limit: int = 0             # 0: use ip_limit
-    imap_ip_ttl: int = 0               # 0: use ip_ttl
-    pop3_ip_limit: int = 0
-    pop3_ip_ttl: int = 0
-    web_ip_limit: int = 0
-    web_ip_ttl: int = 0
-    user_limit: int = 0                # zimbraReverseProxyUserLoginLimit (0 = off)
-    user_ttl: int = 3600
-    count_user: str = "failures"       # failures | successes (Carbonio)
-    whitelist: tuple[Network, ...] = ()
-    ip_reject_message: str = IP_REJECT
-    user_reject_message: str = USER_REJECT
-
-    def ip_limit_for(self, proto: str) -> tuple[int, int]:
-        """(limit, ttl) for a protocol, with nginx's fallback to the general values."""
-        prefix = {"i": "imap", "p": "pop3", "h": "web"}[PROTO_LETTER[proto]]
-        limit = getattr(self, f"{prefix}_ip_limit") or self.ip_limit
-        ttl = getattr(self, f"{prefix}_ip_ttl") or self.ip_ttl
-        return limit, ttl
-
-    @classmethod
-    def from_table(cls, data: dict, prefix: str = "throttle") -> "ThrottleSettings":
-        t = _Table(data, prefix)
-        known = set(cls.__dataclass_fields__)
-        for name in data:
-            if name not in known:
-                raise ConfigError(f"{t.key(name)}: unknown setting")
-
-        def count(name):
-            value = t.get(name, int, getattr(cls, name))
-            if value < 0:
-                raise ConfigError(f"{t.key(name)}: must not be negative, got {value}")
-            return value
-
-        def ttl(name, zero_ok):
-            value = count(name)
-            if value == 0 and not zero_ok:
-                raise ConfigError(f"{t.key(name)}: must be greater than 0")
-            if value > MAX_TTL:
-                raise ConfigError(f"{t.key(name)}: at most {MAX_TTL} s (30 days), got {value}")
-            return value
-
-        def message(name):
-            value = t.get(name, str, getattr(cls, name))
-            if not value.strip() or any(c in value for c in "\r\n"):
-                raise ConfigError(f"{t.key(name)}: must be one non-empty line")
-            return value
-
-        return cls(
-            ip_limit=count("ip_limit"), ip_ttl=ttl("ip_ttl", False),
-            imap_ip_limit=count("imap_ip_limit"), imap_ip_ttl=ttl("imap_ip_ttl", True),
-            pop3_ip_limit=count("pop3_ip_limit"), pop3_ip_ttl=ttl("pop3_ip_ttl", True),
-            web_ip_limit=count("web_ip_limit"), web_ip_ttl=ttl("web_ip_ttl", True),
-            user_limit=count("user_limit"), user_ttl=ttl("user_ttl", False),
-            count_user=t.choice("count_user", ("failures", "successes"), "failures"),
-            whitelist=parse_networks(t.get("whitelist", list, []), t.key("whitelist")),
-            ip_reject_message=message("ip_reject_message"),
-            user_reject_message=message("user_reject_message"),
-        )
 
 
 # -- blocks -------------------------------------------------------------------

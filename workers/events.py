@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The machines' settings ([mail] starttls, max_line…) are declared with the other settings;
+# re-exported here, as the machines take them next to these events.
+from carbotui.settings import MailLimits  # noqa: F401
+
 
 @dataclass(slots=True)
 class Send:
@@ -72,21 +76,3 @@ class BackendFailed:
     """The mailbox server spoke something we cannot use (bad greeting, BYE,
     protocol error). The glue may try another connection."""
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MailLimits:
-    """Pre-auth behaviour shared by the IMAP and POP3 client-side machines."""
-    starttls: str = "only"            # only | on | off (ignored when already TLS)
-    max_line: int = 65536
-    max_literal: int = 65536
-    max_auth_failures: int = 3
-    sasl_plain: bool = True
-    imap_capabilities: tuple[str, ...] = (
-        "IMAP4rev1", "ID", "LITERAL+", "SASL-IR", "IDLE", "NAMESPACE", "ENABLE",
-    )
-    pop3_capabilities: tuple[str, ...] = ("TOP", "USER", "UIDL", "PIPELINING", "RESP-CODES",
-                                          "AUTH-RESP-CODE")
-    imap_greeting: str = "IMAP4rev1 proxy ready"
-    pop3_greeting: str = "POP3 proxy ready"
-    imap_id: tuple[tuple[str, str], ...] = (("name", "carbotui"),)
