@@ -437,7 +437,7 @@ def test_cli_serves_a_200_mb_download_in_bounded_memory(tmp_path):
         ports = []
         while len(ports) < 2:
             line = proc.stderr.readline()
-            assert line, "demoweb exited before listening"
+            assert line, "demo.mailbox_web exited before listening"
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
             if m:
                 ports.append(int(m.group(1)))
