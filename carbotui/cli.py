@@ -92,7 +92,7 @@ def stats(config_path: str, argv: list[str]) -> int:
     if argv:
         print("usage: carbotui stats [--all]", file=sys.stderr)
         return 2
-    from workers.stats import read
+    from carbotui.worker_sockets import read_stats_json as read
     out = []
     for sock in sorted(settings.run_dir.glob("proxy_*.sock")):
         try:

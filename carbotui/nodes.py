@@ -1,19 +1,17 @@
 """The fleet: every worker of every node that shares this memcached.
 
-Each worker publishes a small summary of itself every few seconds under
-``fleet:member:<node id>/<worker>`` (expires when the worker stops
-publishing), and keeps its key listed in ``fleet:index``. memcached cannot
+Each worker publishes a small summary of itself every few seconds
+(workers/stats.publish_forever) under ``fleet:member:<node id>/<worker>``
+(expires when the worker stops publishing), and keeps its key listed in
+``fleet:index``. memcached cannot
 list keys, so the index is a JSON list updated with a short ``add`` lock;
 a racing update can drop a member for one period, and it re-adds itself on
 its next publish. Readers skip listed members whose key has expired.
 """
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import time
 
 from carbotui.memcache import Memcache
 from carbotui.routes import escape
@@ -87,23 +85,3 @@ async def members(cache: Memcache) -> list[dict]:
         if isinstance(member, dict):
             out.append(member)
     return sorted(out, key=lambda m: (str(m.get("node", "")), str(m.get("worker", ""))))
-
-
-def summary_of(worker) -> dict:
-    st = worker.stats
-    return {
-        "node": worker.node_id, "worker": worker.name, "pid": os.getpid(),
-        "time": time.time(), "started": st.started, "sessions": len(worker.sessions),
-        "logins_ok": sum(st.logins_ok.values()), "logins_failed": sum(st.logins_failed.values()),
-        "config": worker.live.version, "mail_mode": worker.live.mail_mode,
-        "listen": sorted(str(e) for eps in worker.settings.listen.values() for e in eps)[:8],
-    }
-
-
-async def publish_forever(worker) -> None:
-    while True:
-        try:
-            await publish(worker.cache, worker.node_id, worker.name, summary_of(worker))
-        except Exception:  # noqa: BLE001 - the fleet view must never hurt serving
-            pass
-        await asyncio.sleep(PUBLISH_EVERY)

@@ -1,6 +1,7 @@
 """Admin requests to one worker on a Unix socket (var/run/proxy_NN.ctl).
 
-One JSON line in, one JSON line out (the dashboard's WorkerControl):
+One JSON line in, one JSON line out; the requests, the replies and the dashboard's
+client (WorkerControl) are in carbotui/worker_sockets.py:
 
     {"cmd": "kick", "session": 12}                        -> {"ok": true}
     {"cmd": "maintenance", "server": "mbox1.demo.test", "on": true}
@@ -18,62 +19,62 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from carbotui import worker_sockets as wire
 from workers import privileges
+
+if TYPE_CHECKING:
+    from workers.context import SessionServices
 
 log = logging.getLogger("workers.control")
 
 SOCKET_MODE = 0o600
 
-MAX_REQUEST = 4096
-
 
 def load_maintenance(run_dir: Path) -> set[str]:
     try:
-        servers = json.loads((run_dir / "maintenance.json").read_text()).get("servers", [])
-        return {str(s).lower() for s in servers}
-    except FileNotFoundError:
-        return set()
-    except (OSError, ValueError, AttributeError) as exc:
+        return wire.read_maintenance(run_dir)
+    except (OSError, ValueError) as exc:
         log.error("var/run/maintenance.json unreadable (%s); no server in maintenance", exc)
         return set()
 
 
-def handle(worker, request: dict) -> dict:
+def handle(services: SessionServices, request: dict) -> dict:
     cmd = request.get("cmd")
-    if cmd == "kick":
-        session = worker.sessions.get(request.get("session"))
+    if cmd == wire.KICK:
+        session = services.sessions.get(request.get("session"))
         if session is None:
-            return {"ok": False, "error": f"no session {request.get('session')}"}
+            return wire.refused(f"no session {request.get('session')}")
         log.info("session %s (%s, %s) kicked by an admin", session.id, session.client_ip,
                  session.account or "not logged in")
         session.shutdown("kicked by an administrator")
         return {"ok": True}
-    if cmd == "maintenance":
+    if cmd == wire.MAINTENANCE:
         server = str(request.get("server", "")).lower()
         if not server:
-            return {"ok": False, "error": "maintenance needs a server"}
+            return wire.refused("maintenance needs a server")
         if request.get("on"):
-            worker.maintenance.add(server)
+            services.maintenance.add(server)
         else:
-            worker.maintenance.discard(server)
+            services.maintenance.discard(server)
         log.info("mailbox server %s %s maintenance", server,
                  "in" if request.get("on") else "out of")
-        return {"ok": True, "maintenance": sorted(worker.maintenance)}
-    return {"ok": False, "error": f"unknown command {cmd!r}"}
+        return {"ok": True, "maintenance": sorted(services.maintenance)}
+    return wire.refused(f"unknown command {cmd!r}")
 
 
-async def serve(worker, path: Path) -> asyncio.AbstractServer:
+async def serve(services: SessionServices, path: Path) -> asyncio.AbstractServer:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             try:
-                request = json.loads(line[:MAX_REQUEST])
-                answer = handle(worker, request) if isinstance(request, dict) else \
-                    {"ok": False, "error": "a request is one JSON object"}
+                request = json.loads(line[:wire.CONTROL_MAX_REQUEST])
+                answer = handle(services, request) if isinstance(request, dict) else \
+                    wire.refused("a request is one JSON object")
             except ValueError:
-                answer = {"ok": False, "error": "a request is one JSON object"}
-            writer.write(json.dumps(answer).encode() + b"\n")
+                answer = wire.refused("a request is one JSON object")
+            writer.write(wire.encode_line(answer))
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError):
             pass

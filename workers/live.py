@@ -16,8 +16,12 @@ import os
 import re
 import stat
 import time
+from typing import TYPE_CHECKING
 
 from carbotui.directory import DirectoryUnavailable
+
+if TYPE_CHECKING:
+    from workers.context import SessionServices
 
 log = logging.getLogger("workers.live")
 
@@ -26,8 +30,8 @@ DEFAULT_MAIL_MODE = "redirect"       # Carbonio's global default (reference §6)
 
 
 class LiveConfig:
-    def __init__(self, worker):
-        self.worker = worker
+    def __init__(self, services: SessionServices):
+        self.services = services
         self.mail_mode = DEFAULT_MAIL_MODE
         self.version = ""
         self.applied_at = 0.0
@@ -36,11 +40,11 @@ class LiveConfig:
 
     @property
     def https_port(self) -> int:
-        eps = self.worker.settings.listen.get("https") or ()
+        eps = self.services.settings.listen.get("https") or ()
         return eps[0].port if eps else 443
 
     def _read(self):
-        d = self.worker.directory
+        d = self.services.directory
         return d.servers(), d.domains()
 
     async def refresh(self) -> bool:
@@ -56,7 +60,7 @@ class LiveConfig:
         if self.error:
             log.warning("LDAP answers again; cluster settings refresh resumed")
             self.error = ""
-        me = servers.get(self.worker.settings.node_name)
+        me = servers.get(self.services.settings.node_name)
         mode = (me.mail_mode if me and me.mail_mode else DEFAULT_MAIL_MODE).lower()
         digest = hashlib.sha256(repr((sorted(servers.items()), sorted(
             (d.name, d.virtual_hostnames, d.virtual_ips, d.certificate_pem, d.private_key_pem)
@@ -70,17 +74,16 @@ class LiveConfig:
         return True
 
     def _apply(self, servers, domains, mode) -> None:
-        w = self.worker
+        services = self.services
+        settings = services.settings
         if mode not in ("redirect", "https"):
             log.warning("zimbraReverseProxyMailMode %r is not redirect|https; using redirect",
                         mode)
             mode = DEFAULT_MAIL_MODE
         self.mail_mode = mode
-        w.router.servers = servers
-        w.web_upstreams.update(servers)
-        w.admin_upstreams.update(servers)
+        services.use_servers(servers)
         certs, vhosts = {}, {}
-        cert_dir = w.settings.run_dir / "vhosts"
+        cert_dir = settings.run_dir / "vhosts"
         cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for d in domains:
             for name in d.virtual_hostnames:
@@ -93,8 +96,8 @@ class LiveConfig:
                 log.error("domain %r is not a DNS name; its certificate is not used", d.name)
                 continue
             # ssl loads certificates from files only; keep them private to this worker.
-            crt = cert_dir / f"{d.name}.{w.index}.crt"
-            key = cert_dir / f"{d.name}.{w.index}.key"
+            crt = cert_dir / f"{d.name}.{services.index}.crt"
+            key = cert_dir / f"{d.name}.{services.index}.key"
             try:
                 _write_private(crt, d.certificate_pem)
                 _write_private(key, d.private_key_pem)
@@ -104,7 +107,7 @@ class LiveConfig:
             for name in d.virtual_hostnames:
                 certs[name] = (crt, key)
         try:
-            w.tls.load(w.settings, certs)
+            services.tls.load(settings, certs)
         except (OSError, ValueError) as exc:
             # One bad certificate must not take HTTPS down: keep the previous set.
             log.error("virtual host certificates not applied (%s); previous ones stay", exc)

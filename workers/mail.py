@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
 from carbotui import audit
 from carbotui.routes import Route, RouteError
@@ -23,6 +24,9 @@ from workers.imap import ImapBackendLogin, ImapClientSide
 from workers.imapstream import ImapStream
 from workers.pop3 import Pop3BackendLogin, Pop3ClientSide
 from workers.relay import Splice
+
+if TYPE_CHECKING:
+    from workers.context import SessionServices
 
 log = logging.getLogger("workers.mail")
 
@@ -159,17 +163,17 @@ class MailSession(asyncio.Protocol):
     _timer: asyncio.TimerHandle | None = None
     _last_input = 0.0
     _task: asyncio.Task | None = None
-    _ip_counted = False               # holds a place in worker.connections_per_ip
+    _ip_counted = False               # holds a place in services.connections_per_ip
 
-    def __init__(self, worker, kind: str, proto: str, implicit_tls: bool, thread: str,
-                 addresses=None):
-        self.worker = worker
+    def __init__(self, services: SessionServices, kind: str, proto: str, implicit_tls: bool,
+                 thread: str, addresses=None):
+        self.services = services
         self.addresses = addresses        # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                  # listener: imap | imaps | pop3 | pop3s
         self.proto = proto                # imap | pop3
         self.tls = implicit_tls
         self.thread = thread
-        self.id = worker.next_session_id()
+        self.id = services.next_session_id()
         self.started = time.time()
 
     @property
@@ -185,7 +189,7 @@ class MailSession(asyncio.Protocol):
         self.transport = transport
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
-        w = self.worker
+        w = self.services
         w.stats.connections[self.kind] += 1
         limits = w.settings.mail.limits
         cls = ImapClientSide if self.proto == "imap" else Pop3ClientSide
@@ -219,14 +223,14 @@ class MailSession(asyncio.Protocol):
         else:
             # The IP throttle (and blocks) first, as Carbonio's nginx: no greeting yet.
             transport.pause_reading()
-            self._task = self.worker.loop.create_task(self._admit())
+            self._task = w.loop.create_task(self._admit())
 
     async def _admit(self) -> None:
-        reject = await self.worker.throttle.check_ip(self.kind, self.client_ip)
+        reject = await self.services.throttle.check_ip(self.kind, self.client_ip)
         if self.transport.is_closing():
             return
         if reject:
-            self.worker.stats.throttled["ip"] += 1
+            self.services.stats.throttled["ip"] += 1
             self._run(self.machine.throttled(reject))
             return
         self.transport.write(self.machine.greeting())
@@ -236,18 +240,18 @@ class MailSession(asyncio.Protocol):
         # One lazy timer for the session's whole life: input only moves _last_input
         # and the timer re-arms itself when it fires early, so a command costs no timer
         # cancel and re-create; after login it checks the relay's idle time.
-        self._last_input = self.worker.loop.time()
-        self._timer = self.worker.loop.call_later(
-            self.worker.settings.mail.preauth_timeout, self._timer_fired)
+        self._last_input = self.services.loop.time()
+        self._timer = self.services.loop.call_later(
+            self.services.settings.mail.preauth_timeout, self._timer_fired)
 
     def _timer_fired(self) -> None:
-        loop = self.worker.loop
+        loop = self.services.loop
         if self.splice is not None:
             wait = self.splice.check_idle()
             if wait is not None:
                 self._timer = loop.call_later(wait, self._timer_fired)
             return
-        remaining = self._last_input + self.worker.settings.mail.preauth_timeout - loop.time()
+        remaining = self._last_input + self.services.settings.mail.preauth_timeout - loop.time()
         if remaining > 0:
             self._timer = loop.call_later(remaining, self._timer_fired)
             return
@@ -261,17 +265,17 @@ class MailSession(asyncio.Protocol):
         if self.splice is not None:
             self.splice.from_client(data)
             return
-        self._last_input = self.worker.loop.time()
+        self._last_input = self.services.loop.time()
         self._run(self.machine.feed(data))
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc) -> None:
-        self.worker.session_ended(self.id)
+        self.services.session_ended(self.id)
         if self._ip_counted:
             self._ip_counted = False
-            self.worker.connections_per_ip.release("mail", self.client_ip)
+            self.services.connections_per_ip.release("mail", self.client_ip)
         if self._timer:
             self._timer.cancel()
         if self.splice is not None:
@@ -312,10 +316,10 @@ class MailSession(asyncio.Protocol):
                 self.transport.write(event.data)
             elif kind is ev.Authenticate:
                 self.transport.pause_reading()
-                self._task = self.worker.loop.create_task(self._login(event))
+                self._task = self.services.loop.create_task(self._login(event))
             elif kind is ev.StartTLS:
                 self.transport.pause_reading()     # nothing more in plaintext
-                self._task = self.worker.loop.create_task(self._start_tls())
+                self._task = self.services.loop.create_task(self._start_tls())
             elif kind is ev.ClientId:
                 name = event.fields.get("name") or ""
                 version = event.fields.get("version") or ""
@@ -325,9 +329,9 @@ class MailSession(asyncio.Protocol):
                 return
 
     async def _start_tls(self) -> None:
-        loop = self.worker.loop
+        loop = self.services.loop
         try:
-            self.transport = await loop.start_tls(self.transport, self, self.worker.tls.front,
+            self.transport = await loop.start_tls(self.transport, self, self.services.tls.front,
                                                   server_side=True, ssl_handshake_timeout=10)
         except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
             log.info("STARTTLS with %s failed: %s", self.client_ip, exc)
@@ -340,10 +344,10 @@ class MailSession(asyncio.Protocol):
     # -- login --------------------------------------------------------------
     @property
     def route_proto(self) -> str:
-        return self.proto + ("ssl" if self.worker.settings.mail.upstream_tls else "")
+        return self.proto + ("ssl" if self.services.settings.mail.upstream_tls else "")
 
     async def _login(self, auth: ev.Authenticate) -> None:
-        w = self.worker
+        w = self.services
         settings = w.settings.mail
         self.state = "login"
         typed = auth.username
@@ -405,35 +409,35 @@ class MailSession(asyncio.Protocol):
 
     async def _route(self, login: str) -> Route | None:
         try:
-            return await self.worker.router.route_mail(login, self.route_proto, self.local_ip)
+            return await self.services.router.route_mail(login, self.route_proto, self.local_ip)
         except RouteError as exc:
             raise LoginFailure(f"no route: {exc}", temporary=True) from None
 
     def _check_route(self, route: Route | None) -> None:
         if route is None:
             raise LoginFailure("account not found", temporary=False)
-        if self.worker.in_maintenance(route.server.hostname):
+        if self.services.in_maintenance(route.server.hostname):
             raise LoginFailure(f"mailbox server {route.server.hostname} is in maintenance",
                                temporary=True)
 
     def _backend_machine(self, route: Route, auth: ev.Authenticate):
-        s = self.worker.settings.mail
+        s = self.services.settings.mail
         common = dict(client_ip=self.client_ip, client_port=self.client_port,
                       local_ip=self.local_ip, local_port=self.local_port)
         if self.proto == "imap":
             return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
                                     send_id=s.send_imap_id, **common)
-        known = self.worker.pop3_server_capa.get((route.address, route.port))
-        capabilities = known[1] if known and known[0] > self.worker.loop.time() else None
+        known = self.services.pop3_server_capa.get((route.address, route.port))
+        capabilities = known[1] if known and known[0] > self.services.loop.time() else None
         return Pop3BackendLogin(route.account, auth.password, send_xoip=s.send_pop3_xoip,
                                 capabilities=capabilities, **common)
 
     def _learn_capabilities(self, route: Route, machine, ok: bool) -> None:
         if self.proto != "pop3":
             return
-        memory = self.worker.pop3_server_capa
+        memory = self.services.pop3_server_capa
         if machine.learned is not None and ok:
-            memory[(route.address, route.port)] = (self.worker.loop.time() + POP3_CAPA_TTL,
+            memory[(route.address, route.port)] = (self.services.loop.time() + POP3_CAPA_TTL,
                                                    machine.learned)
         elif machine.remembered and not ok:
             memory.pop((route.address, route.port), None)
@@ -441,16 +445,16 @@ class MailSession(asyncio.Protocol):
     async def _connect_and_login(self, route: Route, auth: ev.Authenticate,
                                  deadline: _LoginDeadline):
         """Connect (a few tries within the login deadline) and log in upstream."""
-        s = self.worker.settings.mail
-        loop = self.worker.loop
-        stats = self.worker.stats.backend(route.server.short_name)
+        s = self.services.settings.mail
+        loop = self.services.loop
+        stats = self.services.stats.backend(route.server.short_name)
         last_error = "no attempt"
         for attempt in range(max(1, s.connect_retries + 1)):
             if attempt:
                 await asyncio.sleep(RETRY_PAUSE)
             protocol = BackendProtocol(self._backend_machine(route, auth), loop)
             started = time.monotonic()
-            tls = self.worker.upstream_tls
+            tls = self.services.mail_upstream_tls
             deadline.limit(s.connect_timeout)
             try:
                 await loop.create_connection(
@@ -492,7 +496,7 @@ class MailSession(asyncio.Protocol):
     async def _login_failed(self, login: str, failure: LoginFailure, typed: str = "") -> None:
         """``login`` is the canonical form of the ``typed`` name; the audit line and the
         user throttle name the account the route resolved when there was one."""
-        w = self.worker
+        w = self.services
         account = self.account or login
         self._audit(account, audit.failure(typed or login, failure.reason))
         if failure.temporary:
@@ -519,8 +523,8 @@ class MailSession(asyncio.Protocol):
             return
         events, leftover = self.machine.auth_succeeded(response)
         self._run(events)
-        s = self.worker.settings.mail
-        loop = self.worker.loop
+        s = self.services.settings.mail
+        loop = self.services.loop
         idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
                              on_close=self._ended, loop=loop, own_timer=False,
@@ -534,7 +538,7 @@ class MailSession(asyncio.Protocol):
         self.state = "proxy"
         # Open sessions per mailbox server: up here, down in _ended (every way a relay
         # ends goes through Splice.close, once).
-        self.worker.stats.backend(self.server).active += 1
+        self.services.stats.backend(self.server).active += 1
         extra = backend.machine.leftover()
         if extra:
             self.splice.from_backend(extra)
@@ -556,15 +560,15 @@ class MailSession(asyncio.Protocol):
         if self.splice is None or self.splice.closed:
             return
         farewell = self._farewell(b"* BYE [UNAVAILABLE] Mailbox server connection lost\r\n")
-        self.worker.stats.backend(self.server).errors += exc is not None
+        self.services.stats.backend(self.server).errors += exc is not None
         self.splice.close("mailbox server closed", farewell=farewell)
 
     def _ended(self, reason: str) -> None:
-        self.worker.stats.backend(self.server).active -= 1
-        self.worker.session_ended(self.id)
+        self.services.stats.backend(self.server).active -= 1
+        self.services.session_ended(self.id)
 
     def _audit(self, account: str, error: str) -> None:
-        self.worker.audit.write_line(audit.format_line(
+        self.services.audit.write_line(audit.format_line(
             time.time(), self.thread, self.local_ip, self.client_ip, self.client_port,
             self.user_agent, "Auth", account, self.proto, error))
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from workers import proxyproto
+
+if TYPE_CHECKING:
+    from workers.context import SessionServices
 
 log = logging.getLogger("workers.proxied")
 
@@ -63,7 +67,8 @@ async def _peek_header(loop, sock: socket.socket, watched: socket.socket):
         await asyncio.sleep(PARTIAL_RETRY)
 
 
-async def serve(worker, listen_sock: socket.socket, factory, ssl_ctx, endpoint) -> None:
+async def serve(services: SessionServices, listen_sock: socket.socket, factory, ssl_ctx,
+                endpoint) -> None:
     """Accept loop for one PROXY-protocol listener (cancelled on drain)."""
     loop = asyncio.get_running_loop()
     while True:
@@ -73,26 +78,26 @@ async def serve(worker, listen_sock: socket.socket, factory, ssl_ctx, endpoint) 
             log.error("accept on %s failed: %s", endpoint, exc)
             await asyncio.sleep(0.1)
             continue
-        loop.create_task(_start(worker, conn, peer, factory, ssl_ctx))
+        loop.create_task(_start(services, conn, peer, factory, ssl_ctx))
 
 
-async def _start(worker, conn: socket.socket, peer, factory, ssl_ctx) -> None:
+async def _start(services: SessionServices, conn: socket.socket, peer, factory, ssl_ctx) -> None:
     loop = asyncio.get_running_loop()
     conn.setblocking(False)
-    settings = worker.settings
+    settings = services.settings
     if not proxyproto.trusted(peer[0], settings.proxy_trusted):
-        worker.stats.proxy_refused += 1
+        services.stats.proxy_refused += 1
         conn.close()               # never answer an untrusted peer on a PROXY port
         return
     try:
         header = await asyncio.wait_for(read_header(conn), settings.proxy_timeout)
     except (HeaderRefused, asyncio.TimeoutError, OSError) as exc:
-        worker.stats.proxy_refused += 1
+        services.stats.proxy_refused += 1
         log.info("PROXY header from %s refused: %s", peer[0],
                  "timed out" if isinstance(exc, asyncio.TimeoutError) else exc)
         conn.close()
         return
-    if header.command == "LOCAL" and worker.draining:
+    if header.command == "LOCAL" and services.draining:
         # The balancer's health check: fail it, so it stops sending new clients,
         # while the clients it still sends meanwhile are served.
         conn.close()

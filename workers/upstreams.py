@@ -29,7 +29,7 @@ class Upstream:
     active: int = 0
     requests: int = 0
     errors: int = 0
-    idle: list = field(default_factory=list)     # keep-alive UpstreamConnection objects
+    idle: list = field(default_factory=list)     # kept-alive HttpConnection objects
 
     @property
     def address(self) -> str:
@@ -76,10 +76,9 @@ def ip_hash(client_ip: str) -> int:
 class UpstreamSet:
     """The upstreams of one kind (web or admin), rebuilt when servers change."""
 
-    def __init__(self, port_kind: str, settings: WebSettings, in_maintenance=lambda _: False):
+    def __init__(self, port_kind: str, in_maintenance=lambda _: False):
         self.port_kind = port_kind
         self.in_maintenance = in_maintenance
-        self.settings = settings
         self.upstreams: dict[str, Upstream] = {}
         self._rr = 0
 

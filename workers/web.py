@@ -33,6 +33,7 @@ import re
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from carbotui import audit
@@ -45,6 +46,9 @@ from workers.relay import Splice
 from workers.sasl import safe_text
 from workers.upstreams import Upstream
 from workers.webrules import FORM, BodyDeadline, LoginMarkerScan
+
+if TYPE_CHECKING:
+    from workers.context import SessionServices
 
 log = logging.getLogger("workers.web")
 
@@ -103,14 +107,14 @@ def cookie(headers, name: bytes) -> bytes | None:
 class WebSession(HttpConnection):
     """One client connection to an HTTP, HTTPS or admin listener."""
 
-    def __init__(self, worker, kind: str, tls: bool, addresses=None):
+    def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
         super().__init__(http11.RequestParser(
-            max_header_bytes=worker.settings.web.max_header_bytes))
-        self.worker = worker
+            max_header_bytes=services.settings.web.max_header_bytes))
+        self.services = services
         self.addresses = addresses      # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                # http | https | admin
         self.scheme = "https" if tls else "http"
-        self.id = worker.next_session_id()
+        self.id = services.next_session_id()
         self.client_ip = self.local_ip = ""
         self.client_port = self.local_port = 0
         self.account = self.server = ""
@@ -131,7 +135,7 @@ class WebSession(HttpConnection):
         super().connection_made(transport)
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
-        w = self.worker
+        w = self.services
         w.stats.connections[self.kind] += 1
         # A connection accepted while draining is still served: refusing it would
         # turn a graceful restart into a failed login.
@@ -157,11 +161,11 @@ class WebSession(HttpConnection):
 
     async def _admitted(self) -> bool:
         """Blocks and the web IP limit (throttle:proto=h), checked once per connection."""
-        if self.worker.throttle.exempt(self.client_ip):
+        if self.services.throttle.exempt(self.client_ip):
             return True
-        reject = await self.worker.throttle.check_ip(self.kind, self.client_ip)
+        reject = await self.services.throttle.check_ip(self.kind, self.client_ip)
         if reject:
-            self.worker.stats.throttled["ip"] += 1
+            self.services.stats.throttled["ip"] += 1
             self.send(error_page(403, reject + "."))
         return not reject
 
@@ -169,8 +173,8 @@ class WebSession(HttpConnection):
         super().connection_lost(exc)
         if self._ip_counted:
             self._ip_counted = False
-            self.worker.connections_per_ip.release("web", self.client_ip)
-        self.worker.session_ended(self.id)
+            self.services.connections_per_ip.release("web", self.client_ip)
+        self.services.session_ended(self.id)
 
     def shutdown(self, reason: str) -> None:
         self.close()
@@ -193,7 +197,7 @@ class WebSession(HttpConnection):
 
     # -- request loop -------------------------------------------------------
     async def _serve(self) -> None:
-        web = self.worker.settings.web
+        web = self.services.settings.web
         try:
             if not await self._admitted():
                 return
@@ -231,10 +235,10 @@ class WebSession(HttpConnection):
         finally:
             if self.splice is None:
                 self.close()
-            self.worker.session_ended(self.id)
+            self.services.session_ended(self.id)
 
     async def _handle(self, req: http11.Request) -> bool:
-        w = self.worker
+        w = self.services
         web = w.settings.web
         w.stats.web_requests[self.kind] += 1
         req = webrules.without_underscored(req)
@@ -301,7 +305,7 @@ class WebSession(HttpConnection):
         """The next event of the request body within its deadline (BodyDeadline);
         None when the client went away. Raises TimeoutError when it is too slow."""
         clock = self._body
-        timeout = clock.timeout(self.worker.loop.time())
+        timeout = clock.timeout(self.services.loop.time())
         if timeout <= 0:
             raise asyncio.TimeoutError
         event = await self.next_event(timeout)
@@ -316,7 +320,7 @@ class WebSession(HttpConnection):
         """(body, whole): the body of a possible login, read up to login_body_limit
         whatever its framing (a chunked login is checked like any other); whole is
         False when there is more. None when the client was answered (or is gone)."""
-        limit = self.worker.settings.web.login_body_limit
+        limit = self.services.settings.web.login_body_limit
         mode = req.body_mode
         if kind == FORM and mode.kind == "length" and mode.length > limit:
             self.send(self._page(413, "The login request is too large."))
@@ -363,7 +367,7 @@ class WebSession(HttpConnection):
 
     async def _plain_http(self, req: http11.Request, host: bytes) -> bool:
         """Port 80: 'redirect' sends the same URL over https; 'https' refuses."""
-        live = self.worker.live
+        live = self.services.live
         if live.mail_mode == "redirect" and host:
             hostname = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
             port = live.https_port
@@ -380,8 +384,8 @@ class WebSession(HttpConnection):
     async def _choose(self, req: http11.Request, login: Login | None
                       ) -> tuple[Upstream | None, bool]:
         """(upstream, routed): routed means it must be this user's own server."""
-        w = self.worker
-        ups = w.admin_upstreams if self.kind == "admin" else w.web_upstreams
+        w = self.services
+        ups = w.upstreams_for(self.kind)
         path = req.target.split(b"?", 1)[0]
         if login is not None and login.name:
             # Checked before anything reaches a mailbox server, counted after its
@@ -422,7 +426,7 @@ class WebSession(HttpConnection):
         return ups.pick(self.client_ip, w.settings.web.balance), False
 
     def _throttled(self, login: Login, req) -> None:
-        self.worker.stats.throttled["user"] += 1
+        self.services.stats.throttled["user"] += 1
         self._audit_login(login.counted, "soap", audit.failure(
             login.typed, "login rejected: too many failed logins"), req)
 
@@ -442,7 +446,7 @@ class WebSession(HttpConnection):
         headers = webrules.upstream_headers(
             headers, client_ip=self.client_ip, scheme=self.scheme,
             extend_forwarded_for=self.addresses is not None
-            and self.worker.settings.web.extend_forwarded_for)
+            and self.services.settings.web.extend_forwarded_for)
         if http11.get_header(headers, b"host") is None:
             headers.append((b"Host", upstream.server.hostname.encode()))
         if length is not None:
@@ -485,7 +489,7 @@ class WebSession(HttpConnection):
             return location
         authority = m.group(2).lower()
         names = set()
-        for u in self.worker.all_upstreams():
+        for u in self.services.all_upstreams():
             for host in (u.address.encode(), u.server.hostname.encode()):
                 names.add(host)
                 names.add(host + b":%d" % u.port)
@@ -504,18 +508,18 @@ class WebSession(HttpConnection):
                 conn.start_next(method)
                 return conn
             conn.close()
-        loop = self.worker.loop
+        loop = self.services.loop
         conn = HttpConnection(http11.ResponseParser(method))
-        tls = self.worker.upstream_web_tls
+        tls = self.services.web_upstream_tls
         await asyncio.wait_for(loop.create_connection(
             lambda: conn, upstream.address, upstream.port, ssl=tls,
             server_hostname=upstream.server.hostname if tls else None),
-            self.worker.settings.web.connect_timeout)
+            self.services.settings.web.connect_timeout)
         return conn
 
     async def _proxy(self, req: http11.Request, upstream: Upstream, routed: bool,
                      body: bytes | None, whole: bool, login: Login | None) -> bool:
-        w = self.worker
+        w = self.services
         web = w.settings.web
         try:
             up = await self._connect(upstream, req.method)
@@ -603,7 +607,7 @@ class WebSession(HttpConnection):
             if type(event) is http11.Data:
                 if scan is not None and scan.feed(event.data):
                     log.info("client %s: a SOAP body over %d bytes spells a login; cut",
-                             self.client_ip, self.worker.settings.web.login_body_limit)
+                             self.client_ip, self.services.settings.web.login_body_limit)
                     self._bad_body = http11.ParseError(413, "login in a large SOAP body")
                     up.abort()
                     return False
@@ -616,7 +620,7 @@ class WebSession(HttpConnection):
 
     async def _relay_response(self, req, up: HttpConnection, upstream: Upstream,
                               body_task, login: Login | None, websocket: bool) -> bool:
-        web = self.worker.settings.web
+        web = self.services.settings.web
         timeout = web.read_timeout
         while True:
             event = await up.next_event(timeout)
@@ -677,14 +681,14 @@ class WebSession(HttpConnection):
 
     async def _splice(self, up: HttpConnection) -> bool:
         """After 101: raw bytes both ways until either side closes."""
-        done = self.worker.loop.create_future()
+        done = self.services.loop.create_future()
 
         def ended(reason: str) -> None:
             if not done.done():
                 done.set_result(reason)
 
         splice = Splice(self.transport, up.transport,
-                        idle_timeout=self.worker.settings.web.polling_timeout, on_close=ended)
+                        idle_timeout=self.services.settings.web.polling_timeout, on_close=ended)
         self.splice, up.splice = splice, splice
         self.on_splice_data, up.on_splice_data = splice.from_client, splice.from_backend
         self.on_pause_writing, self.on_resume_writing = (splice.client_write_paused,
@@ -712,7 +716,7 @@ class WebSession(HttpConnection):
         name = login.counted[:320] or "(unknown)"
         cookies = b" ".join(http11.get_all(resp.headers, b"set-cookie"))
         ok = resp.status < 400 and b"ZM_AUTH_TOKEN=" in cookies
-        w = self.worker
+        w = self.services
         if ok:
             error = ""
             self.account = name
@@ -729,8 +733,8 @@ class WebSession(HttpConnection):
 
     def _audit_login(self, name: str, proto: str, error: str, req) -> None:
         user_agent = (http11.get_header(req.headers, b"user-agent") or b"").decode("latin-1")
-        self.worker.audit.write(audit.AuditEvent(
+        self.services.audit.write(audit.AuditEvent(
             account=name, protocol=proto, client_ip=self.client_ip, client_port=self.client_port,
             proxy_ip=self.local_ip, error=error,
             user_agent=safe_text(user_agent, 120),       # C0/C1 controls never reach a log
-            thread=f"{'Admin' if self.kind == 'admin' else 'Https'}Server-{self.worker.index}"))
+            thread=f"{'Admin' if self.kind == 'admin' else 'Https'}Server-{self.services.index}"))

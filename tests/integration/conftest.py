@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from carbotui import config
-from workers.stats import read as read_stats
+from carbotui.worker_sockets import read_stats_json as read_stats
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = config.load(REPO / "carbotui.toml")

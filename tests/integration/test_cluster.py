@@ -13,7 +13,7 @@ from carbotui.audit import parse_line
 from tests.integration.conftest import (CA, HOST, PASSWORD, REPO, port_open, supervisorctl,
                                         tls_context, wait_for)
 from workers.proxyproto import build_v1, build_v2
-from workers.stats import read as read_stats
+from carbotui.worker_sockets import read_stats_json as read_stats
 
 FRONT = {"imap": 20143, "imaps": 20993, "pop3": 20110, "pop3s": 20995, "https": 20443}
 NODES = {"node1": "127.0.0.11", "node2": "127.0.0.12"}

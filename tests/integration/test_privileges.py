@@ -27,7 +27,7 @@ import pytest
 
 from demo import stack
 from workers import privileges
-from workers.stats import read as read_stats
+from carbotui.worker_sockets import read_stats_json as read_stats
 
 from .conftest import (CA, PASSWORD, PORTS, REPO, WEB_PORTS, imap_login, port_open,
                        process_pid, supervisorctl, wait_for)

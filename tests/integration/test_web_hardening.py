@@ -17,7 +17,7 @@ import pytest
 
 from carbotui.throttle import user_key
 from tests.integration.conftest import HOST, PASSWORD, WEB_PORTS, tls_context, wait_for
-from workers.stats import read as read_stats
+from carbotui.worker_sockets import read_stats_json as read_stats
 
 pytestmark = pytest.mark.usefixtures("proxy_up")
 

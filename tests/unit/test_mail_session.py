@@ -3,9 +3,9 @@ login deadlines (a mailbox server that accepts but never greets: login_timeout; 
 whose accept queue is full, so connecting hangs: connect_timeout, then a retry), the
 pre-auth timeout, and an ended session freed without the cycle collector.
 
-The worker around the session is a stand-in with only what a session reads; routing is
-fixed to the silent server. Whole-stack behaviour (LDAP, memcached, Dovecot) is in
-tests/integration.
+The session gets the worker's real SessionServices, with stand-ins for the router (fixed
+to the test's server), the throttle and the audit log. Whole-stack behaviour (LDAP,
+memcached, Dovecot) is in tests/integration.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from carbotui.audit import AuditEvent, parse_line
 from carbotui.directory import MailServer
 from carbotui.routes import Route
 from workers.events import MailLimits
+from workers.context import SessionServices
 from workers.mail import MailSession
-from workers.worker import Stats
-from carbotui.config import MailSettings
+from carbotui.config import MailSettings, WebSettings
 
 
 class AuditRecorder:
@@ -61,28 +61,19 @@ class NoThrottle:
         return None
 
 
-def stand_in_worker(loop, backend_port: int, **mail) -> SimpleNamespace:
-    settings = SimpleNamespace(mail=MailSettings(limits=MailLimits(starttls="off"), **mail))
-    ids = iter(range(1, 1000))
-    worker = SimpleNamespace(
-        loop=loop, settings=settings, stats=Stats(), sessions={}, audit=AuditRecorder(),
-        router=FixedRouter(backend_port), throttle=NoThrottle(), upstream_tls=None,
-        in_maintenance=lambda host: False, pop3_server_capa={},
-        next_session_id=lambda: next(ids))
-    worker.all_ended = asyncio.Event()
-
-    def session_ended(sid):
-        worker.sessions.pop(sid, None)
-        if not worker.sessions:
-            worker.all_ended.set()
-    worker.session_ended = session_ended
-    return worker
+def stand_in_services(loop, backend_port: int, **mail) -> SessionServices:
+    """The real context, with stand-ins for what would reach LDAP, memcached and the
+    audit log."""
+    settings = SimpleNamespace(mail=MailSettings(limits=MailLimits(starttls="off"), **mail),
+                               web=WebSettings())
+    return SessionServices(settings=settings, loop=loop, router=FixedRouter(backend_port),
+                           throttle=NoThrottle(), audit=AuditRecorder())
 
 
-async def login_through(worker) -> tuple[bytes, float]:
-    loop = worker.loop
+async def login_through(services) -> tuple[bytes, float]:
+    loop = services.loop
     server = await loop.create_server(
-        lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+        lambda: MailSession(services, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -101,18 +92,18 @@ def test_a_server_that_never_greets_ends_in_a_temporary_no_at_the_login_deadline
     async def main():
         silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         port = silent.sockets[0].getsockname()[1]
-        worker = stand_in_worker(asyncio.get_running_loop(), port, login_timeout=0.3,
-                                 auth_wait=0)
-        reply, took = await login_through(worker)
+        services = stand_in_services(asyncio.get_running_loop(), port, login_timeout=0.3,
+                                     auth_wait=0)
+        reply, took = await login_through(services)
         silent.close()
-        return worker, reply, took
+        return services, reply, took
 
-    worker, reply, took = asyncio.run(main())
+    services, reply, took = asyncio.run(main())
     assert reply.startswith(b"a1 NO [UNAVAILABLE]")
     assert 0.3 <= took < 3
-    [event] = worker.audit.events
+    [event] = services.audit.events
     assert event.error.endswith("login timed out")
-    assert worker.stats.logins_temp["imap"] == 1
+    assert services.stats.logins_temp["imap"] == 1
 
 
 @pytest.fixture
@@ -137,27 +128,27 @@ def full_accept_queue():
 def test_a_hanging_connect_is_retried_after_connect_timeout_within_the_login(
         full_accept_queue):
     async def main():
-        worker = stand_in_worker(asyncio.get_running_loop(), full_accept_queue,
-                                 connect_timeout=0.2, connect_retries=1, login_timeout=20,
-                                 auth_wait=0)
-        reply, took = await login_through(worker)
-        return worker, reply, took
+        services = stand_in_services(asyncio.get_running_loop(), full_accept_queue,
+                                     connect_timeout=0.2, connect_retries=1, login_timeout=20,
+                                     auth_wait=0)
+        reply, took = await login_through(services)
+        return services, reply, took
 
-    worker, reply, took = asyncio.run(main())
+    services, reply, took = asyncio.run(main())
     assert reply.startswith(b"a1 NO [UNAVAILABLE]")
     # two attempts of 0.2 s and the pause between them, far below the login deadline
     assert 0.4 <= took < 5
-    [event] = worker.audit.events
+    [event] = services.audit.events
     assert "mailbox server unavailable" in event.error and "timeout" in event.error
-    assert worker.stats.backend("mbox9").errors == 2
+    assert services.stats.backend("mbox9").errors == 2
 
 
 def test_the_preauth_timeout_counts_from_the_last_command():
     async def main():
         loop = asyncio.get_running_loop()
-        worker = stand_in_worker(loop, 1, preauth_timeout=0.6)
+        services = stand_in_services(loop, 1, preauth_timeout=0.6)
         server = await loop.create_server(
-            lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+            lambda: MailSession(services, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", server.sockets[0].getsockname()[1])
         await reader.readline()
@@ -206,11 +197,11 @@ def test_an_ended_session_is_freed_by_reference_counting():
     async def main():
         loop = asyncio.get_running_loop()
         backend = await asyncio.start_server(tiny_imap_server, "127.0.0.1", 0)
-        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1])
+        services = stand_in_services(loop, backend.sockets[0].getsockname()[1])
         made = []
 
         def factory():
-            made.append(MailSession(worker, "imap", "imap", False, "ImapServer-0"))
+            made.append(MailSession(services, "imap", "imap", False, "ImapServer-0"))
             return made[-1]
         server = await loop.create_server(factory, "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection(
@@ -222,17 +213,17 @@ def test_an_ended_session_is_freed_by_reference_counting():
         assert await reader.read() == b"* BYE bye\r\na2 OK done\r\n"
         writer.close()
         session = weakref.ref(made.pop())
-        await asyncio.wait_for(worker.all_ended.wait(), 5)
+        await asyncio.wait_for(services.sessions_gone(), 5)
         for _ in range(5):                  # uvloop's close callbacks
             await asyncio.sleep(0)
         server.close()
         backend.close()
-        return session, worker
+        return session, services
 
     gc.disable()
     try:
-        session, worker = asyncio.run(main())
-        assert worker.stats.logins_ok["imap"] == 1
+        session, services = asyncio.run(main())
+        assert services.stats.logins_ok["imap"] == 1
         assert session() is None
     finally:
         gc.enable()
@@ -245,16 +236,16 @@ def test_a_slow_login_after_a_quick_connect_is_not_cut_by_the_connect_limit():
         loop = asyncio.get_running_loop()
         backend = await asyncio.start_server(
             lambda r, w: tiny_imap_server(r, w, greeting_delay=0.4), "127.0.0.1", 0)
-        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1],
-                                 connect_timeout=0.1, login_timeout=5)
-        reply, took = await login_through(worker)
+        services = stand_in_services(loop, backend.sockets[0].getsockname()[1],
+                                     connect_timeout=0.1, login_timeout=5)
+        reply, took = await login_through(services)
         backend.close()
-        return worker, reply, took
+        return services, reply, took
 
-    worker, reply, took = asyncio.run(main())
+    services, reply, took = asyncio.run(main())
     assert reply.startswith(b"a1 OK"), reply
     assert took >= 0.4
-    assert worker.stats.logins_ok["imap"] == 1 and not worker.audit.events[0].error
+    assert services.stats.logins_ok["imap"] == 1 and not services.audit.events[0].error
 
 
 def test_an_idle_logged_in_session_is_closed_at_the_idle_timeout():
@@ -263,10 +254,10 @@ def test_an_idle_logged_in_session_is_closed_at_the_idle_timeout():
     async def main():
         loop = asyncio.get_running_loop()
         backend = await asyncio.start_server(tiny_imap_server, "127.0.0.1", 0)
-        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1],
-                                 imap_idle_timeout=0.5, preauth_timeout=60)
+        services = stand_in_services(loop, backend.sockets[0].getsockname()[1],
+                                     imap_idle_timeout=0.5, preauth_timeout=60)
         server = await loop.create_server(
-            lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+            lambda: MailSession(services, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", server.sockets[0].getsockname()[1])
         await reader.readline()
@@ -280,30 +271,30 @@ def test_an_idle_logged_in_session_is_closed_at_the_idle_timeout():
         writer.close()
         server.close()
         backend.close()
-        return rest, closed_after, worker
+        return rest, closed_after, services
 
-    rest, closed_after, worker = asyncio.run(main())
+    rest, closed_after, services = asyncio.run(main())
     assert rest == b""
     assert 0.4 <= closed_after < 3
-    assert not worker.sessions
+    assert not services.sessions
 
 
-async def _relayed(worker, script: bytes) -> bytes:
+async def _relayed(services, script: bytes) -> bytes:
     """Log in through a session, send ``script``, return all the client gets after the
     login reply until the close."""
-    loop = worker.loop
+    loop = services.loop
     server = await loop.create_server(
-        lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+        lambda: MailSession(services, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", server.sockets[0].getsockname()[1])
     await reader.readline()
     writer.write(b"a1 LOGIN user01@demo.test demo-pass\r\n")
     assert (await reader.readline()).startswith(b"a1 OK")
-    assert worker.stats.backend("mbox9").active == 1
+    assert services.stats.backend("mbox9").active == 1
     writer.write(script)
     rest = await asyncio.wait_for(reader.read(), 10)
     writer.close()
-    await asyncio.wait_for(worker.all_ended.wait(), 5)
+    await asyncio.wait_for(services.sessions_gone(), 5)
     server.close()
     return rest
 
@@ -318,25 +309,25 @@ def test_nothing_follows_the_tagged_logout_reply(text):
         loop = asyncio.get_running_loop()
         backend = await asyncio.start_server(
             lambda r, w: tiny_imap_server(r, w, logout_text=text), "127.0.0.1", 0)
-        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1])
-        rest = await _relayed(worker, b"a2 LOGOUT\r\n")
+        services = stand_in_services(loop, backend.sockets[0].getsockname()[1])
+        rest = await _relayed(services, b"a2 LOGOUT\r\n")
         backend.close()
-        return rest, worker
+        return rest, services
 
-    rest, worker = asyncio.run(main())
+    rest, services = asyncio.run(main())
     assert rest == b"* BYE bye\r\na2 OK " + text + b"\r\n"
-    assert worker.stats.backend("mbox9").active == 0
+    assert services.stats.backend("mbox9").active == 0
 
 
 def test_a_server_lost_mid_session_gets_the_client_one_bye():
     async def main():
         loop = asyncio.get_running_loop()
         backend = await asyncio.start_server(tiny_imap_server, "127.0.0.1", 0)
-        worker = stand_in_worker(loop, backend.sockets[0].getsockname()[1])
-        rest = await _relayed(worker, b"a2 NOOP\r\na3 DROP\r\n")
+        services = stand_in_services(loop, backend.sockets[0].getsockname()[1])
+        rest = await _relayed(services, b"a2 NOOP\r\na3 DROP\r\n")
         backend.close()
-        return rest, worker
+        return rest, services
 
-    rest, worker = asyncio.run(main())
+    rest, services = asyncio.run(main())
     assert rest == b"a2 OK done\r\n* BYE [UNAVAILABLE] Mailbox server connection lost\r\n"
-    assert worker.stats.backend("mbox9").active == 0
+    assert services.stats.backend("mbox9").active == 0

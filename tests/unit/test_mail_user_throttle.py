@@ -14,7 +14,7 @@ import pytest
 from carbotui.throttle import USER_REJECT, user_key
 from workers.mail import MailSession
 
-from tests.unit.test_mail_session import stand_in_worker
+from tests.unit.test_mail_session import stand_in_services
 
 ACCOUNT = "user01@demo.test"
 LIMIT = 3
@@ -76,11 +76,11 @@ async def refusing_server(reader, writer):
     writer.close()
 
 
-async def logins(worker, names: list[str]) -> list[bytes]:
+async def logins(services, names: list[str]) -> list[bytes]:
     """Each name on a connection of its own; the reply lines to its LOGIN."""
-    loop = worker.loop
+    loop = services.loop
     server = await loop.create_server(
-        lambda: MailSession(worker, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
+        lambda: MailSession(services, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     replies = []
     for name in names:
@@ -100,14 +100,14 @@ async def logins(worker, names: list[str]) -> list[bytes]:
 def run(names: list[str], counts: dict | None = None, limit: int = LIMIT):
     async def main():
         backend = await asyncio.start_server(refusing_server, "127.0.0.1", 0)
-        worker = stand_in_worker(asyncio.get_running_loop(),
-                                 backend.sockets[0].getsockname()[1], auth_wait=0)
-        worker.router = AliasRouter(worker.router.route)
-        worker.throttle = CountingThrottle(limit)
-        worker.throttle.counts.update(counts or {})
-        replies = await logins(worker, names)
+        services = stand_in_services(asyncio.get_running_loop(),
+                                     backend.sockets[0].getsockname()[1], auth_wait=0)
+        services.router = AliasRouter(services.router.route)
+        services.throttle = CountingThrottle(limit)
+        services.throttle.counts.update(counts or {})
+        replies = await logins(services, names)
         backend.close()
-        return worker, replies
+        return services, replies
     return asyncio.run(main())
 
 
@@ -116,26 +116,26 @@ SPELLINGS = ["user01@demo.test", "User01@Demo.Test", " user01@demo.test  ", "nic
 
 
 def test_failures_of_every_spelling_count_on_the_account():
-    worker, replies = run(SPELLINGS, limit=100)
+    services, replies = run(SPELLINGS, limit=100)
     assert all(r.startswith(b"a NO [AUTHENTICATIONFAILED]") for r in replies), replies
-    assert worker.throttle.counts == {user_key(ACCOUNT): len(SPELLINGS)}
-    assert all(name == name.strip().lower() for name in worker.router.asked)
-    assert {e.account for e in worker.audit.events} == {ACCOUNT}
+    assert services.throttle.counts == {user_key(ACCOUNT): len(SPELLINGS)}
+    assert all(name == name.strip().lower() for name in services.router.asked)
+    assert {e.account for e in services.audit.events} == {ACCOUNT}
     # the audit's error text keeps what was typed, for the admin
-    assert "authentication failed for [NICK01@demo.test]" in worker.audit.events[4].error
+    assert "authentication failed for [NICK01@demo.test]" in services.audit.events[4].error
 
 
 @pytest.mark.parametrize("name", SPELLINGS)
 def test_a_locked_account_is_refused_under_any_spelling(name):
-    worker, [reply] = run([name], counts={user_key(ACCOUNT): LIMIT})
+    services, [reply] = run([name], counts={user_key(ACCOUNT): LIMIT})
     assert reply.startswith(b"* BYE " + USER_REJECT.encode()), reply
-    assert worker.stats.throttled["user"] == 1
-    [event] = worker.audit.events
+    assert services.stats.throttled["user"] == 1
+    [event] = services.audit.events
     assert event.account == ACCOUNT and "too many failed logins" in event.error
 
 
 def test_an_unknown_name_counts_on_its_canonical_form():
-    worker, replies = run(["Nobody@demo.test", "nobody@demo.test ", "NOBODY@DEMO.TEST"])
+    services, replies = run(["Nobody@demo.test", "nobody@demo.test ", "NOBODY@DEMO.TEST"])
     assert all(r.startswith(b"a NO [AUTHENTICATIONFAILED]") for r in replies)
-    assert worker.throttle.counts == {user_key("nobody@demo.test"): 3}
-    assert {e.account for e in worker.audit.events} == {"nobody@demo.test"}
+    assert services.throttle.counts == {user_key("nobody@demo.test"): 3}
+    assert {e.account for e in services.audit.events} == {"nobody@demo.test"}

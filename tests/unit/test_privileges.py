@@ -18,8 +18,10 @@ from types import SimpleNamespace
 import pytest
 
 from demo import stack
+from carbotui.config import WebSettings
 from carbotui.directory import Domain
 from workers import control, live, privileges, stats
+from workers.context import SessionServices
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -202,20 +204,19 @@ def test_write_private_refuses_a_fifo_without_blocking(tmp_path):
         live._write_private(fifo, "KEY")
 
 
-def _stub_worker(tmp_path, loaded):
+def _services(tmp_path, loaded) -> SessionServices:
     class Tls:
         def load(self, settings, certs):
             loaded.update(certs)
 
-    noop = SimpleNamespace(update=lambda servers: None)
-    return SimpleNamespace(settings=SimpleNamespace(run_dir=tmp_path / "run", listen={}),
-                           index=0, router=SimpleNamespace(servers={}), web_upstreams=noop,
-                           admin_upstreams=noop, tls=Tls())
+    settings = SimpleNamespace(run_dir=tmp_path / "run", listen={}, web=WebSettings())
+    return SessionServices(settings=settings, loop=None, router=SimpleNamespace(servers={}),
+                           throttle=None, audit=None, tls=Tls())
 
 
 def test_a_domain_name_from_ldap_cannot_place_a_file_outside_vhosts(tmp_path):
     loaded = {}
-    cfg = live.LiveConfig(_stub_worker(tmp_path, loaded))
+    cfg = live.LiveConfig(_services(tmp_path, loaded))
     evil = Domain(name="../../escaped", virtual_hostnames=("evil.test",),
                   certificate_pem="CERT", private_key_pem="KEY")
     good = Domain(name="demo.test", virtual_hostnames=("mail.demo.test",),

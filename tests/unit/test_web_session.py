@@ -2,14 +2,13 @@
 upstreams that misbehave on purpose (a 101 to another protocol, 1xx hints, none at all),
 which the demo web apps never do.
 
-The worker around the session is a stand-in with only what a session reads; the
-upstream set is real and points at a scripted server. Whole-stack behaviour (LDAP,
-memcached, the demo web apps) is in tests/integration/test_web_hardening.py.
+The session gets the worker's real SessionServices, with stand-ins for the router, the
+throttle and the audit log; its upstream set points at a scripted server. Whole-stack
+behaviour (LDAP, memcached, the demo web apps) is in tests/integration/test_web_hardening.py.
 """
 from __future__ import annotations
 
 import asyncio
-import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -18,10 +17,8 @@ from carbotui.config import MailSettings, WebSettings
 from carbotui.directory import MailServer
 from workers import httpconn
 from workers.http11 import RequestParser
-from workers.ipcount import ConnectionsPerIp
-from workers.upstreams import UpstreamSet
+from workers.context import SessionServices
 from workers.web import WebSession
-from workers.worker import Stats
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,23 +56,16 @@ class NoRoutes:
         return None
 
 
-def stand_in_worker(loop, upstream_port: int | None, **web) -> SimpleNamespace:
+def stand_in_services(loop, upstream_port: int | None, **web) -> SessionServices:
+    """The real context, its web upstreams pointing at ``upstream_port``, with stand-ins
+    for the router, the throttle and the audit log."""
     settings = SimpleNamespace(web=WebSettings(**web), mail=MailSettings())
-    ups = UpstreamSet("http", settings.web)
+    services = SessionServices(settings=settings, loop=loop, router=NoRoutes(),
+                               throttle=OpenThrottle(), audit=AuditRecorder())
     if upstream_port is not None:
-        ups.update({"mbox9.demo.test": MailServer("mbox9.demo.test", "127.0.0.1",
-                                                  {"http": upstream_port}, lookup_target=True)})
-    ids = itertools.count(1)
-    worker = SimpleNamespace(
-        loop=loop, settings=settings, stats=Stats(), sessions={}, index=0,
-        audit=AuditRecorder(), throttle=OpenThrottle(), router=NoRoutes(),
-        connections_per_ip=ConnectionsPerIp(), web_upstreams=ups,
-        admin_upstreams=UpstreamSet("admin", settings.web), upstream_web_tls=None,
-        in_maintenance=lambda host: False, next_session_id=lambda: next(ids))
-    worker.upstreams_for = lambda kind: ups
-    worker.all_upstreams = lambda: list(ups.upstreams.values())
-    worker.session_ended = lambda sid: worker.sessions.pop(sid, None)
-    return worker
+        services.web_upstreams.update({"mbox9.demo.test": MailServer(
+            "mbox9.demo.test", "127.0.0.1", {"http": upstream_port}, lookup_target=True)})
+    return services
 
 
 async def scripted_upstream(answer: bytes):
@@ -95,9 +85,9 @@ async def scripted_upstream(answer: bytes):
     return server, server.sockets[0].getsockname()[1], seen
 
 
-async def front(worker, addresses=None):
-    server = await worker.loop.create_server(
-        lambda: WebSession(worker, "https", False, addresses), "127.0.0.1", 0)
+async def front(services, addresses=None):
+    server = await services.loop.create_server(
+        lambda: WebSession(services, "https", False, addresses), "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -127,8 +117,8 @@ def test_a_101_to_another_protocol_is_not_spliced():
         up, port, seen = await scripted_upstream(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
             b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")            # an HTTP/2 SETTINGS frame
-        worker = stand_in_worker(loop, port)
-        server, front_port = await front(worker)
+        services = stand_in_services(loop, port)
+        server, front_port = await front(services)
         reply = await exchange(front_port, WS)
         server.close()
         up.close()
@@ -144,8 +134,8 @@ def test_an_h2c_upgrade_goes_upstream_as_plain_http():
         loop = asyncio.get_running_loop()
         up, port, seen = await scripted_upstream(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        worker = stand_in_worker(loop, port)
-        server, front_port = await front(worker)
+        services = stand_in_services(loop, port)
+        server, front_port = await front(services)
         reply = await exchange(front_port, b"GET / HTTP/1.1\r\nHost: h\r\n"
                                            b"Connection: Upgrade, HTTP2-Settings\r\n"
                                            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
@@ -166,8 +156,8 @@ def test_no_1xx_reaches_an_http10_client():
         up, port, _ = await scripted_upstream(
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        worker = stand_in_worker(loop, port)
-        server, front_port = await front(worker)
+        services = stand_in_services(loop, port)
+        server, front_port = await front(services)
         old = await exchange(front_port, b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
         new = await exchange(front_port, b"GET / HTTP/1.1\r\nHost: h\r\n"
                                          b"Connection: close\r\n\r\n")
@@ -183,8 +173,8 @@ def test_connection_close_after_an_error_page_is_honoured():
     # Informational: a 502 that says "Connection: close" used to be followed by the
     # answer to a pipelined request on the same connection.
     async def main():
-        worker = stand_in_worker(asyncio.get_running_loop(), None)   # no upstream at all
-        server, front_port = await front(worker)
+        services = stand_in_services(asyncio.get_running_loop(), None)   # no upstream at all
+        server, front_port = await front(services)
         reply = await exchange(front_port, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
                                            b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
         head = await exchange(front_port, b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -202,9 +192,9 @@ def test_forwarded_for_from_a_trusted_proxy_hop_is_extended_only_when_configured
         loop = asyncio.get_running_loop()
         up, port, seen = await scripted_upstream(
             b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-        worker = stand_in_worker(loop, port, extend_forwarded_for=extend)
+        services = stand_in_services(loop, port, extend_forwarded_for=extend)
         # as proxied.py creates it: the addresses from a trusted PROXY header
-        server, front_port = await front(worker, (("203.0.113.5", 4000), ("127.0.0.1", 443)))
+        server, front_port = await front(services, (("203.0.113.5", 4000), ("127.0.0.1", 443)))
         await exchange(front_port, b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.51.100.1"
                                    b"\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n")
         server.close()
@@ -221,14 +211,14 @@ def test_user_agent_controls_never_reach_the_audit_log():
         loop = asyncio.get_running_loop()
         up, port, _ = await scripted_upstream(
             b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        worker = stand_in_worker(loop, port)
-        server, front_port = await front(worker)
+        services = stand_in_services(loop, port)
+        server, front_port = await front(services)
         body = b"username=someone%40demo.test&password=x"
         await exchange(front_port, b"POST /login HTTP/1.1\r\nHost: h\r\nUser-Agent: a\x9b31mb\x85c"
                                    b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         server.close()
         up.close()
-        return worker.audit.events
+        return services.audit.events
     [event] = asyncio.run(main())
     assert event.account == "someone@demo.test" and event.user_agent == "a 31mb c"
 
