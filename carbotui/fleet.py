@@ -9,7 +9,9 @@
   LDAP (every ~5 s)     mail mode, domains, certificates, mailbox servers
   TCP probes (~5 s)     can this node reach each mailbox server's IMAP port?
 
-It returns a `FleetSnapshot`: frozen dataclasses and tuples only, so two
+It returns a `FleetSnapshot`: frozen dataclasses and tuples only (its sessions
+are the workers' own worker_sockets.Session, read-only by convention: frozen they
+cost three times as much to build, 10 ms a refresh with 10,000 sessions), so two
 snapshots compare with `==` and the dashboard redraws only on a real change.
 A part that does not answer becomes a line in `problems` instead of an
 exception, and is simply asked again next time: that is the reconnect.
@@ -17,7 +19,8 @@ exception, and is simply asked again next time: that is the reconnect.
 `LogTail` follows a log through rotation and truncation (`AuditTail` reads
 audit.log events, `AlertTail` the alerts auditwatch writes to alerts.log),
 `BlockStore` lists, adds and lifts IP blocks in memcached from blocking code,
-and `WorkerControl` sends requests (kick, maintenance) to a worker's control socket.
+while the workers' sockets and their format are carbotui/worker_sockets.py (the
+snapshot a worker sends, and `WorkerControl` for kick and maintenance requests).
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ from carbotui.alerts import Alert, alert_from_json
 from carbotui.audit import AuditEvent, parse_line
 from carbotui.supervisor import ProcessState, Supervisor, SupervisorError
 from carbotui.throttle import MAX_TTL, Block
+from carbotui.worker_sockets import (Session, WorkerSnapshot, read_maintenance, read_snapshot,
+                                     stats_sockets)
 
 EXPIRY_WARNING_DAYS = 30          # certificates closer than this to notAfter are flagged
 HISTORY_POINTS = 120              # sparkline length (one point per refresh)
@@ -52,23 +57,9 @@ PROXY_GROUP = "proxy"
 # --- the snapshot ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Session:
-    id: int
-    worker: str
-    protocol: str
-    client: str
-    client_port: int
-    account: str
-    server: str
-    state: str
-    started: float
-    bytes_in: int
-    bytes_out: int
-
-
-@dataclass(frozen=True)
 class WorkerStats:
-    """What a proxy worker reports about itself on its stats socket."""
+    """The dashboard's summary of what a worker reports on its stats socket
+    (a worker_sockets.WorkerSnapshot)."""
     sessions: int = 0
     connections: int = 0            # accepted since start, all listeners
     logins_ok: int = 0
@@ -249,17 +240,6 @@ class FleetSnapshot:
 
 # --- readers (each returns data or raises OSError/ValueError) ------------------------------
 
-def read_worker_stats(path: str | Path, timeout: float = 1.0) -> dict:
-    """The worker's JSON snapshot: connect, read to EOF (workers/stats.py)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        chunks = []
-        while chunk := sock.recv(262144):
-            chunks.append(chunk)
-    return json.loads(b"".join(chunks))
-
-
 def read_memcached_stats(host: str, port: int, timeout: float = 0.5) -> dict[str, str]:
     """memcached's text-protocol `stats`: name -> value, up to END."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -291,41 +271,29 @@ def probe_tcp(host: str, port: int, timeout: float = 0.5) -> float | None:
     return (time.perf_counter() - start) * 1000
 
 
-def _sum(counter: dict | None) -> int:
-    return sum(int(v) for v in (counter or {}).values())
+def _sum(counter: dict) -> int:
+    return sum(int(v) for v in counter.values())
 
 
-def worker_stats(raw: dict) -> WorkerStats:
-    logins = raw.get("logins", {})
-    cache = raw.get("cache", {})
-    config = raw.get("config") or {}
+def worker_stats(snap: WorkerSnapshot) -> WorkerStats:
+    logins, cache, config = snap.logins, snap.cache, snap.config
     return WorkerStats(
-        sessions=len(raw.get("sessions", ())),
-        connections=_sum(raw.get("connections")),
-        logins_ok=_sum(logins.get("ok")),
-        logins_failed=_sum(logins.get("failed")),
-        logins_temporary=_sum(logins.get("temporary")),
-        cache_hits=int(cache.get("hits", 0)),
-        cache_misses=int(cache.get("misses", 0)),
-        ldap_lookups=int(cache.get("ldap_lookups", 0)),
-        memcached_available=bool(cache.get("memcached_available", True)),
-        draining=bool(raw.get("draining", False)),
-        config_version=str(config.get("version", "")),
-        config_applied_at=float(config.get("applied_at") or 0.0),
-        config_mail_mode=str(config.get("mail_mode", "")),
-        config_vhosts=tuple(sorted(config.get("virtual_hosts") or ())),
-        config_error=str(config.get("ldap_error") or ""),
+        sessions=len(snap.sessions),
+        connections=_sum(snap.connections),
+        logins_ok=_sum(logins.ok),
+        logins_failed=_sum(logins.failed),
+        logins_temporary=_sum(logins.temporary),
+        cache_hits=int(cache.hits),
+        cache_misses=int(cache.misses),
+        ldap_lookups=int(cache.ldap_lookups),
+        memcached_available=bool(cache.memcached_available),
+        draining=bool(snap.draining),
+        config_version=str(config.version),
+        config_applied_at=float(config.applied_at or 0.0),
+        config_mail_mode=str(config.mail_mode),
+        config_vhosts=tuple(sorted(config.virtual_hosts or ())),
+        config_error=str(config.ldap_error or ""),
     )
-
-
-def sessions_of(raw: dict) -> list[Session]:
-    worker = raw.get("worker", "?")
-    # The worker writes these fields typed (workers/stats.py): no per-field
-    # conversion, which costs tens of ms with 10,000 sessions.
-    return [Session(s["id"], worker, s["protocol"], s["client"], s["client_port"],
-                    s["account"], s["server"], s["state"], s["started"], s["bytes_in"],
-                    s["bytes_out"])
-            for s in raw.get("sessions", ())]
 
 
 def certificate_view(pem: str) -> Certificate:
@@ -576,96 +544,6 @@ class BlockStore:
         closer.join(2.0)
 
 
-# --- requests to a worker --------------------------------------------------------------------
-
-class WorkerControlError(RuntimeError):
-    pass
-
-
-class WorkerControl:
-    """One JSON request line to a worker's control socket, one JSON reply line.
-
-    The contract (to be served by workers on var/run/proxy_NN.ctl):
-      {"cmd": "kick", "session": 12}                -> {"ok": true}
-      {"cmd": "maintenance", "server": "mbox1.demo.test", "on": true}
-                                                     -> {"ok": true, "maintenance": [...]}
-    Errors: {"ok": false, "error": "no session 12"}.
-    """
-
-    def __init__(self, run_dir: str | Path, timeout: float = 2.0):
-        self.run_dir = Path(run_dir)
-        self.timeout = timeout
-
-    def path(self, worker: str) -> Path:
-        return self.run_dir / f"{worker}.ctl"
-
-    def workers(self) -> list[str]:
-        return sorted(p.stem for p in self.run_dir.glob("proxy_*.sock"))
-
-    def request(self, worker: str, request: dict) -> dict:
-        path = self.path(worker)
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(str(path))
-                sock.sendall(json.dumps(request).encode() + b"\n")
-                reply = b""
-                while not reply.endswith(b"\n"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    reply += chunk
-        except FileNotFoundError:
-            raise WorkerControlError(f"{worker} has no control socket ({path.name}); "
-                                     f"this worker version cannot take requests") from None
-        except OSError as exc:
-            raise WorkerControlError(f"{worker} did not answer: {exc}") from None
-        try:
-            answer = json.loads(reply)
-        except ValueError:
-            raise WorkerControlError(f"{worker} sent an unreadable reply") from None
-        if not answer.get("ok"):
-            raise WorkerControlError(f"{worker}: {answer.get('error', 'refused')}")
-        return answer
-
-    def kick(self, worker: str, session_id: int) -> None:
-        self.request(worker, {"cmd": "kick", "session": session_id})
-
-    def maintenance(self, server: str, on: bool) -> list[str]:
-        """Tell every worker; the file var/run/maintenance.json keeps it across restarts."""
-        state_file = self.run_dir / "maintenance.json"
-        try:
-            current = set(json.loads(state_file.read_text()).get("servers", []))
-        except (OSError, ValueError):
-            current = set()
-        current = (current | {server}) if on else (current - {server})
-        tmp = state_file.with_suffix(".tmp")
-        # var/run is writable by the workers' user: never follow a link planted there,
-        # never write into a file someone else made (root runs this).
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(fd, 0o644)              # readable by the workers whatever the umask
-            f.write(json.dumps({"servers": sorted(current)}) + "\n")
-        os.replace(tmp, state_file)           # workers read it whole or not at all
-        failures = []
-        for worker in self.workers():
-            try:
-                self.request(worker, {"cmd": "maintenance", "server": server, "on": on})
-            except WorkerControlError as exc:
-                failures.append(str(exc))
-        if failures:
-            raise WorkerControlError("; ".join(failures))
-        return sorted(current)
-
-
-def maintenance_servers(run_dir: str | Path) -> set[str]:
-    try:
-        return set(json.loads((Path(run_dir) / "maintenance.json").read_text()).get("servers", []))
-    except (OSError, ValueError):
-        return set()
-
-
 # --- the collector ---------------------------------------------------------------------------
 
 @dataclass
@@ -717,15 +595,15 @@ class Fleet:
         problems: list[str] = []
 
         supervised, supervisor_up = self._supervised(problems)
-        raw_stats = self._worker_stats(problems, supervised)
-        processes = self._processes(supervised, raw_stats, supervisor_up)
-        sessions = tuple(s for raw in raw_stats.values() for s in sessions_of(raw))
+        snapshots = self._worker_stats()
+        processes = self._processes(supervised, snapshots, supervisor_up)
+        sessions = tuple(s for snap in snapshots.values() for s in snap.sessions)
         memcached = tuple(self._memcached(problems))
         if now - self._slow.at >= SLOW_EVERY:
             self._refresh_slow(now)
         if self._slow.directory_error:
             problems.append(self._slow.directory_error)
-        backends = self._backends(raw_stats, now)
+        backends = self._backends(snapshots, now)
         for b in backends:
             if b.health == "down":
                 problems.append(f"mailbox server {b.name} does not answer on its IMAP port")
@@ -764,40 +642,41 @@ class Fleet:
             problems.append(str(exc))
             return [], False
 
-    def _worker_stats(self, problems, supervised) -> dict[str, dict]:
+    def _worker_stats(self) -> dict[str, WorkerSnapshot]:
         out = {}
-        for path in sorted(self.settings.run_dir.glob("proxy_*.sock")):
+        for path in stats_sockets(self.settings.run_dir):
             try:
-                out[path.stem] = read_worker_stats(path)
+                out[path.stem] = read_snapshot(path, timeout=1.0)
             except FileNotFoundError:
                 continue                     # removed while we listed: a worker exiting
             except (OSError, ValueError):
                 continue                     # reported per worker in collect()
         return out
 
-    def _processes(self, supervised, raw_stats, supervisor_up) -> list[Process]:
+    def _processes(self, supervised, snapshots: dict[str, WorkerSnapshot],
+                   supervisor_up) -> list[Process]:
         out = []
         seen_workers = set()
         pids = set()
         for p in supervised:
-            raw = raw_stats.get(p.short) if p.group == PROXY_GROUP else None
+            snap = snapshots.get(p.short) if p.group == PROXY_GROUP else None
             if p.group == PROXY_GROUP:
                 seen_workers.add(p.short)
             out.append(self._with_psutil(Process(
                 name=p.name, short=p.short, group=p.group, state=p.state, pid=p.pid,
                 started=p.started, description=p.description,
-                stats=worker_stats(raw) if raw else None),
-                sockets=raw.get("sockets") if raw else None))
+                stats=worker_stats(snap) if snap else None),
+                sockets=snap.sockets if snap else None))
             pids.add(p.pid)
         # Workers whose stats answer although supervisord does not (or runs elsewhere).
-        for short, raw in raw_stats.items():
+        for short, snap in snapshots.items():
             if short not in seen_workers:
-                pid = int(raw.get("pid", 0))
+                pid = int(snap.pid)
                 out.append(self._with_psutil(Process(
                     name=f"{PROXY_GROUP}:{short}", short=short, group=PROXY_GROUP,
                     state="UNSUPERVISED" if not supervisor_up else "RUNNING",
-                    pid=pid, started=float(raw.get("started", 0)), stats=worker_stats(raw)),
-                    sockets=raw.get("sockets")))
+                    pid=pid, started=float(snap.started), stats=worker_stats(snap)),
+                    sockets=snap.sockets))
                 pids.add(pid)
         for pid in list(self._procs):
             if pid not in pids:
@@ -885,25 +764,28 @@ class Fleet:
             s = servers[host]
             self._slow.probes[host] = probe_tcp(s.address, s.ports["imap"]) if s.address else None
 
-    def _backends(self, raw_stats: dict[str, dict], now: float) -> list[Backend]:
+    def _backends(self, snapshots: dict[str, WorkerSnapshot], now: float) -> list[Backend]:
         merged: dict[str, dict] = {}
-        for worker, raw in raw_stats.items():
-            for name, b in (raw.get("backends") or {}).items():
+        for worker, snap in snapshots.items():
+            pid = snap.pid
+            for name, b in snap.backends.items():
                 m = merged.setdefault(name, {"active": 0, "sessions": 0, "errors": 0,
                                              "ms": [], "rate": 0.0, "err_rate": 0.0})
-                m["active"] += int(b.get("active", 0))
-                m["sessions"] += int(b.get("sessions", 0))
-                m["errors"] += int(b.get("errors", 0))
-                if b.get("sessions"):
-                    m["ms"].append((float(b.get("connect_ms", 0)), int(b["sessions"])))
-                pid = raw.get("pid")
+                m["active"] += int(b.active)
+                m["sessions"] += int(b.sessions)
+                m["errors"] += int(b.errors)
+                if b.sessions:
+                    m["ms"].append((float(b.connect_ms), int(b.sessions)))
                 m["rate"] += self.rates.per_second(("b", name, worker, pid),
-                                                   int(b.get("sessions", 0)), now)
+                                                   int(b.sessions), now)
                 m["err_rate"] += self.rates.per_second(("be", name, worker, pid),
-                                                       int(b.get("errors", 0)), now)
+                                                       int(b.errors), now)
         # Workers name backends by short name (mbox1); LDAP by hostname (mbox1.demo.test).
         by_short = {h.split(".", 1)[0]: h for h in self._slow.probes}
-        maintenance = maintenance_servers(self.settings.run_dir)
+        try:
+            maintenance = read_maintenance(self.settings.run_dir)
+        except (OSError, ValueError):
+            maintenance = set()
         out = []
         for host in self._slow.probes:
             merged.setdefault(host.split(".", 1)[0], {"active": 0, "sessions": 0, "errors": 0,
@@ -920,7 +802,7 @@ class Fleet:
                 probe_ms=(round(self._slow.probes[host], 1)
                           if self._slow.probes.get(host) is not None else None),
                 probed=host in self._slow.probes,
-                maintenance=host in maintenance or name in maintenance))
+                maintenance=host.lower() in maintenance or name.lower() in maintenance))
         return out
 
     def _totals(self, workers, up: list[Process], sessions, now: float) -> Totals:

@@ -3,10 +3,10 @@
 Each worker publishes a small summary of itself every few seconds
 (workers/stats.publish_forever) under ``fleet:member:<node id>/<worker>``
 (expires when the worker stops publishing), and keeps its key listed in
-``fleet:index``. memcached cannot
-list keys, so the index is a JSON list updated with a short ``add`` lock;
-a racing update can drop a member for one period, and it re-adds itself on
-its next publish. Readers skip listed members whose key has expired.
+``fleet:index``. memcached cannot list keys, so the index is a JSON list
+updated with a short ``add`` lock; a racing update can drop a member for one
+period, and it re-adds itself on its next publish. Readers skip listed members
+whose key has expired.
 """
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ class LiveSource:
     def __init__(self, settings):
         from carbotui.admin import Admin
         from carbotui.directory import Directory
-        from carbotui.fleet import AlertTail, AuditTail, Fleet, WorkerControl
+        from carbotui.fleet import AlertTail, AuditTail, Fleet
+        from carbotui.worker_sockets import WorkerControl
         from carbotui.supervisor import Supervisor
 
         self.settings = settings
@@ -95,7 +96,7 @@ class LiveSource:
         """Run an action; turn every expected failure into ActionFailed."""
         from carbotui.admin import AdminError
         from carbotui.directory import DirectoryUnavailable
-        from carbotui.fleet import WorkerControlError
+        from carbotui.worker_sockets import WorkerControlError
         from carbotui.prov import ProvError
         from carbotui.supervisor import SupervisorError
         try:
@@ -153,16 +154,16 @@ class LiveSource:
         return f"{process} restarted (pid {new.pid})"
 
     def rolling_restart(self, progress: Callable[[str], None]) -> str:
-        from carbotui.fleet import read_worker_stats
+        from carbotui.worker_sockets import read_snapshot, stats_path
 
         def ready(proc) -> bool:
             # RUNNING only means "alive for startsecs"; the new worker is known to be
             # up once its stats socket answers with the new pid (it opens it at start).
             try:
-                raw = read_worker_stats(self.settings.run_dir / f"{proc.short}.sock")
+                snap = read_snapshot(stats_path(self.settings.run_dir, proc.short), timeout=1.0)
             except (OSError, ValueError):
                 return False
-            return int(raw.get("pid", 0)) == proc.pid
+            return snap.pid == proc.pid
 
         done = self._guard(self.supervisor.rolling_restart, "proxy", progress=progress,
                            ready=ready)

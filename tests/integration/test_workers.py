@@ -134,7 +134,7 @@ def find_session(port: int) -> tuple[str, int]:
 
 
 def test_an_admin_can_kick_a_session():
-    from carbotui.fleet import WorkerControl
+    from carbotui.worker_sockets import WorkerControl
     from tests.integration.conftest import REPO
     conn = imap_login("user19@demo.test")
     conn.select("INBOX")
@@ -147,7 +147,7 @@ def test_an_admin_can_kick_a_session():
 
 def test_maintenance_refuses_new_logins_only_on_that_server():
     import imaplib
-    from carbotui.fleet import WorkerControl
+    from carbotui.worker_sockets import WorkerControl
     from tests.integration.conftest import REPO
     ctl = WorkerControl(REPO / "var/run")
     before = imap_login("user01@demo.test")         # open before: must go on

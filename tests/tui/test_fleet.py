@@ -1,4 +1,5 @@
-"""fleet.py pieces that need no stack: audit.log following, rates, worker control client."""
+"""fleet.py pieces that need no stack: audit.log following, rates; the worker control
+client (worker_sockets.py) against a scripted socket."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import os
 import socket
 import threading
 
-from carbotui.fleet import (AlertTail, AuditTail, Rates, WorkerControl, WorkerControlError,
-                            parse_duration)
+from carbotui.fleet import AlertTail, AuditTail, Rates, parse_duration
+from carbotui.worker_sockets import WorkerControl, WorkerControlError
 
 LINE = ("2026-11-27 21:09:02,456 WARN  [Pop3Server-1] [ip=10.0.0.1;oip=203.0.113.5;] security"
         " - cmd=Auth; account={who}; protocol=pop3; error=authentication failed for [{who}],"
