@@ -270,7 +270,7 @@ class Carbotui:
     def start(self, idle: bool = False) -> None:
         self.config = BENCH / ("carbotui-idle.toml" if idle else "carbotui-bench.toml")
         for n in range(WORKERS):
-            self.procs.start(f"carbotui_{n:02d}", [PY, "-m", "workers", "--config",
+            self.procs.start(f"carbotui_{n:02d}", [PY, "-m", "carbotui.proxy", "--config",
                                                    str(self.config), "--worker", str(n)])
         for port in (CARBOTUI["imap"], CARBOTUI["https"], CARBOTUI["pop3s"]):
             wait_port("127.0.0.1", port)
@@ -517,8 +517,8 @@ def idle_hold(target, kind: str, count: int, procs_n: int, hold: float, fleet=No
 
 def dashboard_cost(target) -> dict:
     """CPU of one carbotui dashboard refresh (Fleet.collect) with the sessions live."""
-    from carbotui import config
-    from carbotui.fleet import Fleet
+    from carbotui.core import settings as config
+    from carbotui.admin.node import Fleet
 
     settings = config.load(target.config)
     fleet = Fleet(settings)
@@ -750,7 +750,7 @@ def markdown(report: dict) -> str:
                        f"{fmt(d['open_seconds'])} | {fmt(d['open_cpu_us'])} |")
     dash = report["idle"].get("carbotui", {}).get("idle_10k", {}).get("dashboard")
     if dash:
-        out += ["", f"Dashboard (`carbotui.fleet.Fleet(...).collect()` in the bench process, "
+        out += ["", f"Dashboard (`carbotui.admin.node.Fleet(...).collect()` in the bench process, "
                 f"{dash['sessions_seen']} live sessions seen): first refresh "
                 f"{dash['first_ms']:.0f} ms CPU (includes the LDAP/certificate refresh), "
                 f"steady {dash['steady_ms']:.0f} ms, max {dash['max_ms']:.0f} ms; the workers "

@@ -15,12 +15,12 @@ import hashlib
 import math
 from typing import Callable
 
-from carbotui.alerts import Alert
-from carbotui.audit import AuditEvent, failure
-from carbotui.fleet import (Backend, Certificate, DirectoryView, DomainView, FleetSnapshot,
+from carbotui.services.alerts import Alert
+from carbotui.core.audit import AuditEvent, failure
+from carbotui.admin.node import (Backend, Certificate, DirectoryView, DomainView, FleetSnapshot,
                             Memcached, Process, Session, Totals, WorkerStats, parse_duration,
                             parse_ip)
-from carbotui.throttle import Block, parse_networks, whitelisted
+from carbotui.services.throttle import Block, parse_networks, whitelisted
 from carbotui.tui.source import ActionFailed
 
 # 2026-11-27 21:30:00 UTC: every time on screen derives from this.
@@ -275,7 +275,7 @@ class FakeSource:
     def add_vhost(self, domain: str, fqdn: str, *, generate: bool,
                   cert_path: str = "", key_path: str = "") -> str:
         self._record("add_vhost", domain, fqdn, generate, cert_path, key_path)
-        from carbotui.admin import AdminError, validate_fqdn
+        from carbotui.admin.changes import AdminError, validate_fqdn
         try:
             fqdn = validate_fqdn(fqdn)
         except AdminError as exc:

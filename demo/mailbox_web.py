@@ -5,7 +5,7 @@ Each demo mailbox server runs one::
     python -m demo.mailbox_web --accounts var/mbox1/accounts.json \\
         --listen 127.0.0.1:8080 --listen 127.0.0.1:7071
 
-It speaks HTTP/1.1 with the proxy's own parser (workers.http11) on plain
+It speaks HTTP/1.1 with the proxy's own parser (carbotui.protocols.http11) on plain
 asyncio, and answers every response with ``X-Demo-Server: <short name>`` so a
 test can tell which backend served it (``Server: demo-mailbox`` is there for
 the proxy to strip).
@@ -46,7 +46,7 @@ Endpoints:
 ``GET /ws/echo``          WebSocket (RFC 6455) echo: text/binary frames come back as sent
                           (fragments too), pings get pongs, close is answered
 
-The token is ``0_<DEMO_KEY>_<hex>`` (carbotui.authtoken); the demo does not sign
+The token is ``0_<DEMO_KEY>_<hex>`` (carbotui.core.authtoken); the demo does not sign
 it, so it proves nothing: fine for a demo, which is all this is.
 """
 from __future__ import annotations
@@ -68,8 +68,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 
-from carbotui.authtoken import decode_token, encode_token
-from workers.http11 import (
+from carbotui.core.authtoken import decode_token, encode_token
+from carbotui.protocols.http11 import (
     Data, EndOfMessage, ParseError, Request, RequestParser, expects_continue, get_all,
     get_header, header_tokens, serialize_response_head,
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-from carbotui.config import ConfigError, parse_endpoint
+from carbotui.core.settings import ConfigError, parse_endpoint
 
 log = logging.getLogger("demo.mailsink")
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from carbotui import certs
+from carbotui.core import certs
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout; supervisord.conf lives here
 VAR = ROOT / "var"
@@ -523,7 +523,7 @@ def check_service_user(pw: pwd.struct_passwd) -> None:
     """The service user can run what supervisord starts as it (fails early and says why,
     rather than every program going FATAL). As supervisord does (`directory=%(here)s`), from
     the checkout: demo/ is not installed, `python -m demo.mailbox_web` finds it in the cwd."""
-    modules = "workers.worker, workers.privileges, carbotui.auditwatch, demo.mailbox_web, demo.mailsink"
+    modules = "carbotui.proxy.worker, carbotui.proxy.privileges, carbotui.admin.auditwatch, demo.mailbox_web, demo.mailsink"
     p = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", f"import {modules}"],
                        cwd=ROOT, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
                        capture_output=True, text=True)

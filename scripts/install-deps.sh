@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(memcached slapd ldap-utils dovecot-imapd dovecot-pop3d haproxy curl openssl tmux)
-# real mail clients the integration tests drive through the proxy (tests/integration/test_real_clients.py)
+# real mail clients the integration tests drive through the proxy (tests/stack/test_real_clients.py)
 PACKAGES+=(isync fetchmail neomutt getmail6)
 SERVICES=(memcached slapd dovecot haproxy fetchmail)   # what those packages would start at install and boot
 MAIL_USER=carbotui-mail              # owns var/mbox*/mail; Dovecot's userdb uses it

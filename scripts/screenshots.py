@@ -36,7 +36,7 @@ SIZES = [(80, 24), (120, 40)]
 
 def make_source(live: bool):
     if live:
-        from carbotui import config
+        from carbotui.core import settings as config
         from carbotui.tui.source import LiveSource
         return LiveSource(config.load(ROOT / "carbotui.toml"))
     from demo.fake_source import FakeSource

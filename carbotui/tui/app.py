@@ -27,7 +27,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
-from carbotui.fleet import FleetSnapshot
+from carbotui.admin.node import FleetSnapshot
 from carbotui.tui.messages import AlertsArrived, AuditEvents, SnapshotFailed, SnapshotReady
 from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.screens.audit import AuditScreen

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from carbotui.alerts import Alert
-from carbotui.audit import AuditEvent
-from carbotui.fleet import FleetSnapshot
+from carbotui.services.alerts import Alert
+from carbotui.core.audit import AuditEvent
+from carbotui.admin.node import FleetSnapshot
 
 
 class SnapshotReady(Message):

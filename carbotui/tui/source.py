@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol
 
-from carbotui.alerts import Alert
-from carbotui.audit import AuditEvent
-from carbotui.fleet import FleetSnapshot
+from carbotui.services.alerts import Alert
+from carbotui.core.audit import AuditEvent
+from carbotui.admin.node import FleetSnapshot
 
 
 class ActionFailed(Exception):
@@ -61,11 +61,11 @@ class LiveSource:
     """The local node, as described by its carbotui.toml settings."""
 
     def __init__(self, settings):
-        from carbotui.admin import Admin
-        from carbotui.directory import Directory
-        from carbotui.fleet import AlertTail, AuditTail, Fleet
-        from carbotui.worker_sockets import WorkerControl
-        from carbotui.supervisor import Supervisor
+        from carbotui.admin.changes import Admin
+        from carbotui.backends.directory import Directory
+        from carbotui.admin.node import AlertTail, AuditTail, Fleet
+        from carbotui.backends.worker_sockets import WorkerControl
+        from carbotui.backends.supervisor import Supervisor
 
         self.settings = settings
         self.node = settings.node_name
@@ -94,14 +94,13 @@ class LiveSource:
     # -- actions ---------------------------------------------------------------
     def _guard(self, func, *args, **kwargs):
         """Run an action; turn every expected failure into ActionFailed."""
-        from carbotui.admin import AdminError
-        from carbotui.directory import DirectoryUnavailable
-        from carbotui.worker_sockets import WorkerControlError
-        from carbotui.prov import ProvError
-        from carbotui.supervisor import SupervisorError
+        from carbotui.admin.changes import AdminError
+        from carbotui.backends.directory import DirectoryUnavailable
+        from carbotui.backends.worker_sockets import WorkerControlError
+        from carbotui.backends.supervisor import SupervisorError
         try:
             return func(*args, **kwargs)
-        except (AdminError, DirectoryUnavailable, WorkerControlError, ProvError,
+        except (AdminError, DirectoryUnavailable, WorkerControlError,
                 SupervisorError) as exc:
             raise ActionFailed(str(exc)) from None
 
@@ -119,8 +118,8 @@ class LiveSource:
         return f"{server}: maintenance {'on: no new sessions' if on else 'off'}"
 
     def flush_routes(self, account: str) -> str:
-        from carbotui import prov
-        name, deleted, checked = self._guard(prov.flush_routes, self.settings, self.directory,
+        from carbotui.admin.changes import flush_routes
+        name, deleted, checked = self._guard(flush_routes, self.settings, self.directory,
                                              account)
         return f"flushed routes of {name}: {deleted} removed ({checked} keys checked)"
 
@@ -154,7 +153,7 @@ class LiveSource:
         return f"{process} restarted (pid {new.pid})"
 
     def rolling_restart(self, progress: Callable[[str], None]) -> str:
-        from carbotui.worker_sockets import read_snapshot, stats_path
+        from carbotui.backends.worker_sockets import read_snapshot, stats_path
 
         def ready(proc) -> bool:
             # RUNNING only means "alive for startsecs"; the new worker is known to be
@@ -178,7 +177,7 @@ class LiveSource:
         return ""
 
     def block(self, ip: str, duration: str, reason: str) -> str:
-        from carbotui.fleet import BlocksUnavailable
+        from carbotui.admin.node import BlocksUnavailable
         from carbotui.tui.format import duration as fmt_duration
         try:
             b = self.fleet.blocks.add(ip, duration, reason, by=f"dashboard:{_user()}")
@@ -187,7 +186,7 @@ class LiveSource:
         return f"{b.ip} blocked for {fmt_duration(b.until - b.since)} on every node"
 
     def unblock(self, ip: str) -> str:
-        from carbotui.fleet import BlocksUnavailable
+        from carbotui.admin.node import BlocksUnavailable
         try:
             lifted = self.fleet.blocks.remove(ip)
         except (ValueError, BlocksUnavailable) as exc:

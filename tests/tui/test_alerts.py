@@ -9,7 +9,7 @@ from carbotui.tui.screens.help import HelpScreen
 from carbotui.tui.widgets.modals import BlockModal, ConfirmModal
 from demo.fake_source import NOW, FakeSource, make_alert
 
-from .conftest import drive, settle
+from tests.support.tui import drive, settle
 
 
 def text_of(screen, selector: str) -> str:

@@ -6,14 +6,14 @@ import dataclasses
 from textual.binding import Binding
 from textual.widgets import Input, Log, Static
 
-from carbotui.audit import AuditEvent, failure
+from carbotui.core.audit import AuditEvent, failure
 from carbotui.tui.app import SCREEN_CLASSES, CarbotuiApp
 from carbotui.tui.screens.help import HelpScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
 from carbotui.tui.widgets.modals import ConfirmModal, PromptModal, VhostModal
 from demo.fake_source import NOW, FakeSource
 
-from .conftest import drive, settle
+from tests.support.tui import drive, settle
 
 
 def text_of(screen, selector: str) -> str:

@@ -15,15 +15,15 @@ from rich.text import Text
 from textual.widgets import Log, Static
 from textual.widgets._toast import Toast
 
-from carbotui.audit import AuditEvent, failure
-from carbotui.throttle import Block
+from carbotui.core.audit import AuditEvent, failure
+from carbotui.services.throttle import Block
 from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.screens.audit import AuditScreen
 from carbotui.tui.screens.connections import ConnectionsScreen
 from carbotui.tui.widgets.modals import ConfirmModal
 from demo.fake_source import NOW, FakeSource, make_alert
 
-from .conftest import drive, settle
+from tests.support.tui import drive, settle
 
 HOSTILE = ["[/x]", "[link=http://evil]x[/link]", "[@click=app.quit]x[/]", "[b red]boss[/]"]
 

@@ -2,9 +2,9 @@
 alert JSON and e-mail text. Pure: no files except tmp_path, no network."""
 import pytest
 
-from carbotui.alerts import AlertLog, AlertSettings, Rules, alert_from_json, compose
-from carbotui.audit import AuditEvent, failure
-from carbotui.config import ConfigError
+from carbotui.services.alerts import AlertLog, AlertSettings, Rules, alert_from_json, compose
+from carbotui.core.audit import AuditEvent, failure
+from carbotui.core.settings import ConfigError
 
 T0 = 1_700_000_000.0          # in the past: Rules ignores events dated in the future
 

@@ -2,7 +2,7 @@ import os
 import re
 from multiprocessing import Process
 
-from carbotui.audit import AuditEvent, AuditLog, failure, parse_line
+from carbotui.core.audit import AuditEvent, AuditLog, failure, parse_line
 
 T = 1764277741.123  # a fixed moment, so the formatted line is checkable
 

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from carbotui.alerts import AlertLog, AlertSettings, Rules
-from carbotui.audit import AuditEvent, encode_value, failure, format_line, parse_line
-from carbotui.auditwatch import Tail
-from workers.sasl import AuthDataError, decode_username
+from carbotui.services.alerts import AlertLog, AlertSettings, Rules
+from carbotui.core.audit import AuditEvent, encode_value, failure, format_line, parse_line
+from carbotui.admin.auditwatch import Tail
+from carbotui.protocols.sasl import AuthDataError, decode_username
 
 FORGED = "9999-12-31 23:59:59,000 WARN  [x] [oip=198.51.100.7] security - error=forged"
 # Every character some reader treats as the end of a line: str.splitlines() breaks on
@@ -75,7 +75,7 @@ def test_a_name_with_a_separator_stays_one_event_with_its_real_client(sep):
 
 
 def test_a_user_agent_with_byte_0x85_stays_one_event():
-    # workers/web.py decodes User-Agent as latin-1, so byte 0x85 arrives as U+0085 (NEL)
+    # carbotui/proxy/web.py decodes User-Agent as latin-1, so byte 0x85 arrives as U+0085 (NEL)
     ua = b"a\x85".decode("latin-1") + FORGED
     [event] = read_back(failed_login("user02@demo.test", ua=ua))
     assert event.client_ip == "203.0.113.9" and event.account == "user02@demo.test"
@@ -127,7 +127,7 @@ def rules_at(now: list[float], **table) -> Rules:
 def test_events_from_the_future_are_ignored_and_logged_once(caplog):
     now = [NOW]
     rules = rules_at(now, ip={"threshold": 20})
-    with caplog.at_level(logging.WARNING, logger="carbotui.alerts"):
+    with caplog.at_level(logging.WARNING, logger="carbotui.services.alerts"):
         for i in range(500):                       # a flood of forged lines
             assert rules.feed(fail("198.51.100.7", "x", 253402300799.0 - i)) == []
     assert rules.clock <= NOW + 60 and rules.ignored["future"] == 500
@@ -142,7 +142,7 @@ def test_events_from_the_future_are_ignored_and_logged_once(caplog):
     assert rules_at(now, ip={"threshold": 1}).feed(fail("192.0.2.1", "a", NOW + 2))
     # later, the next batch of ignored lines is reported again
     now[0] = NOW + 3600
-    with caplog.at_level(logging.WARNING, logger="carbotui.alerts"):
+    with caplog.at_level(logging.WARNING, logger="carbotui.services.alerts"):
         caplog.clear()
         rules.feed(fail("198.51.100.7", "x", NOW + 7200))
     assert any("future" in r.getMessage() for r in caplog.records)
@@ -154,7 +154,7 @@ def test_events_with_a_non_ip_client_are_ignored_and_never_block(oip, caplog):
     rules = rules_at([NOW], ip={"threshold": 1, "block_seconds": 60},
                      ipacct={"threshold": 1, "block_seconds": 60}, acct={"threshold": 1},
                      total={"threshold": 1})
-    with caplog.at_level(logging.WARNING, logger="carbotui.alerts"):
+    with caplog.at_level(logging.WARNING, logger="carbotui.services.alerts"):
         assert rules.feed(fail(oip, "victim@demo.test", NOW)) == []
     assert rules.ignored["client"] == 1
     assert any("not an IP" in r.getMessage() for r in caplog.records)

@@ -1,11 +1,11 @@
-"""carbotui.authtoken: the ZM_AUTH_TOKEN format, and garbage never raising."""
+"""carbotui.core.authtoken: the ZM_AUTH_TOKEN format, and garbage never raising."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from carbotui.authtoken import decode_token, encode_token, zimbra_id_from_token
+from carbotui.core.authtoken import decode_token, encode_token, zimbra_id_from_token
 
 ZID = "6d1bc2a4-50f0-4d4c-9c6e-0b7b8a3f2e11"
 

@@ -1,4 +1,4 @@
-"""carbotui.certs: CA, issuance, PEM round trips, pair and hostname checks."""
+"""carbotui.core.certs: CA, issuance, PEM round trips, pair and hostname checks."""
 
 import datetime as dt
 import ssl
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from carbotui import certs
+from carbotui.core import certs
 
 
 @pytest.fixture(scope="module")

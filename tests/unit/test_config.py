@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from carbotui import config
-from carbotui.audit import AuditEvent, AuditLog, failure
+from carbotui.core import settings as config
+from carbotui.core.audit import AuditEvent, AuditLog, failure
 
 BASE = """
 [node]
@@ -215,14 +215,14 @@ def test_no_module_but_the_settings_one_reads_toml():
     """One loader: a second reader of the file (auditwatch had one, without include) would
     show up here."""
     readers = []
-    for path in [*(ROOT / "carbotui").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]:
+    for path in (ROOT / "carbotui").rglob("*.py"):
         tree = ast.parse(path.read_text())
         names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
                  for a in n.names} | {n.module for n in ast.walk(tree)
                                       if isinstance(n, ast.ImportFrom)}
         if names & {"tomllib", "tomli", "toml"}:
             readers.append(path.relative_to(ROOT).as_posix())
-    assert readers == ["carbotui/settings.py"]
+    assert readers == ["carbotui/core/settings.py"]
 
 
 def test_cluster_node_gets_the_included_alerts_and_throttle_with_paths_from_their_file():
@@ -272,7 +272,7 @@ def test_auditwatch_runs_on_what_the_one_loader_reads_through_include(tmp_path):
     audit.touch()
     err = tmp_path / "auditwatch.err"
     with open(err, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "carbotui.auditwatch", "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "carbotui.admin.auditwatch", "--config",
                                  str(node)], cwd=ROOT, stdout=out, stderr=out)
     try:
         _wait(lambda: "watching " in err.read_text(), proc)

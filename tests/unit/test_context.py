@@ -1,4 +1,4 @@
-"""The worker's SessionServices (workers/context.py): what a reload hands to whom, the
+"""The worker's SessionServices (carbotui/proxy/context.py): what a reload hands to whom, the
 TLS context each side gets for its mailbox-server connections, session ids and the
 wait for the last session."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import asyncio
 import dataclasses
 from types import SimpleNamespace
 
-from carbotui.config import MailSettings, WebSettings
-from carbotui.worker_sockets import write_maintenance
-from workers.context import SessionServices, upstream_contexts
+from carbotui.core.settings import MailSettings, WebSettings
+from carbotui.backends.worker_sockets import write_maintenance
+from carbotui.proxy.context import SessionServices, upstream_contexts
 
 
 def settings(tmp_path, *, mail_tls=False, web_tls=False, ttl=300):

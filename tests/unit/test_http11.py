@@ -1,9 +1,9 @@
-"""Byte transcripts for workers.http11: what goes in, which events come out."""
+"""Byte transcripts for carbotui.protocols.http11: what goes in, which events come out."""
 from __future__ import annotations
 
 import pytest
 
-from workers.http11 import (
+from carbotui.protocols.http11 import (
     CHUNKED, LAST_CHUNK, NO_BODY, UNTIL_CLOSE, UPGRADE, BodyMode, Data, EndOfMessage,
     ParseError, Request, RequestParser, Response, ResponseParser, chunk, expects_continue,
     get_all, get_header, header_tokens, last_chunk, remove_hop_by_hop,

@@ -1,4 +1,4 @@
-"""Byte transcripts for the IMAP pre-auth machines (workers/imap.py)."""
+"""Byte transcripts for the IMAP pre-auth machines (carbotui/protocols/imap.py)."""
 from __future__ import annotations
 
 import base64
@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 
-from workers.events import (
+from carbotui.protocols.events import (
     Authenticate, BackendFailed, ClientId, Close, LoginOK, LoginRejected, MailLimits, Send,
     StartTLS,
 )
-from workers.imap import ImapBackendLogin, ImapClientSide
+from carbotui.protocols.imap import ImapBackendLogin, ImapClientSide
 
-from tests.unit.transcripts import bytewise, login_bytewise, run, split
+from tests.support.transcripts import bytewise, login_bytewise, run, split
 
 CAPS = "IMAP4rev1 ID LITERAL+ SASL-IR IDLE NAMESPACE ENABLE"
 ONLY_LIMITS = MailLimits()                      # starttls "only" is the default

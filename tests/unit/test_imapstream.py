@@ -1,4 +1,4 @@
-"""The relay's view of a logged-in IMAP session (workers/imapstream.py): may the proxy
+"""The relay's view of a logged-in IMAP session (carbotui/protocols/imapstream.py): may the proxy
 still add a line of its own? Each transcript is fed whole, byte by byte, and split at
 every position, and must give the same answer each way."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from workers.imapstream import ImapStream
+from carbotui.protocols.imapstream import ImapStream
 
 BYE_OK = (b"* BYE Logging out\r\n"
           b"a1 OK Logout completed (0.001 + 0.000 + 0.000 secs).\r\n")

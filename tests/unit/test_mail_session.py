@@ -1,11 +1,11 @@
-"""A mail session's glue (workers/mail.py) on a real event loop with real sockets: the
+"""A mail session's glue (carbotui/proxy/mail.py) on a real event loop with real sockets: the
 login deadlines (a mailbox server that accepts but never greets: login_timeout; one
 whose accept queue is full, so connecting hangs: connect_timeout, then a retry), the
 pre-auth timeout, and an ended session freed without the cycle collector.
 
 The session gets the worker's real SessionServices, with stand-ins for the router (fixed
 to the test's server), the throttle and the audit log. Whole-stack behaviour (LDAP,
-memcached, Dovecot) is in tests/integration.
+memcached, Dovecot) is in tests/stack.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from carbotui.audit import AuditEvent, parse_line
-from carbotui.directory import MailServer
-from carbotui.routes import Route
-from workers.events import MailLimits
-from workers.context import SessionServices
-from workers.mail import MailSession
-from carbotui.config import MailSettings, WebSettings
+from carbotui.core.audit import AuditEvent, parse_line
+from carbotui.backends.directory import MailServer
+from carbotui.services.routes import Route
+from carbotui.protocols.events import MailLimits
+from carbotui.proxy.context import SessionServices
+from carbotui.proxy.mail import MailSession
+from carbotui.core.settings import MailSettings, WebSettings
 
 
 class AuditRecorder:

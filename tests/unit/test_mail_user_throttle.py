@@ -3,7 +3,7 @@ canonical account, whatever spelling the client typed.
 
 A real MailSession on a real loop; the router maps every spelling of user01 (an alias,
 the bare name, odd case and spaces) to the account, as LDAP does; the throttle is a
-counter in a dict keyed exactly as carbotui.throttle keys memcached.
+counter in a dict keyed exactly as carbotui.services.throttle keys memcached.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from carbotui.throttle import USER_REJECT, user_key
-from workers.mail import MailSession
+from carbotui.services.throttle import USER_REJECT, user_key
+from carbotui.proxy.mail import MailSession
 
 from tests.unit.test_mail_session import stand_in_services
 

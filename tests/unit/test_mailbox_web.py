@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from carbotui.authtoken import decode_token, encode_token
+from carbotui.core.authtoken import decode_token, encode_token
 from demo.mailbox_web import DemoWeb, download_pattern, make_ssha512, ws_frame, ws_unmask
 
 USER1_ID = "11111111-2222-4333-8444-555555555555"

@@ -1,4 +1,4 @@
-"""carbotui.memcache against a real memcached of its own (started here on a free port).
+"""carbotui.backends.memcache against a real memcached of its own (started here on a free port).
 
 What the review's H1 and L9 attacks needed: a request cancelled while it waits
 (a client that hung up mid-check) and a key memcached refuses (read from a poisoned
@@ -21,9 +21,9 @@ import time
 
 import pytest
 
-from carbotui import nodes
-from carbotui.config import Endpoint
-from carbotui.memcache import Memcache
+from carbotui.services import nodes
+from carbotui.core.settings import Endpoint
+from carbotui.backends.memcache import Memcache
 
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 

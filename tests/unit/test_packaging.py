@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("carbotui", "workers")
+PRODUCT = ("carbotui",)
 # the checkout's folders that are no source: runtime state, caches, git
 NOT_SOURCE = {".git", ".venv", "var", "build", "dist", ".pytest_cache", "__pycache__"}
 TEST_ONLY = {"aiosmtpd", "hypothesis", "pytest", "_pytest", "syrupy", "pytest_textual_snapshot",

@@ -1,4 +1,4 @@
-"""Byte transcripts for the POP3 pre-auth machines (workers/pop3.py)."""
+"""Byte transcripts for the POP3 pre-auth machines (carbotui/protocols/pop3.py)."""
 from __future__ import annotations
 
 import base64
@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from workers.events import (
+from carbotui.protocols.events import (
     Authenticate, BackendFailed, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
 )
-from workers.pop3 import Pop3BackendLogin, Pop3ClientSide
+from carbotui.protocols.pop3 import Pop3BackendLogin, Pop3ClientSide
 
-from tests.unit.transcripts import bytewise, login_bytewise, run, split
+from tests.support.transcripts import bytewise, login_bytewise, run, split
 
 ONLY_LIMITS = MailLimits()                      # starttls "only" is the default
 ON_LIMITS = MailLimits(starttls="on")

@@ -18,10 +18,13 @@ from types import SimpleNamespace
 import pytest
 
 from demo import stack
-from carbotui.config import WebSettings
-from carbotui.directory import Domain
-from workers import control, live, privileges, stats
-from workers.context import SessionServices
+from carbotui.core.settings import WebSettings
+from carbotui.backends.directory import Domain
+from carbotui.proxy import control
+from carbotui.proxy import live
+from carbotui.proxy import privileges
+from carbotui.proxy import stats
+from carbotui.proxy.context import SessionServices
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,7 +53,7 @@ def open_umask():
 
 DROP = textwrap.dedent("""
     import json, os, socket, sys
-    from workers import privileges
+    from carbotui.proxy import privileges
     out = {}
     try:
         privileges.drop(sys.argv[1], keep_bind=sys.argv[2] == "1")

@@ -1,4 +1,4 @@
-"""Byte transcripts for the PROXY protocol receiver (workers/proxyproto.py).
+"""Byte transcripts for the PROXY protocol receiver (carbotui/protocols/proxyproto.py).
 
 Every valid header is also fed one byte at a time: the result must be the
 same, and the bytes after the header (the client's first IMAP/POP3 bytes)
@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from workers.proxyproto import (
+from carbotui.protocols.proxyproto import (
     PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION,
     PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY, PP2_TYPE_CRC32C, PP2_TYPE_NOOP, PP2_TYPE_SSL,
     PP2_TYPE_UNIQUE_ID, V2_SIGNATURE, ProxyError, ProxyHeader, ProxyHeaderParser, build_v1,

@@ -1,8 +1,8 @@
 import re
 
-from carbotui.directory import Account
-from carbotui.memcache import one_at_a_time
-from carbotui.routes import alias_key, escape, flush_keys, id_route_key, route_key
+from carbotui.backends.directory import Account
+from carbotui.backends.memcache import one_at_a_time
+from carbotui.services.routes import alias_key, escape, flush_keys, id_route_key, route_key
 
 KEY = re.compile(rb"[\x21-\x7e]{1,250}")   # what memcached accepts, minus anything risky
 

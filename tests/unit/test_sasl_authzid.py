@@ -11,12 +11,12 @@ import base64
 
 import pytest
 
-from workers.events import Authenticate, MailLimits
-from workers.imap import ImapClientSide
-from workers.pop3 import Pop3ClientSide
-from workers.sasl import AuthDataError, AuthzidRefused, decode_plain
+from carbotui.protocols.events import Authenticate, MailLimits
+from carbotui.protocols.imap import ImapClientSide
+from carbotui.protocols.pop3 import Pop3ClientSide
+from carbotui.protocols.sasl import AuthDataError, AuthzidRefused, decode_plain
 
-from tests.unit.transcripts import bytewise, run
+from tests.support.transcripts import bytewise, run
 
 LIMITS = MailLimits(starttls="off")
 REVIEW = ("user02@demo.test", "user01@demo.test", "demo-pass")   # the review's input

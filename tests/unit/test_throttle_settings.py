@@ -3,8 +3,8 @@ import ipaddress
 
 import pytest
 
-from carbotui.config import ConfigError
-from carbotui.throttle import (IP_REJECT, USER_REJECT, ThrottleSettings, block_key, ip_key,
+from carbotui.core.settings import ConfigError
+from carbotui.services.throttle import (IP_REJECT, USER_REJECT, ThrottleSettings, block_key, ip_key,
                                normalize_ip, parse_networks, user_key, whitelisted)
 
 

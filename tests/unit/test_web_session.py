@@ -1,10 +1,10 @@
-"""The web session's glue (workers/web.py) on a real event loop with real sockets, against
+"""The web session's glue (carbotui/proxy/web.py) on a real event loop with real sockets, against
 upstreams that misbehave on purpose (a 101 to another protocol, 1xx hints, none at all),
 which the demo web apps never do.
 
 The session gets the worker's real SessionServices, with stand-ins for the router, the
 throttle and the audit log; its upstream set points at a scripted server. Whole-stack
-behaviour (LDAP, memcached, the demo web apps) is in tests/integration/test_web_hardening.py.
+behaviour (LDAP, memcached, the demo web apps) is in tests/stack/test_web_hardening.py.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from carbotui.config import MailSettings, WebSettings
-from carbotui.directory import MailServer
-from workers import httpconn
-from workers.http11 import RequestParser
-from workers.context import SessionServices
-from workers.web import WebSession
+from carbotui.core.settings import MailSettings, WebSettings
+from carbotui.backends.directory import MailServer
+from carbotui.proxy import httpconn
+from carbotui.protocols.http11 import RequestParser
+from carbotui.proxy.context import SessionServices
+from carbotui.proxy.web import WebSession
 
 pytestmark = pytest.mark.timeout(30)
 

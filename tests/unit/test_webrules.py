@@ -1,4 +1,4 @@
-"""workers.webrules: which requests log in and whom they name, which headers and upgrades
+"""carbotui.protocols.webrules: which requests log in and whom they name, which headers and upgrades
 reach a mailbox server, how long a body may take (security review M2, M3, M4, L3, L5, L8)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from workers.http11 import RequestParser, Response, UPGRADE
-from workers.ipcount import ConnectionsPerIp
-from workers.webrules import (
+from carbotui.protocols.http11 import RequestParser, Response, UPGRADE
+from carbotui.proxy.ipcount import ConnectionsPerIp
+from carbotui.protocols.webrules import (
     FORM, MAX_XML_ELEMENTS, SOAP, BadLogin, BodyDeadline, LoginMarkerScan, canonical_paths,
     has_login_marker, login_kind, login_name, soap_body_problem, target_path,
     upstream_headers, websocket_accepted, websocket_request, without_underscored,

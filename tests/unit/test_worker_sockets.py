@@ -1,8 +1,8 @@
-"""The workers' stats and control sockets and maintenance.json (carbotui/worker_sockets.py):
+"""The workers' stats and control sockets and maintenance.json (carbotui/backends/worker_sockets.py):
 the JSON keys are pinned (the dashboard, `carbotui stats`, the tests and the bench read
 them by name), a snapshot survives the trip through JSON, a missing key is refused by
-name, and both ends talk over real Unix sockets: the worker's (workers/stats.py,
-workers/control.py) and the dashboard's."""
+name, and both ends talk over real Unix sockets: the worker's (carbotui/proxy/stats.py,
+carbotui/proxy/control.py) and the dashboard's."""
 from __future__ import annotations
 
 import asyncio
@@ -13,12 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from carbotui import worker_sockets as wire
-from carbotui.config import MailSettings, WebSettings
-from carbotui.directory import MailServer
-from carbotui.fleet import worker_stats
-from workers import control, stats
-from workers.context import SessionServices
+from carbotui.backends import worker_sockets as wire
+from carbotui.core.settings import MailSettings, WebSettings
+from carbotui.backends.directory import MailServer
+from carbotui.admin.node import worker_stats
+from carbotui.proxy import control
+from carbotui.proxy import stats
+from carbotui.proxy.context import SessionServices
 
 # What `carbotui stats` prints for one worker, key by key in this order. A field renamed
 # in worker_sockets.py renames a key: change this only with every reader of that key

@@ -16,9 +16,9 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from carbotui.alerts import Alert
-from carbotui.fleet import FleetSnapshot
-from carbotui.throttle import Block
+from carbotui.services.alerts import Alert
+from carbotui.admin.node import FleetSnapshot
+from carbotui.services.throttle import Block
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable

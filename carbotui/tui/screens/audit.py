@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Input, Log, Static
 
-from carbotui.audit import AuditEvent
+from carbotui.core.audit import AuditEvent
 from carbotui.tui import filters
 from carbotui.tui.screens.base import FilteredScreen
 

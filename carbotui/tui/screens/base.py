@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
-from carbotui.fleet import FleetSnapshot
+from carbotui.admin.node import FleetSnapshot
 from carbotui.tui import filters
 from carbotui.tui.widgets.statusbar import NavBar, StatusBar
 

@@ -13,8 +13,8 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from carbotui.admin import AdminError, MAIL_MODES, validate_fqdn, validate_ip
-from carbotui.fleet import DomainView, FleetSnapshot, config_applied
+from carbotui.admin.changes import AdminError, MAIL_MODES, validate_fqdn, validate_ip
+from carbotui.admin.node import DomainView, FleetSnapshot, config_applied
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable

@@ -7,7 +7,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Input, Static
 
-from carbotui.fleet import FleetSnapshot, Session
+from carbotui.admin.node import FleetSnapshot, Session
 from carbotui.tui import filters
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import FilteredScreen

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
 from textual.widgets import Label, Sparkline, Static
 
-from carbotui.fleet import FleetSnapshot
+from carbotui.admin.node import FleetSnapshot
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable

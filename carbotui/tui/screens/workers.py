@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.widgets import Log, Static
 from textual.worker import get_current_worker
 
-from carbotui.fleet import FleetSnapshot, Process
+from carbotui.admin.node import FleetSnapshot, Process
 from carbotui.tui import format as fmt
 from carbotui.tui.messages import LogText
 from carbotui.tui.screens.base import LiveScreen

@@ -1,0 +1,394 @@
+"""The two Unix sockets of a proxy worker and var/run/maintenance.json: the wire
+format, both ends.
+
+    var/run/proxy_NN.sock   stats: connect, read to EOF, one JSON document
+                            (a WorkerSnapshot); 0660, readable by the admin group
+    var/run/proxy_NN.ctl    control: one JSON request line in, one JSON reply line out;
+                            0600, the worker's user and root
+    var/run/maintenance.json  {"servers": [hostname, ...]}: written by the dashboard
+                            (WorkerControl.maintenance), read by every worker at start
+                            and on SIGHUP
+
+The worker builds a WorkerSnapshot (carbotui/proxy/stats.py) and sends ``to_json()``; the
+dashboard (carbotui/admin/node.py) and scripts read it back with ``read_snapshot`` /
+``WorkerSnapshot.from_json``. The JSON keys are the dataclass field names, so a field
+renamed here is renamed on the wire: the keys are pinned by
+tests/unit/test_worker_sockets.py, because `carbotui stats`, the tests and the bench
+read them by name. ``from_json`` needs every field (a missing one is a WireError,
+naming it) and ignores keys it does not know (a newer worker).
+
+Sessions are the bulk of a snapshot (10,000 on a busy worker, once a second per
+dashboard), so they are built positionally, unfrozen, with no per-field conversion:
+a frozen dataclass's __init__ or keyword construction costs three times as much.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATS_SUFFIX = ".sock"
+CONTROL_SUFFIX = ".ctl"
+MAINTENANCE_FILE = "maintenance.json"
+CONTROL_MAX_REQUEST = 4096          # bytes of one control request line
+
+
+class WireError(ValueError):
+    """A stats document that does not have the snapshot's shape."""
+
+
+# --- paths ---------------------------------------------------------------------------------
+
+def stats_path(run_dir: str | Path, worker: str) -> Path:
+    return Path(run_dir) / f"{worker}{STATS_SUFFIX}"
+
+
+def control_path(run_dir: str | Path, worker: str) -> Path:
+    return Path(run_dir) / f"{worker}{CONTROL_SUFFIX}"
+
+
+def stats_sockets(run_dir: str | Path) -> list[Path]:
+    """Every worker's stats socket in ``run_dir``, by worker name."""
+    return sorted(Path(run_dir).glob(f"proxy_*{STATS_SUFFIX}"))
+
+
+# --- the stats snapshot --------------------------------------------------------------------
+
+def _from(cls, raw):
+    """``cls`` from a JSON object: every field by name, unknown keys ignored."""
+    if not isinstance(raw, dict):
+        raise WireError(f"{cls.__name__}: not a JSON object")
+    try:
+        return cls(*[raw[name] for name in cls._FIELDS])
+    except KeyError as exc:
+        raise WireError(f"{cls.__name__}: no {exc.args[0]!r}") from None
+
+
+def _to(obj) -> dict:
+    return {name: getattr(obj, name) for name in obj._FIELDS}
+
+
+def _names(cls):
+    cls._FIELDS = tuple(f.name for f in dataclasses.fields(cls))
+    return cls
+
+
+@dataclass(slots=True)
+class Session:
+    """One client session as a worker reports it. ``worker`` is not sent per session:
+    it is the snapshot's, filled in by WorkerSnapshot.from_json. Not frozen (see the
+    module's docstring): treat it as read-only."""
+    id: int
+    worker: str
+    protocol: str                   # listener kind: imap, imaps, pop3, pop3s, http, https, admin
+    client: str
+    client_port: int
+    account: str
+    server: str                     # mailbox server short name
+    state: str                      # preauth, login, proxy, http, websocket
+    started: float
+    bytes_in: int
+    bytes_out: int
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "protocol": self.protocol, "client": self.client,
+                "client_port": self.client_port, "account": self.account,
+                "server": self.server, "state": self.state, "started": self.started,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+
+
+@_names
+@dataclass(slots=True)
+class Logins:
+    """Counters by protocol (imap, pop3, soap)."""
+    ok: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    temporary: dict[str, int] = field(default_factory=dict)
+
+
+@_names
+@dataclass(slots=True)
+class CacheStats:
+    """The router's lookups and the memcached client's state."""
+    hits: int = 0
+    misses: int = 0
+    ldap_lookups: int = 0
+    poisoned: int = 0
+    memcached_available: bool = True
+    memcached_errors: int = 0
+
+
+@_names
+@dataclass(slots=True)
+class BackendStats:
+    """One mailbox server, by short name, as seen by this worker's mail sessions."""
+    active: int = 0
+    sessions: int = 0
+    errors: int = 0
+    connect_ms: float = 0.0         # moving average of connect + greeting time
+    maintenance: bool = False
+
+
+@_names
+@dataclass(slots=True)
+class UpstreamStats:
+    """One web upstream (a mailbox server's web or admin port)."""
+    server: str
+    port: int
+    kind: str                       # http | httpssl | admin
+    healthy: bool
+    active: int
+    requests: int
+    maintenance: bool
+    errors: int
+    idle: int                       # kept-alive connections
+
+
+@_names
+@dataclass(slots=True)
+class WebStats:
+    requests: dict[str, int] = field(default_factory=dict)       # by listener kind
+    upstreams: list[UpstreamStats] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw) -> "WebStats":
+        web = _from(cls, raw)
+        web.upstreams = [_from(UpstreamStats, u) for u in _list(web.upstreams, "upstreams")]
+        return web
+
+    def to_json(self) -> dict:
+        return {"requests": self.requests, "upstreams": [_to(u) for u in self.upstreams]}
+
+
+@_names
+@dataclass(slots=True)
+class ConfigStats:
+    """What the worker took from LDAP, and when (carbotui/proxy/live.py)."""
+    version: str = ""
+    applied_at: float = 0.0
+    mail_mode: str = ""
+    ldap_error: str = ""
+    virtual_hosts: list[str] = field(default_factory=list)
+
+
+def _list(value, name: str) -> list:
+    if not isinstance(value, list):
+        raise WireError(f"{name}: not a JSON list")
+    return value
+
+
+def _object(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise WireError(f"{name}: not a JSON object")
+    return value
+
+
+@_names
+@dataclass(slots=True)
+class WorkerSnapshot:
+    """One worker's stats socket document. The field order is the JSON key order."""
+    worker: str                     # proxy_NN
+    pid: int
+    time: float
+    started: float
+    draining: bool
+    connections: dict[str, int]     # accepted since start, by listener kind
+    logins: Logins
+    throttled: dict[str, int]       # ip | user | ip_connections
+    rejected_busy: int
+    # Sockets this worker holds for clients and mailbox servers: cheaper for the
+    # dashboard than scanning /proc/<pid>/fd with 10,000 sessions.
+    sockets: int
+    proxy_refused: int              # PROXY headers missing, malformed or untrusted
+    cache: CacheStats
+    ldap_searches: int
+    backends: dict[str, BackendStats]
+    maintenance: list[str]          # hostnames, sorted
+    web: WebStats
+    config: ConfigStats
+    sessions: list[Session]
+
+    def to_json(self) -> dict:
+        out = _to(self)
+        out["logins"] = _to(self.logins)
+        out["cache"] = _to(self.cache)
+        out["backends"] = {name: _to(b) for name, b in self.backends.items()}
+        out["web"] = self.web.to_json()
+        out["config"] = _to(self.config)
+        out["sessions"] = [s.to_json() for s in self.sessions]
+        return out
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json()).encode()
+
+    @classmethod
+    def from_json(cls, raw) -> "WorkerSnapshot":
+        snap = _from(cls, raw)
+        snap.logins = _from(Logins, snap.logins)
+        snap.cache = _from(CacheStats, snap.cache)
+        snap.backends = {name: _from(BackendStats, b)
+                         for name, b in _object(snap.backends, "backends").items()}
+        snap.web = WebStats.from_json(snap.web)
+        snap.config = _from(ConfigStats, snap.config)
+        worker = snap.worker
+        try:
+            # Positional, no conversion: the worker writes these typed.
+            snap.sessions = [Session(s["id"], worker, s["protocol"], s["client"],
+                                     s["client_port"], s["account"], s["server"], s["state"],
+                                     s["started"], s["bytes_in"], s["bytes_out"])
+                             for s in _list(snap.sessions, "sessions")]
+        except KeyError as exc:
+            raise WireError(f"Session: no {exc.args[0]!r}") from None
+        except TypeError:
+            raise WireError("Session: not a JSON object") from None
+        return snap
+
+    @classmethod
+    def decode(cls, data: bytes) -> "WorkerSnapshot":
+        try:
+            return cls.from_json(json.loads(data))
+        except RecursionError:
+            raise WireError("too deeply nested") from None
+
+
+def read_stats_json(path: str | Path, timeout: float = 2.0) -> dict:
+    """A worker's stats document as JSON (what `carbotui stats` prints): connect, read
+    to EOF. Raises OSError, or ValueError when it is not JSON."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        chunks = []
+        while chunk := sock.recv(262144):
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+def read_snapshot(path: str | Path, timeout: float = 2.0) -> WorkerSnapshot:
+    """A worker's stats, typed. Raises OSError, or ValueError (WireError included) when
+    the document is not a snapshot."""
+    return WorkerSnapshot.from_json(read_stats_json(path, timeout))
+
+
+# --- the control socket --------------------------------------------------------------------
+#
+#   {"cmd": "kick", "session": 12}                         -> {"ok": true}
+#   {"cmd": "maintenance", "server": "mbox1.demo.test", "on": true}
+#                                                          -> {"ok": true, "maintenance": [...]}
+#   errors: {"ok": false, "error": "no session 12"}
+
+KICK = "kick"
+MAINTENANCE = "maintenance"
+
+
+def kick_request(session_id: int) -> dict:
+    return {"cmd": KICK, "session": session_id}
+
+
+def maintenance_request(server: str, on: bool) -> dict:
+    return {"cmd": MAINTENANCE, "server": server, "on": on}
+
+
+def refused(error: str) -> dict:
+    return {"ok": False, "error": error}
+
+
+def encode_line(message: dict) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+class WorkerControlError(RuntimeError):
+    pass
+
+
+class WorkerControl:
+    """The dashboard's end of the control sockets (the worker's is carbotui/proxy/control.py)."""
+
+    def __init__(self, run_dir: str | Path, timeout: float = 2.0):
+        self.run_dir = Path(run_dir)
+        self.timeout = timeout
+
+    def path(self, worker: str) -> Path:
+        return control_path(self.run_dir, worker)
+
+    def workers(self) -> list[str]:
+        return [p.stem for p in stats_sockets(self.run_dir)]
+
+    def request(self, worker: str, request: dict) -> dict:
+        path = self.path(worker)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(str(path))
+                sock.sendall(encode_line(request))
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except FileNotFoundError:
+            raise WorkerControlError(f"{worker} has no control socket ({path.name}); "
+                                     f"this worker version cannot take requests") from None
+        except OSError as exc:
+            raise WorkerControlError(f"{worker} did not answer: {exc}") from None
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            raise WorkerControlError(f"{worker} sent an unreadable reply") from None
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            error = answer.get("error", "refused") if isinstance(answer, dict) else "refused"
+            raise WorkerControlError(f"{worker}: {error}")
+        return answer
+
+    def kick(self, worker: str, session_id: int) -> None:
+        self.request(worker, kick_request(session_id))
+
+    def maintenance(self, server: str, on: bool) -> list[str]:
+        """Tell every worker; maintenance.json keeps it across restarts."""
+        try:
+            current = read_maintenance(self.run_dir)
+        except (OSError, ValueError):
+            current = set()
+        current = (current | {server.lower()}) if on else (current - {server.lower()})
+        write_maintenance(self.run_dir, current)
+        failures = []
+        for worker in self.workers():
+            try:
+                self.request(worker, maintenance_request(server, on))
+            except WorkerControlError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise WorkerControlError("; ".join(failures))
+        return sorted(current)
+
+
+# --- maintenance.json ----------------------------------------------------------------------
+
+def read_maintenance(run_dir: str | Path) -> set[str]:
+    """The servers in maintenance, lower case; none when there is no file. Raises
+    OSError or ValueError when it cannot be read: the worker logs it, the dashboard
+    shows none."""
+    try:
+        text = (Path(run_dir) / MAINTENANCE_FILE).read_text()
+    except FileNotFoundError:
+        return set()
+    servers = json.loads(text)
+    if not isinstance(servers, dict) or not isinstance(servers.get("servers", []), list):
+        raise ValueError(f"{MAINTENANCE_FILE} is not {{\"servers\": [...]}}")
+    return {str(s).lower() for s in servers.get("servers", [])}
+
+
+def write_maintenance(run_dir: str | Path, servers) -> None:
+    state_file = Path(run_dir) / MAINTENANCE_FILE
+    tmp = state_file.with_suffix(".tmp")
+    # var/run is writable by the workers' user: never follow a link planted there,
+    # never write into a file someone else made (root runs this).
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o644)              # readable by the workers whatever the umask
+        f.write(json.dumps({"servers": sorted(servers)}) + "\n")
+    os.replace(tmp, state_file)           # workers read it whole or not at all

@@ -1,0 +1,445 @@
+"""POP3 pre-auth state machines, sans-IO: bytes in, events out.
+
+``Pop3ClientSide`` plays the POP3 server to a mail client until it has
+credentials (CAPA, USER/PASS, AUTH PLAIN, STLS, NOOP, QUIT).
+``Pop3BackendLogin`` plays the client to a mailbox server: greeting, CAPA,
+XOIP or XCLIENT with the client's address, then AUTH PLAIN or USER/PASS.
+
+POP3 is one line per command (RFC 1939, 2449, 2595, 5034); there are no
+literals, so framing is just the bounded line buffer.
+"""
+from __future__ import annotations
+
+import enum
+import re
+
+from carbotui.protocols.events import (
+    Authenticate, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
+)
+from carbotui.protocols.preauth import (
+    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
+)
+from carbotui.protocols.sasl import (
+    AuthDataError, AuthzidRefused, Event, LineTooLong, b64decode_strict, check_wire_safe,
+    coalesce, decode_password, decode_plain, decode_username, encode_plain, safe_text,
+)
+
+__all__ = ["Pop3ClientSide", "Pop3BackendLogin"]
+
+CRLF = b"\r\n"
+
+_PRIVACY_REFUSAL = (b"-ERR [SYS/PERM] Plaintext authentication disallowed on non-secure "
+                    b"connections; use STLS first." + CRLF)
+
+
+def _err(text: bytes) -> Send:
+    return Send(b"-ERR " + text + CRLF)
+
+
+class Pop3ClientSide(ClientSide):
+    """The proxy as POP3 server, before login. See the module docstring."""
+
+    TEMPORARY_CODE, FAILED_CODE = b"SYS/TEMP", b"AUTH"
+
+    def __init__(self, limits: MailLimits, *, tls: bool):
+        super().__init__(limits, tls=tls)
+        self._user: str | None = None          # from USER, waiting for PASS
+        self._skipping = False                 # dropping the rest of a line over max_line
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The CAPA lines for the connection as it is now."""
+        limits = self._limits
+        caps = list(limits.pop3_capabilities)
+        if self._privacy_required:
+            # Offer no plaintext login before TLS (nginx's starttls-only variant).
+            caps = [c for c in caps if c.split(" ", 1)[0].upper() != "USER"]
+        elif limits.sasl_plain:
+            caps.append("SASL PLAIN")
+        if not self._tls and limits.starttls != "off":
+            caps.append("STLS")
+        return tuple(caps)
+
+    @property
+    def capability_line(self) -> str:
+        """The CAPA lines joined by spaces (for display and logs)."""
+        return " ".join(self.capabilities)
+
+    def greeting(self) -> bytes:
+        return b"+OK " + safe_text(self._limits.pop3_greeting).encode() + CRLF
+
+    def auth_succeeded(self, backend_response: bytes) -> tuple[list[Event], bytes]:
+        """Pass the backend's reply (``+OK Logged in.``) to the client. Returns
+        the events and the bytes the client pipelined after its login
+        command, which the relay must pass on to the backend."""
+        self._expect(WAIT_AUTH, "auth_succeeded")
+        leftover = self._buf.peek_all()
+        self._buf.clear()
+        self._state = HANDED_OFF
+        return [Send(backend_response + CRLF)], leftover
+
+    def throttled(self, message: str) -> list[Event]:
+        if self._state is HANDED_OFF:
+            raise RuntimeError("Pop3ClientSide.throttled() after auth_succeeded()")
+        out: list[Event] = [_err(safe_text(message).encode())]
+        self._close(out, "throttled")
+        return coalesce(out)
+
+    # ---------------------------------------------------------- machinery
+
+    def _auth_failed_reply(self, text: bytes) -> Event:
+        return _err(text)
+
+    def _too_many_failures(self, out: list[Event]) -> None:
+        self._close(out, "too many authentication failures")
+
+    def _refuse_backlog(self, out: list[Event]) -> None:
+        out.append(_err(b"Too much data sent during authentication."))
+        self._close(out, "pipelined too much")
+
+    def _close(self, out: list[Event], reason: str) -> None:
+        out.append(Close(reason))
+        self._state = CLOSED
+        self._user = None
+        self._buf.clear()
+
+    def _run(self) -> list[Event]:
+        out: list[Event] = []
+        while self._state in (COMMAND, AUTH_LINE):
+            if self._skipping:
+                if self._buf.skip_line() is None:
+                    break
+                self._skipping = False
+                out.append(_err(b"Line too long."))
+                continue
+            try:
+                line = self._buf.next_line(self._limits.max_line)
+            except LineTooLong:
+                if self._state is AUTH_LINE:
+                    out.append(_err(b"Line too long."))
+                    self._close(out, "line too long")
+                    break
+                # RFC 2449 section 4 asks for 255 octets; a longer command is refused
+                # with -ERR once its line has passed, and the session goes on.
+                self._skipping = True
+                continue
+            if line is None:
+                break
+            if self._state is AUTH_LINE:
+                self._auth_line(line, out)
+            else:
+                self._command(line, out)
+        return out
+
+    def _command(self, line: bytes, out: list[Event]) -> None:
+        if b"\0" in line:
+            out.append(_err(b"NUL byte in command."))
+            return
+        verb, has_arg, arg = line.partition(b" ")
+        name = verb.upper().decode("ascii", "replace")
+        handler = _COMMANDS.get(name)
+        if handler is None:
+            out.append(_err(b"Unknown command."))
+            return
+        getattr(self, handler)(arg if has_arg else None, out)
+
+    # ----------------------------------------------------------- commands
+    # Each gets the argument after the first space (None if no space).
+
+    def _no_args(self, arg: bytes | None, out: list[Event]) -> bool:
+        if arg is not None and arg.strip(b" "):
+            out.append(_err(b"Unexpected argument."))
+            return False
+        return True
+
+    def _do_capa(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._no_args(arg, out):
+            lines = [b"+OK Capability list follows"]
+            lines += [safe_text(c).encode() for c in self.capabilities]
+            out.append(Send(CRLF.join(lines) + CRLF + b"." + CRLF))
+
+    def _do_noop(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._no_args(arg, out):
+            out.append(Send(b"+OK" + CRLF))
+
+    def _do_quit(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._no_args(arg, out):
+            out.append(Send(b"+OK Logging out" + CRLF))
+            self._close(out, "client logged out")
+
+    def _do_stls(self, arg: bytes | None, out: list[Event]) -> None:
+        if not self._no_args(arg, out):
+            return
+        if self._tls:
+            out.append(_err(b"TLS is already active."))
+        elif self._limits.starttls == "off":
+            out.append(_err(b"STLS is not available."))
+        else:
+            out.append(Send(b"+OK Begin TLS negotiation" + CRLF))
+            out.append(StartTLS())
+            # Bytes that came in plaintext after STLS must not be run as if
+            # they had come over TLS (CVE-2011-0411-style injection); a
+            # USER given before TLS is forgotten too (RFC 2595 section 4).
+            self._buf.clear()
+            self._user = None
+            self._state = WAIT_TLS
+
+    def _do_user(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._privacy_required:
+            out.append(Send(_PRIVACY_REFUSAL))
+            return
+        try:
+            self._user = decode_username(arg or b"")
+        except AuthDataError as e:
+            self._user = None
+            out.append(_err(str(e).encode() + b"."))
+            return
+        out.append(Send(b"+OK" + CRLF))
+
+    def _do_pass(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._privacy_required:
+            out.append(Send(_PRIVACY_REFUSAL))
+            return
+        user, self._user = self._user, None     # a new try needs a new USER
+        if user is None:
+            out.append(_err(b"Send USER first."))
+            return
+        if not arg:
+            out.append(_err(b"PASS expects a password."))
+            return
+        try:
+            # The whole rest of the line: passwords may contain spaces.
+            password = decode_password(arg)
+        except AuthDataError as e:
+            out.append(_err(str(e).encode() + b"."))
+            return
+        self._begin_auth(Authenticate(user, password, mechanism="USER"), out)
+
+    def _do_auth(self, arg: bytes | None, out: list[Event]) -> None:
+        if self._privacy_required:
+            out.append(Send(_PRIVACY_REFUSAL))
+            return
+        sasl = self._limits.sasl_plain
+        if not arg:
+            # AUTH without a mechanism lists them (used by Outlook and others).
+            out.append(Send(b"+OK" + CRLF + (b"PLAIN" + CRLF if sasl else b"") + b"." + CRLF))
+            return
+        mechanism, has_response, response = arg.partition(b" ")
+        if mechanism.upper() != b"PLAIN" or not sasl:
+            out.append(_err(b"Unsupported authentication mechanism."))
+            return
+        if has_response and response:                  # initial response (RFC 5034)
+            self._plain(b"" if response == b"=" else response, out)
+            return
+        out.append(Send(b"+ " + CRLF))
+        self._state = AUTH_LINE
+
+    def _auth_line(self, line: bytes, out: list[Event]) -> None:
+        self._state = COMMAND
+        if line == b"*":
+            out.append(_err(b"Authentication cancelled."))
+            return
+        self._plain(line, out)
+
+    def _plain(self, b64: bytes, out: list[Event]) -> None:
+        try:
+            creds = decode_plain(b64decode_strict(b64))
+        except AuthzidRefused as e:             # RFC 4616 §2, RFC 3206
+            out.append(_err(b"[AUTH] " + str(e).encode() + b"."))
+            return
+        except AuthDataError as e:
+            out.append(_err(str(e).encode() + b"."))
+            return
+        self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
+                                      mechanism="PLAIN"), out)
+
+    def _begin_auth(self, event: Authenticate, out: list[Event]) -> None:
+        self._check_backlog(out)
+        if self._state is CLOSED:
+            return
+        self._state = WAIT_AUTH
+        out.append(event)
+
+
+_COMMANDS = {
+    "CAPA": "_do_capa",
+    "NOOP": "_do_noop",
+    "QUIT": "_do_quit",
+    "STLS": "_do_stls",
+    "USER": "_do_user",
+    "PASS": "_do_pass",
+    "AUTH": "_do_auth",
+}
+
+
+# ----------------------------------------------------------- backend side
+
+_MAX_BACKEND_LINE = 64 * 1024
+_MAX_CAPA_LINES = 100
+# RFC 5034 section 4: an AUTH command with its initial response must fit in
+# 255 octets; longer responses go after a "+ " continuation instead.
+_MAX_AUTH_LINE = 255
+_RESP_CODE_RE = re.compile(rb"-ERR \[([^\]]+)\]", re.IGNORECASE)
+# Refusals after which a later retry may succeed (RFC 2449, RFC 3206).
+_TEMPORARY_CODES = frozenset({b"SYS/TEMP", b"IN-USE", b"LOGIN-DELAY"})
+
+
+class _Step(enum.Enum):
+    GREETING = enum.auto()
+    CAPA = enum.auto()          # sent CAPA, want +OK/-ERR
+    CAPA_LIST = enum.auto()     # reading the capability lines up to "."
+    XOIP = enum.auto()          # sent XOIP/XCLIENT, want any status
+    AUTH = enum.auto()          # sent AUTH PLAIN
+    USER = enum.auto()
+    PASS = enum.auto()
+    DONE = enum.auto()
+
+
+# Module constants rather than attributes of _Step: see carbotui/protocols/preauth.py (Enum cost).
+_GREETING, _CAPA, _CAPA_LIST, _XOIP, _AUTH, _USER, _PASS, _DONE = _Step
+
+
+def _status(line: bytes) -> bytes:
+    """+OK, -ERR, + (continuation) or b"" for anything else."""
+    word = line.split(b" ", 1)[0]
+    return word if word in (b"+OK", b"-ERR", b"+") else b""
+
+
+def _describe(line: bytes) -> str:
+    return safe_text(line.decode("utf-8", "replace"), 120).strip()
+
+
+def _address(ip: str) -> bytes:
+    # Only characters an IPv4/IPv6 address can have: the value is put on a
+    # command line, so nothing else may get through.
+    return re.sub(r"[^0-9A-Fa-f.:]", "", ip).encode("ascii")
+
+
+class Pop3BackendLogin(BackendLogin):
+    """The proxy logging in to a POP3 mailbox server with the client's
+    credentials. ``feed`` returns Sends for the server followed, once, by
+    LoginOK, LoginRejected or BackendFailed."""
+
+    GREETING, DONE = _GREETING, _DONE
+
+    def __init__(self, username: str, password: str, *, client_ip: str, client_port: int,
+                 local_ip: str = "", local_port: int = 0, send_xoip: bool = True,
+                 capabilities: dict[bytes, list[bytes]] | None = None):
+        """``capabilities``: this server's CAPA answer from an earlier login, if the
+        glue remembers one; the login then skips CAPA (one round trip less)."""
+        check_wire_safe(username, password)
+        self._username = username
+        self._password = password
+        self._client_ip = client_ip
+        self._client_port = client_port
+        # local_ip/local_port: accepted for symmetry with ImapBackendLogin;
+        # XOIP/XCLIENT as sent here do not carry them.
+        self._send_xoip = send_xoip
+        super().__init__()
+        self._caps: dict[bytes, list[bytes]] = {}
+        self._auth_response: bytes | None = None   # SASL response waiting for "+ "
+        self.remembered = capabilities is not None
+        if capabilities is not None:
+            self._caps = capabilities
+        # The CAPA answer this login read from the server (None: not asked), for the
+        # glue to remember.
+        self.learned: dict[bytes, list[bytes]] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Pop3BackendLogin step={self._step.name}>"
+
+    def feed(self, data: bytes) -> list[Event]:
+        self._receive(data)
+        out: list[Event] = []
+        while self._step is not _DONE:
+            try:
+                line = self._buf.next_line(_MAX_BACKEND_LINE)
+            except LineTooLong:
+                self._fail(out, "backend sent a line longer than 64 KiB")
+                break
+            if line is None:
+                break
+            self._line(line, out)
+        return coalesce(out)
+
+    # ------------------------------------------------------------------
+
+    def _line(self, line: bytes, out: list[Event]) -> None:
+        step = self._step
+        if step is _CAPA_LIST:
+            if line == b".":
+                self.learned = self._caps
+                self._after_capa(out)
+            elif len(self._caps) < _MAX_CAPA_LINES:
+                words = (line[1:] if line.startswith(b"..") else line).upper().split()
+                if words:
+                    self._caps[words[0]] = words[1:]
+            return
+        status = _status(line)
+        if step is _GREETING:
+            if status != b"+OK":
+                self._fail(out, f"unexpected greeting from backend: {_describe(line)}")
+                return
+            if self.remembered:
+                self._after_capa(out)
+                return
+            out.append(Send(b"CAPA" + CRLF))
+            self._step = _CAPA
+        elif step is _CAPA:
+            if status == b"+OK":
+                self._step = _CAPA_LIST
+            elif status == b"-ERR":             # a server without CAPA: plain USER/PASS
+                self.learned = self._caps
+                self._after_capa(out)
+            else:
+                self._fail(out, f"unexpected reply to CAPA: {_describe(line)}")
+        elif step is _XOIP:
+            # Either answer is fine: the IP is informational for the backend.
+            if status in (b"+OK", b"-ERR"):
+                self._authenticate(out)
+            else:
+                self._fail(out, f"unexpected reply to XOIP/XCLIENT: {_describe(line)}")
+        elif step is _AUTH and status == b"+" and self._auth_response is not None:
+            out.append(Send(self._auth_response + CRLF))
+            self._auth_response = None
+        elif step is _USER and status == b"+OK":
+            out.append(Send(b"PASS " + self._password.encode("utf-8") + CRLF))
+            self._step = _PASS
+        elif status == b"+OK":
+            self._step = _DONE
+            out.append(LoginOK(line))
+        elif status == b"-ERR":
+            self._step = _DONE
+            code = _RESP_CODE_RE.match(line)
+            temporary = bool(code) and code.group(1).upper() in _TEMPORARY_CODES
+            out.append(LoginRejected(line, temporary=temporary))
+        else:
+            self._fail(out, f"unexpected reply to login: {_describe(line)}")
+
+    def _after_capa(self, out: list[Event]) -> None:
+        caps = self._caps
+        if self._send_xoip and b"XOIP" in caps:
+            out.append(Send(b"XOIP " + _address(self._client_ip) + CRLF))
+            self._step = _XOIP
+        elif self._send_xoip and b"XCLIENT" in caps:
+            out.append(Send(b"XCLIENT ADDR=%s PORT=%d" % (
+                _address(self._client_ip), self._client_port) + CRLF))
+            self._step = _XOIP
+        else:
+            self._authenticate(out)
+
+    def _authenticate(self, out: list[Event]) -> None:
+        if b"PLAIN" in self._caps.get(b"SASL", ()):
+            response = encode_plain(self._username, self._password)
+            command = b"AUTH PLAIN " + response
+            if len(command) + 2 > _MAX_AUTH_LINE:
+                out.append(Send(b"AUTH PLAIN" + CRLF))
+                self._auth_response = response
+            else:
+                out.append(Send(command + CRLF))
+            self._step = _AUTH
+        else:
+            out.append(Send(b"USER " + self._username.encode("utf-8") + CRLF))
+            self._step = _USER

@@ -1,0 +1,151 @@
+"""What the IMAP and POP3 machines share, sans-IO.
+
+``ClientSide``: the pre-auth states, the line buffer, the STARTTLS policy, the bound on
+what a client may pipeline while its login is routed, and the count of failed logins.
+Each protocol (imap.py, pop3.py) supplies its commands and its words: ``_run`` (parse
+what is buffered), ``_auth_failed_reply``, ``_too_many_failures`` and
+``_refuse_backlog``.
+
+``BackendLogin``: the receive buffer of a login to a mailbox server, its failure, and
+what came after the final reply. Each protocol supplies ``feed`` and its steps.
+"""
+from __future__ import annotations
+
+import enum
+
+from carbotui.protocols.events import BackendFailed, MailLimits
+from carbotui.protocols.sasl import Event, LineBuffer, coalesce, safe_text
+
+STARTTLS_MODES = ("only", "on", "off")
+
+
+class State(enum.Enum):
+    COMMAND = enum.auto()       # reading commands
+    AUTH_LINE = enum.auto()     # sent "+ " for a SASL exchange; want the response line
+    WAIT_AUTH = enum.auto()     # Authenticate emitted; waiting for auth_failed/auth_succeeded
+    WAIT_TLS = enum.auto()      # StartTLS emitted; waiting for tls_started
+    CLOSED = enum.auto()        # Close emitted; later input is ignored
+    HANDED_OFF = enum.auto()    # auth_succeeded returned; the relay owns the connection
+
+
+# The states as module constants: on Python 3.11 every attribute access on an Enum class
+# goes through EnumType.__getattr__'s slow path (~120 ns), dozens of times per login.
+COMMAND, AUTH_LINE, WAIT_AUTH, WAIT_TLS, CLOSED, HANDED_OFF = State
+
+
+class ClientSide:
+    """The proxy as mail server before login; subclasses speak the protocol."""
+
+    # Response codes of a refused login (RFC 5530 for IMAP, RFC 3206 for POP3).
+    TEMPORARY_CODE = b""
+    FAILED_CODE = b""
+
+    def __init__(self, limits: MailLimits, *, tls: bool):
+        if limits.starttls not in STARTTLS_MODES:
+            raise ValueError(f"starttls mode must be one of only|on|off, not {limits.starttls!r}")
+        self._limits = limits
+        self._tls = tls
+        self._buf = LineBuffer()
+        self._state = COMMAND
+        self._failures = 0
+
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
+    def feed(self, data: bytes) -> list[Event]:
+        state = self._state
+        if state is HANDED_OFF:
+            raise RuntimeError(f"{type(self).__name__}.feed() after auth_succeeded()")
+        if state is CLOSED or state is WAIT_TLS:
+            # Plaintext that arrives between STARTTLS and the handshake is an
+            # injection attempt or a glue bug; it must never be executed.
+            return []
+        self._buf.append(data)
+        if state is WAIT_AUTH:
+            out: list[Event] = []
+            self._check_backlog(out)
+            return out
+        return coalesce(self._run())
+
+    def tls_started(self) -> list[Event]:
+        self._expect(WAIT_TLS, "tls_started")
+        self._tls = True
+        self._state = COMMAND
+        return []
+
+    def auth_failed(self, *, temporary: bool, text: str | None = None) -> list[Event]:
+        self._expect(WAIT_AUTH, "auth_failed")
+        if temporary:
+            code, human = self.TEMPORARY_CODE, "Temporary failure, try again later."
+        else:
+            # Only real refusals count: a backend outage is not the user's fault.
+            self._failures += 1
+            code, human = self.FAILED_CODE, "Authentication failed."
+        if text:
+            human = safe_text(text) or human
+        out: list[Event] = [self._auth_failed_reply(b"[%s] %s" % (code, human.encode()))]
+        limit = self._limits.max_auth_failures
+        if not temporary and 0 < limit <= self._failures:
+            self._too_many_failures(out)
+            return coalesce(out)
+        self._state = COMMAND
+        out += self._run()          # commands the client pipelined meanwhile
+        return coalesce(out)
+
+    # ---------------------------------------------------------- machinery
+
+    @property
+    def _privacy_required(self) -> bool:
+        return not self._tls and self._limits.starttls == "only"
+
+    def _expect(self, state: State, method: str) -> None:
+        if self._state is not state:
+            raise RuntimeError(
+                f"{type(self).__name__}.{method}() called in state {self._state.name}")
+
+    def _check_backlog(self, out: list[Event]) -> None:
+        # While the login is routed we keep what the client pipelines, but
+        # only about one command's worth.
+        if len(self._buf) > self._limits.max_line + self._limits.max_literal:
+            self._refuse_backlog(out)
+
+    # ---------------------------------------------------------- protocol's part
+
+    def _run(self) -> list[Event]:
+        raise NotImplementedError
+
+    def _auth_failed_reply(self, text: bytes) -> Event:
+        """The refusal of the pending login, ``text`` being "[CODE] human text"."""
+        raise NotImplementedError
+
+    def _too_many_failures(self, out: list[Event]) -> None:
+        raise NotImplementedError
+
+    def _refuse_backlog(self, out: list[Event]) -> None:
+        raise NotImplementedError
+
+
+class BackendLogin:
+    """The proxy logging in to a mailbox server; subclasses speak the protocol and set
+    ``GREETING``/``DONE`` to their first and last steps."""
+
+    GREETING: enum.Enum
+    DONE: enum.Enum
+
+    def __init__(self) -> None:
+        self._buf = LineBuffer()
+        self._step = self.GREETING
+
+    def leftover(self) -> bytes:
+        """Bytes received after the final reply (normally none)."""
+        return self._buf.peek_all()
+
+    def _receive(self, data: bytes) -> None:
+        if self._step is self.DONE:
+            raise RuntimeError(f"{type(self).__name__}.feed() after the login finished")
+        self._buf.append(data)
+
+    def _fail(self, out: list[Event], reason: str) -> None:
+        out.append(BackendFailed(reason))
+        self._step = self.DONE

@@ -1,0 +1,406 @@
+"""What the web front decides about a request, as pure functions (no I/O).
+
+* Which requests are logins (`login_kind`): the request-target normalised the
+  ways a backend might read it, and any ``POST /service/soap*``, since a SOAP
+  servlet picks the request from the body, not from the URL.
+* Whom a login names (`login_name`): the form's ``username``, or the account of
+  the one ``AuthRequest`` in a SOAP body, read with real JSON and XML parsers
+  that are linear and bounded (objects, elements, nesting). Anything a server
+  could read as a login but we cannot read unambiguously is refused
+  (`BadLogin`, a 400): the throttle must count what the server authenticates.
+* Which SOAP bodies may be a login at all (`LoginMarkerScan`): one that spells
+  no ``AuthRequest`` cannot be one, so a large SOAP body streams through while
+  it is scanned, and is cut (413) before its end if it turns out to spell one.
+* Which headers reach a mailbox server (`upstream_headers`) and which upgrades
+  may become a tunnel (`websocket_request`, `websocket_accepted`).
+* How long a request body may take (`BodyDeadline`).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import xml.parsers.expat
+from dataclasses import replace
+from urllib.parse import parse_qs, unquote_to_bytes
+
+from carbotui.protocols import http11
+from carbotui.protocols.sasl import AuthDataError, decode_username
+
+FORM = "form"                 # the web login form (POST /login)
+SOAP = "soap"                 # anything a SOAP servlet may read as an AuthRequest
+
+MAX_FORM_FIELDS = 100         # a login form has a handful
+MAX_JSON_OBJECTS = 1000       # a JSON AuthRequest has about ten
+MAX_XML_ELEMENTS = 1000
+MAX_DEPTH = 64                # nesting of objects/arrays or elements
+XML_ENCODINGS = (b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1", b"latin1")
+
+
+class BadLogin(Exception):
+    """A login request that cannot be read unambiguously: answer 400. ``str()`` is a
+    short reason, safe to send and to log (it never quotes the body)."""
+
+
+# ------------------------------------------------------------------ targets
+
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def target_path(target: bytes) -> bytes:
+    """The path of a request-target, without query or fragment (RFC 9112 §3.2).
+    Origin-form ``/p?q`` and absolute-form ``http://host/p?q`` (which a server MUST
+    accept, §3.2.2) have one; authority-form (CONNECT) and ``*`` give b""."""
+    if not target.startswith(b"/"):
+        m = _SCHEME.match(target)
+        if m is None:
+            return b""
+        rest = target[m.end():]
+        ends = [i for i in (rest.find(b"/"), rest.find(b"?"), rest.find(b"#")) if i >= 0]
+        target = b"/" + rest[min(ends):].lstrip(b"/") if ends else b"/"
+    return target.split(b"?", 1)[0].split(b"#", 1)[0]
+
+
+def canonical_paths(path: bytes) -> set[bytes]:
+    """The forms a backend might read ``path`` as, for matching (over-inclusive on
+    purpose: matching too much costs a buffered body, too little a bypass):
+    percent-decoded (repeatedly, as a chain of decoders would), ``\\`` read as ``/``,
+    ``;params`` dropped from every segment (servlet containers do), empty and ``.``
+    segments dropped, lower-cased; once with ``..`` resolved (RFC 3986 §5.2.4), once
+    without."""
+    for _ in range(4):
+        if b"%" not in path:
+            break
+        path = unquote_to_bytes(path)
+    path = path.replace(b"\\", b"/").lower()
+    plain: list[bytes] = []
+    resolved: list[bytes] = []
+    for segment in path.split(b"/"):
+        segment = segment.split(b";", 1)[0]
+        if not segment or segment == b".":
+            continue
+        plain.append(segment)
+        if segment == b"..":
+            if resolved:
+                resolved.pop()
+        else:
+            resolved.append(segment)
+    return {b"/" + b"/".join(plain), b"/" + b"/".join(resolved)}
+
+
+def login_kind(method: bytes, target: bytes) -> str | None:
+    """FORM or SOAP when the request may be a login, else None. Only POST logs in
+    (methods are case-sensitive, RFC 9110 §9.1)."""
+    if method != b"POST":
+        return None
+    path = target_path(target)
+    if not path:
+        return None
+    forms = canonical_paths(path)
+    if any(p.startswith(b"/service/soap") for p in forms):
+        return SOAP
+    if b"/login" in forms:
+        return FORM
+    return None
+
+
+# ------------------------------------------------------------ login bodies
+
+# What a SOAP body must contain for a server to find an AuthRequest in it: the
+# element name (no XML escape can spell a name; any case, to be safe), a JSON \u
+# escape of an ASCII letter (which could spell it in a key; no ordinary encoder
+# escapes letters), or a NUL byte (UTF-16/32 text, which does not spell it in
+# these bytes). One alternation, searched by the C engine in linear time.
+_MARKER = re.compile(rb"[Aa][Uu][Tt][Hh][Rr][Ee][Qq][Uu][Ee][Ss][Tt]"
+                     rb"|\\u00(?:4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa])|\x00")
+_MARKER_SPAN = 10             # the longest marker minus one: kept across pieces
+
+
+def has_login_marker(data: bytes) -> bool:
+    return _MARKER.search(data) is not None
+
+
+class LoginMarkerScan:
+    """`has_login_marker` over a body that arrives in pieces (a marker may straddle
+    two). Feed each piece before forwarding it: True means stop, do not send it."""
+
+    def __init__(self, seen: bytes = b"") -> None:
+        self._tail = seen[-_MARKER_SPAN:]
+
+    def feed(self, data: bytes) -> bool:
+        hit = (_MARKER.search(self._tail + data[:_MARKER_SPAN]) is not None
+               or _MARKER.search(data) is not None)
+        self._tail = (self._tail + data)[-_MARKER_SPAN:] if len(data) < _MARKER_SPAN \
+            else data[-_MARKER_SPAN:]
+        return hit
+
+
+_XML_DECL = re.compile(rb"<\?xml[ \t\r\n][^>]{0,300}>")
+_XML_ENCODING = re.compile(rb"encoding[ \t\r\n]*=[ \t\r\n]*[\"']([^\"']{0,40})[\"']")
+
+
+def soap_body_problem(head: bytes) -> str | None:
+    """Why a SOAP body starting with ``head`` is refused, None when it is fine: it
+    must be JSON or XML in an ASCII-compatible encoding we read the same way as the
+    server (Xerces also reads EBCDIC or UTF-16, in which no marker shows)."""
+    text = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+    text = text.lstrip(b" \t\r\n")
+    if not text:
+        return None
+    if text[:1] not in (b"{", b"["):
+        if text[:1] != b"<":
+            return "a SOAP body must be JSON or XML"
+        decl = _XML_DECL.match(text)
+        if decl:
+            enc = _XML_ENCODING.search(decl.group())
+            if enc and enc.group(1).lower() not in XML_ENCODINGS:
+                return "a SOAP body must be UTF-8, ASCII or ISO-8859-1"
+    return None
+
+
+def login_name(kind: str, body: bytes) -> str | None:
+    """The name a complete login body gives: '' when it gives none; None when a SOAP
+    body is not a login. Raises BadLogin for a login we cannot read unambiguously
+    (two usernames or AuthRequests, duplicate JSON keys, too deep, too many parts,
+    a DOCTYPE, control characters in the name), and for a SOAP body that spells a
+    login but does not parse. Linear in the body; bounded work per byte."""
+    if kind == FORM:
+        try:
+            fields = parse_qs(body.decode("utf-8", "replace"),
+                              max_num_fields=MAX_FORM_FIELDS)
+        except ValueError:
+            raise BadLogin("too many form fields") from None
+        names = fields.get("username", [])
+        if len(names) > 1:
+            raise BadLogin("more than one username")
+        return _checked(names[0]) if names else ""
+    problem = soap_body_problem(body[:512])
+    if problem:
+        raise BadLogin(problem)
+    if not has_login_marker(body):
+        return None
+    text = body[3:] if body.startswith(b"\xef\xbb\xbf") else body
+    if text.lstrip(b" \t\r\n")[:1] == b"<":
+        requests = _xml_auth_requests(body)
+    else:
+        requests = _json_auth_requests(text)
+    if requests is None:
+        raise BadLogin("a login request that does not parse")
+    if not requests:
+        return None
+    if len(requests) > 1:
+        raise BadLogin("more than one AuthRequest")
+    return _checked(requests[0])
+
+
+def _checked(name: str) -> str:
+    """The same rule as the mail logins (sasl.decode_username): no control characters."""
+    if not name:
+        return ""
+    try:
+        return decode_username(name.encode("utf-8", "surrogatepass"))
+    except AuthDataError as exc:
+        raise BadLogin(str(exc)) from None
+
+
+def _json_auth_requests(body: bytes) -> list[str] | None:
+    """Account names of every AuthRequest in a JSON SOAP body (any depth: Body, a
+    BatchRequest); None when it is not JSON."""
+    objects = 0
+
+    def pairs(items):
+        nonlocal objects
+        objects += 1
+        if objects > MAX_JSON_OBJECTS:
+            raise BadLogin("too many JSON objects")
+        obj = dict(items)
+        if len(obj) != len(items):
+            raise BadLogin("duplicate keys in a JSON object")
+        return obj
+
+    try:
+        doc = json.loads(body, object_pairs_hook=pairs)
+    except RecursionError:              # the C decoder's guard: nesting is bounded
+        raise BadLogin("JSON nested too deeply") from None
+    except ValueError:                  # not JSON (UnicodeDecodeError included)
+        return None
+    names: list[str] = []
+    stack = [(doc, 0)]
+    while stack:                        # iterative: no recursion on attacker depth
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadLogin("JSON nested too deeply")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.lower() == "authrequest":
+                    for request in value if isinstance(value, list) else [value]:
+                        names.append(_json_account(request))
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node
+                         if isinstance(item, (dict, list)))
+    return names
+
+
+def _json_account(request) -> str:
+    account = request.get("account") if isinstance(request, dict) else None
+    if isinstance(account, list):
+        if len(account) > 1:
+            raise BadLogin("more than one account in an AuthRequest")
+        account = account[0] if account else None
+    if isinstance(account, dict):
+        account = account.get("_content", "")
+    return "" if account is None or isinstance(account, (dict, list)) else str(account)
+
+
+def _xml_auth_requests(body: bytes) -> list[str] | None:
+    """Account names of every AuthRequest element in an XML SOAP body (any
+    namespace, any depth); None when it is not well-formed XML. Expat reads it in
+    linear time; a DOCTYPE (entity expansion) is refused, as Zimbra does."""
+    parser = xml.parsers.expat.ParserCreate(namespace_separator=" ")
+    parser.buffer_text = True
+    names: list[str] = []
+    stack: list[str] = []
+    elements = 0
+    auth_depth = -1                    # depth of the AuthRequest being read
+    account: list[str] | None = None   # text of its <account>, while inside it
+
+    def refuse(*_):
+        raise BadLogin("XML with a DOCTYPE or entity declaration")
+
+    def start(name, _attrs):
+        nonlocal elements, auth_depth, account
+        elements += 1
+        if elements > MAX_XML_ELEMENTS:
+            raise BadLogin("too many XML elements")
+        if len(stack) >= MAX_DEPTH:
+            raise BadLogin("XML nested too deeply")
+        local = name.rsplit(" ", 1)[-1].lower()
+        if local == "authrequest":
+            if auth_depth >= 0:
+                raise BadLogin("an AuthRequest inside an AuthRequest")
+            auth_depth = len(stack)
+            names.append("")
+        elif local == "account" and auth_depth >= 0 and len(stack) == auth_depth + 1:
+            if account is not None or names[-1]:
+                raise BadLogin("more than one account in an AuthRequest")
+            account = []
+        stack.append(local)
+
+    def end(_name):
+        nonlocal auth_depth, account
+        stack.pop()
+        if account is not None and len(stack) == auth_depth + 1:
+            names[-1] = "".join(account).strip()
+            account = None
+        elif len(stack) == auth_depth:
+            auth_depth = -1
+
+    def text(data):
+        if account is not None and len(stack) == auth_depth + 2:
+            account.append(data)
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text
+    try:
+        parser.Parse(body, True)
+    except xml.parsers.expat.ExpatError:
+        return None
+    return names
+
+
+# ----------------------------------------------------------------- headers
+
+# Forwarding headers a client could use to speak for the proxy (M3): removed from
+# every request; ours (X-Forwarded-For, -Proto, X-Real-IP) are then set.
+FORWARDING = frozenset({
+    b"forwarded", b"x-forwarded-for", b"x-originating-ip", b"x-client-ip",
+    b"true-client-ip", b"x-real-ip", b"x-cluster-client-ip", b"client-ip",
+})
+
+
+def without_underscored(req: http11.Request) -> http11.Request:
+    """The request without header fields whose name holds ``_`` (nginx's
+    ``underscores_in_headers off``): ``X_Real_IP`` is X-Real-IP to some backends
+    (CGI-style name mapping) and must not slip past the rules above."""
+    if not any(b"_" in name for name, _ in req.headers):
+        return req
+    return replace(req, headers=[(n, v) for n, v in req.headers if b"_" not in n])
+
+
+def upstream_headers(headers: http11.Headers, *, client_ip: str, scheme: str,
+                     extend_forwarded_for: bool = False) -> http11.Headers:
+    """Request headers as a mailbox server gets them: the client's forwarding
+    headers (`FORWARDING`, every ``X-Forwarded-*``) dropped, then our own set.
+    X-Forwarded-For is the client address alone, because backends such as Jetty
+    believe its leftmost entry; ``extend_forwarded_for`` (a trusted PROXY-protocol
+    hop that speaks HTTP and sets the header itself) appends to what came instead."""
+    out: http11.Headers = []
+    chain: list[bytes] = []
+    for name, value in headers:
+        low = name.lower()
+        if low == b"x-forwarded-for":
+            chain.append(value)
+        elif low not in FORWARDING and not low.startswith(b"x-forwarded-"):
+            out.append((name, value))
+    client = client_ip.encode()
+    forwarded_for = b", ".join([*chain, client]) if extend_forwarded_for and chain else client
+    out += [(b"X-Forwarded-For", forwarded_for), (b"X-Forwarded-Proto", scheme.encode()),
+            (b"X-Real-IP", client)]
+    return out
+
+
+# ---------------------------------------------------------------- upgrades
+
+def websocket_request(req: http11.Request) -> bool:
+    """A WebSocket opening handshake (RFC 6455 §4.1): GET on HTTP/1.1 with
+    ``Connection: upgrade``, ``Upgrade: websocket`` and nothing else, one
+    Sec-WebSocket-Key (16 bytes in base64) and one Sec-WebSocket-Version. Only
+    this becomes a tunnel; any other Upgrade (h2c ...) is dropped as hop-by-hop
+    and the request goes on as plain HTTP (RFC 9110 §7.8: a server may ignore it)."""
+    if req.body_mode.kind != "upgrade" or req.method != b"GET" or req.version != b"1.1":
+        return False
+    if http11.header_tokens(req.headers, b"upgrade") != [b"websocket"]:
+        return False
+    keys = http11.get_all(req.headers, b"sec-websocket-key")
+    versions = http11.get_all(req.headers, b"sec-websocket-version")
+    if len(keys) != 1 or len(versions) != 1 or not versions[0].isdigit():
+        return False
+    try:
+        return len(base64.b64decode(keys[0], validate=True)) == 16
+    except ValueError:
+        return False
+
+
+def websocket_accepted(resp: http11.Response) -> bool:
+    """A 101 that switches to what we asked for: WebSocket (RFC 9110 §15.2.2: a
+    server MUST NOT switch to a protocol the client did not list)."""
+    return (resp.status == 101
+            and http11.header_tokens(resp.headers, b"upgrade") == [b"websocket"]
+            and b"upgrade" in http11.header_tokens(resp.headers, b"connection"))
+
+
+# -------------------------------------------------------------------- bodies
+
+class BodyDeadline:
+    """How long to wait for the next piece of a request body. A body must keep
+    moving (``idle`` seconds at most between pieces, nginx's client_body_timeout)
+    and, after a first ``idle`` seconds of grace, average ``min_rate`` bytes a
+    second (Apache mod_reqtimeout's MinRate): a client that trickles a byte per
+    idle period is cut. ``min_rate`` 0: only the idle limit."""
+
+    __slots__ = ("started", "idle", "min_rate", "received")
+
+    def __init__(self, now: float, idle: float, min_rate: float) -> None:
+        self.started, self.idle, self.min_rate = now, idle, min_rate
+        self.received = 0
+
+    def timeout(self, now: float) -> float:
+        """Seconds to wait for more; <= 0: the body is too slow, give up now."""
+        if self.min_rate <= 0:
+            return self.idle
+        allowed = self.started + self.idle + self.received / self.min_rate
+        return min(self.idle, allowed - now)

@@ -1,0 +1,163 @@
+"""What a worker's sessions and its sockets use: one typed object, handed to them.
+
+The worker (worker.py) builds a SessionServices at start and gives it to every
+MailSession and WebSession, to LiveConfig, to the stats and control sockets, to the
+PROXY-protocol accept loop and to the fleet summary (carbotui/services/nodes.py). They read
+what they need from it and nothing else: a test builds one with stand-ins for the
+router, the throttle and the audit log.
+
+The fields are flat on purpose: a session reaches a service in one step
+(``self.services.router``), as it reached the worker's before, so the hot path costs
+what it did. ``settings`` is replaced whole on SIGHUP (``configure``): sessions read it
+through this object, so a new session takes the new settings, and the parts that keep
+a copy of their own get theirs in that one place.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from carbotui.proxy import control
+from carbotui.proxy.ipcount import ConnectionsPerIp
+from carbotui.proxy.live import LiveConfig
+from carbotui.proxy.stats import Stats
+from carbotui.proxy.tls import upstream_context
+from carbotui.proxy.upstreams import Upstream, UpstreamSet
+
+if TYPE_CHECKING:
+    from carbotui.core.audit import AuditLog
+    from carbotui.core.settings import Settings
+    from carbotui.backends.directory import Directory, MailServer
+    from carbotui.backends.memcache import Memcache
+    from carbotui.services.routes import Router
+    from carbotui.services.throttle import Throttle
+    from carbotui.proxy.relay import Splice
+    from carbotui.proxy.tls import TlsContexts
+
+SESSION_IDS_PER_WORKER = 10_000_000_000     # session ids are unique across a node's workers
+
+
+class LiveSession(Protocol):
+    """What the stats snapshot and the control socket read of a session."""
+    id: int
+    kind: str
+    client_ip: str
+    client_port: int
+    account: str
+    server: str
+    state: str
+    started: float
+    bytes_in: int
+    bytes_out: int
+    splice: Splice | None
+
+    def shutdown(self, reason: str) -> None: ...
+
+
+def upstream_contexts(settings: Settings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(mail, web): the client context for TLS to the mailbox servers, for each side
+    whose ``upstream_tls`` is on (one context, verified against ``[mail] upstream_ca``)."""
+    mail_tls, web_tls = settings.mail.upstream_tls, settings.web.upstream_tls
+    if not (mail_tls or web_tls):
+        return None, None
+    ca = settings.mail.upstream_ca
+    ctx = upstream_context(cafile=str(ca) if ca else None)
+    return (ctx if mail_tls else None), (ctx if web_tls else None)
+
+
+@dataclass(slots=True, eq=False)
+class SessionServices:
+    settings: Settings
+    loop: asyncio.AbstractEventLoop        # kept: get_running_loop() costs a getpid() on 3.11
+    router: Router
+    throttle: Throttle
+    audit: AuditLog
+    index: int = 0                         # supervisord's process_num
+    node_id: str = ""                      # this node in the fleet view
+    tls: TlsContexts | None = None         # the front context (TLS listeners, STARTTLS)
+    directory: Directory | None = None     # LDAP (live.py; its search count in the stats)
+    cache: Memcache | None = None          # memcached (the fleet summary; its state in the stats)
+    mail_upstream_tls: ssl.SSLContext | None = None   # None: plaintext to the mailbox servers
+    web_upstream_tls: ssl.SSLContext | None = None
+    maintenance: set[str] = field(default_factory=set)  # hostnames: no new logins there
+    stats: Stats = field(default_factory=Stats)
+    connections_per_ip: ConnectionsPerIp = field(default_factory=ConnectionsPerIp)
+    sessions: dict[int, LiveSession] = field(default_factory=dict)   # live ones, by id
+    # (address, port) -> (expires, CAPA answer) of POP3 mailbox servers (mail.py)
+    pop3_server_capa: dict[tuple[str, int], tuple[float, dict]] = field(default_factory=dict)
+    draining: bool = False                 # SIGTERM: listeners closed, sessions finishing
+    # made from the above
+    name: str = field(init=False)          # proxy_NN
+    web_upstreams: UpstreamSet = field(init=False)
+    admin_upstreams: UpstreamSet = field(init=False)
+    live: LiveConfig = field(init=False)   # cluster settings from LDAP: mail mode, vhosts
+    _ids: itertools.count = field(init=False)
+    _id_base: int = field(init=False)
+    _waiting: int = field(init=False, default=0)     # sessions_gone() callers
+    _all_gone: asyncio.Event = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"proxy_{self.index:02d}"
+        web_kind = "httpssl" if self.settings.web.upstream_tls else "http"
+        self.web_upstreams = UpstreamSet(web_kind, self.in_maintenance)
+        self.admin_upstreams = UpstreamSet("admin", self.in_maintenance)
+        self.live = LiveConfig(self)
+        self._ids = itertools.count(1)
+        self._id_base = self.index * SESSION_IDS_PER_WORKER
+        self._all_gone = asyncio.Event()
+
+    # -- settings -------------------------------------------------------------
+    def configure(self, settings: Settings) -> None:
+        """Hand ``settings`` to every part that keeps a copy (at start and on SIGHUP).
+        Live sessions keep what they read at their start; new ones read these."""
+        self.settings = settings
+        self.mail_upstream_tls, self.web_upstream_tls = upstream_contexts(settings)
+        self.maintenance = control.load_maintenance(settings.run_dir)
+        if self.directory is not None:
+            self.directory.settings = settings
+        if self.cache is not None:
+            self.cache.timeout = settings.memcached_timeout
+            self.cache.reconnect = settings.memcached_reconnect
+        self.router.ttl = settings.memcached_ttl
+        self.throttle.settings = settings.throttle
+        self.live.version = ""                 # re-apply certificates and servers
+
+    def use_servers(self, servers: dict[str, MailServer]) -> None:
+        """The mailbox servers LDAP lists now (live.py): routes and web upstreams."""
+        self.router.servers = servers
+        self.web_upstreams.update(servers)
+        self.admin_upstreams.update(servers)
+
+    # -- sessions -------------------------------------------------------------
+    def next_session_id(self) -> int:
+        return self._id_base + next(self._ids)
+
+    def session_ended(self, session_id: int) -> None:
+        sessions = self.sessions
+        sessions.pop(session_id, None)
+        if self._waiting and not sessions:
+            self._all_gone.set()
+
+    async def sessions_gone(self) -> None:
+        """Until no session is left (PROXY listeners' included)."""
+        self._waiting += 1
+        try:
+            while self.sessions:
+                self._all_gone.clear()
+                await self._all_gone.wait()
+        finally:
+            self._waiting -= 1
+
+    # -- mailbox servers ------------------------------------------------------
+    def in_maintenance(self, hostname: str) -> bool:
+        return hostname in self.maintenance
+
+    def upstreams_for(self, kind: str) -> UpstreamSet:
+        """The web upstreams a listener of ``kind`` (http, https, admin) balances over."""
+        return self.admin_upstreams if kind == "admin" else self.web_upstreams
+
+    def all_upstreams(self) -> list[Upstream]:
+        return [*self.web_upstreams.upstreams.values(), *self.admin_upstreams.upstreams.values()]

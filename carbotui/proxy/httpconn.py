@@ -1,0 +1,192 @@
+"""An HTTP connection as a Protocol that queues parser events for a coroutine.
+
+Used on both sides of the web proxy: the client connection (RequestParser)
+and each upstream connection (ResponseParser). Reading pauses while events
+pile up or the parser holds unparsed bytes (pipelining, a paused parser), so
+a fast sender can't make the proxy buffer without bound: the cap is on queued
+*bytes* (one read can be 256 KiB under uvloop, so counting events alone let 32
+of them hold 8 MB). Writing honours the transport's pause_writing/resume_writing
+through ``drain()``, which with a send timeout gives up on a peer that accepts
+nothing for that long (nginx's send_timeout).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from carbotui.protocols import http11
+
+MAX_QUEUED_EVENTS = 32
+MAX_QUEUED_BYTES = 256 * 1024    # body bytes in queued Data events
+MAX_BUFFERED = 256 * 1024
+
+
+class SendTimeout(Exception):
+    """The peer accepted no data for the send timeout (it stopped reading)."""
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, parser):
+        self.parser = parser
+        self.transport: asyncio.Transport | None = None
+        self.events: deque = deque()
+        self.closed = False
+        self.eof = False
+        self.splice = None               # set after an upgrade: raw bytes from then on
+        self.on_splice_data = None
+        self.on_pause_writing = None     # splice flow control, set with the splice
+        self.on_resume_writing = None
+        self._waiter: asyncio.Future | None = None
+        self._paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._want_bytes = False         # wait_readable(): wake on any byte
+        self.queued = 0                  # bytes in queued Data events
+        self.bytes_in = 0
+
+    # -- Protocol -----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.on_splice_data is not None:
+            self.on_splice_data(data)
+            return
+        events = self.parser.feed(data)
+        if events:
+            self._queue(events)
+            self._wake()
+        elif self._want_bytes:
+            self._wake()
+        if (self.queued > MAX_QUEUED_BYTES or len(self.events) > MAX_QUEUED_EVENTS
+                or self.parser.buffered > MAX_BUFFERED):
+            self._pause()
+
+    def eof_received(self):
+        self.eof = True
+        self._queue(self.parser.feed_eof())
+        self._wake()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self._writable.set()             # let a blocked drain() see the close
+        self._wake()
+        if self.splice is not None:
+            self.splice.close("peer closed")
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        if self.on_pause_writing is not None:
+            self.on_pause_writing()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        if self.on_resume_writing is not None:
+            self.on_resume_writing()
+
+    # -- for the coroutine --------------------------------------------------
+    def _queue(self, events) -> None:
+        for event in events:
+            if type(event) is http11.Data:
+                self.queued += len(event.data)
+        self.events.extend(events)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport and not self.transport.is_closing():
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume(self) -> None:
+        if (self._paused and len(self.events) <= MAX_QUEUED_EVENTS // 2
+                and self.queued <= MAX_QUEUED_BYTES // 2
+                and self.parser.buffered <= MAX_BUFFERED // 2 and not self.closed):
+            self._paused = False
+            self.transport.resume_reading()
+
+    async def next_event(self, timeout: float):
+        """The next parser event; None when the peer has gone. Raises TimeoutError."""
+        while not self.events:
+            if self.closed or self.eof:
+                return None
+            self._maybe_resume()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            finally:
+                self._waiter = None
+        event = self.events.popleft()
+        if type(event) is http11.Data:
+            self.queued -= len(event.data)
+        self._maybe_resume()
+        return event
+
+    async def wait_readable(self, timeout: float) -> None:
+        """Until the peer has sent anything at all (a first byte of the next head), an
+        event is queued, or the peer went away. Raises TimeoutError."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (self.events or self.parser.buffered or self.closed or self.eof):
+            self._maybe_resume()
+            self._want_bytes = True
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter,
+                                       deadline - asyncio.get_running_loop().time())
+            finally:
+                self._waiter = None
+                self._want_bytes = False
+
+    def start_next(self, *args) -> None:
+        """Parse the next message on this connection (keep-alive)."""
+        self._queue(self.parser.start_next(*args))
+        self._maybe_resume()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self, send_timeout: float | None = None) -> None:
+        """Until the transport takes more. With ``send_timeout``: raise SendTimeout
+        when the peer accepted nothing at all for that long; like nginx's
+        send_timeout it bounds the time between two successful writes, not the
+        whole response, so a slow reader that keeps reading is not cut."""
+        if self._writable.is_set():
+            return
+        if send_timeout is None:
+            await self._writable.wait()
+            return
+        pending = self.transport.get_write_buffer_size()
+        while not self._writable.is_set():
+            try:
+                await asyncio.wait_for(self._writable.wait(), send_timeout)
+            except asyncio.TimeoutError:
+                now = self.transport.get_write_buffer_size()
+                if now >= pending:
+                    raise SendTimeout(f"peer accepted nothing for {send_timeout:g}s") from None
+                pending = now
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+
+    def abort(self) -> None:
+        """Close without flushing: for a peer that stopped reading, close() would
+        keep the socket until the buffer drains, which it never does."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    @property
+    def reusable(self) -> bool:
+        return not self.closed and not self.eof and self.transport is not None \
+            and not self.transport.is_closing()
+
+
+def client_connection(max_header_bytes: int) -> HttpConnection:
+    return HttpConnection(http11.RequestParser(max_header_bytes=max_header_bytes))

@@ -1,0 +1,45 @@
+"""Listening sockets shared by every worker through SO_REUSEPORT.
+
+Each worker binds its own socket to the same address; the kernel spreads new
+connections across them. With net.ipv4.tcp_migrate_req=1 (set by `make up`)
+a worker that closes its socket hands queued connections to its siblings
+instead of resetting them, so a restart refuses nobody.
+"""
+from __future__ import annotations
+
+import socket
+
+from carbotui.core.settings import Endpoint
+
+BACKLOG = 4096
+
+
+def bind(endpoint: Endpoint) -> socket.socket:
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # '[::]:143' serves IPv6 only; list '0.0.0.0:143' too for IPv4.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((endpoint.host, endpoint.port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {endpoint}: {exc.strerror}") from None
+    return sock
+
+
+def plain_ip(ip: str) -> str:
+    """'::ffff:1.2.3.4' -> '1.2.3.4', so audit, throttles and whitelists see one form."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+
+
+def session_addresses(transport, addresses=None) -> tuple[str, int, str, int]:
+    """(client ip, client port, local ip, local port) of a new session: from the PROXY
+    header when there was one (``addresses``), else from the socket."""
+    peer, local = addresses or (transport.get_extra_info("peername") or ("", 0),
+                                transport.get_extra_info("sockname") or ("", 0))
+    return plain_ip(peer[0]), peer[1], plain_ip(local[0]), local[1]

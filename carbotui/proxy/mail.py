@@ -1,0 +1,577 @@
+"""One IMAP or POP3 client session: asyncio glue around the sans-IO machines.
+
+    accept -> greeting -> pre-auth commands (ImapClientSide/Pop3ClientSide)
+           -> Authenticate -> route (memcached, else LDAP) -> connect to the
+           mailbox server -> ID/XOIP + LOGIN (ImapBackendLogin/...) -> audit
+           -> Splice (relay.py) until either side ends.
+
+The glue only moves bytes and events; every protocol decision is in the
+machines, which have transcript tests of their own.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+from carbotui.core import audit
+from carbotui.services.routes import Route, RouteError
+from carbotui.protocols import events as ev
+from carbotui.proxy.listeners import session_addresses
+from carbotui.protocols.imap import ImapBackendLogin, ImapClientSide
+from carbotui.protocols.imapstream import ImapStream
+from carbotui.protocols.pop3 import Pop3BackendLogin, Pop3ClientSide
+from carbotui.proxy.relay import Splice
+
+if TYPE_CHECKING:
+    from carbotui.proxy.context import SessionServices
+
+log = logging.getLogger("carbotui.proxy.mail")
+
+RETRY_PAUSE = 0.5        # between connects to a mailbox server that did not answer
+# A POP3 server's CAPA answer is reused this long by later logins to it (they skip
+# CAPA: one round trip less); forgotten at once when a login with it goes wrong.
+POP3_CAPA_TTL = 60.0
+
+
+class LoginFailure(Exception):
+    """The login cannot succeed now. ``temporary`` decides NO [UNAVAILABLE]
+    versus NO [AUTHENTICATIONFAILED]; ``reason`` goes to the audit log."""
+
+    def __init__(self, reason: str, *, temporary: bool):
+        super().__init__(reason)
+        self.reason, self.temporary = reason, temporary
+
+
+class _LoginDeadline:
+    """asyncio.timeout's job on the login path for a fraction of its cost: the login
+    deadline and each connect attempt's shorter limit share one timer, which cancels the
+    login task. A login normally arms it once; it re-arms itself only when it fires
+    before the deadline that applies then (a slow login after a quick connect).
+    ``expired`` tells its cancel apart from others, ``login_expired`` which limit it was.
+    """
+
+    __slots__ = ("_loop", "_task", "_handle", "_armed_at", "expired", "login_at",
+                 "connect_at", "_short")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task, seconds: float,
+                 first_check: float):
+        self._loop, self._task = loop, task
+        self.expired = self._short = False
+        now = loop.time()
+        self.login_at = now + seconds
+        self.connect_at = math.inf          # no connect attempt running
+        # The first check at the earliest moment a connect limit could matter, so the
+        # usual login (route at once, then connect) needs no second timer.
+        self._armed_at = now + min(seconds, first_check)
+        self._handle = loop.call_at(self._armed_at, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        self._armed_at = math.inf
+        if now >= self.login_at or now >= self.connect_at:
+            self.expired = True
+            self._short = now < self.login_at
+            self._task.cancel()
+        else:
+            self._arm(min(self.login_at, self.connect_at))
+
+    def _arm(self, at: float) -> None:
+        self._handle.cancel()
+        self._armed_at = at
+        self._handle = self._loop.call_at(at, self._fire)
+
+    def limit(self, seconds: float) -> None:
+        """A connect attempt starts: it may take ``seconds`` (within the login's time)."""
+        self.connect_at = self._loop.time() + seconds
+        if self._armed_at > min(self.login_at, self.connect_at):
+            self._arm(min(self.login_at, self.connect_at))
+
+    def restore(self) -> None:
+        """The connect attempt is over; only the login deadline applies again."""
+        self.connect_at = math.inf
+
+    def login_expired(self) -> bool:
+        return self.expired and not self._short
+
+    def absorb(self) -> None:
+        """Our own shorter limit fired: the login goes on."""
+        self.expired = False
+        self._task.uncancel()
+
+    def clear(self) -> None:
+        self._handle.cancel()
+
+
+class BackendProtocol(asyncio.Protocol):
+    """The proxy's connection to a mailbox server: login first, then relay."""
+
+    def __init__(self, machine, loop: asyncio.AbstractEventLoop):
+        self.machine = machine
+        self.transport: asyncio.Transport | None = None
+        self.result: asyncio.Future = loop.create_future()
+        self.splice: Splice | None = None
+        self.session: MailSession | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.from_backend(data)
+            return
+        for event in self.machine.feed(data):
+            if type(event) is ev.Send:
+                self.transport.write(event.data)
+            elif not self.result.done():
+                self.result.set_result(event)
+                # Whatever follows the login reply belongs to the client; wait
+                # for the splice before reading on.
+                self.transport.pause_reading()
+
+    def eof_received(self):
+        return False              # close our side too
+
+    def connection_lost(self, exc) -> None:
+        if not self.result.done():
+            self.result.set_result(ev.BackendFailed(f"closed during login ({exc or 'EOF'})"))
+        elif self.session is not None:
+            self.session.backend_closed(exc)
+
+    def pause_writing(self) -> None:
+        if self.splice:
+            self.splice.backend_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.splice:
+            self.splice.backend_write_resumed()
+
+
+class MailSession(asyncio.Protocol):
+    # Defaults at class level: a session sets only what differs (each instance
+    # attribute set in __init__ costs every login).
+    transport: asyncio.Transport | None = None
+    machine = None
+    splice: Splice | None = None
+    backend: BackendProtocol | None = None
+    client_ip = local_ip = ""
+    client_port = local_port = 0
+    account = server = user_agent = ""
+    state = "preauth"
+    _timer: asyncio.TimerHandle | None = None
+    _last_input = 0.0
+    _task: asyncio.Task | None = None
+    _ip_counted = False               # holds a place in services.connections_per_ip
+
+    def __init__(self, services: SessionServices, kind: str, proto: str, implicit_tls: bool,
+                 thread: str, addresses=None):
+        self.services = services
+        self.addresses = addresses        # ((client ip, port), (local ip, port)) from PROXY
+        self.kind = kind                  # listener: imap | imaps | pop3 | pop3s
+        self.proto = proto                # imap | pop3
+        self.tls = implicit_tls
+        self.thread = thread
+        self.id = services.next_session_id()
+        self.started = time.time()
+
+    @property
+    def bytes_in(self) -> int:
+        return self.splice.bytes_in if self.splice else 0
+
+    @property
+    def bytes_out(self) -> int:
+        return self.splice.bytes_out if self.splice else 0
+
+    # -- connection ---------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        (self.client_ip, self.client_port,
+         self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
+        w = self.services
+        w.stats.connections[self.kind] += 1
+        limits = w.settings.mail.limits
+        cls = ImapClientSide if self.proto == "imap" else Pop3ClientSide
+        self.machine = cls(limits, tls=self.tls)
+        # A connection accepted while draining is still served: refusing it would
+        # turn a graceful restart into a failed login.
+        if len(w.sessions) >= w.settings.mail.max_connections:
+            w.stats.rejected_busy += 1
+            transport.write(b"* BYE [UNAVAILABLE] Server busy, try again later\r\n"
+                            if self.proto == "imap" else
+                            b"-ERR [SYS/TEMP] Server busy, try again later\r\n")
+            transport.close()
+            return
+        exempt = w.throttle.exempt(self.client_ip)
+        if not exempt:
+            # One address may hold at most max_connections_per_ip of this worker's mail
+            # connections (the per-worker cap above is everyone's).
+            if not w.connections_per_ip.acquire("mail", self.client_ip,
+                                                w.settings.mail.max_connections_per_ip):
+                w.stats.rejected_busy += 1
+                transport.write(b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+                                if self.proto == "imap" else
+                                b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
+                transport.close()
+                return
+            self._ip_counted = True
+        w.sessions[self.id] = self
+        self._start_timer()
+        if exempt:
+            transport.write(self.machine.greeting())
+        else:
+            # The IP throttle (and blocks) first, as Carbonio's nginx: no greeting yet.
+            transport.pause_reading()
+            self._task = w.loop.create_task(self._admit())
+
+    async def _admit(self) -> None:
+        reject = await self.services.throttle.check_ip(self.kind, self.client_ip)
+        if self.transport.is_closing():
+            return
+        if reject:
+            self.services.stats.throttled["ip"] += 1
+            self._run(self.machine.throttled(reject))
+            return
+        self.transport.write(self.machine.greeting())
+        self.transport.resume_reading()
+
+    def _start_timer(self) -> None:
+        # One lazy timer for the session's whole life: input only moves _last_input
+        # and the timer re-arms itself when it fires early, so a command costs no timer
+        # cancel and re-create; after login it checks the relay's idle time.
+        self._last_input = self.services.loop.time()
+        self._timer = self.services.loop.call_later(
+            self.services.settings.mail.preauth_timeout, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        loop = self.services.loop
+        if self.splice is not None:
+            wait = self.splice.check_idle()
+            if wait is not None:
+                self._timer = loop.call_later(wait, self._timer_fired)
+            return
+        remaining = self._last_input + self.services.settings.mail.preauth_timeout - loop.time()
+        if remaining > 0:
+            self._timer = loop.call_later(remaining, self._timer_fired)
+            return
+        if self.transport and not self.transport.is_closing():
+            self.transport.write(b"* BYE Autologout; idle for too long\r\n"
+                                 if self.proto == "imap" else
+                                 b"-ERR Disconnected for inactivity.\r\n")
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.from_client(data)
+            return
+        self._last_input = self.services.loop.time()
+        self._run(self.machine.feed(data))
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.services.session_ended(self.id)
+        if self._ip_counted:
+            self._ip_counted = False
+            self.services.connections_per_ip.release("mail", self.client_ip)
+        if self._timer:
+            self._timer.cancel()
+        if self.splice is not None:
+            self.splice.close("client closed")
+        elif self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.backend and self.backend.transport and self.splice is None:
+            self.backend.transport.close()
+        if self.backend is not None:
+            # Break the session <-> backend protocol cycle, so reference counting frees
+            # the session now: left to the collector, hundreds of ended sessions waited
+            # for each collection, which then had to walk them all.
+            self.backend.session = None
+
+    def pause_writing(self) -> None:
+        if self.splice:
+            self.splice.client_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.splice:
+            self.splice.client_write_resumed()
+
+    def shutdown(self, reason: str) -> None:
+        """The worker is stopping: say goodbye and close."""
+        farewell = (b"* BYE Server shutting down, please reconnect\r\n" if self.proto == "imap"
+                    else b"-ERR Server shutting down\r\n")
+        if self.splice is not None:
+            self.splice.close(reason, farewell=self._farewell(farewell))
+        elif self.transport and not self.transport.is_closing():
+            self.transport.write(farewell)
+            self.transport.close()
+
+    # -- pre-auth events ----------------------------------------------------
+    def _run(self, events: list) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is ev.Send:
+                self.transport.write(event.data)
+            elif kind is ev.Authenticate:
+                self.transport.pause_reading()
+                self._task = self.services.loop.create_task(self._login(event))
+            elif kind is ev.StartTLS:
+                self.transport.pause_reading()     # nothing more in plaintext
+                self._task = self.services.loop.create_task(self._start_tls())
+            elif kind is ev.ClientId:
+                name = event.fields.get("name") or ""
+                version = event.fields.get("version") or ""
+                self.user_agent = f"{name}/{version}" if version else name
+            elif kind is ev.Close:
+                self.transport.close()
+                return
+
+    async def _start_tls(self) -> None:
+        loop = self.services.loop
+        try:
+            self.transport = await loop.start_tls(self.transport, self, self.services.tls.front,
+                                                  server_side=True, ssl_handshake_timeout=10)
+        except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            log.info("STARTTLS with %s failed: %s", self.client_ip, exc)
+            if self.transport:
+                self.transport.close()
+            return
+        self.tls = True
+        self._run(self.machine.tls_started())
+
+    # -- login --------------------------------------------------------------
+    @property
+    def route_proto(self) -> str:
+        return self.proto + ("ssl" if self.services.settings.mail.upstream_tls else "")
+
+    async def _login(self, auth: ev.Authenticate) -> None:
+        w = self.services
+        settings = w.settings.mail
+        self.state = "login"
+        typed = auth.username
+        # Every spelling of one name is one throttle key and one route (M1): case,
+        # surrounding and repeated spaces. Aliases and bare names meet on route.account.
+        login = audit.canonical_login(typed)
+        # Plain calls first: a whitelisted client and a route used seconds ago (the
+        # usual login) need no await before the connect.
+        throttled = w.throttle.counts_users(self.client_ip)
+        reject = throttled and await w.throttle.check_user(login, ip=self.client_ip)
+        route = None
+        if not reject:
+            # One deadline for the whole login; no task per step.
+            deadline = _LoginDeadline(w.loop, self._task, settings.login_timeout,
+                                      settings.connect_timeout)
+            try:
+                try:
+                    route = (w.router.recent_mail_route(login, self.route_proto, self.local_ip)
+                             or await self._route(login))
+                    self._check_route(route)
+                    if throttled and route.account != login:
+                        # an alias, a bare name: the account's own counter decides
+                        reject = await w.throttle.check_user(route.account, ip=self.client_ip)
+                    if not reject:
+                        self.account = route.account
+                        self.server = route.server.short_name
+                        backend, response = await self._connect_and_login(route, auth,
+                                                                          deadline)
+                finally:
+                    deadline.clear()
+            except LoginFailure as failure:
+                await self._login_failed(login, failure, typed)
+                return
+            except asyncio.CancelledError:
+                if not deadline.expired:
+                    raise
+                deadline.absorb()
+                await self._login_failed(login, LoginFailure("login timed out", temporary=True),
+                                         typed)
+                return
+        if reject:
+            w.stats.throttled["user"] += 1
+            self._audit(route.account if route else login,
+                        audit.failure(typed, "login rejected: too many failed logins"))
+            if not self.transport.is_closing():
+                self._run(self.machine.throttled(reject))
+            return
+        self._audit(self.account, "")
+        w.stats.logins_ok[self.proto] += 1
+        reject = throttled and await w.throttle.count_user(self.account, success=True,
+                                                           ip=self.client_ip)
+        if reject:                # Carbonio's "successes" mode: too many logins
+            w.stats.throttled["user"] += 1
+            backend.transport.close()
+            if not self.transport.is_closing():
+                self._run(self.machine.throttled(reject))
+            return
+        self._login_succeeded(backend, response)
+
+    async def _route(self, login: str) -> Route | None:
+        try:
+            return await self.services.router.route_mail(login, self.route_proto, self.local_ip)
+        except RouteError as exc:
+            raise LoginFailure(f"no route: {exc}", temporary=True) from None
+
+    def _check_route(self, route: Route | None) -> None:
+        if route is None:
+            raise LoginFailure("account not found", temporary=False)
+        if self.services.in_maintenance(route.server.hostname):
+            raise LoginFailure(f"mailbox server {route.server.hostname} is in maintenance",
+                               temporary=True)
+
+    def _backend_machine(self, route: Route, auth: ev.Authenticate):
+        s = self.services.settings.mail
+        common = dict(client_ip=self.client_ip, client_port=self.client_port,
+                      local_ip=self.local_ip, local_port=self.local_port)
+        if self.proto == "imap":
+            return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
+                                    send_id=s.send_imap_id, **common)
+        known = self.services.pop3_server_capa.get((route.address, route.port))
+        capabilities = known[1] if known and known[0] > self.services.loop.time() else None
+        return Pop3BackendLogin(route.account, auth.password, send_xoip=s.send_pop3_xoip,
+                                capabilities=capabilities, **common)
+
+    def _learn_capabilities(self, route: Route, machine, ok: bool) -> None:
+        if self.proto != "pop3":
+            return
+        memory = self.services.pop3_server_capa
+        if machine.learned is not None and ok:
+            memory[(route.address, route.port)] = (self.services.loop.time() + POP3_CAPA_TTL,
+                                                   machine.learned)
+        elif machine.remembered and not ok:
+            memory.pop((route.address, route.port), None)
+
+    async def _connect_and_login(self, route: Route, auth: ev.Authenticate,
+                                 deadline: _LoginDeadline):
+        """Connect (a few tries within the login deadline) and log in upstream."""
+        s = self.services.settings.mail
+        loop = self.services.loop
+        stats = self.services.stats.backend(route.server.short_name)
+        last_error = "no attempt"
+        for attempt in range(max(1, s.connect_retries + 1)):
+            if attempt:
+                await asyncio.sleep(RETRY_PAUSE)
+            protocol = BackendProtocol(self._backend_machine(route, auth), loop)
+            started = time.monotonic()
+            tls = self.services.mail_upstream_tls
+            deadline.limit(s.connect_timeout)
+            try:
+                await loop.create_connection(
+                    lambda: protocol, route.address, route.port, ssl=tls,
+                    server_hostname=route.server.hostname if tls else None)
+            except OSError as exc:
+                stats.errors += 1
+                last_error = f"connect to {route.server.hostname}: {exc}"
+                continue
+            except asyncio.CancelledError:
+                if not deadline.expired or deadline.login_expired():
+                    raise
+                deadline.absorb()           # this attempt's connect_timeout, not the login's
+                stats.errors += 1
+                last_error = f"connect to {route.server.hostname}: timeout"
+                continue
+            finally:
+                deadline.restore()
+            try:
+                result = await protocol.result
+            except asyncio.CancelledError:
+                protocol.transport.close()        # login deadline passed
+                raise
+            ok = isinstance(result, ev.LoginOK)
+            self._learn_capabilities(route, protocol.machine, ok)
+            if ok:
+                stats.connected((time.monotonic() - started) * 1000)
+                return protocol, result.response
+            protocol.transport.close()
+            if isinstance(result, ev.LoginRejected):
+                if result.temporary:
+                    raise LoginFailure(f"mailbox server says {_text(result.response)}",
+                                       temporary=True)
+                raise LoginFailure("invalid password", temporary=False)
+            stats.errors += 1
+            last_error = f"{route.server.hostname}: {result.reason}"
+        raise LoginFailure(f"mailbox server unavailable ({last_error})", temporary=True)
+
+    async def _login_failed(self, login: str, failure: LoginFailure, typed: str = "") -> None:
+        """``login`` is the canonical form of the ``typed`` name; the audit line and the
+        user throttle name the account the route resolved when there was one."""
+        w = self.services
+        account = self.account or login
+        self._audit(account, audit.failure(typed or login, failure.reason))
+        if failure.temporary:
+            w.stats.logins_temp[self.proto] += 1
+            log.warning("login of %r from %s failed temporarily: %s", typed or login,
+                        self.client_ip, failure.reason)
+        else:
+            w.stats.logins_failed[self.proto] += 1
+            await w.throttle.count_user(account, success=False, ip=self.client_ip)
+            # The route may be stale (a moved mailbox): forget it, as Carbonio does.
+            await w.router.forget(login, self.route_proto, self.local_ip, self.account)
+            # Tarpit: slow down password guessing; reading stays paused meanwhile.
+            await asyncio.sleep(w.settings.mail.auth_wait)
+        self.account = self.server = ""
+        self.state = "preauth"
+        if self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        self._run(self.machine.auth_failed(temporary=failure.temporary))
+
+    def _login_succeeded(self, backend: BackendProtocol, response: bytes) -> None:
+        if self.transport.is_closing():
+            backend.transport.close()
+            return
+        events, leftover = self.machine.auth_succeeded(response)
+        self._run(events)
+        s = self.services.settings.mail
+        loop = self.services.loop
+        idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
+        self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
+                             on_close=self._ended, loop=loop, own_timer=False,
+                             watch=ImapStream() if self.proto == "imap" else None)
+        if self._timer.when() > loop.time() + idle:     # an idle limit below preauth's
+            self._timer.cancel()
+            self._timer = loop.call_later(idle, self._timer_fired)
+        self.backend = backend
+        backend.session = self
+        backend.splice = self.splice
+        self.state = "proxy"
+        # Open sessions per mailbox server: up here, down in _ended (every way a relay
+        # ends goes through Splice.close, once).
+        self.services.stats.backend(self.server).active += 1
+        extra = backend.machine.leftover()
+        if extra:
+            self.splice.from_backend(extra)
+        if leftover:
+            self.splice.from_client(leftover)
+        backend.transport.resume_reading()
+        self.transport.resume_reading()
+
+    def _farewell(self, line: bytes) -> bytes:
+        """``line`` if the proxy may add it to a logged-in session, else nothing: only IMAP
+        gets one (POP3 has no untagged line: its client just sees the close), and only
+        while the server has not said BYE, the client has not asked for LOGOUT or
+        COMPRESS, and the server's stream is between two responses (imapstream.py)."""
+        watch = self.splice.watch
+        return line if watch is not None and watch.may_add_line() else b""
+
+    def backend_closed(self, exc) -> None:
+        """The mailbox server went away: tell the client, if the transparency rule lets."""
+        if self.splice is None or self.splice.closed:
+            return
+        farewell = self._farewell(b"* BYE [UNAVAILABLE] Mailbox server connection lost\r\n")
+        self.services.stats.backend(self.server).errors += exc is not None
+        self.splice.close("mailbox server closed", farewell=farewell)
+
+    def _ended(self, reason: str) -> None:
+        self.services.stats.backend(self.server).active -= 1
+        self.services.session_ended(self.id)
+
+    def _audit(self, account: str, error: str) -> None:
+        self.services.audit.write_line(audit.format_line(
+            time.time(), self.thread, self.local_ip, self.client_ip, self.client_port,
+            self.user_agent, "Auth", account, self.proto, error))
+
+
+def _text(response: bytes) -> str:
+    return response.decode("utf-8", "replace")[:200]

@@ -1,0 +1,741 @@
+"""The web front: HTTP(S) reverse proxy to the mailbox servers' web ports.
+
+Per request, in Carbonio's order (reference §6): a REST path names the user
+(``/home/<user>/…``, ``/service/home/~<user>/…``), else the ``ZM_AUTH_TOKEN``
+cookie names the account (``ZM_ADMIN_AUTH_TOKEN`` on the admin port), else
+the request is balanced across healthy upstreams. Bodies stream both ways
+with backpressure, WebSocket upgrades become a raw splice, and nothing in a
+response names a backend. Port 80 follows the mail mode from LDAP.
+
+Logins (security review M2, M4): a request that may log in (the form, and any
+``POST /service/soap*`` however its target is spelled: ``webrules.login_kind``)
+has its body read whole first, up to ``login_body_limit`` whatever its framing,
+so the name is known before a mailbox server sees anything: the user throttle
+is checked, the login routed to the account's server, and after the answer the
+same name is audited and counted. A form over the limit is a 413; a larger
+SOAP body streams through but is cut (413) before its end if it spells a login.
+
+What reaches a mailbox server (M3, L5): forwarding headers are ours only
+(``webrules.upstream_headers``), header names with ``_`` are dropped, and only
+a WebSocket handshake may become a tunnel, only on a 101 that accepts it.
+
+Slow or greedy clients (L2, L3): a head must arrive within ``header_timeout``
+of its first byte (``keepalive_timeout`` is only the wait for that byte), a
+body keeps moving at ``body_min_rate``, a client that accepts nothing for
+``send_timeout`` is cut, and one address holds at most
+``max_connections_per_ip`` connections per worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from carbotui.core import audit
+from carbotui.core.authtoken import zimbra_id_from_token
+from carbotui.services.routes import RouteError
+from carbotui.protocols import http11
+from carbotui.protocols import webrules
+from carbotui.proxy.httpconn import HttpConnection, SendTimeout
+from carbotui.proxy.listeners import session_addresses
+from carbotui.proxy.relay import Splice
+from carbotui.protocols.sasl import safe_text
+from carbotui.proxy.upstreams import Upstream
+from carbotui.protocols.webrules import FORM, BodyDeadline, LoginMarkerScan
+
+if TYPE_CHECKING:
+    from carbotui.proxy.context import SessionServices
+
+log = logging.getLogger("carbotui.proxy.web")
+
+_REST = re.compile(rb"^/(?:service/)?home/~?([^/?#]+)")
+_HOST = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
+RESPONSE_DROP = (b"server", b"x-powered-by")
+DISCARD_LIMIT = 1024 * 1024        # body bytes read and dropped before closing after a refusal
+ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+
+
+class Throttled(Exception):
+    """A web login refused by the user throttle; the text is Carbonio's."""
+
+
+@dataclass(slots=True)
+class Login:
+    """A request that logs in. As for mail logins (M1), the canonical form of the
+    name it gives is checked and routed, and the account the route resolved (alias,
+    bare name ...) is checked, audited and counted when there is one."""
+    kind: str                  # webrules.FORM | webrules.SOAP
+    typed: str                 # as the body gives it; '' when it gives none
+    name: str                  # audit.canonical_login(typed)
+    account: str = ""          # route.account, once routed
+
+    @property
+    def counted(self) -> str:
+        """The user-throttle counter (and audit account) this login goes to."""
+        return self.account or self.name
+
+
+def error_page(status: int, text: str, *, close: bool = True, extra=(),
+               head_only: bool = False) -> bytes:
+    """A small HTML error response. ``head_only`` for HEAD: the same head, no
+    content (RFC 9110 §9.3.2), or the client would read the page as the next
+    response."""
+    title = f"{status} {HTTPStatus(status).phrase}"
+    body = (f"<!doctype html><html><head><title>{title}</title></head><body>"
+            f"<h1>{title}</h1><p>{text}</p></body></html>\n").encode()
+    headers = [(b"Content-Type", b"text/html; charset=utf-8"),
+               (b"Content-Length", str(len(body)).encode()), *extra]
+    if close:
+        headers.append((b"Connection", b"close"))
+    head = http11.serialize_response_head(status, None, headers)
+    return head if head_only else head + body
+
+
+def cookie(headers, name: bytes) -> bytes | None:
+    for value in http11.get_all(headers, b"cookie"):
+        for part in value.split(b";"):
+            key, _, val = part.strip().partition(b"=")
+            if key == name:
+                return val
+    return None
+
+
+class WebSession(HttpConnection):
+    """One client connection to an HTTP, HTTPS or admin listener."""
+
+    def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
+        super().__init__(http11.RequestParser(
+            max_header_bytes=services.settings.web.max_header_bytes))
+        self.services = services
+        self.addresses = addresses      # ((client ip, port), (local ip, port)) from PROXY
+        self.kind = kind                # http | https | admin
+        self.scheme = "https" if tls else "http"
+        self.id = services.next_session_id()
+        self.client_ip = self.local_ip = ""
+        self.client_port = self.local_port = 0
+        self.account = self.server = ""
+        self.state = "http"
+        self.started = time.time()
+        self.bytes_out = 0
+        self._task: asyncio.Task | None = None
+        self._ip_counted = False          # holds a place in connections_per_ip
+        # per request
+        self._method = b"GET"
+        self._head_sent = False           # the response head went out: no error page now
+        self._bad_body = False            # the request body broke off (None: client gone)
+        self._body_done = False           # its EndOfMessage was taken
+        self._body: BodyDeadline | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        (self.client_ip, self.client_port,
+         self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
+        w = self.services
+        w.stats.connections[self.kind] += 1
+        # A connection accepted while draining is still served: refusing it would
+        # turn a graceful restart into a failed login.
+        if len(w.sessions) >= w.settings.mail.max_connections:
+            w.stats.rejected_busy += 1
+            transport.write(error_page(503, "The service is busy. Please try again shortly.",
+                                       extra=[(b"Retry-After", b"5")]))
+            transport.close()
+            return
+        per_ip = w.settings.web.max_connections_per_ip
+        if per_ip and not w.throttle.exempt(self.client_ip):
+            if not w.connections_per_ip.acquire("web", self.client_ip, per_ip):
+                # nginx's limit_conn answers 503 too
+                w.stats.throttled["ip_connections"] += 1
+                transport.write(error_page(503, "Too many connections from your address. "
+                                                "Please try again shortly.",
+                                           extra=[(b"Retry-After", b"5")]))
+                transport.close()
+                return
+            self._ip_counted = True
+        w.sessions[self.id] = self
+        self._task = w.loop.create_task(self._serve())
+
+    async def _admitted(self) -> bool:
+        """Blocks and the web IP limit (throttle:proto=h), checked once per connection."""
+        if self.services.throttle.exempt(self.client_ip):
+            return True
+        reject = await self.services.throttle.check_ip(self.kind, self.client_ip)
+        if reject:
+            self.services.stats.throttled["ip"] += 1
+            self.send(error_page(403, reject + "."))
+        return not reject
+
+    def connection_lost(self, exc) -> None:
+        super().connection_lost(exc)
+        if self._ip_counted:
+            self._ip_counted = False
+            self.services.connections_per_ip.release("web", self.client_ip)
+        self.services.session_ended(self.id)
+
+    def shutdown(self, reason: str) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.write(data)
+
+    def _page(self, status: int, text: str, *, close: bool = True, extra=()) -> bytes:
+        return error_page(status, text, close=close, extra=extra,
+                          head_only=self._method == b"HEAD")
+
+    async def _refuse(self, status: int, text: str, extra=()) -> bool:
+        """An error page that ends the connection, as its ``Connection: close`` says.
+        What is left of the body is read (bounded) and dropped first, so that the
+        client reads the page rather than a reset."""
+        self.send(self._page(status, text, extra=extra))
+        await self._discard_body()
+        return False
+
+    # -- request loop -------------------------------------------------------
+    async def _serve(self) -> None:
+        web = self.services.settings.web
+        try:
+            if not await self._admitted():
+                return
+            first = True
+            while True:
+                try:
+                    if not first:
+                        # Between requests the client may think for keepalive_timeout; from
+                        # the first byte of a head on, header_timeout applies to the whole
+                        # head, as for the first request (no slow head on a kept-alive
+                        # connection).
+                        try:
+                            await self.wait_readable(web.keepalive_timeout)
+                        except asyncio.TimeoutError:
+                            break
+                    event = await self.next_event(web.header_timeout)
+                except asyncio.TimeoutError:
+                    if self.parser.buffered:       # a head started but never finished
+                        self.send(error_page(408, "The request took too long to arrive."))
+                    break
+                if event is None:
+                    break
+                if isinstance(event, http11.ParseError):
+                    self.send(error_page(event.status, "The request could not be understood."))
+                    break
+                if not isinstance(event, http11.Request):
+                    break
+                keep = await self._handle(event)
+                if not keep or not self.parser.keep_alive or self.closed:
+                    break
+                self.start_next()
+                first = False
+        except (ConnectionError, OSError) as exc:
+            log.debug("client %s: %s", self.client_ip, exc)
+        finally:
+            if self.splice is None:
+                self.close()
+            self.services.session_ended(self.id)
+
+    async def _handle(self, req: http11.Request) -> bool:
+        w = self.services
+        web = w.settings.web
+        w.stats.web_requests[self.kind] += 1
+        req = webrules.without_underscored(req)
+        self._method = req.method
+        self._head_sent = False
+        self._bad_body = False
+        self._body_done = False
+        self._body = BodyDeadline(w.loop.time(), web.body_timeout, web.body_min_rate)
+        host = http11.get_header(req.headers, b"host") or b""
+        if host and not _HOST.match(host):
+            self.send(self._page(400, "Bad Host header."))
+            return False
+        if self.kind == "http":
+            return await self._plain_http(req, host)
+        if req.method == b"CONNECT":
+            # RFC 9110 §9.3.6: CONNECT asks a forward proxy for a tunnel; this is not one.
+            return await self._refuse(405, "CONNECT is not supported here.",
+                                      extra=[(b"Allow", ALLOW)])
+        kind = webrules.login_kind(req.method, req.target) if self.kind != "admin" else None
+        body: bytes | None = None
+        whole = True
+        login = None
+        if kind is not None:
+            got = await self._read_login_body(req, kind)
+            if got is None:
+                return False
+            body, whole = got
+            problem = None
+            if whole:
+                try:
+                    name = webrules.login_name(kind, body)
+                except webrules.BadLogin as exc:
+                    problem = str(exc)
+                else:
+                    if name is not None:
+                        login = Login(kind, name, audit.canonical_login(name))
+            elif kind == FORM or webrules.has_login_marker(body):
+                log.info("client %s: login body over %d bytes refused", self.client_ip,
+                         web.login_body_limit)
+                return await self._refuse(413, "The login request is too large.")
+            else:
+                problem = webrules.soap_body_problem(body[:512])
+            if problem:
+                log.info("client %s: login request refused: %s", self.client_ip, problem)
+                return await self._refuse(400, "The login request could not be understood.")
+        try:
+            upstream, routed = await self._choose(req, login)
+        except Throttled as reject:
+            self.send(self._page(403, f"{reject}."))
+            return False
+        except RouteError:
+            return await self._refuse(503, "The mail service is temporarily unavailable. "
+                                           "Please try again in a moment.",
+                                      extra=[(b"Retry-After", b"10")])
+        if upstream is None:
+            return await self._refuse(503 if routed else 502,
+                                      "Your mailbox is temporarily unavailable. Please try "
+                                      "again in a moment." if routed else
+                                      "The mail service is temporarily unavailable.",
+                                      extra=[(b"Retry-After", b"10")])
+        return await self._proxy(req, upstream, routed, body, whole, login)
+
+    async def _body_event(self):
+        """The next event of the request body within its deadline (BodyDeadline);
+        None when the client went away. Raises TimeoutError when it is too slow."""
+        clock = self._body
+        timeout = clock.timeout(self.services.loop.time())
+        if timeout <= 0:
+            raise asyncio.TimeoutError
+        event = await self.next_event(timeout)
+        if type(event) is http11.Data:
+            clock.received += len(event.data)
+        elif type(event) is http11.EndOfMessage:
+            self._body_done = True
+        return event
+
+    async def _read_login_body(self, req: http11.Request, kind: str
+                               ) -> tuple[bytes, bool] | None:
+        """(body, whole): the body of a possible login, read up to login_body_limit
+        whatever its framing (a chunked login is checked like any other); whole is
+        False when there is more. None when the client was answered (or is gone)."""
+        limit = self.services.settings.web.login_body_limit
+        mode = req.body_mode
+        if kind == FORM and mode.kind == "length" and mode.length > limit:
+            self.send(self._page(413, "The login request is too large."))
+            if not http11.expects_continue(req.headers):   # (those never send it)
+                await self._discard_body()
+            return None
+        if req.version == b"1.1" and http11.expects_continue(req.headers):
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = bytearray()
+        try:
+            while len(body) <= limit:
+                event = await self._body_event()
+                if type(event) is http11.Data:
+                    body += event.data
+                elif type(event) is http11.EndOfMessage:
+                    return bytes(body), True
+                else:
+                    if isinstance(event, http11.ParseError):
+                        self.send(self._page(event.status,
+                                             "The request body could not be understood."))
+                    return None
+        except asyncio.TimeoutError:
+            self.send(self._page(408, "The request took too long to arrive."))
+            return None
+        return bytes(body), False
+
+    async def _discard_body(self, max_bytes: int = DISCARD_LIMIT) -> bool:
+        """Read and drop what is left of the request body: True when it ended (then
+        another request may follow), False when it broke off, was too slow or went
+        on past ``max_bytes``."""
+        seen = 0
+        try:
+            while not self._body_done:
+                event = await self._body_event()
+                if event is None or isinstance(event, http11.ParseError):
+                    return False
+                if type(event) is http11.Data:
+                    seen += len(event.data)
+                    if seen > max_bytes:
+                        return False
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _plain_http(self, req: http11.Request, host: bytes) -> bool:
+        """Port 80: 'redirect' sends the same URL over https; 'https' refuses."""
+        live = self.services.live
+        if live.mail_mode == "redirect" and host:
+            hostname = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
+            port = live.https_port
+            authority = hostname + (b":%d" % port if port and port != 443 else b"")
+            location = b"https://" + authority + req.target
+            if not req.target.startswith(b"/"):
+                location = b"https://" + authority + b"/"
+            self.send(http11.serialize_response_head(
+                301, None, [(b"Location", location), (b"Content-Length", b"0")]))
+            return await self._discard_body()
+        self.send(self._page(403, "This service is available over HTTPS only.", close=False))
+        return await self._discard_body()
+
+    async def _choose(self, req: http11.Request, login: Login | None
+                      ) -> tuple[Upstream | None, bool]:
+        """(upstream, routed): routed means it must be this user's own server."""
+        w = self.services
+        ups = w.upstreams_for(self.kind)
+        path = req.target.split(b"?", 1)[0]
+        if login is not None and login.name:
+            # Checked before anything reaches a mailbox server, counted after its
+            # answer (_audit_web_login), on the same key.
+            throttled = w.throttle.counts_users(self.client_ip)
+            reject = throttled and await w.throttle.check_user(login.name, ip=self.client_ip)
+            if reject:
+                self._throttled(login, req)
+                raise Throttled(reject)
+            route = await w.router.route_mail(login.name, "http", self.local_ip)
+            if route is not None:
+                login.account = route.account
+                if throttled and route.account != login.name:
+                    # an alias, a bare name: the account's own counter decides
+                    reject = await w.throttle.check_user(route.account, ip=self.client_ip)
+                    if reject:
+                        self._throttled(login, req)
+                        raise Throttled(reject)
+                if w.in_maintenance(route.server.hostname):
+                    return None, True          # no new logins there: 503
+                return ups.for_server(route.server.hostname), True
+        if self.kind != "admin":
+            m = _REST.match(path)
+            if m and m.group(1) not in (b"", b"~"):
+                user = unquote(m.group(1).decode("utf-8", "replace"))
+                route = await w.router.route_mail(user, "http", self.local_ip)
+                if route is not None:
+                    self.account = route.account
+                    return ups.for_server(route.server.hostname), True
+        token = cookie(req.headers, b"ZM_ADMIN_AUTH_TOKEN" if self.kind == "admin"
+                       else b"ZM_AUTH_TOKEN")
+        zimbra_id = zimbra_id_from_token(token) if token else None
+        if zimbra_id:
+            route = await w.router.route_by_id(zimbra_id, "http", admin=self.kind == "admin")
+            if route is not None:
+                self.account = route.account
+                return ups.for_server(route.server.hostname), True
+        return ups.pick(self.client_ip, w.settings.web.balance), False
+
+    def _throttled(self, login: Login, req) -> None:
+        self.services.stats.throttled["user"] += 1
+        self._audit_login(login.counted, "soap", audit.failure(
+            login.typed, "login rejected: too many failed logins"), req)
+
+    # -- proxying -----------------------------------------------------------
+    def _request_head(self, req: http11.Request, upstream: Upstream, *, expect: bool = True,
+                      length: int | None = None, websocket: bool = False) -> bytes:
+        """The head for the mailbox server. ``length``: the body was read whole and
+        goes with that Content-Length, whatever framing the client used."""
+        headers = http11.remove_hop_by_hop(req.headers)
+        drop = []
+        if not expect:          # we answered 100-continue ourselves
+            drop.append(b"expect")
+        if length is not None:
+            drop.append(b"content-length")
+        if drop:
+            headers = http11.remove_headers(headers, *drop)
+        headers = webrules.upstream_headers(
+            headers, client_ip=self.client_ip, scheme=self.scheme,
+            extend_forwarded_for=self.addresses is not None
+            and self.services.settings.web.extend_forwarded_for)
+        if http11.get_header(headers, b"host") is None:
+            headers.append((b"Host", upstream.server.hostname.encode()))
+        if length is not None:
+            headers.append((b"Content-Length", b"%d" % length))
+        elif req.body_mode.kind == "chunked":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        if websocket:
+            headers.append((b"Connection", b"upgrade"))
+            headers.append((b"Upgrade", b"websocket"))
+        return http11.serialize_request_head(req.method, req.target, headers)
+
+    def _response_head(self, resp: http11.Response, req: http11.Request,
+                       upstream: Upstream) -> tuple[bytes, bool]:
+        """Headers for the client, and whether the body is re-chunked."""
+        headers = http11.remove_hop_by_hop(resp.headers)
+        headers = http11.remove_headers(headers, *RESPONSE_DROP)
+        location = http11.get_header(headers, b"location")
+        if location is not None:
+            fixed = self._public_location(location, req, upstream)
+            if fixed != location:
+                headers = [(k, fixed if k.lower() == b"location" else v) for k, v in headers]
+        rechunk = False
+        if not self.parser.keep_alive:
+            headers.append((b"Connection", b"close"))       # the client asked for it
+        if resp.status == 101:
+            headers.append((b"Connection", b"upgrade"))
+            headers.append((b"Upgrade", b"websocket"))      # the only one let through
+        elif resp.body_mode.kind in ("chunked", "until-close"):
+            if req.version == b"1.1":
+                headers.append((b"Transfer-Encoding", b"chunked"))
+                rechunk = True
+            else:
+                headers.append((b"Connection", b"close"))
+        return http11.serialize_response_head(resp.status, resp.reason, headers), rechunk
+
+    def _public_location(self, location: bytes, req, upstream: Upstream) -> bytes:
+        """A redirect to a backend address becomes one to the public host."""
+        m = re.match(rb"^(https?)://([^/?#]*)(.*)$", location, re.S)
+        if not m:
+            return location
+        authority = m.group(2).lower()
+        names = set()
+        for u in self.services.all_upstreams():
+            for host in (u.address.encode(), u.server.hostname.encode()):
+                names.add(host)
+                names.add(host + b":%d" % u.port)
+        if authority not in names:
+            return location
+        host = http11.get_header(req.headers, b"host") or self.local_ip.encode()
+        return self.scheme.encode() + b"://" + host + (m.group(3) or b"/")
+
+    async def _connect(self, upstream: Upstream, method: bytes) -> HttpConnection:
+        """A connection to the upstream whose parser expects the answer to ``method``
+        (a HEAD answer has no body whatever its headers say, RFC 9110 §9.3.2)."""
+        while upstream.idle:
+            conn = upstream.idle.pop()
+            # An idle connection that has sent anything since is not in step any more.
+            if conn.reusable and not conn.events and not conn.parser.buffered:
+                conn.start_next(method)
+                return conn
+            conn.close()
+        loop = self.services.loop
+        conn = HttpConnection(http11.ResponseParser(method))
+        tls = self.services.web_upstream_tls
+        await asyncio.wait_for(loop.create_connection(
+            lambda: conn, upstream.address, upstream.port, ssl=tls,
+            server_hostname=upstream.server.hostname if tls else None),
+            self.services.settings.web.connect_timeout)
+        return conn
+
+    async def _proxy(self, req: http11.Request, upstream: Upstream, routed: bool,
+                     body: bytes | None, whole: bool, login: Login | None) -> bool:
+        w = self.services
+        web = w.settings.web
+        try:
+            up = await self._connect(upstream, req.method)
+        except (OSError, asyncio.TimeoutError):
+            upstream.failed(web.fail_timeout)
+            retry = None if routed else w.upstreams_for(self.kind).pick(self.client_ip,
+                                                                         web.balance)
+            if retry is None:
+                return await self._refuse(503 if routed else 502,
+                                          "Your mailbox is temporarily unavailable." if routed
+                                          else "The mail service is temporarily unavailable.")
+            upstream = retry
+            try:
+                up = await self._connect(upstream, req.method)
+            except (OSError, asyncio.TimeoutError):
+                upstream.failed(web.fail_timeout)
+                return await self._refuse(502, "The mail service is temporarily unavailable.")
+        self.server = upstream.name
+        upstream.active += 1
+        upstream.requests += 1
+        websocket = webrules.websocket_request(req)
+        read_whole = body is not None and whole
+        up.write(self._request_head(req, upstream, expect=body is None, websocket=websocket,
+                                    length=len(body) if read_whole else None))
+        if read_whole:
+            up.write(body)
+            body_task = w.loop.create_future()
+            body_task.set_result(True)
+        else:
+            scan = None
+            if body is not None:           # a large SOAP body: its start, then the rest
+                scan = LoginMarkerScan(body)
+                up.write(http11.chunk(body) if req.body_mode.kind == "chunked" else body)
+            body_task = w.loop.create_task(self._pump_body(req, up, scan))
+        try:
+            keep = await self._relay_response(req, up, upstream, body_task, login, websocket)
+        except SendTimeout as exc:
+            log.info("client %s: %s; closed", self.client_ip, exc)
+            up.close()
+            self.abort()
+            keep = False
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            up.close()
+            keep = False
+            if not body_task.done():
+                body_task.cancel()
+                await asyncio.wait([body_task])
+            bad = self._bad_body
+            if self._head_sent:
+                pass                   # cut short: closing says so; a page would be garbage
+            elif isinstance(bad, http11.ParseError):
+                self.send(self._page(bad.status, "The request body could not be accepted."))
+                if bad.status == 413:
+                    await self._discard_body()
+            elif bad is False:
+                self.send(self._page(504, "The mail service did not answer in time."))
+        finally:
+            upstream.active -= 1
+            if not body_task.done():
+                body_task.cancel()
+                keep = False
+        return keep
+
+    async def _pump_body(self, req, up: HttpConnection, scan: LoginMarkerScan | None) -> bool:
+        """Client body -> upstream, re-framed, with backpressure both ways. With
+        ``scan``, a piece that spells a login is never sent: the upstream is cut
+        before the end of the body, so it never acts on it (413 to the client)."""
+        kind = req.body_mode.kind
+        if kind in ("none", "upgrade"):
+            # The parser emits a body-less request's end with its head: take it, or
+            # the request loop would read it as the next message.
+            if self.events and isinstance(self.events[0], http11.EndOfMessage):
+                self.events.popleft()
+                self._body_done = True
+            return True
+        while True:
+            try:
+                event = await self._body_event()
+            except asyncio.TimeoutError:
+                event = http11.ParseError(408, "the request body arrived too slowly")
+            if event is None or isinstance(event, http11.ParseError):
+                self._bad_body = event      # _proxy answers the client with its status
+                up.close()
+                return False
+            if type(event) is http11.Data:
+                if scan is not None and scan.feed(event.data):
+                    log.info("client %s: a SOAP body over %d bytes spells a login; cut",
+                             self.client_ip, self.services.settings.web.login_body_limit)
+                    self._bad_body = http11.ParseError(413, "login in a large SOAP body")
+                    up.abort()
+                    return False
+                up.write(http11.chunk(event.data) if kind == "chunked" else event.data)
+                await up.drain()
+            elif type(event) is http11.EndOfMessage:
+                if kind == "chunked":
+                    up.write(http11.LAST_CHUNK)
+                return True
+
+    async def _relay_response(self, req, up: HttpConnection, upstream: Upstream,
+                              body_task, login: Login | None, websocket: bool) -> bool:
+        web = self.services.settings.web
+        timeout = web.read_timeout
+        while True:
+            event = await up.next_event(timeout)
+            if event is None:
+                raise ConnectionError("upstream closed before answering")
+            if isinstance(event, http11.ParseError):
+                up.close()
+                self.send(self._page(502, "The mail service sent an invalid answer."))
+                return False
+            if isinstance(event, http11.Response):
+                if event.informational:
+                    # RFC 9110 §15.2: a server MUST NOT send a 1xx response to an
+                    # HTTP/1.0 client.
+                    if req.version != b"1.0":
+                        self.send(http11.serialize_response_head(
+                            event.status, event.reason, http11.remove_hop_by_hop(event.headers)))
+                    continue
+                resp = event
+                break
+        if resp.status == 101 and not (websocket and webrules.websocket_accepted(resp)):
+            up.close()
+            log.warning("upstream %s switched protocols unasked (%r); refused", upstream.name,
+                        http11.get_header(resp.headers, b"upgrade"))
+            self.send(self._page(502, "The mail service sent an invalid answer."))
+            return False
+        head, rechunk = self._response_head(resp, req, upstream)
+        if login is not None:
+            self._audit_web_login(req, resp, login)
+        self.send(head)
+        self._head_sent = True
+        if resp.status == 101:
+            return await self._splice(up)
+        send_timeout = web.send_timeout
+        while True:
+            event = await up.next_event(timeout)
+            if event is None or isinstance(event, http11.ParseError):
+                # Cut short: the client must not take a partial body for a whole one.
+                up.close()
+                return False
+            if type(event) is http11.Data:
+                self.send(http11.chunk(event.data) if rechunk else event.data)
+                await self.drain(send_timeout)
+                if self.closed:
+                    up.close()
+                    return False
+            elif type(event) is http11.EndOfMessage:
+                if rechunk:
+                    self.send(http11.LAST_CHUNK)
+                break
+        body_ok = body_task.done() and not body_task.cancelled() and body_task.result()
+        if up.parser.keep_alive and up.reusable and body_ok \
+                and len(upstream.idle) < web.upstream_keepalive:
+            upstream.idle.append(up)          # _connect restarts its parser for the method
+        else:
+            up.close()
+        # A body framed by closing (HTTP/1.0 client, not re-chunked) ends the connection.
+        return bool(body_ok) and (rechunk or resp.body_mode.kind in ("length", "none"))
+
+    async def _splice(self, up: HttpConnection) -> bool:
+        """After 101: raw bytes both ways until either side closes."""
+        done = self.services.loop.create_future()
+
+        def ended(reason: str) -> None:
+            if not done.done():
+                done.set_result(reason)
+
+        splice = Splice(self.transport, up.transport,
+                        idle_timeout=self.services.settings.web.polling_timeout, on_close=ended)
+        self.splice, up.splice = splice, splice
+        self.on_splice_data, up.on_splice_data = splice.from_client, splice.from_backend
+        self.on_pause_writing, self.on_resume_writing = (splice.client_write_paused,
+                                                         splice.client_write_resumed)
+        up.on_pause_writing, up.on_resume_writing = (splice.backend_write_paused,
+                                                     splice.backend_write_resumed)
+        self.state = "websocket"
+        for data in (self.parser.take_remainder(),):
+            if data:
+                splice.from_client(data)
+        for data in (up.parser.take_remainder(),):
+            if data:
+                splice.from_backend(data)
+        self.transport.resume_reading()
+        up.transport.resume_reading()
+        if self.closed or up.closed:
+            splice.close("closed during upgrade")
+        await done
+        return False
+
+    # -- audit --------------------------------------------------------------
+    def _audit_web_login(self, req, resp: http11.Response, login: Login) -> None:
+        """The login's answer: audited and counted on the account (or canonical name)
+        that was checked before, as for mail logins."""
+        name = login.counted[:320] or "(unknown)"
+        cookies = b" ".join(http11.get_all(resp.headers, b"set-cookie"))
+        ok = resp.status < 400 and b"ZM_AUTH_TOKEN=" in cookies
+        w = self.services
+        if ok:
+            error = ""
+            self.account = name
+            w.stats.logins_ok["soap"] += 1
+        else:
+            reason = ("invalid password" if resp.status in (401, 403)
+                      else f"login failed (HTTP {resp.status})")
+            error = audit.failure(login.typed[:320] or name, reason)
+            w.stats.logins_failed["soap"] += 1
+        self._audit_login(name, "soap", error, req)
+        if login.name and w.throttle.counts_users(self.client_ip):
+            w.loop.create_task(w.throttle.count_user(login.counted, success=ok,
+                                                     ip=self.client_ip))
+
+    def _audit_login(self, name: str, proto: str, error: str, req) -> None:
+        user_agent = (http11.get_header(req.headers, b"user-agent") or b"").decode("latin-1")
+        self.services.audit.write(audit.AuditEvent(
+            account=name, protocol=proto, client_ip=self.client_ip, client_port=self.client_port,
+            proxy_ip=self.local_ip, error=error,
+            user_agent=safe_text(user_agent, 120),       # C0/C1 controls never reach a log
+            thread=f"{'Admin' if self.kind == 'admin' else 'Https'}Server-{self.services.index}"))

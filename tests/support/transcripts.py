@@ -1,0 +1,48 @@
+"""Transcript helpers shared by the sans-IO mail machine tests (test_imap, test_pop3):
+feed bytes, collect what the machine sends and the other events, and check that feeding
+byte by byte gives the same transcript as feeding everything at once."""
+from __future__ import annotations
+
+from carbotui.protocols.events import BackendFailed, LoginOK, LoginRejected, Send
+
+
+def run(machine, *chunks: bytes) -> tuple[bytes, list]:
+    """Feed the chunks; return (every byte sent, the other events in order)."""
+    return split([event for chunk in chunks for event in machine.feed(chunk)])
+
+
+def split(events: list) -> tuple[bytes, list]:
+    sent = b"".join(e.data for e in events if isinstance(e, Send))
+    return sent, [e for e in events if not isinstance(e, Send)]
+
+
+def bytewise(make, data: bytes) -> tuple[bytes, list]:
+    """Feed ``data`` to one fresh machine at once and to another one byte at a
+    time; the transcripts must be identical. Returns the transcript."""
+    whole = run(make(), data)
+    trickled = run(make(), *(data[i:i + 1] for i in range(len(data))))
+    assert trickled == whole
+    return whole
+
+
+FINAL = (LoginOK, LoginRejected, BackendFailed)
+
+
+def login_transcript(machine, *chunks: bytes) -> tuple[bytes, list, bytes]:
+    """Feed a backend login machine until its final event; return (bytes
+    sent, events, bytes received after the final reply)."""
+    events: list = []
+    for i, chunk in enumerate(chunks):
+        events += machine.feed(chunk)
+        if any(isinstance(e, FINAL) for e in events):
+            return *split(events), machine.leftover() + b"".join(chunks[i + 1:])
+    return *split(events), b""
+
+
+def login_bytewise(make, data: bytes) -> tuple[bytes, list, bytes]:
+    """``bytewise`` for backend login machines, which refuse input after
+    their final event."""
+    whole = login_transcript(make(), data)
+    trickled = login_transcript(make(), *(data[i:i + 1] for i in range(len(data))))
+    assert trickled == whole
+    return whole

@@ -1,1 +1,0 @@
-"""The proxy worker process (one per core under supervisord)."""
