@@ -31,16 +31,16 @@ import pytest
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from workers.events import Authenticate, Close, MailLimits, Send, StartTLS
-from workers.http11 import (
+from carbotui.protocols.events import Authenticate, Close, MailLimits, Send, StartTLS
+from carbotui.protocols.http11 import (
     UPGRADE, Data, EndOfMessage, ParseError, Request, RequestParser, Response, ResponseParser,
 )
-from workers.imap import ImapClientSide
-from workers.pop3 import Pop3ClientSide
-from workers.proxyproto import (
+from carbotui.protocols.imap import ImapClientSide
+from carbotui.protocols.pop3 import Pop3ClientSide
+from carbotui.protocols.proxyproto import (
     V2_SIGNATURE, ProxyError, ProxyHeader, ProxyHeaderParser, build_v1, build_v2, ssl_tlv,
 )
-from workers.sasl import coalesce
+from carbotui.protocols.sasl import coalesce
 
 FUZZ = settings(max_examples=500, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
