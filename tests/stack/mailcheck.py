@@ -438,6 +438,29 @@ def open_imap(endpoint: Endpoint, rcvbuf: int = 0) -> ImapWire:
     return wire
 
 
+def _play(wire, steps: Iterable[Step], send: Callable[[Step], None],
+          wait: Callable[[Step], bool]) -> bool:
+    """Play steps on either protocol's wire; True if the server closed the connection.
+    ``wait(step)`` waits for the protocol's own ``until``s, False for one it does not know."""
+    for step in steps:
+        if step.call:
+            step.call()
+        if step.send:
+            send(step)
+        try:
+            if step.until == "eof":
+                wire.until_eof()
+                return True
+            if step.until == "close":
+                wire.close()
+                return False
+            if step.until != "none" and not wait(step):
+                raise ValueError(step.until)
+        except Closed:
+            return True
+    return False
+
+
 def play_imap(wire: ImapWire, steps: Iterable[Step], facts: dict) -> bool:
     """Play steps; True if the server closed the connection.
 
@@ -445,37 +468,30 @@ def play_imap(wire: ImapWire, steps: Iterable[Step], facts: dict) -> bool:
     the command instead of asking for its literal (APPEND to a missing mailbox, say), and
     the steps that would have sent the rest of that command are skipped."""
     refused = None
-    for step in steps:
-        if refused is not None and step.arg == refused:
-            continue
-        if step.call:
-            step.call()
-        if step.send:
-            data = _fill(step.send, facts)
-            for i in range(0, len(data), step.split or len(data)):
-                wire.send(data[i:i + (step.split or len(data))])
-        try:
-            if step.until == "tag":
-                wire.until_tag(step.arg)
-            elif step.until == "cont":
-                r = wire.until(lambda r, w: r.first.startswith(b"+") or
-                               (step.arg is not None and r.tag == step.arg))
-                if not r.first.startswith(b"+"):
-                    refused = step.arg
-            elif step.until == "match":
-                rx = re.compile(step.arg)
-                wire.until(lambda r, w: rx.search(bytes(w.buf[r.start:r.end])) is not None)
-            elif step.until == "eof":
-                wire.until_eof()
-                return True
-            elif step.until == "close":
-                wire.close()
-                return False
-            elif step.until != "none":
-                raise ValueError(step.until)
-        except Closed:
-            return True
-    return False
+
+    def send(step: Step) -> None:
+        data = _fill(step.send, facts)
+        for i in range(0, len(data), step.split or len(data)):
+            wire.send(data[i:i + (step.split or len(data))])
+
+    def wait(step: Step) -> bool:
+        nonlocal refused
+        if step.until == "tag":
+            wire.until_tag(step.arg)
+        elif step.until == "cont":
+            r = wire.until(lambda r, w: r.first.startswith(b"+") or
+                           (step.arg is not None and r.tag == step.arg))
+            if not r.first.startswith(b"+"):
+                refused = step.arg
+        elif step.until == "match":
+            rx = re.compile(step.arg)
+            wire.until(lambda r, w: rx.search(bytes(w.buf[r.start:r.end])) is not None)
+        else:
+            return False
+        return True
+
+    return _play(wire, (step for step in steps if refused is None or step.arg != refused),
+                 send, wait)
 
 
 def run_imap(endpoint: Endpoint, account: str, steps: list[Step], *,
@@ -494,20 +510,35 @@ def run_imap(endpoint: Endpoint, account: str, steps: list[Step], *,
     login_steps = list(login_steps or imap_login_bytes(account, login))
     last = login_steps[-1]
     login_steps[-1] = Step(last.send + login_extra, last.until, last.arg)
-    try:
+
+    def pre_auth() -> None:
         if before:
             try:
                 before(wire)
             except Closed:
                 raise AssertionError(f"{endpoint}: closed before login: "
                                      f"{bytes(wire.buf[wire.greeted:])[-300:]!r}") from None
+
+    return _session(endpoint, wire, lambda s: play_imap(wire, s, facts), login_steps, steps,
+                    facts, started, after, pre_auth)
+
+
+def _session(endpoint: Endpoint, wire, play: Callable[[list[Step]], bool],
+             login_steps: list[Step], steps: list[Step], facts: dict, started: float,
+             after: Callable[[], object] | None,
+             pre_auth: Callable[[], None] | None = None) -> Transcript:
+    """Log in with ``login_steps`` and play ``steps`` on an open wire (either protocol),
+    then close it; the transcript is what the server sent after the login reply."""
+    try:
+        if pre_auth:
+            pre_auth()
         pre = wire.pos
-        if play_imap(wire, login_steps, facts):
+        if play(login_steps):
             raise AssertionError(f"{endpoint}: closed during login: {bytes(wire.buf[pre:])!r}")
         # The login reply is the last response read; everything after it is the transcript.
         login_end = wire.pos
         login_reply = bytes(wire.buf[pre:login_end])
-        closed = play_imap(wire, steps, facts)
+        closed = play(steps)
     finally:
         wire.close()
     if after:
@@ -604,25 +635,13 @@ def pop3_login_steps(account: str, style: str) -> list[Step]:
 
 
 def play_pop3(wire: Pop3Wire, steps: Iterable[Step]) -> bool:
-    for step in steps:
-        if step.call:
-            step.call()
-        if step.send:
-            wire.send(step.send)
-        try:
-            if step.until in ("line", "multi"):
-                wire.response(step.until == "multi")
-            elif step.until == "eof":
-                wire.until_eof()
-                return True
-            elif step.until == "close":
-                wire.close()
-                return False
-            elif step.until != "none":
-                raise ValueError(step.until)
-        except Closed:
-            return True
-    return False
+    def wait(step: Step) -> bool:
+        if step.until not in ("line", "multi"):
+            return False
+        wire.response(step.until == "multi")
+        return True
+
+    return _play(wire, steps, lambda step: wire.send(step.send), wait)
 
 
 def pop(text: str | bytes, multi: bool = False) -> Step:
@@ -643,19 +662,8 @@ def run_pop3(endpoint: Endpoint, account: str, steps: list[Step], *,
         i = max(i for i, s in enumerate(login_steps) if s.send)
         s = login_steps[i]
         login_steps[i] = Step(s.send + login_extra, s.until, s.arg)
-    try:
-        pre = wire.pos
-        if play_pop3(wire, login_steps):
-            raise AssertionError(f"{endpoint}: closed during login: {bytes(wire.buf[pre:])!r}")
-        login_end = wire.pos
-        login_reply = bytes(wire.buf[pre:login_end])
-        closed = play_pop3(wire, steps)
-    finally:
-        wire.close()
-    if after:
-        facts["after"] = after()
-    return Transcript(endpoint, login_reply, bytes(wire.buf[login_end:]), facts, closed,
-                      time.monotonic() - started)
+    return _session(endpoint, wire, lambda s: play_pop3(wire, s), login_steps, steps, facts,
+                    started, after)
 
 
 # -------------------------------------------------------------- normalisers
@@ -746,22 +754,23 @@ def assert_same(direct: Transcript, proxied: Transcript) -> None:
         direct.facts.get("after"), proxied.facts.get("after"))
 
 
-def compare_imap(account: str, kind: str, steps: list[Step], **kw) -> tuple[Transcript,
-                                                                         Transcript]:
+def _compare(run, account: str, kind: str, steps: list[Step], **kw) -> tuple[Transcript,
+                                                                              Transcript]:
     d, p = both(account, kind)
-    direct = run_imap(d, account, steps, **kw)
-    proxied = run_imap(p, account, steps, **kw)
+    direct = run(d, account, steps, **kw)
+    proxied = run(p, account, steps, **kw)
     assert_same(direct, proxied)
     return direct, proxied
+
+
+def compare_imap(account: str, kind: str, steps: list[Step], **kw) -> tuple[Transcript,
+                                                                         Transcript]:
+    return _compare(run_imap, account, kind, steps, **kw)
 
 
 def compare_pop3(account: str, kind: str, steps: list[Step], **kw) -> tuple[Transcript,
                                                                          Transcript]:
-    d, p = both(account, kind)
-    direct = run_pop3(d, account, steps, **kw)
-    proxied = run_pop3(p, account, steps, **kw)
-    assert_same(direct, proxied)
-    return direct, proxied
+    return _compare(run_pop3, account, kind, steps, **kw)
 
 
 # ---------------------------------------------------------- response checker
