@@ -6,6 +6,7 @@ they end. Nothing here is mocked.
 """
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import os
 import poplib
@@ -21,6 +22,9 @@ from pathlib import Path
 import pytest
 
 from carbotui.core import settings as config
+from carbotui.backends.memcache import Memcache
+from carbotui.backends.supervisor import Supervisor, SupervisorError
+from carbotui.services.throttle import Throttle
 from carbotui.backends.worker_sockets import read_stats_json as read_stats
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,6 +176,30 @@ def proxy_up(stack_down):
                     "(make test does it for you)", pytrace=False)
 
 
+def supervisor_states(settings) -> dict:
+    """The stack's supervisord processes by name; fails the test when it does not answer."""
+    try:
+        return {p.name: p for p in Supervisor(settings.run_dir / "supervisor.sock").processes()}
+    except SupervisorError as exc:
+        pytest.fail(f"these tests need the demo stack (make up): {exc}")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """The demo's settings, once supervisord answers and a proxy worker is RUNNING (the
+    live dashboard tests)."""
+    settings = config.load(REPO / "carbotui.toml")
+    states = supervisor_states(settings)
+    if not any(p.group == "proxy" and p.running for p in states.values()):
+        pytest.fail("no proxy worker is RUNNING; start the stack with make up")
+    return settings
+
+
+def live_source(settings):
+    from carbotui.tui.source import LiveSource
+    return LiveSource(settings)
+
+
 @pytest.fixture
 def audit() -> AuditTail:
     return AuditTail()
@@ -230,27 +258,40 @@ class RawImap:
 
 
 
-def imap_login(user: str, kind: str = "imaps", password: str = PASSWORD, port=None):
+def _connect(implicit, context_arg: str, plain, starttls: str, kind: str, port):
+    """An imaplib/poplib connection to the proxy: TLS from the start on the implicit-TLS
+    ports ("imaps", "pop3s"), STARTTLS/STLS on the others."""
     port = port or PORTS[kind]
-    if kind == "imaps":
-        conn = imaplib.IMAP4_SSL(HOST, port, ssl_context=tls_context(), timeout=15)
-    else:
-        conn = imaplib.IMAP4(HOST, port, timeout=15)
-        conn.starttls(tls_context())
+    if kind.endswith("s"):
+        return implicit(HOST, port, timeout=15, **{context_arg: tls_context()})
+    conn = plain(HOST, port, timeout=15)
+    getattr(conn, starttls)(tls_context())
+    return conn
+
+
+def imap_login(user: str, kind: str = "imaps", password: str = PASSWORD, port=None):
+    conn = _connect(imaplib.IMAP4_SSL, "ssl_context", imaplib.IMAP4, "starttls", kind, port)
     conn.login(user, password)
     return conn
 
 
 def pop3_login(user: str, kind: str = "pop3s", password: str = PASSWORD, port=None):
-    port = port or PORTS[kind]
-    if kind == "pop3s":
-        conn = poplib.POP3_SSL(HOST, port, context=tls_context(), timeout=15)
-    else:
-        conn = poplib.POP3(HOST, port, timeout=15)
-        conn.stls(tls_context())
+    conn = _connect(poplib.POP3_SSL, "context", poplib.POP3, "stls", kind, port)
     conn.user(user)
     conn.pass_(password)
     return conn
+
+
+def throttle_call(method: str, *args):
+    """Call one Throttle method (block, unblock, ...) on the stack's memcached, from a
+    client of its own (as another worker would)."""
+    async def go():
+        cache = Memcache(SETTINGS.memcached_servers, timeout=1, reconnect=1)
+        try:
+            return await getattr(Throttle(cache, SETTINGS.throttle), method)(*args)
+        finally:
+            await cache.close()
+    return asyncio.run(go())
 
 
 def first_subject_imap(conn) -> str:

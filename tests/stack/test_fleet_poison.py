@@ -17,9 +17,9 @@ import pytest
 
 from carbotui.services import nodes
 from carbotui.backends.memcache import Memcache
-from carbotui.services.throttle import Throttle
 
-from .conftest import HOST, PORTS, SETTINGS, tls_context, wait_for, worker_stats
+from .conftest import (HOST, PORTS, SETTINGS, throttle_call, tls_context, wait_for,
+                       worker_stats)
 
 BLOCKED = "127.0.0.28"
 POISONS = [
@@ -29,16 +29,6 @@ POISONS = [
 ]
 
 pytestmark = pytest.mark.usefixtures("proxy_up", "memcached_in_use")
-
-
-def _throttle(method: str, *args):
-    async def go():
-        cache = Memcache(SETTINGS.memcached_servers, timeout=1, reconnect=1)
-        try:
-            return await getattr(Throttle(cache, SETTINGS.throttle), method)(*args)
-        finally:
-            await cache.close()
-    return asyncio.run(go())
 
 
 def _greeted(source: str) -> bool:
@@ -66,7 +56,7 @@ def _published_since(memcached, since: float) -> bool:
 def test_a_poisoned_fleet_index_turns_nothing_off(memcached, poison):
     saved, value = memcached.get(nodes.INDEX), None
     before = {s["pid"]: s["cache"]["memcached_errors"] for s in worker_stats()}
-    _throttle("block", BLOCKED, 600, "test_fleet_poison")
+    throttle_call("block", BLOCKED, 600, "test_fleet_poison")
     try:
         # "mixed" keeps the real members listed, so no worker needs to rewrite it; the
         # others list none of them, so the next publish replaces the value.
@@ -89,7 +79,7 @@ def test_a_poisoned_fleet_index_turns_nothing_off(memcached, poison):
         wait_for(lambda: wanted <= set(nodes._members_of(memcached.get(nodes.INDEX) or b"[]")),
                  10, what="every worker listed in fleet:index")
     finally:
-        _throttle("unblock", BLOCKED)
+        throttle_call("unblock", BLOCKED)
         if saved is not None and memcached.get(nodes.INDEX) == value:
             memcached.set(nodes.INDEX, saved, 0)
 

@@ -10,7 +10,6 @@ marked memcached down, turning blocks and throttles off for `reconnect` seconds.
 """
 from __future__ import annotations
 
-import asyncio
 import secrets
 import socket
 import ssl
@@ -19,10 +18,8 @@ import threading
 
 import pytest
 
-from carbotui.backends.memcache import Memcache
-from carbotui.services.throttle import Throttle
-
-from .conftest import HOST, PORTS, SETTINGS, imap_login, tls_context, worker_stats
+from .conftest import (HOST, PORTS, imap_login, throttle_call, tls_context,
+                       worker_stats)
 
 ATTACKERS = [f"127.0.0.{i}" for i in range(21, 28)]
 BLOCKED = "127.0.0.29"
@@ -65,19 +62,9 @@ def _greeted(source: str) -> bool:
         sock.close()
 
 
-def _throttle(method: str, *args):
-    async def go():
-        cache = Memcache(SETTINGS.memcached_servers, timeout=1, reconnect=1)
-        try:
-            return await getattr(Throttle(cache, SETTINGS.throttle), method)(*args)
-        finally:
-            await cache.close()
-    return asyncio.run(go())
-
-
 def test_clients_hanging_up_mid_check_neither_unblock_nor_turn_memcached_off():
     before = {s["pid"]: s["cache"]["memcached_errors"] for s in worker_stats()}
-    _throttle("block", BLOCKED, 600, "test_memcache_attack")
+    throttle_call("block", BLOCKED, 600, "test_memcache_attack")
     stop = threading.Event()
     attacks = [0]
 
@@ -100,7 +87,7 @@ def test_clients_hanging_up_mid_check_neither_unblock_nor_turn_memcached_off():
         stop.set()
         for t in threads:
             t.join()
-        _throttle("unblock", BLOCKED)
+        throttle_call("unblock", BLOCKED)
     after = worker_stats()
     print(f"{attacks[0]} hang-ups; blocked address greeted {greeted} of {TRIES}")
 
