@@ -176,6 +176,16 @@ def proxy_up(stack_down):
                     "(make test does it for you)", pytrace=False)
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL if it has not ended within ``timeout`` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def supervisor_states(settings) -> dict:
     """The stack's supervisord processes by name; fails the test when it does not answer."""
     try:
@@ -336,12 +346,7 @@ class CustomWorker:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
         self.log.close()
 
 

@@ -22,7 +22,7 @@ from carbotui.core.audit import AuditEvent, AuditLog, failure
 from carbotui.backends.memcache import Memcache
 from carbotui.services.throttle import IP_REJECT, Throttle, ThrottleSettings
 
-from .conftest import REPO, SETTINGS, wait_for
+from .conftest import REPO, SETTINGS, terminate, wait_for
 from .test_throttle import fresh_ip
 
 ACCOUNTS = [f"user{i:02d}@demo.test" for i in range(1, 6)]
@@ -108,12 +108,7 @@ timeout = 2
     def stop_all(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                terminate(p)
 
     # observations ------------------------------------------------------------
     def stderr(self) -> str:

@@ -17,32 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from carbotui.core import settings as config
 from carbotui.backends.directory import Directory
-from carbotui.backends.supervisor import Supervisor, SupervisorError
+from carbotui.backends.supervisor import Supervisor
 from carbotui.tui.screens.audit import AuditScreen
 
 from tests.support.tui import drive, settle
+from .conftest import live_source
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def stack():
-    settings = config.load(ROOT / "carbotui.toml")
-    try:
-        states = {p.name: p for p in Supervisor(settings.run_dir / "supervisor.sock").processes()}
-    except SupervisorError as exc:
-        pytest.fail(f"these tests need the demo stack (make up): {exc}")
-    workers = [p for p in states.values() if p.group == "proxy" and p.running]
-    if not workers:
-        pytest.fail("no proxy worker is RUNNING; start the stack with make up")
-    return settings
-
-
-def live_source(settings):
-    from carbotui.tui.source import LiveSource
-    return LiveSource(settings)
 
 
 def test_switching_mail_mode_writes_ldap(stack):

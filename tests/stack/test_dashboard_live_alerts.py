@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from carbotui.core import settings as config
-from carbotui.backends.supervisor import Supervisor, SupervisorError
 from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.widgets.modals import BlockModal
 
 from tests.support.tui import drive, settle
+from .conftest import supervisor_states
 
 ROOT = Path(__file__).resolve().parents[2]
 CARBOTUI = str(ROOT / ".venv" / "bin" / "carbotui")
@@ -33,17 +32,12 @@ IMAPS = ("127.0.0.1", 10993)
 
 
 @pytest.fixture(scope="module")
-def stack():
-    settings = config.load(ROOT / "carbotui.toml")
-    try:
-        states = {p.name: p for p in Supervisor(settings.run_dir / "supervisor.sock").processes()}
-    except SupervisorError as exc:
-        pytest.fail(f"these tests need the demo stack (make up): {exc}")
-    if not any(p.group == "proxy" and p.running for p in states.values()):
-        pytest.fail("no proxy worker is RUNNING; start the stack with make up")
+def stack(stack):
+    """The live stack, with auditwatch RUNNING as well."""
+    states = supervisor_states(stack)
     if not (states.get("auditwatch") and states["auditwatch"].running):
         pytest.fail("auditwatch is not RUNNING: nothing writes var/log/alerts.log")
-    return settings
+    return stack
 
 
 def blocks_cli(*args: str) -> subprocess.CompletedProcess:

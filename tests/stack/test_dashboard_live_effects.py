@@ -10,12 +10,11 @@ import pytest
 
 from carbotui.core import certs
 
-from carbotui.core import settings as config
 from carbotui.backends.directory import Directory
 from carbotui.tui.widgets.keyed_table import KeyedTable
 
 from tests.support.tui import drive, settle
-from .test_live import live_source, stack  # noqa: F401 - the module fixture
+from .conftest import live_source
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP, HTTPS = 10080, 10443
@@ -36,7 +35,7 @@ def served_names(servername: str) -> list[str]:
     return certs.san_names(certs.load_cert(pem))
 
 
-def test_mail_mode_from_the_keyboard_changes_what_curl_gets(stack):  # noqa: F811
+def test_mail_mode_from_the_keyboard_changes_what_curl_gets(stack):
     directory = Directory(stack)
     before = directory.servers()[stack.node_name].mail_mode or "redirect"
     after, status = ("https", b"403") if before == "redirect" else ("redirect", b"301")
@@ -61,7 +60,7 @@ def test_mail_mode_from_the_keyboard_changes_what_curl_gets(stack):  # noqa: F81
         directory.close()
 
 
-def test_a_virtual_host_added_from_the_keyboard_is_served_by_sni(stack):  # noqa: F811
+def test_a_virtual_host_added_from_the_keyboard_is_served_by_sni(stack):
     directory = Directory(stack)
     dn = directory.entry_dn("zimbraDomain", "zimbraDomainName", "demo.test")
     old = next(d for d in directory.domains() if d.name == "demo.test")

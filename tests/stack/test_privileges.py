@@ -30,7 +30,7 @@ from carbotui.proxy import privileges
 from carbotui.backends.worker_sockets import read_stats_json as read_stats
 
 from .conftest import (CA, PASSWORD, PORTS, REPO, WEB_PORTS, imap_login, port_open,
-                       process_pid, supervisorctl, wait_for)
+                       process_pid, supervisorctl, terminate, wait_for)
 
 VAR = REPO / "var"
 USER = pwd.getpwnam(stack.SERVICE_USER)
@@ -194,12 +194,7 @@ def test_a_worker_on_a_privileged_port_binds_it_as_the_service_user(private_var)
         assert audit.stat().st_uid == USER.pw_uid and "user02@demo.test" in audit.read_text()
         assert "CAP_NET_BIND_SERVICE for port(s) 995" in (private_var / "worker.log").read_text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(45)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 45)
         log.close()
     assert proc.returncode == 0, (private_var / "worker.log").read_text()
     assert not (private_var / "run" / "proxy_97.sock").exists()   # cleaned up as that user
