@@ -14,7 +14,7 @@ from carbotui.backends.directory import Directory
 from carbotui.tui.widgets.keyed_table import KeyedTable
 
 from tests.support.tui import drive, settle
-from .conftest import live_source
+from .conftest import flip_mail_mode, live_source
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP, HTTPS = 10080, 10443
@@ -36,28 +36,15 @@ def served_names(servername: str) -> list[str]:
 
 
 def test_mail_mode_from_the_keyboard_changes_what_curl_gets(stack):
-    directory = Directory(stack)
-    before = directory.servers()[stack.node_name].mail_mode or "redirect"
-    after, status = ("https", b"403") if before == "redirect" else ("redirect", b"301")
     url = f"http://127.0.0.1:{HTTP}/mail"
 
-    async def test(app, pilot):
-        await pilot.press("6")
-        await settle(pilot, until=lambda a: a.snapshot.directory is not None
-                     and a.screen.mail_mode == before)
-        await pilot.press("m")
-        await pilot.pause()
-        await pilot.press("y")
+    async def check(app, pilot, directory, after):
+        status = b"403" if after == "https" else b"301"
         # Every worker (whichever takes the request) answers the new way within seconds.
         await settle(pilot, until=lambda a: all(http_status(url) == status
                                                 for _ in range(4)), timeout=10)
 
-    try:
-        drive(test, source=live_source(stack), refresh=0.5)
-    finally:
-        from carbotui.admin.changes import Admin
-        Admin(directory).set_mail_mode(stack.node_name, before)
-        directory.close()
+    flip_mail_mode(stack, check)
 
 
 def test_a_virtual_host_added_from_the_keyboard_is_served_by_sni(stack):
