@@ -22,11 +22,12 @@ import re
 from dataclasses import dataclass, field
 
 from carbotui.protocols.events import (
-    Authenticate, BackendFailed, ClientId, Close, LoginOK, LoginRejected, MailLimits, Send,
+    Authenticate, BackendFailed, ClientId, LoginOK, LoginRejected, MailLimits, Send,
     StartTLS,
 )
 from carbotui.protocols.preauth import (
-    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
+    AUTH_LINE, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
+    command_table, describe,
 )
 from carbotui.protocols.sasl import (
     AuthDataError, AuthzidRefused, Event, LineTooLong, b64decode_strict, check_wire_safe,
@@ -171,10 +172,7 @@ class ImapClientSide(ClientSide):
             tag, mechanism = self._pending
             command = b"LOGIN" if mechanism == "LOGIN" else b"AUTHENTICATE"
             out.append(Send(_reply(tag, b"NO", command + b" failed")))
-        out.append(Close("throttled"))
-        self._state = CLOSED
-        self._pending = None
-        self._buf.clear()
+        self._close(out, "throttled")
         return coalesce(out)
 
     # ---------------------------------------------------------- machinery
@@ -193,10 +191,10 @@ class ImapClientSide(ClientSide):
 
     def _bye(self, out: list[Event], text: bytes, reason: str) -> None:
         out.append(Send(b"* BYE " + text + CRLF))
-        out.append(Close(reason))
-        self._state = CLOSED
+        self._close(out, reason)
+
+    def _forget_login(self) -> None:
         self._pending = None
-        self._buf.clear()
 
     def _run(self) -> list[Event]:
         out: list[Event] = []
@@ -422,9 +420,7 @@ class ImapClientSide(ClientSide):
             out.append(Send(_reply(tag, b"BAD", b"LOGOUT takes no arguments")))
             return
         out.append(Send(b"* BYE Logging out" + CRLF + _reply(tag, b"OK", b"Logout completed.")))
-        out.append(Close("client logged out"))
-        self._state = CLOSED
-        self._buf.clear()
+        self._close(out, "client logged out")
 
     def _do_id(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         try:
@@ -467,7 +463,8 @@ class ImapClientSide(ClientSide):
         except AuthDataError as e:
             out.append(Send(_reply(tag, b"BAD", str(e).encode())))
             return
-        self._begin_auth(tag, Authenticate(username, password, mechanism="LOGIN"), out)
+        self._pending = (tag, "LOGIN")
+        self._begin_auth(Authenticate(username, password, mechanism="LOGIN"), out)
 
     def _do_authenticate(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if not 1 <= len(args) <= 2 or any(kind != ATOM for kind, _ in args):
@@ -503,28 +500,13 @@ class ImapClientSide(ClientSide):
         except AuthDataError as e:
             out.append(Send(_reply(tag, b"BAD", str(e).encode())))
             return
-        event = Authenticate(creds.username, creds.password, creds.authzid, mechanism="PLAIN")
-        self._begin_auth(tag, event, out)
-
-    def _begin_auth(self, tag: bytes, event: Authenticate, out: list[Event]) -> None:
-        self._check_backlog(out)
-        if self._state is CLOSED:
-            return
-        self._pending = (tag, event.mechanism)
-        self._state = WAIT_AUTH
-        out.append(event)
+        self._pending = (tag, "PLAIN")
+        self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
+                                      mechanism="PLAIN"), out)
 
 
-# Pre-auth commands and their handlers; anything else is refused.
-_COMMANDS = {
-    "CAPABILITY": "_do_capability",
-    "NOOP": "_do_noop",
-    "LOGOUT": "_do_logout",
-    "ID": "_do_id",
-    "STARTTLS": "_do_starttls",
-    "LOGIN": "_do_login",
-    "AUTHENTICATE": "_do_authenticate",
-}
+_COMMANDS = command_table("CAPABILITY", "NOOP", "LOGOUT", "ID", "STARTTLS", "LOGIN",
+                          "AUTHENTICATE")
 
 
 def _parse_id(args: list[Token]) -> dict[str, str | None]:
@@ -553,7 +535,6 @@ def _parse_id(args: list[Token]) -> dict[str, str | None]:
 
 # ----------------------------------------------------------- backend side
 
-_MAX_BACKEND_LINE = 64 * 1024
 _MAX_BACKEND_LITERAL = 64 * 1024
 _CAPS_CODE_RE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _RESP_CODE_RE = re.compile(rb"[A-Za-z]+ \[([^\] ]+)")
@@ -584,10 +565,6 @@ def _id_value(text: str, limit: int = 200) -> bytes:
     return _quote(_NOT_PRINTABLE_RE.sub("?", text[:limit]).encode("ascii"))
 
 
-def _describe(line: bytes) -> str:
-    return safe_text(line.decode("utf-8", "replace"), 120).strip()
-
-
 class ImapBackendLogin(BackendLogin):
     """The proxy logging in to an IMAP mailbox server with the client's
     credentials. ``feed`` returns Sends for the server followed, once, by
@@ -610,41 +587,9 @@ class ImapBackendLogin(BackendLogin):
         self._caps: set[bytes] | None = None
         self._login_chunks: list[bytes] = []   # LOGIN parts waiting for "+" (sync literals)
         self._first_line: bytes | None = None  # a response interrupted by a literal
-        self._skip = 0                         # literal bytes of that response to drop
 
     def __repr__(self) -> str:
         return f"<ImapBackendLogin step={self._step.name} tag={self._tag!r}>"
-
-    def feed(self, data: bytes) -> list[Event]:
-        self._receive(data)
-        out: list[Event] = []
-        while self._step is not _DONE:
-            if self._skip:
-                self._skip -= self._buf.discard(self._skip)
-                if self._skip:
-                    break
-            try:
-                line = self._buf.next_line(_MAX_BACKEND_LINE)
-            except LineTooLong:
-                self._fail(out, "backend sent a line longer than 64 KiB")
-                break
-            if line is None:
-                break
-            if self._first_line is None:
-                self._first_line = line
-            marker = _LITERAL_RE.search(line) if line[-1:] == b"}" else None
-            if marker:
-                # Untagged data (an ID value, say) may carry a literal: skip
-                # it, the response goes on after it.
-                size = _literal_size(marker.group(1))
-                if size is None or size > _MAX_BACKEND_LITERAL:
-                    self._fail(out, "backend sent a literal larger than 64 KiB")
-                    break
-                self._skip = size
-                continue
-            response, self._first_line = self._first_line, None
-            self._response(response, out)
-        return coalesce(out)
 
     # ------------------------------------------------------------------
 
@@ -653,11 +598,24 @@ class ImapBackendLogin(BackendLogin):
         self._tag = b"A%d" % self._tags
         out.append(Send(self._tag + b" " + command + CRLF))
 
-    def _response(self, line: bytes, out: list[Event]) -> None:
+    def _line(self, line: bytes, out: list[Event]) -> None:
+        if self._first_line is None:
+            self._first_line = line
+        marker = _LITERAL_RE.search(line) if line[-1:] == b"}" else None
+        if marker:
+            # Untagged data (an ID value, say) may carry a literal: skip
+            # it (feed drops self._skip bytes), the response goes on after it.
+            size = _literal_size(marker.group(1))
+            if size is None or size > _MAX_BACKEND_LITERAL:
+                self._fail(out, "backend sent a literal larger than 64 KiB")
+                return
+            self._skip = size
+            return
+        line, self._first_line = self._first_line, None
         step = self._step
         if step is _GREETING:
             if line[:5].upper() not in (b"* OK ", b"* OK"):
-                self._fail(out, f"unexpected greeting from backend: {_describe(line)}")
+                self._fail(out, f"unexpected greeting from backend: {describe(line)}")
                 return
             caps = _CAPS_CODE_RE.search(line)
             if caps is None:
@@ -677,7 +635,7 @@ class ImapBackendLogin(BackendLogin):
             words = line[2:].split(None, 1)
             keyword = words[0].upper() if words else b""
             if keyword == b"BYE":
-                self._fail(out, f"backend closed the session: {_describe(line)}")
+                self._fail(out, f"backend closed the session: {describe(line)}")
             elif keyword == b"CAPABILITY" and step is _CAPABILITY:
                 self._caps = set(line[2:].upper().split()[1:])
             return                     # other untagged data is of no use before login
@@ -688,12 +646,12 @@ class ImapBackendLogin(BackendLogin):
             self._id_tag = None
             return
         if tag != self._tag:
-            self._fail(out, f"backend reply with unexpected tag: {_describe(line)}")
+            self._fail(out, f"backend reply with unexpected tag: {describe(line)}")
             return
         status = rest.split(b" ", 1)[0].upper()
         if step is _CAPABILITY:
             if status != b"OK":
-                self._fail(out, f"backend refused CAPABILITY: {_describe(line)}")
+                self._fail(out, f"backend refused CAPABILITY: {describe(line)}")
                 return
             if self._caps is None:
                 caps = _CAPS_CODE_RE.search(rest)
@@ -712,7 +670,7 @@ class ImapBackendLogin(BackendLogin):
                 temporary = bool(code) and code.group(1).upper() in _TEMPORARY_CODES
                 out.append(LoginRejected(rest, temporary=temporary))
             else:
-                out.append(BackendFailed(f"backend answered LOGIN with: {_describe(rest)}"))
+                out.append(BackendFailed(f"backend answered LOGIN with: {describe(rest)}"))
 
     def _after_capabilities(self, out: list[Event]) -> None:
         if b"LOGINDISABLED" in self._caps:
@@ -723,7 +681,7 @@ class ImapBackendLogin(BackendLogin):
             self._step = _ID
             if not self._login_waits_for_continuation():
                 # Pipelined: LOGIN goes in the same write, saving a round trip per
-                # session; the ID's own tagged answer is then skipped (see _response).
+                # session; the ID's own tagged answer is then skipped (see _line).
                 self._id_tag = self._tag
                 self._login(out)
         else:

@@ -14,10 +14,11 @@ import enum
 import re
 
 from carbotui.protocols.events import (
-    Authenticate, Close, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
+    Authenticate, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
 )
 from carbotui.protocols.preauth import (
-    AUTH_LINE, CLOSED, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
+    AUTH_LINE, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
+    command_table, describe,
 )
 from carbotui.protocols.sasl import (
     AuthDataError, AuthzidRefused, Event, LineTooLong, b64decode_strict, check_wire_safe,
@@ -99,11 +100,8 @@ class Pop3ClientSide(ClientSide):
         out.append(_err(b"Too much data sent during authentication."))
         self._close(out, "pipelined too much")
 
-    def _close(self, out: list[Event], reason: str) -> None:
-        out.append(Close(reason))
-        self._state = CLOSED
+    def _forget_login(self) -> None:
         self._user = None
-        self._buf.clear()
 
     def _run(self) -> list[Event]:
         out: list[Event] = []
@@ -255,28 +253,12 @@ class Pop3ClientSide(ClientSide):
         self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
                                       mechanism="PLAIN"), out)
 
-    def _begin_auth(self, event: Authenticate, out: list[Event]) -> None:
-        self._check_backlog(out)
-        if self._state is CLOSED:
-            return
-        self._state = WAIT_AUTH
-        out.append(event)
 
-
-_COMMANDS = {
-    "CAPA": "_do_capa",
-    "NOOP": "_do_noop",
-    "QUIT": "_do_quit",
-    "STLS": "_do_stls",
-    "USER": "_do_user",
-    "PASS": "_do_pass",
-    "AUTH": "_do_auth",
-}
+_COMMANDS = command_table("CAPA", "NOOP", "QUIT", "STLS", "USER", "PASS", "AUTH")
 
 
 # ----------------------------------------------------------- backend side
 
-_MAX_BACKEND_LINE = 64 * 1024
 _MAX_CAPA_LINES = 100
 # RFC 5034 section 4: an AUTH command with its initial response must fit in
 # 255 octets; longer responses go after a "+ " continuation instead.
@@ -305,10 +287,6 @@ def _status(line: bytes) -> bytes:
     """+OK, -ERR, + (continuation) or b"" for anything else."""
     word = line.split(b" ", 1)[0]
     return word if word in (b"+OK", b"-ERR", b"+") else b""
-
-
-def _describe(line: bytes) -> str:
-    return safe_text(line.decode("utf-8", "replace"), 120).strip()
 
 
 def _address(ip: str) -> bytes:
@@ -347,23 +325,6 @@ class Pop3BackendLogin(BackendLogin):
         # glue to remember.
         self.learned: dict[bytes, list[bytes]] | None = None
 
-    def __repr__(self) -> str:
-        return f"<Pop3BackendLogin step={self._step.name}>"
-
-    def feed(self, data: bytes) -> list[Event]:
-        self._receive(data)
-        out: list[Event] = []
-        while self._step is not _DONE:
-            try:
-                line = self._buf.next_line(_MAX_BACKEND_LINE)
-            except LineTooLong:
-                self._fail(out, "backend sent a line longer than 64 KiB")
-                break
-            if line is None:
-                break
-            self._line(line, out)
-        return coalesce(out)
-
     # ------------------------------------------------------------------
 
     def _line(self, line: bytes, out: list[Event]) -> None:
@@ -380,7 +341,7 @@ class Pop3BackendLogin(BackendLogin):
         status = _status(line)
         if step is _GREETING:
             if status != b"+OK":
-                self._fail(out, f"unexpected greeting from backend: {_describe(line)}")
+                self._fail(out, f"unexpected greeting from backend: {describe(line)}")
                 return
             if self.remembered:
                 self._after_capa(out)
@@ -394,13 +355,13 @@ class Pop3BackendLogin(BackendLogin):
                 self.learned = self._caps
                 self._after_capa(out)
             else:
-                self._fail(out, f"unexpected reply to CAPA: {_describe(line)}")
+                self._fail(out, f"unexpected reply to CAPA: {describe(line)}")
         elif step is _XOIP:
             # Either answer is fine: the IP is informational for the backend.
             if status in (b"+OK", b"-ERR"):
                 self._authenticate(out)
             else:
-                self._fail(out, f"unexpected reply to XOIP/XCLIENT: {_describe(line)}")
+                self._fail(out, f"unexpected reply to XOIP/XCLIENT: {describe(line)}")
         elif step is _AUTH and status == b"+" and self._auth_response is not None:
             out.append(Send(self._auth_response + CRLF))
             self._auth_response = None
@@ -416,7 +377,7 @@ class Pop3BackendLogin(BackendLogin):
             temporary = bool(code) and code.group(1).upper() in _TEMPORARY_CODES
             out.append(LoginRejected(line, temporary=temporary))
         else:
-            self._fail(out, f"unexpected reply to login: {_describe(line)}")
+            self._fail(out, f"unexpected reply to login: {describe(line)}")
 
     def _after_capa(self, out: list[Event]) -> None:
         caps = self._caps

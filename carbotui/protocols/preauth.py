@@ -3,20 +3,33 @@
 ``ClientSide``: the pre-auth states, the line buffer, the STARTTLS policy, the bound on
 what a client may pipeline while its login is routed, and the count of failed logins.
 Each protocol (imap.py, pop3.py) supplies its commands and its words: ``_run`` (parse
-what is buffered), ``_auth_failed_reply``, ``_too_many_failures`` and
-``_refuse_backlog``.
+what is buffered), ``_auth_failed_reply``, ``_too_many_failures``,
+``_refuse_backlog`` and ``_forget_login``.
 
-``BackendLogin``: the receive buffer of a login to a mailbox server, its failure, and
-what came after the final reply. Each protocol supplies ``feed`` and its steps.
+``BackendLogin``: the receive buffer of a login to a mailbox server, read a line at a
+time, its failure, and what came after the final reply. Each protocol supplies ``_line``
+and its steps.
 """
 from __future__ import annotations
 
 import enum
 
-from carbotui.protocols.events import BackendFailed, MailLimits
-from carbotui.protocols.sasl import Event, LineBuffer, coalesce, safe_text
+from carbotui.protocols.events import Authenticate, BackendFailed, Close, MailLimits
+from carbotui.protocols.sasl import Event, LineBuffer, LineTooLong, coalesce, safe_text
 
 STARTTLS_MODES = ("only", "on", "off")
+MAX_BACKEND_LINE = 64 * 1024
+
+
+def command_table(*verbs: str) -> dict[str, str]:
+    """A machine's pre-auth verbs and their handlers: VERB -> "_do_verb"; anything
+    else is refused."""
+    return {verb: "_do_" + verb.lower() for verb in verbs}
+
+
+def describe(line: bytes) -> str:
+    """A backend's line, printable and short, for a BackendFailed reason."""
+    return safe_text(line.decode("utf-8", "replace"), 120).strip()
 
 
 class State(enum.Enum):
@@ -110,6 +123,21 @@ class ClientSide:
         if len(self._buf) > self._limits.max_line + self._limits.max_literal:
             self._refuse_backlog(out)
 
+    def _begin_auth(self, event: Authenticate, out: list[Event]) -> None:
+        """Hand the login to the glue (unless the client pipelined too much)."""
+        self._check_backlog(out)
+        if self._state is CLOSED:
+            return
+        self._state = WAIT_AUTH
+        out.append(event)
+
+    def _close(self, out: list[Event], reason: str) -> None:
+        """End the session: Close, and later input is ignored."""
+        out.append(Close(reason))
+        self._state = CLOSED
+        self._forget_login()
+        self._buf.clear()
+
     # ---------------------------------------------------------- protocol's part
 
     def _run(self) -> list[Event]:
@@ -125,6 +153,10 @@ class ClientSide:
     def _refuse_backlog(self, out: list[Event]) -> None:
         raise NotImplementedError
 
+    def _forget_login(self) -> None:
+        """Drop what the protocol holds of a login under way (the session is closing)."""
+        raise NotImplementedError
+
 
 class BackendLogin:
     """The proxy logging in to a mailbox server; subclasses speak the protocol and set
@@ -136,15 +168,41 @@ class BackendLogin:
     def __init__(self) -> None:
         self._buf = LineBuffer()
         self._step = self.GREETING
+        self._skip = 0          # bytes to drop before the next line (an IMAP literal's)
+
+    def __repr__(self) -> str:          # never the credentials
+        return f"<{type(self).__name__} step={self._step.name}>"
 
     def leftover(self) -> bytes:
         """Bytes received after the final reply (normally none)."""
         return self._buf.peek_all()
 
-    def _receive(self, data: bytes) -> None:
-        if self._step is self.DONE:
+    def feed(self, data: bytes) -> list[Event]:
+        """Sends for the server followed, once, by LoginOK, LoginRejected or BackendFailed."""
+        done = self.DONE
+        if self._step is done:
             raise RuntimeError(f"{type(self).__name__}.feed() after the login finished")
-        self._buf.append(data)
+        buf = self._buf
+        buf.append(data)
+        out: list[Event] = []
+        while self._step is not done:
+            if self._skip:
+                self._skip -= buf.discard(self._skip)
+                if self._skip:
+                    break
+            try:
+                line = buf.next_line(MAX_BACKEND_LINE)
+            except LineTooLong:
+                self._fail(out, "backend sent a line longer than 64 KiB")
+                break
+            if line is None:
+                break
+            self._line(line, out)
+        return coalesce(out)
+
+    def _line(self, line: bytes, out: list[Event]) -> None:
+        """One line from the server, without its CRLF."""
+        raise NotImplementedError
 
     def _fail(self, out: list[Event], reason: str) -> None:
         out.append(BackendFailed(reason))
