@@ -256,13 +256,7 @@ def test_an_idle_logged_in_session_is_closed_at_the_idle_timeout():
         backend = await asyncio.start_server(tiny_imap_server, "127.0.0.1", 0)
         services = stand_in_services(loop, backend.sockets[0].getsockname()[1],
                                      imap_idle_timeout=0.5, preauth_timeout=60)
-        server = await loop.create_server(
-            lambda: MailSession(services, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", server.sockets[0].getsockname()[1])
-        await reader.readline()
-        writer.write(b"a1 LOGIN user01@demo.test demo-pass\r\n")
-        assert (await reader.readline()).startswith(b"a1 OK")
+        server, reader, writer = await _logged_in(services)
         writer.write(b"a2 NOOP\r\n")             # activity after login moves the limit
         assert (await reader.readline()).startswith(b"a2 OK")
         quiet_from = time.monotonic()
@@ -279,17 +273,22 @@ def test_an_idle_logged_in_session_is_closed_at_the_idle_timeout():
     assert not services.sessions
 
 
-async def _relayed(services, script: bytes) -> bytes:
-    """Log in through a session, send ``script``, return all the client gets after the
-    login reply until the close."""
-    loop = services.loop
-    server = await loop.create_server(
+async def _logged_in(services):
+    """A listening IMAP session and a client logged in through it: (server, reader, writer)."""
+    server = await services.loop.create_server(
         lambda: MailSession(services, "imap", "imap", False, "ImapServer-0"), "127.0.0.1", 0)
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", server.sockets[0].getsockname()[1])
     await reader.readline()
     writer.write(b"a1 LOGIN user01@demo.test demo-pass\r\n")
     assert (await reader.readline()).startswith(b"a1 OK")
+    return server, reader, writer
+
+
+async def _relayed(services, script: bytes) -> bytes:
+    """Log in through a session, send ``script``, return all the client gets after the
+    login reply until the close."""
+    server, reader, writer = await _logged_in(services)
     assert services.stats.backend("mbox9").active == 1
     writer.write(script)
     rest = await asyncio.wait_for(reader.read(), 10)
