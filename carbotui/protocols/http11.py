@@ -626,10 +626,7 @@ class RequestParser(_MessageParser):
             mode = NO_BODY
 
         connection = _tokens(fields.get(b"connection", []))
-        if version == b"1.1":
-            self._keep_alive = b"close" not in connection
-        else:
-            self._keep_alive = b"keep-alive" in connection and b"close" not in connection
+        self._keep_alive = _persists(version, connection)
 
         bodiless = mode is NO_BODY or mode.length == 0
         if method == b"CONNECT":
@@ -687,10 +684,7 @@ class ResponseParser(_MessageParser):
             length = n
 
         connection = _tokens(fields.get(b"connection", []))
-        if version == b"1.1":
-            self._keep_alive = b"close" not in connection
-        else:
-            self._keep_alive = b"keep-alive" in connection and b"close" not in connection
+        self._keep_alive = _persists(version, connection)
 
         method = self.request_method
         if 100 <= status < 200 and status != 101:
@@ -744,6 +738,14 @@ def _tokens(values: list[bytes]) -> list[bytes]:
             if item:
                 tokens.append(item)
     return tokens
+
+
+def _persists(version: bytes, connection: list[bytes]) -> bool:
+    """Does the connection stay open after this message (RFC 9112 §9.3)? HTTP/1.1 unless
+    it says "close", HTTP/1.0 only when it says "keep-alive"."""
+    if version == b"1.1":
+        return b"close" not in connection
+    return b"keep-alive" in connection and b"close" not in connection
 
 
 def _transfer_codings(values: list[bytes]) -> list[bytes] | None:
