@@ -210,6 +210,34 @@ def live_source(settings):
     return LiveSource(settings)
 
 
+def flip_mail_mode(stack, check) -> None:
+    """Switch the node's mail mode from the live dashboard (screen 6, m, y), then
+    ``await check(app, pilot, directory, after)`` with the new mode; the old mode is put
+    back in LDAP afterwards, whatever happened."""
+    from carbotui.admin.changes import Admin
+    from carbotui.backends.directory import Directory
+    from tests.support.tui import drive, settle
+
+    directory = Directory(stack)
+    before = directory.servers()[stack.node_name].mail_mode or "redirect"
+    after = "https" if before == "redirect" else "redirect"
+
+    async def test(app, pilot):
+        await pilot.press("6")
+        await settle(pilot, until=lambda a: a.snapshot.directory is not None
+                     and a.screen.mail_mode == before)
+        await pilot.press("m")
+        await pilot.pause()
+        await pilot.press("y")
+        await check(app, pilot, directory, after)
+
+    try:
+        drive(test, source=live_source(stack), refresh=0.5)
+    finally:
+        Admin(directory).set_mail_mode(stack.node_name, before)
+        directory.close()
+
+
 @pytest.fixture
 def audit() -> AuditTail:
     return AuditTail()

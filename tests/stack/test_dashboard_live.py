@@ -17,28 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from carbotui.backends.directory import Directory
 from carbotui.backends.supervisor import Supervisor
 from carbotui.tui.screens.audit import AuditScreen
 
 from tests.support.tui import drive, settle
-from .conftest import live_source
+from .conftest import flip_mail_mode, live_source
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_switching_mail_mode_writes_ldap(stack):
-    directory = Directory(stack)
-    before = directory.servers()[stack.node_name].mail_mode or "redirect"
-    expected = "https" if before == "redirect" else "redirect"
-
-    async def test(app, pilot):
-        await pilot.press("6")
-        await settle(pilot, until=lambda a: a.snapshot.directory is not None
-                     and a.screen.mail_mode == before)
-        await pilot.press("m")
-        await pilot.pause()
-        await pilot.press("y")
+    async def check(app, pilot, directory, expected):
         await settle(pilot, until=lambda a: directory.servers()[stack.node_name].mail_mode
                      == expected, timeout=10)
         # ...and the workers report they applied it (they poll LDAP every ~2 s).
@@ -47,12 +36,7 @@ def test_switching_mail_mode_writes_ldap(stack):
             applied.cells(w.name)[1].plain == "✓ applied" for w in a.snapshot.workers)
             and a.snapshot.directory.mail_mode == expected, timeout=15)
 
-    try:
-        drive(test, source=live_source(stack), refresh=0.5)
-    finally:
-        from carbotui.admin.changes import Admin
-        Admin(directory).set_mail_mode(stack.node_name, before)
-        directory.close()
+    flip_mail_mode(stack, check)
 
 
 def test_wrong_password_reaches_the_audit_screen_within_2s(stack):

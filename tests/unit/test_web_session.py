@@ -105,6 +105,18 @@ async def exchange(port: int, request: bytes) -> bytes:
     return data
 
 
+async def through_proxy(answer: bytes, *requests: bytes, addresses=None, **web):
+    """A session in front of a ``scripted_upstream(answer)``; each request is sent on a
+    connection of its own. Returns (the replies, the heads the upstream saw, the services)."""
+    up, port, seen = await scripted_upstream(answer)
+    services = stand_in_services(asyncio.get_running_loop(), port, **web)
+    server, front_port = await front(services, addresses)
+    replies = [await exchange(front_port, request) for request in requests]
+    server.close()
+    up.close()
+    return replies, seen, services
+
+
 WS = (b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
@@ -112,38 +124,19 @@ WS = (b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket
 def test_a_101_to_another_protocol_is_not_spliced():
     # L5: the client asked for a WebSocket; the upstream switches to h2c. Spliced, the
     # client would get a raw HTTP/2 connection past every header rule.
-    async def main():
-        loop = asyncio.get_running_loop()
-        up, port, seen = await scripted_upstream(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
-            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")            # an HTTP/2 SETTINGS frame
-        services = stand_in_services(loop, port)
-        server, front_port = await front(services)
-        reply = await exchange(front_port, WS)
-        server.close()
-        up.close()
-        return reply, seen
-    reply, seen = asyncio.run(main())
+    [reply], seen, _ = asyncio.run(through_proxy(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+        b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", WS))          # an HTTP/2 SETTINGS frame
     assert reply.startswith(b"HTTP/1.1 502 ") and b"Connection: close" in reply
     assert b"\x00\x00\x00\x04" not in reply
     assert b"Upgrade: websocket" in seen[0]
 
 
 def test_an_h2c_upgrade_goes_upstream_as_plain_http():
-    async def main():
-        loop = asyncio.get_running_loop()
-        up, port, seen = await scripted_upstream(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        services = stand_in_services(loop, port)
-        server, front_port = await front(services)
-        reply = await exchange(front_port, b"GET / HTTP/1.1\r\nHost: h\r\n"
-                                           b"Connection: Upgrade, HTTP2-Settings\r\n"
-                                           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
-                                           b"Connection: close\r\n\r\n")
-        server.close()
-        up.close()
-        return reply, seen
-    reply, seen = asyncio.run(main())
+    [reply], seen, _ = asyncio.run(through_proxy(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\nConnection: close\r\n\r\n"))
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"ok")
     head = seen[0].lower()
     assert b"upgrade" not in head and b"http2-settings" not in head
@@ -151,20 +144,11 @@ def test_an_h2c_upgrade_goes_upstream_as_plain_http():
 
 def test_no_1xx_reaches_an_http10_client():
     # RFC 9110 §15.2: a server MUST NOT send a 1xx response to an HTTP/1.0 client.
-    async def main():
-        loop = asyncio.get_running_loop()
-        up, port, _ = await scripted_upstream(
-            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        services = stand_in_services(loop, port)
-        server, front_port = await front(services)
-        old = await exchange(front_port, b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
-        new = await exchange(front_port, b"GET / HTTP/1.1\r\nHost: h\r\n"
-                                         b"Connection: close\r\n\r\n")
-        server.close()
-        up.close()
-        return old, new
-    old, new = asyncio.run(main())
+    [old, new], _, _ = asyncio.run(through_proxy(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
     assert old.startswith(b"HTTP/1.1 200 ") and b"103" not in old
     assert new.startswith(b"HTTP/1.1 103 ")
 
@@ -188,38 +172,27 @@ def test_connection_close_after_an_error_page_is_honoured():
 
 
 def test_forwarded_for_from_a_trusted_proxy_hop_is_extended_only_when_configured():
-    async def main(extend: bool):
-        loop = asyncio.get_running_loop()
-        up, port, seen = await scripted_upstream(
-            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-        services = stand_in_services(loop, port, extend_forwarded_for=extend)
+    def head(extend: bool) -> bytes:
         # as proxied.py creates it: the addresses from a trusted PROXY header
-        server, front_port = await front(services, (("203.0.113.5", 4000), ("127.0.0.1", 443)))
-        await exchange(front_port, b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.51.100.1"
-                                   b"\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n")
-        server.close()
-        up.close()
+        _, seen, _ = asyncio.run(through_proxy(
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.51.100.1"
+            b"\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n",
+            addresses=(("203.0.113.5", 4000), ("127.0.0.1", 443)), extend_forwarded_for=extend))
         return seen[0]
-    assert b"X-Forwarded-For: 203.0.113.5\r\n" in asyncio.run(main(False))
-    head = asyncio.run(main(True))
-    assert b"X-Forwarded-For: 198.51.100.1, 203.0.113.5\r\n" in head
-    assert b"X-Real-IP: 203.0.113.5\r\n" in head and b"6.6.6.6" not in head
+    assert b"X-Forwarded-For: 203.0.113.5\r\n" in head(False)
+    extended = head(True)
+    assert b"X-Forwarded-For: 198.51.100.1, 203.0.113.5\r\n" in extended
+    assert b"X-Real-IP: 203.0.113.5\r\n" in extended and b"6.6.6.6" not in extended
 
 
 def test_user_agent_controls_never_reach_the_audit_log():
-    async def main():
-        loop = asyncio.get_running_loop()
-        up, port, _ = await scripted_upstream(
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        services = stand_in_services(loop, port)
-        server, front_port = await front(services)
-        body = b"username=someone%40demo.test&password=x"
-        await exchange(front_port, b"POST /login HTTP/1.1\r\nHost: h\r\nUser-Agent: a\x9b31mb\x85c"
-                                   b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        server.close()
-        up.close()
-        return services.audit.events
-    [event] = asyncio.run(main())
+    body = b"username=someone%40demo.test&password=x"
+    _, _, services = asyncio.run(through_proxy(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"POST /login HTTP/1.1\r\nHost: h\r\nUser-Agent: a\x9b31mb\x85c"
+        b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)))
+    [event] = services.audit.events
     assert event.account == "someone@demo.test" and event.user_agent == "a 31mb c"
 
 
