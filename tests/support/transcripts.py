@@ -1,9 +1,11 @@
 """Transcript helpers shared by the sans-IO mail machine tests (test_imap, test_pop3):
 feed bytes, collect what the machine sends and the other events, and check that feeding
-byte by byte gives the same transcript as feeding everything at once."""
+byte by byte gives the same transcript as feeding everything at once; and for the HTTP/1.1
+parsers (test_http11, test_fuzz_parsers), events with adjacent Data joined."""
 from __future__ import annotations
 
 from carbotui.protocols.events import BackendFailed, LoginOK, LoginRejected, Send
+from carbotui.protocols.http11 import Data
 
 
 def run(machine, *chunks: bytes) -> tuple[bytes, list]:
@@ -46,3 +48,15 @@ def login_bytewise(make, data: bytes) -> tuple[bytes, list, bytes]:
     trickled = login_transcript(make(), *(data[i:i + 1] for i in range(len(data))))
     assert trickled == whole
     return whole
+
+
+def merged(events: list) -> list:
+    """Events with adjacent Data joined, so transcripts don't depend on how
+    the input was split."""
+    out: list = []
+    for ev in events:
+        if isinstance(ev, Data) and out and isinstance(out[-1], Data):
+            out[-1] = Data(out[-1].data + ev.data)
+        else:
+            out.append(ev)
+    return out

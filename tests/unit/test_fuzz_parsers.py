@@ -42,6 +42,8 @@ from carbotui.protocols.proxyproto import (
 )
 from carbotui.protocols.sasl import coalesce
 
+from tests.support.transcripts import merged
+
 FUZZ = settings(max_examples=500, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
@@ -323,16 +325,6 @@ def sent_lines(events: list) -> list[bytes]:
     data = b"".join(e.data for e in events if isinstance(e, Send))
     assert data == b"" or data.endswith(b"\r\n"), data
     return data.split(b"\r\n")[:-1]
-
-
-def merged(events: list) -> list:
-    out: list = []
-    for ev in events:
-        if isinstance(ev, Data) and out and isinstance(out[-1], Data):
-            out[-1] = Data(out[-1].data + ev.data)
-        else:
-            out.append(ev)
-    return out
 
 
 def run_http(parser, chunks: list[bytes], bound: int, method: bytes | None = None) -> list:

@@ -10,17 +10,7 @@ from carbotui.protocols.http11 import (
     serialize_request_head, serialize_response_head,
 )
 
-
-def merged(events):
-    """Events with adjacent Data joined, so transcripts don't depend on how
-    the input was split."""
-    out = []
-    for ev in events:
-        if isinstance(ev, Data) and out and isinstance(out[-1], Data):
-            out[-1] = Data(out[-1].data + ev.data)
-        else:
-            out.append(ev)
-    return out
+from tests.support.transcripts import merged
 
 
 def feed(parser, data: bytes, step: int | None = None):
