@@ -109,12 +109,17 @@ class ImapClientSide(ClientSide):
     """The proxy as IMAP server, before login. See the module docstring."""
 
     TEMPORARY_CODE, FAILED_CODE = b"UNAVAILABLE", b"AUTHENTICATIONFAILED"
+    CLOSING = b"* BYE"
+    IDLE_TIMEOUT = b"* BYE Autologout; idle for too long\r\n"
+    SHUTTING_DOWN = b"* BYE Server shutting down, please reconnect\r\n"
+
+    # (tag, mechanism) of the command waiting for its SASL line or auth result; at class
+    # level, so a session sets it only when it has one.
+    _pending: tuple[bytes, str] | None = None
 
     def __init__(self, limits: MailLimits, *, tls: bool):
         super().__init__(limits, tls=tls)
         self._cmd = _Command()
-        # (tag, mechanism) of the command waiting for its SASL line or auth result.
-        self._pending: tuple[bytes, str] | None = None
 
     # ------------------------------------------------------------ public API
 

@@ -41,11 +41,13 @@ class Pop3ClientSide(ClientSide):
     """The proxy as POP3 server, before login. See the module docstring."""
 
     TEMPORARY_CODE, FAILED_CODE = b"SYS/TEMP", b"AUTH"
+    CLOSING = b"-ERR"
+    IDLE_TIMEOUT = b"-ERR Disconnected for inactivity.\r\n"
+    SHUTTING_DOWN = b"-ERR Server shutting down\r\n"
 
-    def __init__(self, limits: MailLimits, *, tls: bool):
-        super().__init__(limits, tls=tls)
-        self._user: str | None = None          # from USER, waiting for PASS
-        self._skipping = False                 # dropping the rest of a line over max_line
+    # Defaults at class level: a session sets them only when they change.
+    _user: str | None = None               # from USER, waiting for PASS
+    _skipping = False                      # dropping the rest of a line over max_line
 
     # ------------------------------------------------------------ public API
 

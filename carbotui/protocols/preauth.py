@@ -52,6 +52,19 @@ class ClientSide:
     # Response codes of a refused login (RFC 5530 for IMAP, RFC 3206 for POP3).
     TEMPORARY_CODE = b""
     FAILED_CODE = b""
+    # What the glue writes before it closes a session itself, whole lines: the protocol
+    # gives the word that starts a closing line, IDLE_TIMEOUT (no login within
+    # preauth_timeout) and SHUTTING_DOWN (the worker is stopping); the refusals of a new
+    # connection (the worker at max_connections, the address at max_connections_per_ip)
+    # are the same words in both, after TEMPORARY_CODE.
+    CLOSING = b""
+    IDLE_TIMEOUT = SHUTTING_DOWN = BUSY = TOO_MANY_FROM_ADDRESS = b""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        refusal = b"%s [%s] " % (cls.CLOSING, cls.TEMPORARY_CODE)
+        cls.BUSY = refusal + b"Server busy, try again later\r\n"
+        cls.TOO_MANY_FROM_ADDRESS = refusal + b"Too many connections from your address\r\n"
 
     def __init__(self, limits: MailLimits, *, tls: bool):
         if limits.starttls not in STARTTLS_MODES:

@@ -34,8 +34,6 @@ class HttpConnection(asyncio.Protocol):
         self.eof = False
         self.splice = None               # set after an upgrade: raw bytes from then on
         self.on_splice_data = None
-        self.on_pause_writing = None     # splice flow control, set with the splice
-        self.on_resume_writing = None
         self._waiter: asyncio.Future | None = None
         self._paused = False
         self._writable = asyncio.Event()
@@ -78,13 +76,13 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable.clear()
-        if self.on_pause_writing is not None:
-            self.on_pause_writing()
+        if self.splice is not None:
+            self.splice.write_paused(self.transport)
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if self.on_resume_writing is not None:
-            self.on_resume_writing()
+        if self.splice is not None:
+            self.splice.write_resumed(self.transport)
 
     # -- for the coroutine --------------------------------------------------
     def _queue(self, events) -> None:

@@ -23,7 +23,7 @@ from carbotui.proxy.listeners import session_addresses
 from carbotui.protocols.imap import ImapBackendLogin, ImapClientSide
 from carbotui.protocols.imapstream import ImapStream
 from carbotui.protocols.pop3 import Pop3BackendLogin, Pop3ClientSide
-from carbotui.proxy.relay import Splice
+from carbotui.proxy.relay import Splice, SpliceEnd
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
@@ -105,7 +105,7 @@ class _LoginDeadline:
         self._handle.cancel()
 
 
-class BackendProtocol(asyncio.Protocol):
+class BackendProtocol(SpliceEnd):
     """The proxy's connection to a mailbox server: login first, then relay."""
 
     def __init__(self, machine, loop: asyncio.AbstractEventLoop):
@@ -140,16 +140,9 @@ class BackendProtocol(asyncio.Protocol):
         elif self.session is not None:
             self.session.backend_closed(exc)
 
-    def pause_writing(self) -> None:
-        if self.splice:
-            self.splice.backend_write_paused()
-
-    def resume_writing(self) -> None:
-        if self.splice:
-            self.splice.backend_write_resumed()
 
 
-class MailSession(asyncio.Protocol):
+class MailSession(SpliceEnd):
     # Defaults at class level: a session sets only what differs (each instance
     # attribute set in __init__ costs every login).
     transport: asyncio.Transport | None = None
@@ -198,9 +191,7 @@ class MailSession(asyncio.Protocol):
         # turn a graceful restart into a failed login.
         if len(w.sessions) >= w.settings.mail.max_connections:
             w.stats.rejected_busy += 1
-            transport.write(b"* BYE [UNAVAILABLE] Server busy, try again later\r\n"
-                            if self.proto == "imap" else
-                            b"-ERR [SYS/TEMP] Server busy, try again later\r\n")
+            transport.write(self.machine.BUSY)
             transport.close()
             return
         exempt = w.throttle.exempt(self.client_ip)
@@ -210,9 +201,7 @@ class MailSession(asyncio.Protocol):
             if not w.connections_per_ip.acquire("mail", self.client_ip,
                                                 w.settings.mail.max_connections_per_ip):
                 w.stats.rejected_busy += 1
-                transport.write(b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
-                                if self.proto == "imap" else
-                                b"-ERR [SYS/TEMP] Too many connections from your address\r\n")
+                transport.write(self.machine.TOO_MANY_FROM_ADDRESS)
                 transport.close()
                 return
             self._ip_counted = True
@@ -256,9 +245,7 @@ class MailSession(asyncio.Protocol):
             self._timer = loop.call_later(remaining, self._timer_fired)
             return
         if self.transport and not self.transport.is_closing():
-            self.transport.write(b"* BYE Autologout; idle for too long\r\n"
-                                 if self.proto == "imap" else
-                                 b"-ERR Disconnected for inactivity.\r\n")
+            self.transport.write(self.machine.IDLE_TIMEOUT)
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -290,18 +277,10 @@ class MailSession(asyncio.Protocol):
             # for each collection, which then had to walk them all.
             self.backend.session = None
 
-    def pause_writing(self) -> None:
-        if self.splice:
-            self.splice.client_write_paused()
-
-    def resume_writing(self) -> None:
-        if self.splice:
-            self.splice.client_write_resumed()
 
     def shutdown(self, reason: str) -> None:
         """The worker is stopping: say goodbye and close."""
-        farewell = (b"* BYE Server shutting down, please reconnect\r\n" if self.proto == "imap"
-                    else b"-ERR Server shutting down\r\n")
+        farewell = self.machine.SHUTTING_DOWN
         if self.splice is not None:
             self.splice.close(reason, farewell=self._farewell(farewell))
         elif self.transport and not self.transport.is_closing():

@@ -22,6 +22,22 @@ import time
 from typing import Callable
 
 
+class SpliceEnd(asyncio.Protocol):
+    """An asyncio protocol at one end of a Splice, once there is one: asyncio's flow
+    control of its transport pauses and resumes reading the other end."""
+
+    transport: asyncio.Transport | None = None
+    splice: Splice | None = None
+
+    def pause_writing(self) -> None:
+        if self.splice:
+            self.splice.write_paused(self.transport)
+
+    def resume_writing(self) -> None:
+        if self.splice:
+            self.splice.write_resumed(self.transport)
+
+
 class Splice:
     __slots__ = ("client", "backend", "idle_timeout", "last", "bytes_in", "bytes_out",
                  "_timer", "_loop", "_on_close", "closed", "watch")
@@ -58,22 +74,16 @@ class Splice:
         self.client.write(data)
 
     # -- flow control -------------------------------------------------------
-    # Client's send buffer is full: stop reading the server, and vice versa.
-    def client_write_paused(self) -> None:
-        if not self.backend.is_closing():
-            self.backend.pause_reading()
+    # One side's send buffer is full: stop reading the other side until it drains.
+    def write_paused(self, full: asyncio.Transport) -> None:
+        other = self.backend if full is self.client else self.client
+        if not other.is_closing():
+            other.pause_reading()
 
-    def client_write_resumed(self) -> None:
-        if not self.backend.is_closing():
-            self.backend.resume_reading()
-
-    def backend_write_paused(self) -> None:
-        if not self.client.is_closing():
-            self.client.pause_reading()
-
-    def backend_write_resumed(self) -> None:
-        if not self.client.is_closing():
-            self.client.resume_reading()
+    def write_resumed(self, full: asyncio.Transport) -> None:
+        other = self.backend if full is self.client else self.client
+        if not other.is_closing():
+            other.resume_reading()
 
     # -- ending -------------------------------------------------------------
     def check_idle(self) -> float | None:

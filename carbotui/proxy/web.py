@@ -692,10 +692,6 @@ class WebSession(HttpConnection):
                         idle_timeout=self.services.settings.web.polling_timeout, on_close=ended)
         self.splice, up.splice = splice, splice
         self.on_splice_data, up.on_splice_data = splice.from_client, splice.from_backend
-        self.on_pause_writing, self.on_resume_writing = (splice.client_write_paused,
-                                                         splice.client_write_resumed)
-        up.on_pause_writing, up.on_resume_writing = (splice.backend_write_paused,
-                                                     splice.backend_write_resumed)
         self.state = "websocket"
         for data in (self.parser.take_remainder(),):
             if data:
