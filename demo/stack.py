@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from carbotui.core import certs
+from carbotui.core.lines import recv_line
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout; supervisord.conf lives here
 VAR = ROOT / "var"
@@ -673,16 +674,6 @@ def setup(force: bool) -> None:
 
 # --- wait ---------------------------------------------------------------------------------
 
-def _recv_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1024)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _greeting(prefix: bytes, tls: bool = False) -> Callable[[str, int], None]:
     """A probe that connects and expects a greeting line starting with `prefix`."""
     def probe(host: str, port: int) -> None:
@@ -692,7 +683,7 @@ def _greeting(prefix: bytes, tls: bool = False) -> Callable[[str, int], None]:
                 ctx = ssl.create_default_context(cafile=str(CERTS / "ca.crt"))
                 ctx.check_hostname = False  # the certificate names a host, we dial an IP
                 sock = ctx.wrap_socket(raw)
-            line = _recv_line(sock)
+            line = recv_line(sock)
             if not line.startswith(prefix):
                 raise OSError(f"unexpected greeting {line[:60]!r}")
     return probe
@@ -701,7 +692,7 @@ def _greeting(prefix: bytes, tls: bool = False) -> Callable[[str, int], None]:
 def _memcached(host: str, port: int) -> None:
     with socket.create_connection((host, port), timeout=2) as sock:
         sock.sendall(b"version\r\n")
-        if not _recv_line(sock).startswith(b"VERSION "):
+        if not recv_line(sock).startswith(b"VERSION "):
             raise OSError("no VERSION reply")
 
 
@@ -720,7 +711,7 @@ def _http(tls: bool = False) -> Callable[[str, int], None]:
                 ctx.check_hostname = False
                 sock = ctx.wrap_socket(raw)
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            line = _recv_line(sock)
+            line = recv_line(sock)
             if not (line.startswith(b"HTTP/1.") and line[9:10] in b"1234"):
                 raise OSError(f"unexpected answer {line[:60]!r}")
     return probe

@@ -56,6 +56,12 @@ PROXY_GROUP = "proxy"
 
 # --- the snapshot ------------------------------------------------------------------------
 
+def hit_ratio(hits: int, misses: int) -> float | None:
+    """The share of lookups a cache answered; None before any."""
+    total = hits + misses
+    return hits / total if total else None
+
+
 @dataclass(frozen=True)
 class WorkerStats:
     """The dashboard's summary of what a worker reports on its stats socket
@@ -80,8 +86,7 @@ class WorkerStats:
 
     @property
     def hit_ratio(self) -> float | None:
-        total = self.cache_hits + self.cache_misses
-        return self.cache_hits / total if total else None
+        return hit_ratio(self.cache_hits, self.cache_misses)
 
 
 @dataclass(frozen=True)
@@ -145,8 +150,7 @@ class Memcached:
 
     @property
     def hit_ratio(self) -> float | None:
-        total = self.hits + self.misses
-        return self.hits / total if total else None
+        return hit_ratio(self.hits, self.misses)
 
 
 @dataclass(frozen=True)
@@ -820,7 +824,7 @@ class Fleet:
             workers_total=len(workers),
             logins_ok_per_s=round(ok, 1), logins_failed_per_s=round(failed, 1),
             connections_per_s=round(conns, 1),
-            cache_hit_ratio=hits / (hits + misses) if hits + misses else None)
+            cache_hit_ratio=hit_ratio(hits, misses))
         for key, value in (("sessions", totals.sessions), ("logins_ok", totals.logins_ok_per_s),
                            ("logins_failed", totals.logins_failed_per_s),
                            ("connections", totals.connections_per_s)):

@@ -30,6 +30,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carbotui.core.lines import recv_line
+
 STATS_SUFFIX = ".sock"
 CONTROL_SUFFIX = ".ctl"
 MAINTENANCE_FILE = "maintenance.json"
@@ -323,12 +325,7 @@ class WorkerControl:
                 sock.settimeout(self.timeout)
                 sock.connect(str(path))
                 sock.sendall(encode_line(request))
-                reply = b""
-                while not reply.endswith(b"\n"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    reply += chunk
+                reply = recv_line(sock)
         except FileNotFoundError:
             raise WorkerControlError(f"{worker} has no control socket ({path.name}); "
                                      f"this worker version cannot take requests") from None

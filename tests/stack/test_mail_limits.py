@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from carbotui.core.lines import recv_line
 from tests.stack.conftest import HOST, read_stats, tls_context, wait_for
 
 ATTACKER = "127.0.0.52"
@@ -12,13 +13,7 @@ ATTACKER = "127.0.0.52"
 def _open(port: int, source: str) -> tuple:
     raw = socket.create_connection((HOST, port), timeout=10, source_address=(source, 0))
     sock = tls_context().wrap_socket(raw, server_hostname=HOST)
-    line = b""
-    while not line.endswith(b"\r\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        line += chunk
-    return sock, line
+    return sock, recv_line(sock, b"\r\n")
 
 
 def test_one_address_holds_at_most_max_connections_per_ip_mail_sessions(custom_worker):
