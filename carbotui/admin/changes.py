@@ -171,12 +171,16 @@ class Admin:
         self.directory = directory
         self.ca_dir = Path(ca_dir) if ca_dir else None
 
-    def _domain(self, name: str):
+    def _domain(self, name: str, domains=None):
+        """The domain called ``name``, among ``domains`` (default: the directory's)."""
         name = name.strip().lower()
-        for d in self.directory.domains():
+        for d in self.directory.domains() if domains is None else domains:
             if d.name == name:
                 return d
         raise AdminError(f"domain {name} not found")
+
+    def _domain_dn(self, name: str) -> str:
+        return self._dn("zimbraDomain", "zimbraDomainName", name, "domain")
 
     def _dn(self, object_class: str, attr: str, value: str, what: str) -> str:
         dn = self.directory.entry_dn(object_class, attr, value)
@@ -201,9 +205,7 @@ class Admin:
         Without a new certificate the domain's current one must cover the name."""
         fqdn = validate_fqdn(fqdn)
         domains = self.directory.domains()
-        d = next((x for x in domains if x.name == domain.strip().lower()), None)
-        if d is None:
-            raise AdminError(f"domain {domain.strip().lower()} not found")
+        d = self._domain(domain, domains)
         check_vhost_free(fqdn, d.name, domains)
         hostnames = [*d.virtual_hostnames, fqdn]
         if generate:
@@ -234,7 +236,7 @@ class Admin:
             changes[CERT_ATTR] = [(ldap3.MODIFY_REPLACE, [cert.cert_pem])]
             changes[KEY_ATTR] = [(ldap3.MODIFY_REPLACE, [cert.key_pem])]
             warnings = cert.warnings
-        dn = self._dn("zimbraDomain", "zimbraDomainName", name, "domain")
+        dn = self._domain_dn(name)
         self.directory.modify(dn, changes)
         how = " with a new certificate" if cert else ""
         return Result(f"{name}: added virtual hostname {fqdn}{how}", warnings)
@@ -244,7 +246,7 @@ class Admin:
         d = self._domain(domain)
         if fqdn not in d.virtual_hostnames:
             raise AdminError(f"{fqdn} is not a virtual hostname of {d.name}")
-        dn = self._dn("zimbraDomain", "zimbraDomainName", d.name, "domain")
+        dn = self._domain_dn(d.name)
         self.directory.modify(dn, {VHOST_ATTR: [(ldap3.MODIFY_DELETE, [fqdn])]})
         return Result(f"{d.name}: removed virtual hostname {fqdn}")
 
@@ -252,32 +254,11 @@ class Admin:
     def set_vip(self, domain: str, ip: str) -> Result:
         ip = validate_ip(ip)
         domains = self.directory.domains()
-        d = next((x for x in domains if x.name == domain.strip().lower()), None)
-        if d is None:
-            raise AdminError(f"domain {domain.strip().lower()} not found")
+        d = self._domain(domain, domains)
         check_vip_free(ip, d.name, domains)
-        dn = self._dn("zimbraDomain", "zimbraDomainName", d.name, "domain")
+        dn = self._domain_dn(d.name)
         self.directory.modify(dn, {VIP_ATTR: [(ldap3.MODIFY_REPLACE, [ip])]})
         return Result(f"{d.name}: virtual IP is now {ip}")
-
-    # certificate ------------------------------------------------------------
-    def install_certificate(self, domain: str, cert_pem: str | None = None,
-                            key_pem: str | None = None, *, generate: bool = False) -> Result:
-        d = self._domain(domain)
-        if not d.virtual_hostnames:
-            raise AdminError(f"domain {d.name} has no virtual hostname to serve a certificate for")
-        if generate:
-            if self.ca_dir is None:
-                raise AdminError("no CA is configured to generate a certificate; import one")
-            cert_pem, key_pem = generate_certificate(self.ca_dir, list(d.virtual_hostnames))
-        if not (cert_pem and key_pem):
-            raise AdminError("a certificate and its private key are both needed")
-        cert = check_certificate(cert_pem, key_pem, d.virtual_hostnames)
-        dn = self._dn("zimbraDomain", "zimbraDomainName", d.name, "domain")
-        self.directory.modify(dn, {CERT_ATTR: [(ldap3.MODIFY_REPLACE, [cert.cert_pem])],
-                                   KEY_ATTR: [(ldap3.MODIFY_REPLACE, [cert.key_pem])]})
-        return Result(f"{d.name}: installed certificate for {', '.join(cert.names)} "
-                      f"({cert.days_left} days left)", cert.warnings)
 
 
 def flush_routes(settings, directory: Directory, name: str) -> tuple[str, int, int]:

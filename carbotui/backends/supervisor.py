@@ -33,7 +33,6 @@ FAULT_TEXT = {
 }
 
 STATE_RUNNING = "RUNNING"
-STOPPED_STATES = {"STOPPED", "EXITED", "FATAL", "BACKOFF"}
 
 
 class SupervisorError(RuntimeError):

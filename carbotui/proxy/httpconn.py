@@ -184,7 +184,3 @@ class HttpConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         return not self.closed and not self.eof and self.transport is not None \
             and not self.transport.is_closing()
-
-
-def client_connection(max_header_bytes: int) -> HttpConnection:
-    return HttpConnection(http11.RequestParser(max_header_bytes=max_header_bytes))

@@ -45,7 +45,6 @@ class TlsContexts:
             ctx.load_cert_chain(cert, key)
             by_name[name.lower()] = ctx
         self.by_name = by_name
-        self.sni_seen = 0
 
     def _pick(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx) -> None:
         if server_name:
@@ -55,10 +54,7 @@ class TlsContexts:
         return None
 
 
-def upstream_context(verify: bool = True, cafile: str | None = None) -> ssl.SSLContext:
-    """For TLS to the mailbox servers (the seed warns plaintext is LAN-only)."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+def upstream_context(cafile: str | None = None) -> ssl.SSLContext:
+    """For TLS to the mailbox servers (the seed warns plaintext is LAN-only): always
+    verified, against ``cafile`` or the system's CAs."""
+    return ssl.create_default_context(cafile=cafile)
