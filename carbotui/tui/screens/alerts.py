@@ -13,7 +13,6 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from carbotui.services.alerts import Alert
@@ -22,7 +21,7 @@ from carbotui.services.throttle import Block
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
-from carbotui.tui.widgets.modals import BlockModal, BlockRequest, ConfirmModal
+from carbotui.tui.widgets.modals import BlockModal, BlockRequest
 
 # 80 columns: every column fits (widths + 2 padding each); the window is in the detail line.
 ALERT_COLUMNS = [("time", "Time", 8), ("rule", "Rule", 6), ("fails", "Fails", 7),
@@ -50,19 +49,12 @@ def listed(items: tuple[str, ...], more: int) -> str:
     return (items[0] if items else "-") + (f" +{extra}" if extra > 0 else "")
 
 
-class AlertsScreen(LiveScreen):
-    MODE = "alerts"
-    TITLE_TEXT = "Alerts"
-    BINDINGS = [
-        Binding("b", "block_alert_ip", "Block IP", id="alerts.block_ip",
-                tooltip="Block the selected alert's IP on every node (asks how long)"),
-        Binding("a", "add_block", "Add block", id="alerts.add_block",
-                tooltip="Block any IP address on every node"),
-        Binding("u", "unblock", "Lift block", id="alerts.unblock",
-                tooltip="Lift the selected IP block (asks first)"),
-        Binding("tab", "switch_table", "Alerts/blocks", id="alerts.switch_table",
-                key_display="tab", show=False, tooltip="Move between the alert list and the block list"),
-    ]
+class AlertsScreen(LiveScreen, title="Alerts", main="#alerts"):
+    BINDINGS = [Binding("b", "block_alert_ip", "Block IP", id="alerts.block_ip"),
+                Binding("a", "add_block", "Add block", id="alerts.add_block"),
+                Binding("u", "unblock", "Lift block", id="alerts.unblock"),
+                Binding("tab", "switch_table", "Alerts/blocks", id="alerts.switch_table",
+                        key_display="tab", show=False)]
 
     def __init__(self):
         super().__init__()
@@ -72,23 +64,22 @@ class AlertsScreen(LiveScreen):
         self.blocks_error = ""
 
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield KeyedTable(ALERT_COLUMNS, id="alerts", sort_column="time", reverse=True)
-            yield Static(id="detail", classes="detail")
-            yield Static(id="blocks-title", classes="log-header")
-            # The reason takes what the other columns leave (widths + 2 padding, scrollbar).
-            fixed = sum(w + 2 for _, _, w in BLOCK_COLUMNS[:-1]) + 4
-            reason = max(BLOCK_COLUMNS[-1][2], self.app.size.width - fixed)
-            yield KeyedTable([*BLOCK_COLUMNS[:-1], ("reason", "Reason", reason)], id="blocks",
-                             sort_column="until")
+        yield KeyedTable(ALERT_COLUMNS, id="alerts", sort_column="time", reverse=True)
+        yield Static(id="detail", classes="detail")
+        yield Static(id="blocks-title", classes="log-header")
+        # The reason takes what the other columns leave (widths + 2 padding, scrollbar).
+        fixed = sum(w + 2 for _, _, w in BLOCK_COLUMNS[:-1]) + 4
+        reason = max(BLOCK_COLUMNS[-1][2], self.app.size.width - fixed)
+        yield KeyedTable([*BLOCK_COLUMNS[:-1], ("reason", "Reason", reason)], id="blocks",
+                         sort_column="until")
 
     def focus_main(self) -> None:
         if not isinstance(self.focused, KeyedTable):
-            self.query_one("#alerts", KeyedTable).focus()
+            super().focus_main()
 
     @property
     def alert_table(self) -> KeyedTable:
-        return self.query_one("#alerts", KeyedTable)
+        return self.table
 
     @property
     def block_table(self) -> KeyedTable:
@@ -152,8 +143,7 @@ class AlertsScreen(LiveScreen):
         self.query_one("#blocks-title", Static).update(t)
 
     def selected_alert(self) -> Alert | None:
-        key = self.alert_table.selected_key
-        return self.alerts_by_key.get(key) if key else None
+        return self.selected(self.alerts_by_key)
 
     def _detail(self) -> None:
         a = self.selected_alert()
@@ -185,6 +175,7 @@ class AlertsScreen(LiveScreen):
 
     # -- actions ------------------------------------------------------------------------
     def action_switch_table(self) -> None:
+        """Move between the alert list and the block list"""
         target = self.block_table if self.focused is self.alert_table else self.alert_table
         target.focus()
 
@@ -199,6 +190,7 @@ class AlertsScreen(LiveScreen):
                                         **kwargs), answered)
 
     def action_block_alert_ip(self) -> None:
+        """Block the selected alert's IP on every node (asks how long)"""
         a = self.selected_alert()
         ip = alert_ip(a) if a else ""
         if not ip:
@@ -211,21 +203,15 @@ class AlertsScreen(LiveScreen):
                         title=f"Block {ip} on every node")
 
     def action_add_block(self) -> None:
+        """Block any IP address on every node"""
         self._ask_block()
 
     def action_unblock(self) -> None:
-        key = self.block_table.selected_key
-        block = self.blocks.get(key) if key else None
-        if block is None:
-            self.notify("no IP block selected", severity="warning")
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.run_action_in_thread(self.app.source.unblock, block.ip)
-
-        self.app.push_screen(ConfirmModal(
-            f"Lift the block on {block.ip}?",
-            f"Blocked by {block.by or '?'} until {fmt.clock(block.until)}: {block.reason}. "
-            f"Every node accepts logins from it again (throttling still applies).",
-            yes="Lift"), answered)
+        """Lift the selected IP block (asks first)"""
+        block = self.selected(self.blocks, self.block_table, missing="no IP block selected")
+        if block is not None:
+            self.confirm(
+                f"Lift the block on {block.ip}?",
+                f"Blocked by {block.by or '?'} until {fmt.clock(block.until)}: {block.reason}. "
+                f"Every node accepts logins from it again (throttling still applies).",
+                "Lift", self.app.source.unblock, block.ip)

@@ -11,7 +11,6 @@ from collections import Counter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.widgets import Input, Log, Static
 
 from carbotui.core.audit import AuditEvent
@@ -34,17 +33,10 @@ def event_line(e: AuditEvent) -> str:
     return f"{stamp} {e.protocol:5} {e.client_ip:15} {e.account:22} {result}"
 
 
-class AuditScreen(FilteredScreen):
-    MODE = "audit"
-    TITLE_TEXT = "Audit"
-    BINDINGS = [
-        Binding("slash", "filter", "Filter", id="audit.filter", key_display="/",
-                tooltip="Filter: words, or account: ip: proto:"),
-        Binding("s", "toggle_successes", "Successes", id="audit.successes",
-                tooltip="Also show successful logins"),
-        Binding("c", "clear", "Clear", id="audit.clear", tooltip="Clear the lines shown"),
-        Binding("escape", "clear_filter", "Clear filter", show=False, id="audit.clear_filter"),
-    ]
+class AuditScreen(FilteredScreen, title="Audit", main="#log"):
+    FILTER_EXAMPLE = "pop3"
+    BINDINGS = [Binding("s", "toggle_successes", "Successes", id="audit.successes"),
+                Binding("c", "clear", "Clear", id="audit.clear")]
 
     def __init__(self):
         super().__init__()
@@ -53,19 +45,10 @@ class AuditScreen(FilteredScreen):
         self.cleared_seq = 0        # events up to here were cleared by the admin
         self.shown = 0
 
-    def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield Input(placeholder="filter: user03  ip:203.0.113  proto:pop3  (enter: apply)",
-                        id="filter", classes="filter")
-            yield Static(HEADER, id="header", classes="log-header")
-            yield Log(id="log", max_lines=5000, auto_scroll=True)
-            yield Static(id="summary", classes="summary")
-
-    def on_mount(self) -> None:
-        self.query_one("#filter", Input).display = False
-
-    def focus_main(self) -> None:
-        self.query_one("#log", Log).focus()
+    def compose_list(self) -> ComposeResult:
+        yield Static(HEADER, id="header", classes="log-header")
+        yield Log(id="log", max_lines=5000, auto_scroll=True)
+        yield Static(id="summary", classes="summary")
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -123,9 +106,11 @@ class AuditScreen(FilteredScreen):
         self.redraw()
 
     def action_toggle_successes(self) -> None:
+        """Also show successful logins"""
         self.show_successes = not self.show_successes
         self.redraw()
 
     def action_clear(self) -> None:
+        """Clear the lines shown"""
         self.cleared_seq = self.app.audit_seq
         self.redraw()

@@ -4,14 +4,12 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.widgets import Static
 
 from carbotui.admin.node import Backend, FleetSnapshot
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
-from carbotui.tui.widgets.modals import ConfirmModal
 
 COLUMNS = [("server", "Mailbox server", 18), ("health", "Health", 11), ("active", "Active", 6),
            ("rate", "New/s", 6), ("errors", "Errors", 6), ("err_rate", "Err/s", 5),
@@ -34,26 +32,17 @@ def load_bars(backends: tuple[Backend, ...], width: int) -> Text:
     return text
 
 
-class BackendsScreen(LiveScreen):
-    MODE = "backends"
-    TITLE_TEXT = "Backends"
-    BINDINGS = [
-        Binding("m", "maintenance", "Maintenance", id="backends.maintenance",
-                tooltip="Toggle maintenance: no new sessions to the selected server"),
-    ]
+class BackendsScreen(LiveScreen, title="Backends", main="#backends"):
+    BINDINGS = [Binding("m", "maintenance", "Maintenance", id="backends.maintenance")]
 
     def __init__(self):
         super().__init__()
         self.backends: dict[str, Backend] = {}
 
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield KeyedTable(COLUMNS, id="backends", sort_column="server")
-            yield Static(id="load", classes="load")
-            yield Static(id="legend", classes="summary")
-
-    def focus_main(self) -> None:
-        self.query_one("#backends", KeyedTable).focus()
+        yield KeyedTable(COLUMNS, id="backends", sort_column="server")
+        yield Static(id="load", classes="load")
+        yield Static(id="legend", classes="summary")
 
     def show(self, snapshot: FleetSnapshot) -> None:
         rows = {}
@@ -70,7 +59,7 @@ class BackendsScreen(LiveScreen):
                 fmt.Sortable("down" if b.probed else "-", -1,
                              style="bold red" if b.probed else "dim"),
                 fmt.num(b.sessions))
-        self.query_one("#backends", KeyedTable).sync(rows)
+        self.table.sync(rows)
         self.query_one("#load", Static).update(load_bars(snapshot.backends, self.size.width))
         legend = Text(no_wrap=False)
         legend.append(" Active", style="bold").append(": open sessions now · ")
@@ -80,20 +69,13 @@ class BackendsScreen(LiveScreen):
         self.query_one("#legend", Static).update(legend)
 
     def action_maintenance(self) -> None:
-        key = self.query_one("#backends", KeyedTable).selected_key
-        backend = self.backends.get(key) if key else None
+        """Toggle maintenance: no new sessions to the selected server"""
+        backend = self.selected(self.backends, missing="no mailbox server selected")
         if backend is None:
-            self.notify("no mailbox server selected", severity="warning")
             return
         on = not backend.maintenance
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.run_action_in_thread(self.app.source.set_maintenance, backend.name, on)
-
         detail = (f"New logins of accounts on {backend.name} get a temporary failure; "
                   f"{backend.active} open sessions continue." if on else
                   f"{backend.name} takes new sessions again.")
-        self.app.push_screen(ConfirmModal(
-            f"{'Start' if on else 'End'} maintenance of {backend.name}?", detail,
-            yes="Start" if on else "End"), answered)
+        self.confirm(f"{'Start' if on else 'End'} maintenance of {backend.name}?", detail,
+                     "Start" if on else "End", self.app.source.set_maintenance, backend.name, on)

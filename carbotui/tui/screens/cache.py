@@ -4,7 +4,6 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.widgets import Static
 
 from carbotui.admin.node import FleetSnapshot
@@ -32,22 +31,13 @@ def check_account(value: str) -> str:
     return ""
 
 
-class CacheScreen(LiveScreen):
-    MODE = "cache"
-    TITLE_TEXT = "Cache"
-    BINDINGS = [
-        Binding("f", "flush", "Flush user", id="cache.flush",
-                tooltip="Delete one account's cached routes from memcached"),
-    ]
+class CacheScreen(LiveScreen, title="Cache", main="#workers"):
+    BINDINGS = [Binding("f", "flush", "Flush user", id="cache.flush")]
 
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield KeyedTable(MEMCACHED_COLUMNS, id="memcached", sort_column="server")
-            yield KeyedTable(WORKER_COLUMNS, id="workers", sort_column="worker")
-            yield Static(id="legend", classes="summary")
-
-    def focus_main(self) -> None:
-        self.query_one("#workers", KeyedTable).focus()
+        yield KeyedTable(MEMCACHED_COLUMNS, id="memcached", sort_column="server")
+        yield KeyedTable(WORKER_COLUMNS, id="workers", sort_column="worker")
+        yield Static(id="legend", classes="summary")
 
     def show(self, snapshot: FleetSnapshot) -> None:
         rows = {}
@@ -72,7 +62,7 @@ class CacheScreen(LiveScreen):
                             _ratio_cell(s.hit_ratio), fmt.num(s.ldap_lookups),
                             Text("reachable", style="green") if s.memcached_available else
                             Text("DOWN", style="bold red"))
-        self.query_one("#workers", KeyedTable).sync(rows)
+        self.table.sync(rows)
         legend = Text()
         legend.append(" Hit %", style="bold").append(": routes found in memcached · ")
         legend.append("LDAP", style="bold").append(": lookups after a miss · ")
@@ -80,6 +70,7 @@ class CacheScreen(LiveScreen):
         self.query_one("#legend", Static).update(legend)
 
     def action_flush(self) -> None:
+        """Delete one account's cached routes from memcached"""
         def answered(account: str | None) -> None:
             if account:
                 self.app.run_action_in_thread(self.app.source.flush_routes, account)

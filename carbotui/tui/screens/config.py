@@ -10,7 +10,6 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from carbotui.admin.changes import AdminError, MAIL_MODES, validate_fqdn, validate_ip
@@ -18,7 +17,7 @@ from carbotui.admin.node import DomainView, FleetSnapshot, config_applied
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
-from carbotui.tui.widgets.modals import ChoiceModal, ConfirmModal, PromptModal, VhostModal
+from carbotui.tui.widgets.modals import ChoiceModal, PromptModal, VhostModal
 
 DOMAIN_COLUMNS = [("domain", "Domain", 10), ("vhosts", "Virtual hostnames", 24),
                   ("vips", "VIP", 11), ("expires", "Cert expires", 12), ("days", "Days", 5),
@@ -39,19 +38,11 @@ def _error_of(check, value: str) -> str:
     return ""
 
 
-class ConfigScreen(LiveScreen):
-    MODE = "config"
-    TITLE_TEXT = "Config"
-    BINDINGS = [
-        Binding("m", "mail_mode", "Mail mode", id="config.mail_mode",
-                tooltip="Switch port 80 between https (error) and redirect (301)"),
-        Binding("a", "add_vhost", "Add vhost", id="config.add_vhost",
-                tooltip="Add a virtual hostname with a generated or imported certificate"),
-        Binding("d", "remove_vhost", "Remove vhost", id="config.remove_vhost",
-                tooltip="Remove a virtual hostname of the selected domain"),
-        Binding("i", "set_vip", "Set VIP", id="config.set_vip",
-                tooltip="Set the virtual IP address of the selected domain"),
-    ]
+class ConfigScreen(LiveScreen, title="Config", main="#domains"):
+    BINDINGS = [Binding("m", "mail_mode", "Mail mode", id="config.mail_mode"),
+                Binding("a", "add_vhost", "Add vhost", id="config.add_vhost"),
+                Binding("d", "remove_vhost", "Remove vhost", id="config.remove_vhost"),
+                Binding("i", "set_vip", "Set VIP", id="config.set_vip")]
 
     def __init__(self):
         super().__init__()
@@ -59,14 +50,10 @@ class ConfigScreen(LiveScreen):
         self.mail_mode = ""
 
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield Static(id="mode", classes="summary")
-            yield KeyedTable(DOMAIN_COLUMNS, id="domains", sort_column="domain")
-            yield Static(id="detail", classes="detail")
-            yield KeyedTable(APPLIED_COLUMNS, id="applied", sort_column="worker")
-
-    def focus_main(self) -> None:
-        self.query_one("#domains", KeyedTable).focus()
+        yield Static(id="mode", classes="summary")
+        yield KeyedTable(DOMAIN_COLUMNS, id="domains", sort_column="domain")
+        yield Static(id="detail", classes="detail")
+        yield KeyedTable(APPLIED_COLUMNS, id="applied", sort_column="worker")
 
     def show(self, snapshot: FleetSnapshot) -> None:
         d = snapshot.directory
@@ -95,7 +82,7 @@ class ConfigScreen(LiveScreen):
                 fmt.num(c.days_left, style=fmt.CERT_STYLES.get(flag, "")) if c else
                 fmt.num(None),
                 ", ".join(c.names) if c else "")
-        self.query_one("#domains", KeyedTable).sync(rows)
+        self.table.sync(rows)
         self._detail()
 
         rows = {}
@@ -114,12 +101,8 @@ class ConfigScreen(LiveScreen):
     def _highlighted(self, _event) -> None:
         self._detail()
 
-    def _selected(self) -> DomainView | None:
-        key = self.query_one("#domains", KeyedTable).selected_key
-        return self.domains.get(key) if key else None
-
     def _detail(self) -> None:
-        v = self._selected()
+        v = self.selected(self.domains)
         text = Text(no_wrap=True, overflow="ellipsis")
         if v is None:
             self.query_one("#detail", Static).update(text)
@@ -138,26 +121,22 @@ class ConfigScreen(LiveScreen):
 
     # -- actions --------------------------------------------------------------------
     def action_mail_mode(self) -> None:
+        """Switch port 80 between https (error) and redirect (301)"""
         if not self.mail_mode and self.app.snapshot is None:
             return
         new = MAIL_MODES[1] if self.mail_mode == MAIL_MODES[0] else MAIL_MODES[0]
         what = {"https": "plain HTTP on port 80 gets an error; clients must use https",
                 "redirect": "plain HTTP on port 80 gets a 301 to the same URL over https"}[new]
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.run_action_in_thread(self.app.source.set_mail_mode, new)
-
-        self.app.push_screen(ConfirmModal(
-            f"Switch the mail mode from {self.mail_mode or '(unset)'} to {new}?",
-            f"{what}. Written to LDAP; every worker applies it without a restart.",
-            yes=f"Switch to {new}"), answered)
+        self.confirm(f"Switch the mail mode from {self.mail_mode or '(unset)'} to {new}?",
+                     f"{what}. Written to LDAP; every worker applies it without a restart.",
+                     f"Switch to {new}", self.app.source.set_mail_mode, new)
 
     def action_add_vhost(self) -> None:
+        """Add a virtual hostname with a generated or imported certificate"""
         if not self.domains:
             self.notify("no domains known yet", severity="warning")
             return
-        selected = self._selected()
+        selected = self.selected(self.domains)
         domain = selected.name if selected else sorted(self.domains)[0]
 
         def answered(request) -> None:
@@ -178,23 +157,17 @@ class ConfigScreen(LiveScreen):
         self.app.push_screen(VhostModal(sorted(self.domains), domain, check), answered)
 
     def action_remove_vhost(self) -> None:
-        v = self._selected()
+        """Remove a virtual hostname of the selected domain"""
+        v = self.selected(self.domains)
         if v is None or not v.virtual_hostnames:
             self.notify("the selected domain has no virtual hostname", severity="warning")
             return
 
         def confirm(fqdn: str | None) -> None:
-            if not fqdn:
-                return
-
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.app.run_action_in_thread(self.app.source.remove_vhost, v.name, fqdn)
-
-            self.app.push_screen(ConfirmModal(
-                f"Remove {fqdn} from {v.name}?",
-                "Clients using this name get the node's default certificate afterwards.",
-                yes="Remove"), answered)
+            if fqdn:
+                self.confirm(f"Remove {fqdn} from {v.name}?",
+                             "Clients using this name get the node's default certificate "
+                             "afterwards.", "Remove", self.app.source.remove_vhost, v.name, fqdn)
 
         if len(v.virtual_hostnames) == 1:
             confirm(v.virtual_hostnames[0])
@@ -203,9 +176,9 @@ class ConfigScreen(LiveScreen):
                                              list(v.virtual_hostnames)), confirm)
 
     def action_set_vip(self) -> None:
-        v = self._selected()
+        """Set the virtual IP address of the selected domain"""
+        v = self.selected(self.domains, missing="no domain selected")
         if v is None:
-            self.notify("no domain selected", severity="warning")
             return
 
         def answered(ip: str | None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.widgets import Input, Static
 
 from carbotui.admin.node import FleetSnapshot, Session
@@ -12,7 +11,6 @@ from carbotui.tui import filters
 from carbotui.tui import format as fmt
 from carbotui.tui.screens.base import FilteredScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
-from carbotui.tui.widgets.modals import ConfirmModal
 
 COLUMNS = [("account", "Account", 18), ("client", "Client", 15), ("protocol", "Proto", 5),
            ("server", "Server", 6), ("bytes_in", "In", 7), ("bytes_out", "Out", 7),
@@ -27,42 +25,20 @@ def session_fields(s: Session) -> dict[str, str]:
             "server": s.server, "worker": s.worker, "state": s.state}
 
 
-class ConnectionsScreen(FilteredScreen):
-    MODE = "connections"
-    TITLE_TEXT = "Connections"
-    BINDINGS = [
-        Binding("slash", "filter", "Filter", id="connections.filter", key_display="/",
-                tooltip="Filter: words, or account: ip: proto: worker: server:"),
-        Binding("s", "sort", "Sort", id="connections.sort", tooltip="Sort by the next column"),
-        Binding("r", "reverse", "Reverse", id="connections.reverse",
-                tooltip="Reverse the sort order"),
-        Binding("x", "kick", "Kick", id="connections.kick",
-                tooltip="Close the selected session (asks first)"),
-        Binding("escape", "clear_filter", "Clear filter", show=False,
-                id="connections.clear_filter"),
-    ]
+class ConnectionsScreen(FilteredScreen, title="Connections", main="#sessions"):
+    FILTER_BY = "account: ip: proto: worker: server:"
+    BINDINGS = [Binding("s", "sort", "Sort", id="connections.sort"),
+                Binding("r", "reverse", "Reverse", id="connections.reverse"),
+                Binding("x", "kick", "Kick", id="connections.kick")]
 
     def __init__(self):
         super().__init__()
         self.sessions: dict[str, Session] = {}
         self.total = 0
 
-    def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield Input(placeholder="filter: user03  ip:203.0.113  proto:imap  (enter: apply)",
-                        id="filter", classes="filter")
-            yield KeyedTable(COLUMNS, id="sessions", sort_column="started", reverse=True)
-            yield Static(id="summary", classes="summary")
-
-    def on_mount(self) -> None:
-        self.query_one("#filter", Input).display = False
-
-    def focus_main(self) -> None:
-        self.query_one("#sessions", KeyedTable).focus()
-
-    @property
-    def table(self) -> KeyedTable:
-        return self.query_one("#sessions", KeyedTable)
+    def compose_list(self) -> ComposeResult:
+        yield KeyedTable(COLUMNS, id="sessions", sort_column="started", reverse=True)
+        yield Static(id="summary", classes="summary")
 
     def show(self, snapshot: FleetSnapshot) -> None:
         self.total = len(snapshot.sessions)
@@ -100,30 +76,26 @@ class ConnectionsScreen(FilteredScreen):
             self.show(self.app.snapshot)
 
     def action_sort(self) -> None:
+        """Sort by the next column"""
         t = self.table
         column = SORTABLE[(SORTABLE.index(t.sort_column) + 1) % len(SORTABLE)]
         t.set_sort(column, reverse=column in ("started", "bytes_in", "bytes_out"))
         self._summary()
 
     def action_reverse(self) -> None:
+        """Reverse the sort order"""
         t = self.table
         t.set_sort(t.sort_column, not t.reverse)
         self._summary()
 
     def action_kick(self) -> None:
-        key = self.table.selected_key
-        session = self.sessions.get(key) if key else None
+        """Close the selected session (asks first)"""
+        session = self.selected(self.sessions, missing="no session selected")
         if session is None:
-            self.notify("no session selected", severity="warning")
             return
         who = session.account or "an unauthenticated client"
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.run_action_in_thread(self.app.source.kick, session.worker, session.id)
-
-        self.app.push_screen(ConfirmModal(
+        self.confirm(
             f"Kick session {session.id}?",
             f"{who} from {session.client} ({session.protocol}) on {session.worker}, "
             f"mailbox {session.server or '-'}. The client is disconnected; it may log in again.",
-            yes="Kick"), answered)
+            "Kick", self.app.source.kick, session.worker, session.id)

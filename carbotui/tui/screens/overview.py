@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Grid, Vertical
+from textual.containers import Grid
 from textual.widgets import Label, Sparkline, Static
 
 from carbotui.admin.node import FleetSnapshot
@@ -15,26 +15,23 @@ from carbotui.tui.widgets.keyed_table import KeyedTable
 SERIES = (("sessions", "Sessions"), ("logins_ok", "Logins/s"), ("logins_failed", "Failed/s"))
 
 
-class OverviewScreen(LiveScreen):
-    MODE = "overview"
-    TITLE_TEXT = "Overview"
+class OverviewScreen(LiveScreen, title="Overview", main="#workers"):
     BINDING_GROUP_TITLE = "Overview"
     BINDINGS = []
 
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield Static(id="totals")
-            yield Static(id="security")
-            with Grid(id="graphs"):
-                for key, title in SERIES:
-                    yield Label(title, classes="graph-label")
-                    yield Sparkline([], id=f"spark-{key}", classes=f"spark {key}")
-                    yield Label("", id=f"last-{key}", classes="graph-value")
-            yield KeyedTable([("worker", "Worker", 9), ("state", "State", 8), ("pid", "PID", 6),
-                              ("cpu", "CPU%", 5), ("rss", "RSS", 7), ("sess", "Sess", 5),
-                              ("ok", "Logins", 6), ("failed", "Failed", 6), ("since", "Since", 8)],
-                             id="workers", sort_column="worker")
-            yield Static(id="problems")
+        yield Static(id="totals")
+        yield Static(id="security")
+        with Grid(id="graphs"):
+            for key, title in SERIES:
+                yield Label(title, classes="graph-label")
+                yield Sparkline([], id=f"spark-{key}", classes=f"spark {key}")
+                yield Label("", id=f"last-{key}", classes="graph-value")
+        yield KeyedTable([("worker", "Worker", 9), ("state", "State", 8), ("pid", "PID", 6),
+                          ("cpu", "CPU%", 5), ("rss", "RSS", 7), ("sess", "Sess", 5),
+                          ("ok", "Logins", 6), ("failed", "Failed", 6), ("since", "Since", 8)],
+                         id="workers", sort_column="worker")
+        yield Static(id="problems")
 
     def show_security(self, snapshot: FleetSnapshot) -> None:
         """Alerts of the last hour (alerts.log) and active IP blocks (memcached)."""
@@ -52,9 +49,6 @@ class OverviewScreen(LiveScreen):
         if recent or snapshot.blocks:
             line.append("  (8: Alerts)", style="dim")
         self.query_one("#security", Static).update(line)
-
-    def focus_main(self) -> None:
-        self.query_one("#workers", KeyedTable).focus()
 
     def show(self, snapshot: FleetSnapshot) -> None:
         t = snapshot.totals

@@ -5,7 +5,6 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.widgets import Log, Static
 from textual.worker import get_current_worker
 
@@ -14,27 +13,18 @@ from carbotui.tui import format as fmt
 from carbotui.tui.messages import LogText
 from carbotui.tui.screens.base import LiveScreen
 from carbotui.tui.widgets.keyed_table import KeyedTable
-from carbotui.tui.widgets.modals import ConfirmModal
 
 COLUMNS = [("name", "Process", 14), ("state", "State", 8), ("pid", "PID", 6),
            ("cpu", "CPU%", 5), ("rss", "RSS", 7), ("files", "Files", 5), ("conns", "Conns", 5),
            ("sess", "Sess", 4), ("since", "Since", 8), ("description", "Supervisor", 24)]
 
 
-class WorkersScreen(LiveScreen):
-    MODE = "workers"
-    TITLE_TEXT = "Workers"
-    BINDINGS = [
-        Binding("s", "start", "Start", id="workers.start", tooltip="Start the selected process"),
-        Binding("x", "stop", "Stop", id="workers.stop",
-                tooltip="Stop the selected process (asks first)"),
-        Binding("r", "restart", "Restart", id="workers.restart",
-                tooltip="Restart the selected process"),
-        Binding("R", "rolling_restart", "Rolling", id="workers.rolling",
-                key_display="R", tooltip="Restart every proxy worker, one at a time"),
-        Binding("l", "toggle_log", "Log", id="workers.log",
-                tooltip="Show or hide the log of the selected process, following it"),
-    ]
+class WorkersScreen(LiveScreen, title="Workers", main="#processes"):
+    BINDINGS = [Binding("s", "start", "Start", id="workers.start"),
+                Binding("x", "stop", "Stop", id="workers.stop"),
+                Binding("r", "restart", "Restart", id="workers.restart"),
+                Binding("R", "rolling_restart", "Rolling", id="workers.rolling", key_display="R"),
+                Binding("l", "toggle_log", "Log", id="workers.log")]
 
     def __init__(self):
         super().__init__()
@@ -43,21 +33,13 @@ class WorkersScreen(LiveScreen):
         self.log_offset = -1
 
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="body"):
-            yield KeyedTable(COLUMNS, id="processes")
-            yield Static(id="log-title", classes="log-header")
-            yield Log(id="log", max_lines=2000, auto_scroll=True)
+        yield KeyedTable(COLUMNS, id="processes")
+        yield Static(id="log-title", classes="log-header")
+        yield Log(id="log", max_lines=2000, auto_scroll=True)
 
     def on_mount(self) -> None:
         self.query_one("#log", Log).display = False
         self.query_one("#log-title", Static).display = False
-
-    def focus_main(self) -> None:
-        self.query_one("#processes", KeyedTable).focus()
-
-    @property
-    def table(self) -> KeyedTable:
-        return self.query_one("#processes", KeyedTable)
 
     def show(self, snapshot: FleetSnapshot) -> None:
         self.processes = {p.name: p for p in snapshot.processes}
@@ -75,11 +57,11 @@ class WorkersScreen(LiveScreen):
         self.table.sync(rows)
 
     def _selected(self) -> Process | None:
-        key = self.table.selected_key
-        return self.processes.get(key) if key else None
+        return self.selected(self.processes)
 
     # -- process control --------------------------------------------------------------
     def action_start(self) -> None:
+        """Start the selected process"""
         p = self._selected()
         if p is None:
             return
@@ -89,20 +71,17 @@ class WorkersScreen(LiveScreen):
         self.app.run_action_in_thread(self.app.source.start, p.name)
 
     def action_stop(self) -> None:
+        """Stop the selected process (asks first)"""
         p = self._selected()
         if p is None:
             return
         detail = (f"It stops accepting, lets its {p.stats.sessions if p.stats else 0} sessions "
                   f"finish (up to the stop timeout) and exits; the other workers keep serving."
                   if p.is_worker else "Everything that depends on it stops working.")
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.run_action_in_thread(self.app.source.stop, p.name)
-
-        self.app.push_screen(ConfirmModal(f"Stop {p.name}?", detail, yes="Stop"), answered)
+        self.confirm(f"Stop {p.name}?", detail, "Stop", self.app.source.stop, p.name)
 
     def action_restart(self) -> None:
+        """Restart the selected process"""
         p = self._selected()
         if p is None:
             return
@@ -110,20 +89,15 @@ class WorkersScreen(LiveScreen):
         self.app.run_action_in_thread(self.app.source.restart, p.name)
 
     def action_rolling_restart(self) -> None:
+        """Restart every proxy worker, one at a time"""
         workers = [p for p in self.processes.values() if p.is_worker]
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.run_action_in_thread(self.app.source.rolling_restart,
-                                              self.app.progress)
-
-        self.app.push_screen(ConfirmModal(
-            f"Restart all {len(workers)} proxy workers, one at a time?",
-            "Each worker drains and restarts; the next waits until it serves again.",
-            yes="Rolling restart"), answered)
+        self.confirm(f"Restart all {len(workers)} proxy workers, one at a time?",
+                     "Each worker drains and restarts; the next waits until it serves again.",
+                     "Rolling restart", self.app.source.rolling_restart, self.app.progress)
 
     # -- log tail ---------------------------------------------------------------------
     def action_toggle_log(self) -> None:
+        """Show or hide the log of the selected process, following it"""
         log = self.query_one("#log", Log)
         title = self.query_one("#log-title", Static)
         p = self._selected()
