@@ -362,39 +362,26 @@ last_valid_uid = {uid}
 default_process_limit = 1000
 default_client_limit = 4000
 default_vsz_limit = 512M
-protocol imap {{
+{protocols}"""
+
+# Each of imap and pop3: its listeners in "high-performance" login mode (a few long-lived
+# login processes serve many connections) and room for the proxy's many sessions.
+DOVECOT_PROTOCOL = """\
+protocol {proto} {{
   mail_max_userip_connections = 1000
 }}
-protocol pop3 {{
-  mail_max_userip_connections = 1000
-}}
-# "High-performance" login mode: a few long-lived login processes serve many connections.
-service imap-login {{
-  inet_listener imap {{
-    port = {imap}
+service {proto}-login {{
+  inet_listener {proto} {{
+    port = {plain}
   }}
-  inet_listener imaps {{
-    port = {imaps}
+  inet_listener {proto}s {{
+    port = {tls}
     ssl = yes
   }}
   service_count = 0
   process_min_avail = 2
 }}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {pop3}
-  }}
-  inet_listener pop3s {{
-    port = {pop3s}
-    ssl = yes
-  }}
-  service_count = 0
-  process_min_avail = 2
-}}
-service imap {{
-  process_limit = 1000
-}}
-service pop3 {{
+service {proto} {{
   process_limit = 1000
 }}
 """
@@ -437,7 +424,9 @@ def make_mailbox(m: Mailbox) -> None:
 
     (m.dir / "dovecot.conf").write_text(DOVECOT_CONF.format(
         host=m.host, short=m.short, ip=m.ip, dir=m.dir, certs=CERTS,
-        uid=mail_user.pw_uid, gid=mail_user.pw_gid, **MBOX_PORTS))
+        uid=mail_user.pw_uid, gid=mail_user.pw_gid, protocols="".join(
+            DOVECOT_PROTOCOL.format(proto=proto, plain=MBOX_PORTS[proto],
+                                    tls=MBOX_PORTS[proto + "s"]) for proto in ("imap", "pop3"))))
     run("doveconf", "-c", str(m.dir / "dovecot.conf"), "-n")  # fails loudly on a bad setting
 
     date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())

@@ -74,14 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carbotui worker: cannot run as {args.user}: {exc}", file=sys.stderr)
         return 1
     try:
-        import uvloop
+        from uvloop import run
     except ImportError:      # pragma: no cover - uvloop is a dependency
-        uvloop = None
+        run = asyncio.run
     try:
-        if uvloop is not None:
-            uvloop.run(_serve(settings, args.worker))
-        else:
-            asyncio.run(_serve(settings, args.worker))
+        run(_serve(settings, args.worker))
     except OSError as exc:
         print(f"carbotui worker: {exc}", file=sys.stderr)
         return 1
