@@ -2,22 +2,14 @@
 against FakeSource (five alerts in alerts.log at start, two IP blocks)."""
 from __future__ import annotations
 
-from textual.widgets import Input, Static
+from textual.widgets import Input
 
 from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.screens.help import HelpScreen
 from carbotui.tui.widgets.modals import BlockModal, ConfirmModal
 from demo.fake_source import NOW, FakeSource, make_alert
 
-from tests.support.tui import drive, settle
-
-
-def text_of(screen, selector: str) -> str:
-    return str(screen.query_one(selector, Static).render())
-
-
-def calls(source, name):
-    return [c for c in source.calls if c[0] == name]
+from tests.support.tui import calls, drive, press, settle, table_of, text_of
 
 
 def toasts(app) -> list:
@@ -134,19 +126,17 @@ def test_add_block_validates_ip_duration_and_whitelist_then_blocks():
 
     async def test(app, pilot):
         screen = await on_alerts(app, pilot)
-        await pilot.press("a")
-        await pilot.pause()
+        await press(pilot, "a")
         modal = app.screen
         assert isinstance(modal, BlockModal) and modal.query_one("#ip", Input).has_focus
 
         async def submit(ip: str, duration: str) -> str:
             modal.query_one("#ip", Input).value = ip
             modal.query_one("#duration", Input).value = duration
-            await pilot.press("ctrl+s")
-            await pilot.pause()
+            await press(pilot, "ctrl+s")
             if app.screen is not modal:
                 return ""                         # accepted: the dialog closed
-            return str(modal.query_one("#error", Static).render())
+            return text_of(modal, "#error")
 
         assert "'300.1.1.1' is not an IPv4 or IPv6 address" in await submit("300.1.1.1", "1h")
         assert "1 second to 30 days" in await submit("192.0.2.1", "31d")
@@ -160,10 +150,8 @@ def test_add_block_validates_ip_duration_and_whitelist_then_blocks():
         block = screen.blocks["2001:db8::7"]
         assert block.until - block.since == 90
         # escape cancels without blocking
-        await pilot.press("a")
-        await pilot.pause()
-        await pilot.press("escape")
-        await pilot.pause()
+        await press(pilot, "a")
+        await press(pilot, "escape")
         assert isinstance(app.screen, AlertsScreen) and len(calls(source, "block")) == 1
     drive(test, source=source)
 
@@ -176,15 +164,12 @@ def test_lift_a_block_asks_first():
         await pilot.press("tab")                  # to the block list
         assert screen.focused is screen.block_table
         await pilot.press("down", "up")           # 203.0.113.5 expires first
-        await pilot.press("u")
-        await pilot.pause()
+        await press(pilot, "u")
         assert isinstance(app.screen, ConfirmModal)
         assert "203.0.113.5" in app.screen.question
-        await pilot.press("n")
-        await pilot.pause()
+        await press(pilot, "n")
         assert not calls(source, "unblock")
-        await pilot.press("u")
-        await pilot.pause()
+        await press(pilot, "u")
         await pilot.press("y")
         await settle(pilot, until=lambda a: "203.0.113.5" not in a.screen.blocks)
         assert calls(source, "unblock") == [("unblock", "203.0.113.5")]
@@ -214,15 +199,13 @@ def test_unknown_blocks_are_said_not_shown_as_none():
 def test_help_and_palette_list_the_alerts_actions():
     async def test(app, pilot):
         await on_alerts(app, pilot)
-        await pilot.press("question_mark")
-        await pilot.pause()
+        await press(pilot, "question_mark")
         assert isinstance(app.screen, HelpScreen)
         ids = [b.id for _, b in app.screen.bindings_list]
         for binding_id in ("screen.alerts", "alerts.block_ip", "alerts.add_block",
                            "alerts.unblock", "alerts.switch_table"):
             assert binding_id in ids
-        await pilot.press("escape")
-        await pilot.pause()
+        await press(pilot, "escape")
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert {"Alerts: Block IP", "Alerts: Add block", "Alerts: Lift block"} <= set(titles)
         assert "Alerts" in titles                 # the screen itself, key 8
