@@ -422,6 +422,19 @@ def run_proxy(chunks: list[bytes], limit: int = 4096):
     return parser.feed_eof()
 
 
+def _any_split_same_transcript(make, data, raw: bytes, tls: bool, starttls: str) -> list:
+    """A fresh ``make(tls, starttls)`` machine fed ``raw`` at once and another fed a
+    drawn split of it give the same transcript, with no login before TLS when
+    STARTTLS is "only"; returns the transcript."""
+    bound = LIMITS["max_line"] + LIMITS["max_literal"]
+    whole = run_mail(make(tls, starttls), [raw], bound)
+    split = run_mail(make(tls, starttls), data.draw(splits(raw)), bound)
+    assert split == whole
+    if not tls and starttls == "only":          # no login before TLS, ever
+        assert not any(isinstance(e, Authenticate) for e in whole)
+    return whole
+
+
 # --------------------------------------------------------------- IMAP
 
 _TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
@@ -436,12 +449,7 @@ def _imap(tls: bool, starttls: str) -> ImapClientSide:
 @FUZZ
 @given(st.data(), fuzz_input(imap_stream()), st.booleans(), st.sampled_from(["only", "on", "off"]))
 def test_imap_any_split_same_transcript(data, raw, tls, starttls):
-    bound = LIMITS["max_line"] + LIMITS["max_literal"]
-    whole = run_mail(_imap(tls, starttls), [raw], bound)
-    split = run_mail(_imap(tls, starttls), data.draw(splits(raw)), bound)
-    assert split == whole
-    if not tls and starttls == "only":          # no login before TLS, ever
-        assert not any(isinstance(e, Authenticate) for e in whole)
+    whole = _any_split_same_transcript(_imap, data, raw, tls, starttls)
     for line in sent_lines(whole):
         # Every reply line is untagged, a continuation, or tagged with a status.
         assert line[:2] in (b"* ", b"+ ") or re.fullmatch(rb"\S+ (OK|NO|BAD) .*", line), line
@@ -480,12 +488,7 @@ def _pop3(tls: bool, starttls: str) -> Pop3ClientSide:
 @FUZZ
 @given(st.data(), fuzz_input(pop3_stream()), st.booleans(), st.sampled_from(["only", "on", "off"]))
 def test_pop3_any_split_same_transcript(data, raw, tls, starttls):
-    bound = LIMITS["max_line"] + LIMITS["max_literal"]
-    whole = run_mail(_pop3(tls, starttls), [raw], bound)
-    split = run_mail(_pop3(tls, starttls), data.draw(splits(raw)), bound)
-    assert split == whole
-    if not tls and starttls == "only":          # no login before TLS, ever
-        assert not any(isinstance(e, Authenticate) for e in whole)
+    whole = _any_split_same_transcript(_pop3, data, raw, tls, starttls)
     for line in sent_lines(whole):
         # Status lines, multi-line bodies (CAPA, AUTH list) and "." ends.
         assert not any(c in line for c in b"\r\n\0"), line

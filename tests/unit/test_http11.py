@@ -140,16 +140,17 @@ def test_leading_empty_lines_are_skipped():
     assert events[0].target == b"/"
 
 
+def _keep_alive(parser, head: bytes) -> bool:
+    """Whether a fresh ``parser`` keeps the connection open after ``head``."""
+    parser.feed(head)
+    return parser.keep_alive
+
+
 def test_http10_keep_alive_rules():
-    p = RequestParser()
-    p.feed(b"GET / HTTP/1.0\r\n\r\n")
-    assert not p.keep_alive
-    p = RequestParser()
-    p.feed(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
-    assert p.keep_alive
-    p = RequestParser()
-    p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: foo, close\r\n\r\n")
-    assert not p.keep_alive
+    assert not _keep_alive(RequestParser(), b"GET / HTTP/1.0\r\n\r\n")
+    assert _keep_alive(RequestParser(), b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+    assert not _keep_alive(RequestParser(),
+                           b"GET / HTTP/1.1\r\nHost: h\r\nConnection: foo, close\r\n\r\n")
 
 
 def test_expect_100_continue_is_visible():
@@ -455,12 +456,9 @@ def test_connect_2xx_is_a_tunnel():
 
 
 def test_response_http10_and_connection_close():
-    p = ResponseParser()
-    p.feed(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
-    assert not p.keep_alive
-    p = ResponseParser()
-    p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-    assert not p.keep_alive
+    assert not _keep_alive(ResponseParser(), b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert not _keep_alive(ResponseParser(),
+                           b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
 def test_status_line_without_reason():

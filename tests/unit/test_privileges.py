@@ -190,11 +190,17 @@ def test_write_private_gives_an_old_file_0600(tmp_path, open_umask):
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
 
 
-def test_write_private_follows_no_symlink(tmp_path):
-    target = tmp_path / "elsewhere"
+def _planted_symlink(tmp_path, target_name: str, link_name: str):
+    """A file holding "untouched" and, at ``link_name``, a symlink to it."""
+    target = tmp_path / target_name
     target.write_text("untouched")
-    link = tmp_path / "demo.test.0.key"
+    link = tmp_path / link_name
     link.symlink_to(target)
+    return target, link
+
+
+def test_write_private_follows_no_symlink(tmp_path):
+    target, link = _planted_symlink(tmp_path, "elsewhere", "demo.test.0.key")
     with pytest.raises(OSError):
         live._write_private(link, "KEY")
     assert target.read_text() == "untouched"
@@ -236,10 +242,7 @@ def test_a_domain_name_from_ldap_cannot_place_a_file_outside_vhosts(tmp_path):
 # --- stack.write_private (root writing into var/run, which the service user may write) ------
 
 def test_demo_write_private_refuses_a_planted_symlink_or_hard_link(tmp_path):
-    target = tmp_path / "target"
-    target.write_text("untouched")
-    link = tmp_path / "supervisor-workers.conf"
-    link.symlink_to(target)
+    target, link = _planted_symlink(tmp_path, "target", "supervisor-workers.conf")
     with pytest.raises(OSError):
         stack.write_private(link, "x", 0o644)
     link.unlink()
