@@ -30,23 +30,7 @@ BASE = "o=tlstest"
 ADMIN = f"cn=admin,{BASE}"
 READER = f"cn=reader,{BASE}"
 
-SLAPD_CONF = """\
-include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-include {repo}/etc/ldap/carbotui.schema
-pidfile {dir}/slapd.pid
-argsfile {dir}/slapd.args
-modulepath /usr/lib/ldap
-moduleload back_mdb
-TLSCertificateFile {dir}/server.crt
-TLSCertificateKeyFile {dir}/server.key
-database mdb
-suffix "{base}"
-rootdn "{admin}"
-rootpw {rootpw}
-directory {dir}/data
-maxsize 10485760
+ACCESS = """\
 access to attrs=userPassword
     by anonymous auth
     by * none
@@ -78,8 +62,10 @@ class Slapd:
         (root / "data").mkdir(parents=True)
         certs.write_pair(cert, key, root / "server.crt", root / "server.key")
         conf = root / "slapd.conf"
-        conf.write_text(SLAPD_CONF.format(repo=REPO, dir=root, base=BASE, admin=ADMIN,
-                                          reader=READER, rootpw=stack.ssha(admin_pw)))
+        conf.write_text(stack.slapd_conf(
+            schema=REPO / "etc/ldap/carbotui.schema", run=root, suffix=BASE, admin=ADMIN,
+            rootpw=stack.ssha(admin_pw), directory=root / "data", maxsize=10485760,
+            tls=(root / "server.crt", root / "server.key")) + ACCESS.format(reader=READER))
         seed = root / "seed.ldif"
         seed.write_text("\n".join([
             stack.ldif_entry(BASE, [("objectClass", "organization"), ("o", "tlstest")]),
