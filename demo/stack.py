@@ -916,19 +916,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop supervisord, leave nothing").add_argument(
         "--timeout", type=float, default=60)
     args = ap.parse_args(argv)
+    commands = {"setup": lambda: setup(args.force),
+                "wait": lambda: wait(args.timeout, CLUSTER_CHECKS if args.cluster else None),
+                "down": lambda: down(args.timeout)}
     try:
-        if args.cmd == "setup":
-            setup(args.force)
-        elif args.cmd == "wait":
-            wait(args.timeout, CLUSTER_CHECKS if args.cluster else None)
-        elif args.cmd == "down":
-            down(args.timeout)
-        else:
-            summary()
+        commands.get(args.cmd, summary)()
+        return 0
     except DemoError as e:
         print(f"demo {args.cmd}: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
