@@ -254,42 +254,45 @@ def test_literal_too_big_non_synchronising_is_dropped_and_refused():
         b"* BYE [TOOBIG] Literal too big\r\n", [Close("literal too big")])
 
 
+TOO_LONG = b"a BAD [TOOBIG] Command line too long\r\n"
+NOOP_OK = b"b OK NOOP completed.\r\n"
+
+
+def short_lines(max_line: int) -> ImapClientSide:
+    """A client whose command lines may be at most ``max_line`` bytes."""
+    return client(dataclasses.replace(OFF_LIMITS, max_line=max_line))
+
+
 def test_line_too_long_is_refused_and_the_session_goes_on():
-    limits = dataclasses.replace(OFF_LIMITS, max_line=20)
     ok = b"a LOGIN bob " + b"p" * 8          # exactly 20 bytes
-    assert run(client(limits), ok + b"\r\n")[1] == [Authenticate("bob", "p" * 8)]
-    c = client(limits)
+    assert run(short_lines(20), ok + b"\r\n")[1] == [Authenticate("bob", "p" * 8)]
+    c = short_lines(20)
     assert run(c, ok) == (b"", [])
     assert run(c, b"\r") == (b"", [])                   # may still be the line end
     assert run(c, b"x") == (b"", [])                    # over: dropped as it comes
     assert run(c, b"x" * 5000) == (b"", [])
-    assert run(c, b"\r\nb NOOP\r\n") == (
-        b"a BAD [TOOBIG] Command line too long\r\nb OK NOOP completed.\r\n", [])
+    assert run(c, b"\r\nb NOOP\r\n") == (TOO_LONG + NOOP_OK, [])
     # Without any line end the buffer stays bounded.
-    c = client(limits)
+    c = short_lines(20)
     run(c, b"x" * 50000)
     assert len(c._buf) <= 64
     assert run(c, b"\n") == (b"* BAD [TOOBIG] Command line too long\r\n", [])
 
 
 def test_line_too_long_keeps_the_framing_of_its_literal():
-    limits = dataclasses.replace(OFF_LIMITS, max_line=20)
     # A non-synchronising literal at the end of the long line is dropped, not executed.
-    c = client(limits)
-    assert run(c, b"a LOGIN " + b"u" * 30 + b" {12+}\r\nc LOGOUT\r\nx\r\nb NOOP\r\n") == (
-        b"a BAD [TOOBIG] Command line too long\r\nb OK NOOP completed.\r\n", [])
+    long_login = b"a LOGIN " + b"u" * 30
+    assert run(short_lines(20), long_login + b" {12+}\r\nc LOGOUT\r\nx\r\nb NOOP\r\n") == (
+        TOO_LONG + NOOP_OK, [])
     # A synchronising one gets the BAD at once, and no "+".
-    c = client(limits)
-    assert run(c, b"a LOGIN " + b"u" * 30 + b" {12}\r\n") == (
-        b"a BAD [TOOBIG] Command line too long\r\n", [])
-    assert run(c, b"b NOOP\r\n") == (b"b OK NOOP completed.\r\n", [])
+    c = short_lines(20)
+    assert run(c, long_login + b" {12}\r\n") == (TOO_LONG, [])
+    assert run(c, b"b NOOP\r\n") == (NOOP_OK, [])
 
 
 def test_command_spread_over_literals_is_bounded_by_max_line():
-    limits = dataclasses.replace(OFF_LIMITS, max_line=30)
-    c = client(limits)
-    assert run(c, b"a ID (" + b'"k" {1+}\r\nv ' * 6 + b")\r\nb NOOP\r\n") == (
-        b"a BAD [TOOBIG] Command line too long\r\nb OK NOOP completed.\r\n", [])
+    assert run(short_lines(30), b"a ID (" + b'"k" {1+}\r\nv ' * 6 + b")\r\nb NOOP\r\n") == (
+        TOO_LONG + NOOP_OK, [])
 
 
 def _largest_id(escaped: bool) -> bytes:
