@@ -141,10 +141,11 @@ class ConfigScreen(LiveScreen, title="Config", main="#domains"):
 
         def answered(request) -> None:
             if request is not None:
+                cert_path, key_path = request.certificate or ("", "")
                 self.app.run_action_in_thread(
                     self.app.source.add_vhost, request.domain, request.fqdn,
-                    generate=request.generate, cert_path=request.cert_path,
-                    key_path=request.key_path)
+                    generate=request.certificate is None, cert_path=cert_path,
+                    key_path=key_path)
 
         taken = {n: d.name for d in self.domains.values() for n in d.virtual_hostnames}
 

@@ -85,9 +85,7 @@ class PromptModal(ModalScreen[str | None]):
 class VhostRequest:
     domain: str
     fqdn: str
-    generate: bool
-    cert_path: str = ""
-    key_path: str = ""
+    certificate: tuple[str, str] | None = None   # (cert file, key file); None: generate one
 
 
 class VhostModal(ModalScreen[VhostRequest | None]):
@@ -147,8 +145,8 @@ class VhostModal(ModalScreen[VhostRequest | None]):
             self.query_one("#error", Static).update(Text(error, style="bold red"))
             return
         domain = self.query_one("#domain", Select).value
-        self.dismiss(VhostRequest(domain=str(domain), fqdn=fqdn, generate=self._generate(),
-                                  cert_path=cert, key_path=key))
+        self.dismiss(VhostRequest(domain=str(domain), fqdn=fqdn,
+                                  certificate=None if self._generate() else (cert, key)))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
