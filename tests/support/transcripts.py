@@ -4,6 +4,8 @@ byte by byte gives the same transcript as feeding everything at once; and for th
 parsers (test_http11, test_fuzz_parsers), events with adjacent Data joined."""
 from __future__ import annotations
 
+import codecs
+
 from carbotui.protocols.events import BackendFailed, LoginOK, LoginRejected, Send
 from carbotui.protocols.http11 import Data
 
@@ -60,3 +62,19 @@ def merged(events: list) -> list:
         else:
             out.append(ev)
     return out
+
+
+def script(text: str) -> list[tuple[bytes, bytes]]:
+    """A transcript written as one multi-line script: each non-blank line is
+    ``what is sent | what is expected back``, in Python byte-escape notation
+    (``\\x00``, ``\\r\\n``); both sides are stripped of the spaces around the
+    ``|``, and the sent side may be empty. Returns the (send, expect) pairs."""
+    pairs = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        send, sep, expect = line.partition("|")
+        assert sep, f"script line without '|': {line!r}"
+        pairs.append(tuple(codecs.escape_decode(side.encode("latin-1"))[0]
+                           for side in (send.rstrip(), expect.strip())))
+    return pairs

@@ -12,7 +12,7 @@ from carbotui.protocols.events import (
 )
 from carbotui.protocols.imap import ImapBackendLogin, ImapClientSide
 
-from tests.support.transcripts import bytewise, login_bytewise, run, split
+from tests.support.transcripts import bytewise, login_bytewise, run, script, split
 
 CAPS = "IMAP4rev1 ID LITERAL+ SASL-IR IDLE NAMESPACE ENABLE"
 ONLY_LIMITS = MailLimits()                      # starttls "only" is the default
@@ -329,21 +329,26 @@ def test_the_largest_id_as_literals_passes_at_the_default_limits():
 
 # ----------------------------------------------------------- bad commands
 
-@pytest.mark.parametrize("line, reply", [
-    (b"", b"* BAD Empty command line\r\n"),
-    (b"* OK hello", b"* BAD Invalid tag\r\n"),
-    (b"+ go", b"* BAD Invalid tag\r\n"),
-    (b"a+b NOOP", b"* BAD Invalid tag\r\n"),
-    (b"\x16\x03\x01", b"* BAD Invalid tag\r\n"),          # a TLS ClientHello on the plain port
-    (b"a", b"a BAD Missing command\r\n"),
-    (b"a (NOOP)", b"a BAD Invalid command name\r\n"),
-    (b"a SELECT INBOX", b"a BAD Unknown command or not allowed before login\r\n"),
-    (b"a NOOP x", b"a BAD NOOP takes no arguments\r\n"),
-    (b"a NOOP \x00", b"a BAD NUL byte in command\r\n"),
-])
+# Each line: the command line sent (without its CRLF) | the reply line (without its CRLF);
+# \x16\x03\x01 is a TLS ClientHello on the plain port.
+GARBAGE = script(r"""
+| * BAD Empty command line
+* OK hello | * BAD Invalid tag
++ go | * BAD Invalid tag
+a+b NOOP | * BAD Invalid tag
+\x16\x03\x01 | * BAD Invalid tag
+a | a BAD Missing command
+a (NOOP) | a BAD Invalid command name
+a SELECT INBOX | a BAD Unknown command or not allowed before login
+a NOOP x | a BAD NOOP takes no arguments
+a NOOP \x00 | a BAD NUL byte in command
+""")
+
+
+@pytest.mark.parametrize("line, reply", GARBAGE)
 def test_garbage_gets_bad(line, reply):
     c = client()
-    assert run(c, line + b"\r\n") == (reply, [])
+    assert run(c, line + b"\r\n") == (reply + b"\r\n", [])
     assert run(c, b"z NOOP\r\n") == (b"z OK NOOP completed.\r\n", [])
 
 
