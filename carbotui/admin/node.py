@@ -62,6 +62,12 @@ def hit_ratio(hits: int, misses: int) -> float | None:
     return hits / total if total else None
 
 
+def _hit_ratio_of(hits: str, misses: str) -> property:
+    """A `hit_ratio` property over the two counter fields named."""
+    return property(lambda self: hit_ratio(getattr(self, hits), getattr(self, misses)),
+                    doc="The share of lookups the cache answered; None before any.")
+
+
 @dataclass(frozen=True)
 class WorkerStats:
     """The dashboard's summary of what a worker reports on its stats socket
@@ -83,10 +89,7 @@ class WorkerStats:
     config_mail_mode: str = ""
     config_vhosts: tuple[str, ...] = ()
     config_error: str = ""
-
-    @property
-    def hit_ratio(self) -> float | None:
-        return hit_ratio(self.cache_hits, self.cache_misses)
+    hit_ratio = _hit_ratio_of("cache_hits", "cache_misses")
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,7 @@ class Memcached:
     connections: int = 0
     uptime: int = 0
     error: str = ""
-
-    @property
-    def hit_ratio(self) -> float | None:
-        return hit_ratio(self.hits, self.misses)
+    hit_ratio = _hit_ratio_of("hits", "misses")
 
 
 @dataclass(frozen=True)
