@@ -465,6 +465,10 @@ class Settings(Table):
                          parse=lambda v, key: v.lower(), mirrors="zimbra_server_hostname")
     node_id: str = opt(table="node", key="id", factory=socket.gethostname)  # in the fleet view
     var_dir: Path = opt(Path("var"), table="node", path=True)
+    # production puts logs and sockets in the system's places (/var/log/carbotui,
+    # /run/carbotui); unset: var_dir/log and var_dir/run
+    log_dir_set: Path | None = opt(None, table="node", key="log_dir", path=True)
+    run_dir_set: Path | None = opt(None, table="node", key="run_dir", path=True)
     listen: ListenSettings = opt(ListenSettings(), sub=True)
     # [tls]
     tls_certificate: Path = opt(table="tls", key="certificate", path=True, required=True)
@@ -506,18 +510,35 @@ class Settings(Table):
     proxy_timeout: float = opt(3.0, table="proxy_protocol", key="timeout", check=positive)
     # SIGTERM: accept this long while health checks fail
     proxy_drain_grace: float = opt(3.0, table="proxy_protocol", key="drain_grace")
+    # [metrics]: the node's Prometheus text endpoint (all workers summed); None = off
+    metrics_listen: Endpoint | None = opt(None, table="metrics", key="listen",
+                                          parse=parse_endpoint)
     mail: MailSettings = opt(MailSettings(), sub=True)
     web: WebSettings = opt(WebSettings(), sub=True)
     throttle: ThrottleSettings = opt(ThrottleSettings(), sub=True)
     alerts: AlertSettings = opt(AlertSettings(), sub=True)
 
     @property
-    def audit_log(self) -> Path:
-        return self.var_dir / "log" / "audit.log"
+    def log_dir(self) -> Path:
+        return self.log_dir_set or self.var_dir / "log"
 
     @property
     def run_dir(self) -> Path:
-        return self.var_dir / "run"
+        return self.run_dir_set or self.var_dir / "run"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.log_dir / "audit.log"
+
+    @property
+    def access_log(self) -> Path:
+        """One line per web request, in Carbonio's nginx.access.log field order."""
+        return self.log_dir / "access.log"
+
+    @property
+    def sessions_log(self) -> Path:
+        """One line per ended mail session."""
+        return self.log_dir / "sessions.log"
 
     def ldap_password(self) -> str:
         return _secret("ldap.password_file", self.ldap_password_file)

@@ -142,7 +142,7 @@ def typo(key: str) -> str:
 
 def test_the_model_has_every_table():
     assert set(model_tables()) == {
-        "", "node", "listen", "tls", "memcached", "ldap", "proxy_protocol", "mail", "web",
+        "", "node", "listen", "tls", "memcached", "ldap", "proxy_protocol", "metrics", "mail", "web",
         "throttle", "alerts", "alerts.ipacct", "alerts.acct", "alerts.ip", "alerts.total",
         "alerts.smtp"}
 
