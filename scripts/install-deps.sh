@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(memcached slapd ldap-utils dovecot-imapd dovecot-pop3d haproxy curl openssl tmux)
 # real mail clients the integration tests drive through the proxy (tests/stack/test_real_clients.py)
 PACKAGES+=(isync fetchmail neomutt getmail6)
+# HTTP/2 clients for the web tests (nghttp, h2load; curl --http2 is curl itself)
+PACKAGES+=(nghttp2-client)
 SERVICES=(memcached slapd dovecot haproxy fetchmail)   # what those packages would start at install and boot
 MAIL_USER=carbotui-mail              # owns var/mbox*/mail; Dovecot's userdb uses it
 STAMP=.venv/.carbotui-installed      # newer than pyproject.toml = dependencies are current
