@@ -6,6 +6,7 @@ Carbonio directory. Calls block; the workers run them in a thread
 """
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import ssl
@@ -20,6 +21,8 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
 from carbotui.core.settings import Settings
+
+log = logging.getLogger("carbotui.backends.directory")
 
 # Which server attribute holds the port for each upstream protocol, like
 # zimbraReverseProxy{Imap,ImapSSL,...}PortAttribute in Carbonio.
@@ -42,6 +45,20 @@ DOMAIN_ATTRS = ["zimbraDomainName", "zimbraId", "zimbraVirtualHostname",
 SERVER_ATTRS = ["cn", "zimbraServiceHostname", "zimbraServiceEnabled",
                 "zimbraReverseProxyLookupTarget", "zimbraReverseProxyMailMode",
                 *PORT_ATTRIBUTES.values()]
+
+
+RESPONSE_HEADER_ATTRS = ["zimbraReverseProxyResponseHeaders",
+                         "carbonioReverseProxyResponseCSPHeader"]
+
+
+@dataclass(frozen=True)
+class ResponseHeaderAttrs:
+    """The response-header attributes as LDAP holds them (checked by their readers:
+    carbotui/protocols/webheaders.py): the global config's, and per domain name
+    (values, csp) for the domains that set either."""
+    values: tuple[str, ...] = ()
+    csp: str = ""
+    domains: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
 
 
 class DirectoryUnavailable(RuntimeError):
@@ -117,47 +134,111 @@ class _VerifiedTls(ldap3.Tls):
 
 def _ldap_key(s: Settings) -> tuple:
     """What a connection depends on: a reload that changes any of it reconnects."""
-    return (s.ldap_url, s.ldap_bind_dn, s.ldap_password_file, s.ldap_lookup_bind_dn,
+    return (s.ldap_urls, s.ldap_bind_dn, s.ldap_password_file, s.ldap_lookup_bind_dn,
             s.ldap_lookup_password_file, s.ldap_start_tls, s.ldap_ca_file, s.ldap_timeout)
+
+
+def _whole_seconds(timeout: float) -> int:
+    # ldap3 packs receive_timeout into SO_RCVTIMEO as whole seconds.
+    return max(1, math.ceil(timeout))
+
+
+def uses_tls(settings: Settings, url: str) -> bool:
+    """ldaps://, or ldap:// with StartTLS: the server's certificate is verified."""
+    scheme = url.split(":", 1)[0].lower()
+    return scheme == "ldaps" or (scheme == "ldap" and settings.ldap_start_tls)
+
+
+def make_server(settings: Settings, url: str) -> ldap3.Server:
+    """One server of ``ldap.url``, with its own verified TLS (the url's host is the name
+    its certificate must carry) and a connect timeout of ``ldap.timeout``."""
+    tls = None
+    if uses_tls(settings, url):
+        tls = _VerifiedTls(settings.ldap_ca_file, urlsplit(url).hostname or "")
+    return ldap3.Server(url, connect_timeout=_whole_seconds(settings.ldap_timeout),
+                        get_info=ldap3.NONE, tls=tls)
+
+
+def connect(settings: Settings, server: ldap3.Server, user: str, password, *,
+            read_only: bool) -> ldap3.Connection:
+    """Open, StartTLS when configured (before the bind), bind; every step bounded by
+    ``ldap.timeout``. Raises LDAPException (an OSError/ssl.SSLError subclass too when
+    the socket or TLS failed) or ConfigError (a password file that cannot be read)."""
+    timeout = _whole_seconds(settings.ldap_timeout)
+    start_tls = settings.ldap_start_tls and not server.ssl and not server.ipc
+    return ldap3.Connection(
+        server, user=user or None, password=password() if user else None,
+        client_strategy=ldap3.SAFE_SYNC,
+        auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if start_tls else True,
+        receive_timeout=timeout, raise_exceptions=True, read_only=read_only)
 
 
 class Directory:
     """Lookups bind as ``ldap.lookup_bind_dn`` (read-only, what the workers need) when it
     is set, else as ``ldap.bind_dn``; either way the connection refuses writes. Changes
     (``modify``: carbotui prov, the dashboard) open a second connection with the admin
-    bind, on first use only, so a worker never binds as the admin."""
+    bind, on first use only, so a worker never binds as the admin.
+
+    Several ``ldap.url`` servers fail over in order (Zimbra's ldap_url replicas): a
+    connection goes to the first server not marked down, and stays there until it
+    breaks. A server whose connect, TLS handshake or bind fails is marked down for
+    ``RETRY_AFTER`` seconds, so while the first replica is dead each new connection
+    goes straight to the next one instead of waiting for the dead one's timeout; when
+    every server is marked down they are all tried again, in order. A connection
+    attempt costs at most ``ldap.timeout`` per server (connect, then each answer).
+    (ldap3's ServerPool is not used: its ``active=True`` loops for ever with a 10 s
+    sleep between rounds when no server answers, and it judges a server by a bare TCP
+    connect, so a replica that accepts connections but fails TLS or the bind would
+    never be failed over.)"""
 
     QUALIFY_TTL = 5.0                # seconds a local address's login domain is reused
+    RETRY_AFTER = 30.0               # seconds a failed server is skipped
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._conn: ldap3.Connection | None = None       # lookups
         self._admin: ldap3.Connection | None = None      # changes
         self._conn_key: tuple | None = None
+        self._servers: list[ldap3.Server] = []
+        self._down_until: dict[str, float] = {}          # url -> monotonic time
+        self.in_use = ""                                 # url of the last server connected
         self._lock = threading.Lock()
         self._login_domains: dict[str, tuple[float, str]] = {}   # local ip -> (until, domain)
         self.searches = 0            # every LDAP search, for stats and tests
 
     # -- connection -------------------------------------------------------
     def _open(self, user: str, password, *, read_only: bool) -> ldap3.Connection:
-        s = self.settings
-        # ldap3 packs receive_timeout into SO_RCVTIMEO as whole seconds.
-        timeout = max(1, math.ceil(s.ldap_timeout))
-        tls = None
-        if s.ldap_url.startswith("ldaps://") or s.ldap_start_tls:
-            tls = _VerifiedTls(s.ldap_ca_file, urlsplit(s.ldap_url).hostname or "")
-        server = ldap3.Server(s.ldap_url, connect_timeout=timeout, get_info=ldap3.NONE, tls=tls)
-        return ldap3.Connection(
-            server, user=user or None, password=password() if user else None,
-            client_strategy=ldap3.SAFE_SYNC,
-            auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if s.ldap_start_tls else True,
-            receive_timeout=timeout, raise_exceptions=True, read_only=read_only)
+        """A bound connection to the first server that takes it (see the class doc)."""
+        now = time.monotonic()
+        up = [s for s in self._servers if self._down_until.get(s.name, 0.0) <= now]
+        down = [s for s in self._servers if s not in up]
+        failures = []
+        for server in up or down:
+            url = server.name
+            try:
+                conn = connect(self.settings, server, user, password, read_only=read_only)
+            except (LDAPException, OSError) as exc:
+                if url not in self._down_until and len(self._servers) > 1:
+                    log.warning("LDAP %s failed (%s); the next server is tried, this one "
+                                "again in %gs", url, exc, self.RETRY_AFTER)
+                self._down_until[url] = time.monotonic() + self.RETRY_AFTER
+                failures.append(f"{url}: {exc}")
+                continue
+            self._down_until.pop(url, None)
+            if url != self.in_use:
+                if self.in_use or len(self._servers) > 1:
+                    log.warning("LDAP: now using %s", url)
+                self.in_use = url
+            return conn
+        raise DirectoryUnavailable("LDAP " + "; ".join(failures))
 
     def _current(self) -> None:
         key = _ldap_key(self.settings)
         if key != self._conn_key:
             self._drop()
             self._conn_key = key
+            self._servers = [make_server(self.settings, url) for url in self.settings.ldap_urls]
+            self._down_until.clear()
 
     def _connection(self) -> ldap3.Connection:
         self._current()
@@ -187,11 +268,14 @@ class Directory:
                     _, _, response, _ = conn.search(base or self.settings.ldap_base, filt,
                                                     ldap3.SUBTREE, attributes=attrs)
                     break
+                except DirectoryUnavailable:
+                    self._drop()                 # no server took a new connection
+                    raise
                 except (LDAPException, OSError) as exc:
                     # A dropped connection is re-opened once; a second failure is real.
                     self._drop()
                     if attempt == 2:
-                        raise DirectoryUnavailable(f"LDAP {self.settings.ldap_url}: {exc}") from None
+                        raise DirectoryUnavailable(f"LDAP {self.in_use}: {exc}") from None
         out = []
         for item in response:
             if item.get("type") != "searchResEntry":
@@ -309,6 +393,23 @@ class Directory:
                 private_key_pem=_first(e, "zimbraSSLPrivateKey"),
             ))
         return out
+
+    def response_headers(self) -> ResponseHeaderAttrs:
+        """zimbraReverseProxyResponseHeaders and carbonioReverseProxyResponseCSPHeader of
+        the global config and of every domain that sets them, in one search."""
+        filt = "(|(objectClass=zimbraGlobalConfig)(objectClass=zimbraDomain))"
+        attrs = ["objectClass", "zimbraDomainName", *RESPONSE_HEADER_ATTRS]
+        global_values: tuple = ()
+        global_csp = ""
+        domains = {}
+        for e in self._search(filt, attrs):
+            values = tuple(_all(e, RESPONSE_HEADER_ATTRS[0]))
+            csp = _first(e, RESPONSE_HEADER_ATTRS[1])
+            if "zimbraglobalconfig" in {c.lower() for c in _all(e, "objectClass")}:
+                global_values, global_csp = values, csp
+            elif values or csp:
+                domains[_first(e, "zimbraDomainName").lower()] = (values, csp)
+        return ResponseHeaderAttrs(global_values, global_csp, domains)
 
     # -- admin writes (validated by the caller, see carbotui/admin/changes.py) --------
     def entry_dn(self, object_class: str, attr: str, value: str) -> str:

@@ -229,9 +229,73 @@ def _any_address(kind: str, mirrors: str = "") -> Any:
                mirrors=mirrors)
 
 
-def _is_url(value: str) -> str | None:
-    return None if value.startswith(("ldap://", "ldaps://", "ldapi://")) else \
-        f"expected ldap://, ldaps:// or ldapi://, got {value!r}"
+class LdapUrls(tuple):
+    """[ldap] url: the directory's servers, tried in this order (the first that answers
+    is used until its connection breaks). A tuple of "scheme://host[:port]" strings."""
+    __slots__ = ()
+
+
+LDAP_SCHEMES = ("ldap", "ldaps", "ldapi")
+
+
+def parse_ldap_urls(raw, key: str) -> LdapUrls:
+    """One URL, a list of them, or Zimbra's localconfig form: one string of URLs separated
+    by spaces ("ldap://a:389 ldap://b:389"). Each is scheme://host[:port] with no DN,
+    attributes or filter (RFC 4516 parts this setting does not use); ldap:// and ldaps://
+    may be mixed (each server gets its own TLS), ldapi:// (a local socket) may not."""
+    if isinstance(raw, str):
+        items = raw.split()
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        items = [word for x in raw for word in x.split()]
+    else:
+        raise ConfigError(f"{key}: expected a URL, a list of URLs or URLs separated by "
+                          f"spaces, got {raw!r}")
+    if not items:
+        raise ConfigError(f"{key}: no URL given")
+    seen = set()
+    for url in items:
+        problem = _ldap_url_problem(url)
+        if problem:
+            raise ConfigError(f"{key}: {url!r}: {problem}")
+        if url.lower() in seen:
+            raise ConfigError(f"{key}: {url!r} is listed twice")
+        seen.add(url.lower())
+    schemes = {url.split(":", 1)[0].lower() for url in items}
+    if "ldapi" in schemes and len(items) > 1:
+        raise ConfigError(f"{key}: ldapi:// is this host's own slapd socket; it cannot be "
+                          "one of several servers (list ldap:// or ldaps:// URLs, or only "
+                          "the ldapi:// one)")
+    return LdapUrls(items)
+
+
+def _ldap_url_problem(url: str) -> str | None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in LDAP_SCHEMES:
+        return "expected ldap://, ldaps:// or ldapi://"
+    where = rest[:-1] if rest.endswith("/") else rest
+    if any(c in where for c in "/?#"):
+        return "only scheme://host[:port] (a DN, attributes or a filter in the URL are " \
+               "not used: set ldap.base)"
+    if scheme.lower() == "ldapi":
+        return None if where else "ldapi:// needs the socket path, %2F-encoded " \
+                                  "(ldapi://%2Frun%2Fslapd%2Fldapi)"
+    host, port = where, ""
+    if where.startswith("["):
+        host, _, tail = where[1:].partition("]")
+        if tail and not tail.startswith(":"):
+            return "malformed [IPv6] host"
+        port = tail[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+    elif ":" in where:
+        host, _, port = where.rpartition(":")
+    if not host or any(c in host for c in " @%"):
+        return "no host name"
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"port {port!r} is not in 1..65535"
+    return None
 
 
 def _argv(value: tuple) -> str | None:
@@ -312,6 +376,29 @@ class MailSettings(Table):
     drain_timeout: float = opt(30.0, check=positive)
 
 
+# [web] path_timeouts: Carbonio's per-path upstream read timeouts. ActiveSync's is
+# polling_timeout itself (one source of truth, "polling_timeout" in the table), NoOp and
+# WaitSet are zimbra_noop_max_timeout and zimbra_waitset_max_request_timeout (1200 s) + 20.
+PATH_TIMEOUTS = {"/Microsoft-Server-ActiveSync": "polling_timeout",
+                 "/service/soap/NoOpRequest": 1220.0, "/service/soap/WaitSetRequest": 1220.0}
+
+
+def parse_path_timeouts(table: dict, key: str) -> dict[str, float | str]:
+    """path prefix -> seconds (> 0) or "polling_timeout"; each prefix starts with "/"."""
+    out: dict[str, float | str] = {}
+    for prefix, value in table.items():
+        if not prefix.startswith("/") or any(c in prefix for c in "?# \t\r\n"):
+            raise ConfigError(f"{key}: {prefix!r} is not a path prefix (it starts with /)")
+        if value == "polling_timeout":
+            out[prefix] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            out[prefix] = float(value)
+        else:
+            raise ConfigError(f"{key}.{prefix}: expected seconds (> 0) or "
+                              f"\"polling_timeout\", got {value!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class WebSettings(Table):
     """[web]: the HTTP(S) and admin proxy."""
@@ -322,6 +409,10 @@ class WebSettings(Table):
     read_timeout: float = opt(60.0, check=positive, mirrors="zimbraReverseProxyUpstreamReadTimeout")
     polling_timeout: float = opt(3600.0, check=positive,   # long polls and WebSockets
                                  mirrors="zimbraReverseProxyUpstreamPollingTimeout")
+    path_timeouts: dict[str, float | str] = opt(
+        factory=lambda: dict(PATH_TIMEOUTS), parse=parse_path_timeouts,
+        mirrors="zimbraReverseProxyUpstreamPollingTimeout (ActiveSync), "
+                "zimbra_noop_max_timeout, zimbra_waitset_max_request_timeout (+ 20 s)")
     header_timeout: float = opt(10.0, check=positive)  # a head must arrive within this
     body_timeout: float = opt(60.0, check=positive)    # at most this between body pieces
     body_min_rate: int = opt(500, check=not_negative)  # bytes/s to average after body_timeout
@@ -488,8 +579,9 @@ class Settings(Table):
     memcached_reconnect: float = opt(60.0, table="memcached", key="reconnect", check=positive,
                                      mirrors="zimbraReverseProxyCacheReconnectInterval")
     # [ldap]
-    ldap_url: str = opt(table="ldap", key="url", required=True, check=_is_url,
-                        mirrors="ldap_url (localconfig)")
+    # the servers in order: one URL, a list, or "ldap://a:389 ldap://b:389" (localconfig's)
+    ldap_urls: LdapUrls = opt(table="ldap", key="url", required=True, parse=parse_ldap_urls,
+                              mirrors="ldap_url (localconfig)")
     ldap_bind_dn: str = opt("", table="ldap", key="bind_dn")  # changes (prov, dashboard)
     ldap_password_file: Path = opt(Path("var/ldap/admin.secret"), table="ldap",
                                    key="password_file", path=True)
@@ -547,7 +639,8 @@ class Settings(Table):
         return _secret("ldap.lookup_password_file", self.ldap_lookup_password_file)
 
     def problems(self):
-        if self.ldap_start_tls and not self.ldap_url.startswith("ldap://"):
+        if self.ldap_start_tls and not any(u.lower().startswith("ldap://")
+                                           for u in self.ldap_urls):
             yield "ldap.start_tls", "only for an ldap:// url (ldaps:// is TLS from the " \
                                     "start, ldapi:// a local socket)"
         if bool(self.ldap_lookup_bind_dn) != bool(self.ldap_lookup_password_file):

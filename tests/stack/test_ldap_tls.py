@@ -21,6 +21,7 @@ import pytest
 from ldap3.core.exceptions import LDAPConnectionIsReadOnlyError
 
 from carbotui.core import certs
+from carbotui.core import settings as config
 from demo import stack
 from carbotui.backends.directory import Directory, DirectoryUnavailable
 
@@ -130,6 +131,7 @@ def settings(root: Path, url: str, **ldap):
                   timeout=3, ca_file=CA, start_tls=False, lookup_bind_dn="",
                   lookup_password_file=None)
     fields.update(ldap)
+    fields["urls"] = config.parse_ldap_urls(fields.pop("url"), "ldap.url")
     return dataclasses.replace(SETTINGS, **{f"ldap_{k}": v for k, v in fields.items()})
 
 
@@ -228,7 +230,7 @@ def test_the_demo_workers_lookup_dn_reads_keys_and_cannot_write():
         assert d.find_account("user01@demo.test") is not None
     finally:
         d.close()
-    raw = ldap3.Connection(ldap3.Server(SETTINGS.ldap_url), user=SETTINGS.ldap_lookup_bind_dn,
+    raw = ldap3.Connection(ldap3.Server(SETTINGS.ldap_urls[0]), user=SETTINGS.ldap_lookup_bind_dn,
                            password=SETTINGS.ldap_lookup_password(), auto_bind=True)
     try:
         assert not raw.modify(f"cn=config,{SETTINGS.ldap_base}", {

@@ -200,7 +200,7 @@ def test_an_empty_table_reads_as_the_dataclass_defaults(cls, tmp_path):
 def test_a_minimal_file_loads_every_other_key_as_its_declared_default(tmp_path):
     s = load(tmp_path, BASE)
     set_by_base = {"path", "node_name", "listen", "tls_certificate", "tls_private_key",
-                   "ldap_url", "ldap_base"}
+                   "ldap_urls", "ldap_base"}
     for f in dataclasses.fields(config.Settings):
         if f.name in set_by_base:
             continue
