@@ -458,13 +458,8 @@ def make_mailbox(m: Mailbox) -> None:
 
 
 def check_paths() -> None:
-    """Dovecot's unprivileged processes and the carbotui user must be able to reach var/
-    (e.g. not under /root)."""
-    for d in [ROOT, *ROOT.parents]:
-        if not d.stat().st_mode & stat.S_IXOTH:
-            raise DemoError(f"{d} is not searchable by other users; Dovecot's {MAIL_USER}, "
-                            f"dovecot and {SERVICE_USER} users cannot reach var/. Run `chmod o+x {d}` "
-                            "or move the checkout.")
+    """supervisord's socket path fits a unix socket address. (Other users' way into a
+    private checkout: reach_checkout.)"""
     sock = RUN / "supervisor.sock"
     if len(str(sock)) > 100:  # sun_path is 108 bytes
         raise DemoError(f"{sock} is too long for a unix socket; use a shorter checkout path")
@@ -512,16 +507,95 @@ def service_user() -> pwd.struct_passwd:
         raise DemoError(f"useradd {SERVICE_USER} failed: {p.stderr.strip()}") from None
 
 
+# --- reaching the checkout from other users ---------------------------------------------
+# Programs of other users reach into the checkout: Dovecot's (user dovecot: the auth process
+# reads var/mboxN/passwd; MAIL_USER: the maildirs var/mboxN/mail and base_dir's sockets) and
+# SERVICE_USER's (it runs .venv/bin/python with the checkout's code from the checkout, and
+# writes var/run and var/log). A checkout under a private folder (0700: /root, most
+# /home/<user>) is out of their reach. Rather than making that folder searchable by every
+# user (chmod o+x), setup gives just these users search permission ("x": they can pass
+# through to a path they know, not list or read the folder) with a POSIX ACL entry on each
+# folder on the way that others may not search: `setfacl -m u:carbotui:x,u:dovecot:x,...`.
+# Idempotent; `getfacl DIR` shows the entries, `setfacl -x u:carbotui,u:dovecot,... DIR`
+# removes them. The same for the folders on the way to .venv's interpreter (pyenv under
+# /root), for SERVICE_USER only. Moving the mailboxes out of the checkout (to /var/lib) would
+# spare the Dovecot users the entry but not SERVICE_USER, which must run the checkout's code;
+# one mechanism for all keeps every path in supervisord.conf, carbotui.toml and the generated
+# configs where it is. A filesystem without ACLs gets a message saying what to do instead.
+# Dovecot's login processes (dovenull) need no entry: the master chroots them (as root) into
+# base_dir/login before they drop to dovenull. The CA key, admin.secret, the root-only logs
+# keep their own modes: search permission on a folder opens nothing that a file's mode closes.
+
+REACH_USERS = (SERVICE_USER, "dovecot", MAIL_USER)  # who must reach var/ (see above)
+
+
+def private_folders(path: Path, mode_of: Callable[[Path], int] = lambda d: d.stat().st_mode
+                    ) -> list[Path]:
+    """The folders from / down to `path` (included) that other users may not search."""
+    return [d for d in reversed([path, *path.parents]) if not mode_of(d) & stat.S_IXOTH]
+
+
+def acl_grants(getfacl_out: str, users: tuple[str, ...]) -> dict[str, str]:
+    """For each of `users` that the ACL (`getfacl --omit-header` text) does not let search
+    the folder: the `setfacl -m` entry that does, keeping what it already had ("u:name:rx").
+    A named user's entry counts only as far as the mask lets it (getfacl's #effective)."""
+    entries, mask = {}, None
+    for line in getfacl_out.splitlines():
+        fields = line.split("#")[0].strip().split(":")
+        if len(fields) != 3:
+            continue
+        tag, qualifier, perms = fields
+        if tag == "mask":
+            mask = perms
+        elif tag == "user" and qualifier:
+            entries[qualifier] = perms
+    grants = {}
+    for user in users:
+        perms = entries.get(user, "")
+        if "x" not in perms or (mask is not None and "x" not in mask):
+            grants[user] = "u:" + user + ":" + "".join(c for c in "rw" if c in perms) + "x"
+    return grants
+
+
+def grant_search(path: Path, users: tuple[str, ...], purpose: str) -> None:
+    """Let `users` (and no one else) pass through every folder on the way to `path`; they
+    need it `purpose` ("to run ...")."""
+    folders = private_folders(path)
+    if not folders:
+        return
+    for user in users:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise DemoError(f"system user {user} is missing: run scripts/install-deps.sh") from None
+    if not shutil.which("setfacl"):
+        raise DemoError(f"{folders[0]} is private and setfacl (Debian package acl) is missing: "
+                        "run scripts/install-deps.sh")
+    for d in folders:
+        grants = acl_grants(run("getfacl", "--omit-header", "--absolute-names", str(d)), users)
+        if not grants:
+            continue
+        p = subprocess.run(["setfacl", "-m", ",".join(grants.values()), str(d)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise DemoError(
+                f"{d} is not searchable by other users and setfacl could not give "
+                f"{', '.join(grants)} search permission ({p.stderr.strip()}; no POSIX ACLs on "
+                f"this filesystem?). They need it {purpose}: move {path} under a folder others "
+                f"may search (e.g. /srv or /opt), or let every user search {d} (`chmod o+x {d}`).")
+        say(f"{d}: search permission (ACL) for {', '.join(grants)}, {purpose}")
+
+
+def reach_checkout() -> None:
+    grant_search(ROOT, REACH_USERS, f"to reach {VAR} and run the checkout's code")
+
+
 def reach_interpreter() -> None:
     """.venv's python is a link to an interpreter that may live under a private folder
-    (pyenv under /root): make the folders on the way searchable (o+x, not readable), as
-    .ci/run does for the checkout's."""
-    for target in {Path(os.path.realpath(sys.executable)), Path(sys.base_prefix)}:
-        for d in [target, *target.parents] if target.is_dir() else target.parents:
-            mode = d.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                say(f"{d}: o+x, so {SERVICE_USER} can run {os.path.realpath(sys.executable)}")
-                d.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    (pyenv under /root): SERVICE_USER runs it."""
+    python = Path(os.path.realpath(sys.executable))
+    for target in dict.fromkeys([python.parent, Path(sys.base_prefix)]):
+        grant_search(target, (SERVICE_USER,), f"to run {python}")
 
 
 def check_service_user(pw: pwd.struct_passwd) -> None:
@@ -645,6 +719,7 @@ def setup(force: bool) -> None:
         raise DemoError("setup needs root (a system user owns the maildirs; Dovecot drops privileges)")
     check_paths()
     pw = service_user()
+    reach_checkout()
     reach_interpreter()
     check_service_user(pw)
     for d in (RUN, LOG):
