@@ -13,6 +13,9 @@ PACKAGES=(memcached slapd ldap-utils dovecot-imapd dovecot-pop3d haproxy curl op
 PACKAGES+=(isync fetchmail neomutt getmail6)
 # HTTP/2 clients for the web tests (nghttp, h2load; curl --http2 is curl itself)
 PACKAGES+=(nghttp2-client)
+# setfacl/getfacl: a checkout under a private (0700) folder gets ACL entries for the demo's
+# users instead of `chmod o+x` (demo/stack.py, reach_checkout)
+PACKAGES+=(acl)
 SERVICES=(memcached slapd dovecot haproxy fetchmail)   # what those packages would start at install and boot
 MAIL_USER=carbotui-mail              # owns var/mbox*/mail; Dovecot's userdb uses it
 STAMP=.venv/.carbotui-installed      # newer than pyproject.toml = dependencies are current
