@@ -678,6 +678,11 @@ def fix_permissions(pw: pwd.struct_passwd) -> None:
             n += _set(path, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode) & ~0o007)
     (VAR / "spool").mkdir(exist_ok=True)
     n += _set(VAR / "spool", 0, gid, 0o750)
+    # [web] acme_webroot: `certbot --webroot -w var/acme` (root) writes the tokens, the
+    # workers only read them; tokens are public, so world-readable
+    (VAR / "acme" / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
+    for d in (VAR / "acme", VAR / "acme" / ".well-known", VAR / "acme" / ".well-known" / "acme-challenge"):
+        n += _set(d, 0, 0, 0o755)
     n += _give(VAR / "spool" / "alerts", pw, 0o700)
     n += _give(VAR / "mailsink", pw, 0o700)
     for node in CLUSTER_NODES:
@@ -714,6 +719,20 @@ def write_workers_include() -> None:
         say(f"proxy workers: {n} (var/run/supervisor-workers.conf)")
 
 
+def restart_slapd_on_new_schema() -> None:
+    """slapd reads etc/ldap/carbotui.schema (an include of slapd.conf) only when it starts:
+    a schema newer than the running slapd's pid file gets it restarted, once."""
+    try:
+        stale = (ROOT / "etc/ldap/carbotui.schema").stat().st_mtime > (RUN / "slapd.pid").stat().st_mtime
+    except OSError:  # slapd not running: it reads the schema when it starts
+        return
+    if stale and supervisord_pid():
+        run("slaptest", "-u", "-f", str(LDAP / "slapd.conf"))
+        run(sys.executable, "-m", "supervisor.supervisorctl", "-c", str(ROOT / "supervisord.conf"),
+            "restart", "slapd")
+        say("slapd restarted: etc/ldap/carbotui.schema changed")
+
+
 def setup(force: bool) -> None:
     if os.geteuid() != 0:
         raise DemoError("setup needs root (a system user owns the maildirs; Dovecot drops privileges)")
@@ -731,6 +750,7 @@ def setup(force: bool) -> None:
     if reason is None:
         write_workers_include()
         fix_permissions(pw)
+        restart_slapd_on_new_schema()
         say("var/ is up to date")
         return
     if supervisord_pid():

@@ -428,6 +428,8 @@ class WebSettings(Table):
     fail_timeout: float = opt(10.0, check=positive,    # a failed upstream is skipped this long
                               mirrors="zimbraMailProxyReconnectTimeout")
     upstream_tls: bool = opt(False, mirrors="zimbraReverseProxySSLToUpstreamEnabled")
+    # port 80 serves <acme_webroot>/.well-known/acme-challenge/<token> (certbot --webroot -w)
+    acme_webroot: Path | None = opt(None, path=True)
 
 
 def _count(mirrors: str = "") -> Any:

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from carbotui.backends.directory import DirectoryUnavailable
+from carbotui.protocols import webheaders
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
@@ -36,6 +37,7 @@ class LiveConfig:
         self.version = ""
         self.applied_at = 0.0
         self.vhosts: dict[str, str] = {}     # virtual hostname -> domain
+        self.response_headers = webheaders.ResponseHeaders()   # added on HTTPS (web.py)
         self.error = ""
 
     @property
@@ -45,12 +47,12 @@ class LiveConfig:
 
     def _read(self):
         d = self.services.directory
-        return d.servers(), d.domains()
+        return d.servers(), d.domains(), d.response_headers()
 
     async def refresh(self) -> bool:
         """Read LDAP once; apply if changed. False when LDAP could not be read."""
         try:
-            servers, domains = await asyncio.to_thread(self._read)
+            servers, domains, headers = await asyncio.to_thread(self._read)
         except DirectoryUnavailable as exc:
             if not self.error:
                 log.warning("cluster settings not refreshed (LDAP): %s; keeping the last ones",
@@ -64,10 +66,11 @@ class LiveConfig:
         mode = (me.mail_mode if me and me.mail_mode else DEFAULT_MAIL_MODE).lower()
         digest = hashlib.sha256(repr((sorted(servers.items()), sorted(
             (d.name, d.virtual_hostnames, d.virtual_ips, d.certificate_pem, d.private_key_pem)
-            for d in domains), mode)).encode()).hexdigest()[:12]
+            for d in domains), mode, headers)).encode()).hexdigest()[:12]
         if digest == self.version:
             return True
         self._apply(servers, domains, mode)
+        self._apply_headers(headers)
         self.version, self.applied_at = digest, time.time()
         log.info("cluster settings %s applied: mail mode %s, %d virtual host(s), %d server(s)",
                  digest, mode, len(self.vhosts), len(servers))
@@ -112,6 +115,15 @@ class LiveConfig:
             # One bad certificate must not take HTTPS down: keep the previous set.
             log.error("virtual host certificates not applied (%s); previous ones stay", exc)
         self.vhosts = vhosts
+
+    def _apply_headers(self, attrs) -> None:
+        """zimbraReverseProxyResponseHeaders & co. (global, per domain) -> what web.py
+        adds to HTTPS responses; a bad value is skipped and logged (escaped)."""
+        problems: list[str] = []
+        self.response_headers = webheaders.build(attrs.values, attrs.csp, attrs.domains,
+                                                 self.vhosts, problems)
+        for problem in dict.fromkeys(problems):
+            log.warning("response header %s", problem)
 
     async def run(self) -> None:
         while True:
