@@ -45,6 +45,18 @@ Endpoints:
                           honoured) and answers ``{"bytes": n, "sha256": "<hex>"}``
 ``GET /ws/echo``          WebSocket (RFC 6455) echo: text/binary frames come back as sent
                           (fragments too), pings get pongs, close is answered
+``/Microsoft-Server-ActiveSync?Cmd=...`` (any method)
+                          needs ``Authorization: Basic`` of an account on this server
+                          (``DOMAIN\\user`` read as ``user@DOMAIN``), else 401 with
+                          WWW-Authenticate; answers ``<short>: activesync Cmd=<cmd> for
+                          <account>`` with ``X-Demo-User``. ``delay=S`` holds the answer
+                          S seconds (a ``Cmd=Ping`` long poll); ``then=S`` sends the first
+                          half of the body, then the rest S seconds later
+``PROPFIND /dav/<user>/...``, ``/principals/users/<user>/...``
+                          Basic auth as above; a small 207 multistatus naming the server
+                          and the account; 404 when <user> has no mailbox here
+``POST /service/soap/NoOpRequest``, ``.../WaitSetRequest``
+                          answered after ``?delay=S`` seconds (a SOAP long poll)
 
 The token is ``0_<DEMO_KEY>_<hex>`` (carbotui.core.authtoken); the demo does not sign
 it, so it proves nothing: fine for a demo, which is all this is.
@@ -83,6 +95,7 @@ IDLE_TIMEOUT = 75.0                      # keep-alive: wait this long for the ne
 BODY_TIMEOUT = 60.0                      # between two reads of a body
 SMALL_BODY_LIMIT = 64 * 1024             # forms and SOAP requests
 DRAIN_LIMIT = 1024 * 1024                # unread body we still skip to keep the connection
+MAX_DELAY = 3600.0                       # longest hold of a long poll (polling_timeout)
 MAX_DOWNLOAD = 1 << 40
 WS_MAX_PAYLOAD = 16 * 1024 * 1024
 WS_IDLE_TIMEOUT = 300.0
@@ -469,6 +482,14 @@ class DemoWeb:
 
         if path.startswith(("/home/", "/service/home/")):
             return self._rest(request, path) if reading else self._not_allowed("GET, HEAD")
+        if path.lower() == "/microsoft-server-activesync":
+            return await self._activesync(conn, request, query)
+        if path.startswith(("/dav/", "/principals/users/")):
+            return await self._dav(conn, request, path) if method == b"PROPFIND" \
+                else self._not_allowed("PROPFIND")
+        if path in ("/service/soap/NoOpRequest", "/service/soap/WaitSetRequest"):
+            return await self._soap_wait(conn, path, query) if method == b"POST" \
+                else self._not_allowed("POST")
         routes = {
             "/": (reading, lambda: Reply(200, _login_page(self.accounts.server),
                                          "text/html; charset=utf-8")),
@@ -573,6 +594,88 @@ class DemoWeb:
                          .encode())
         return Reply(200, f"{self.short}: {path} for {account.name} "
                           f"on {self.accounts.server}\n".encode())
+
+    def _basic_account(self, request: Request) -> Account | None:
+        """The account of the request's Basic credentials, if they are right here."""
+        values = get_all(request.headers, b"authorization")
+        if len(values) != 1 or not values[0][:6].lower() == b"basic ":
+            return None
+        try:
+            user, colon, password = base64.b64decode(values[0][6:].strip(),
+                                                     validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if "\\" in user:
+            domain, _, local = user.partition("\\")
+            user = f"{local}@{domain}"
+        return self.accounts.authenticate(user, password) if colon else None
+
+    @staticmethod
+    def _unauthorized() -> Reply:
+        return Reply(401, b"authentication required\n",
+                     headers=((b"WWW-Authenticate", b'Basic realm="demo"'),))
+
+    @staticmethod
+    def _delay(query: str, name: str = "delay") -> float | None:
+        """A hold in seconds from the query (0 when absent); None when not one."""
+        values = urllib.parse.parse_qs(query).get(name, ["0"])
+        try:
+            delay = float(values[0]) if len(values) == 1 else -1.0
+        except ValueError:
+            return None
+        return delay if 0 <= delay <= MAX_DELAY else None
+
+    async def _activesync(self, conn: HttpConnection, request: Request,
+                          query: str) -> Reply | Streamed:
+        await conn.read_small_body()                 # a Ping's WBXML body; not read here
+        account = self._basic_account(request)
+        if account is None:
+            return self._unauthorized()
+        delay, then = self._delay(query), self._delay(query, "then")
+        if delay is None or then is None:
+            return Reply(400, b"delay and then are seconds, 0..3600\n")
+        command = (urllib.parse.parse_qs(query).get("Cmd") or ["(none)"])[0][:40]
+        await asyncio.sleep(delay)                   # the server holds a long poll
+        body = f"{self.short}: activesync Cmd={command} for {account.name}\n".encode()
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"),
+                   (b"Content-Length", b"%d" % len(body)),
+                   (b"X-Demo-User", account.name.encode()), (b"MS-Server-ActiveSync", b"16.1")]
+        writer = conn.writer
+        writer.write(self._head(conn, 200, headers) + body[:len(body) // 2])
+        await writer.drain()
+        if then:
+            await asyncio.sleep(then)
+        writer.write(body[len(body) // 2:])
+        await writer.drain()
+        return Streamed(200)
+
+    async def _dav(self, conn: HttpConnection, request: Request, path: str) -> Reply:
+        await conn.read_small_body()                 # the PROPFIND body; any props
+        account = self._basic_account(request)
+        if account is None:
+            return self._unauthorized()
+        prefix = "/dav/" if path.startswith("/dav/") else "/principals/users/"
+        owner = self.accounts.find_user(
+            urllib.parse.unquote(path[len(prefix):].split("/", 1)[0]))
+        if owner is None:
+            return Reply(404, f"{self.short}: no DAV collection {path} here\n".encode())
+        body = (f'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
+                f"<D:response><D:href>{html.escape(path)}</D:href><D:propstat><D:prop>"
+                f"<D:displayname>{html.escape(owner.name)} on {html.escape(self.short)}"
+                f"</D:displayname></D:prop><D:status>HTTP/1.1 200 OK</D:status>"
+                f"</D:propstat></D:response></D:multistatus>\n").encode()
+        return Reply(207, body, "application/xml; charset=utf-8",
+                     ((b"X-Demo-User", account.name.encode()),))
+
+    async def _soap_wait(self, conn: HttpConnection, path: str, query: str) -> Reply:
+        await conn.read_small_body()
+        delay = self._delay(query)
+        if delay is None:
+            return Reply(400, b"delay is seconds, 0..3600\n")
+        await asyncio.sleep(delay)
+        name = path.rsplit("/", 1)[1].replace("Request", "Response")
+        return Reply(200, json.dumps({"Body": {name: {"_jsns": "urn:zimbraMail"}},
+                                      "_jsns": "urn:zimbraSoap"}).encode(), "application/json")
 
     async def _echo_headers(self, conn: HttpConnection, request: Request) -> Reply:
         size = 0

@@ -13,17 +13,23 @@
   it is scanned, and is cut (413) before its end if it turns out to spell one.
 * Which headers reach a mailbox server (`upstream_headers`) and which upgrades
   may become a tunnel (`websocket_request`, `websocket_accepted`).
-* How long a request body may take (`BodyDeadline`).
+* How long a request body may take (`BodyDeadline`), and how long a response may
+  take by path (`path_timeout`: ActiveSync's long polls, NoOp and WaitSet).
+* Which mailbox server a request names (`route_hint`, Carbonio's order) and which
+  Basic credentials it carries (`basic_auth`, `CredentialCache`).
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
 import xml.parsers.expat
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote_to_bytes
 
+from carbotui.core.authtoken import zimbra_id_from_token
 from carbotui.protocols import http11
 from carbotui.protocols.sasl import AuthDataError, decode_username
 
@@ -404,3 +410,244 @@ class BodyDeadline:
             return self.idle
         allowed = self.started + self.idle + self.received / self.min_rate
         return min(self.idle, allowed - now)
+
+
+# ----------------------------------------------------------------- routing
+
+# Carbonio's order for a web request's mailbox server (its zmauth upstream logic):
+# a REST path, ActiveSync's Basic-auth user (else its User= argument), a DAV path,
+# the auth token (cookie, else zauthtoken=), else balanced (`route_hint`).
+REST = "rest"
+ACTIVESYNC = "activesync"
+DAV = "dav"
+TOKEN = "token"
+BALANCED = "balanced"
+
+ACTIVESYNC_PATH = b"/microsoft-server-activesync"    # matched without case
+_REST_PREFIXES = (b"/home/", b"/service/home/")
+_DAV_PREFIXES = (b"/dav/", b"/principals/users/")
+MAX_USER = 320                # RFC 5321 §4.5.3.1: 64 (local part) + "@" + 255 (domain)
+MAX_BASIC_TOKEN = 2048        # base64 of a user and a password; real ones are < 200
+MAX_QUERY_ARGS = 100
+# Never in a name we route by: path and query delimiters (a name that spells one would
+# be read as another path by the server), "%" (a second decoding), controls, spaces.
+_NOT_IN_USER = re.compile(r"[\x00-\x20\x7f-\x9f/\\?#%;&=\"<>\u2028\u2029]")
+
+
+@dataclass(frozen=True, slots=True)
+class Basic:
+    """``Authorization: Basic`` credentials (RFC 7617). ``typed`` is the user-id as
+    sent, ``login`` the account it names (``DOMAIN\\user`` is ``user@DOMAIN``). The
+    password is never shown by repr, never logged: the glue keys a hash of it."""
+    typed: str
+    login: str
+    secret: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteHint:
+    """What a request names to route by, in Carbonio's order: ``user`` (a login, from
+    the REST path, ActiveSync's credentials or User=, or the DAV path), else
+    ``zimbra_id`` (from the auth token), else nothing (balanced). ``basic`` is any
+    Basic credential the request carries, wherever it goes: a login to audit and
+    throttle."""
+    by: str = BALANCED
+    user: str = ""
+    zimbra_id: str = ""
+    basic: Basic | None = None
+
+
+def checked_user(name: str) -> str:
+    """``name`` as a login to route by, or '' when it cannot be one: empty, over
+    MAX_USER, a control or space, a path or query delimiter, ``%``, more than one
+    ``@``. ``DOMAIN\\user`` (the Windows form) becomes ``user@DOMAIN``."""
+    if "\\" in name:
+        domain, _, user = name.partition("\\")
+        if not domain or not user or "@" in user or "@" in domain or "\\" in user:
+            return ""
+        name = f"{user}@{domain}"
+    if not name or len(name) > MAX_USER or _NOT_IN_USER.search(name) \
+            or name.count("@") > 1 or name.startswith("@") or name.endswith("@"):
+        return ""
+    return name
+
+
+def basic_auth(headers: http11.Headers) -> Basic | None:
+    """The Basic credentials of a request, or None: no Authorization, another
+    scheme, more than one Authorization field, base64 that is not strict, no ``:``
+    (RFC 7617 §2), a user-id that is not UTF-8 or not a name (`checked_user`)."""
+    values = http11.get_all(headers, b"authorization")
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"basic" or not token or len(token) > MAX_BASIC_TOKEN:
+        return None
+    try:
+        raw = base64.b64decode(token, validate=True)
+    except ValueError:
+        return None
+    user_id, colon, secret = raw.partition(b":")
+    if not colon:
+        return None
+    try:
+        typed = user_id.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    login = checked_user(typed)
+    return Basic(typed, login, secret) if login else None
+
+
+def cookie_value(headers: http11.Headers, name: bytes) -> bytes | None:
+    """The first ``name=value`` of the Cookie fields."""
+    for value in http11.get_all(headers, b"cookie"):
+        for part in value.split(b";"):
+            key, _, val = part.strip().partition(b"=")
+            if key == name:
+                return val
+    return None
+
+
+def query_arg(target: bytes, name: bytes) -> bytes | None:
+    """The one value of a query argument (name matched without case, as nginx's
+    ``$arg_``), percent-decoded; None when absent, repeated (ambiguous: which one
+    would the server read?) or past MAX_QUERY_ARGS."""
+    _, q, query = target.partition(b"?")
+    if not q:
+        return None
+    found: list[bytes] = []
+    for i, pair in enumerate(query.split(b"#", 1)[0].split(b"&")):
+        if i >= MAX_QUERY_ARGS:
+            return None
+        key, _, value = pair.partition(b"=")
+        if key.lower() == name:
+            found.append(value)
+    return unquote_to_bytes(found[0]) if len(found) == 1 else None
+
+
+def path_user(path: bytes, prefixes: tuple[bytes, ...]) -> str | None:
+    """The user segment after one of ``prefixes`` (``/dav/<user>/…``), decoded once;
+    '' when the path has one of the prefixes but no usable user (then the request is
+    not routed by its path); None when the prefix does not match. A path with an
+    encoded ``/`` or ``\\``, a ``\\``, a dot segment, or an encoding left after one
+    decoding is never routed by its path: a server might read another user in it."""
+    prefix = next((p for p in prefixes if path.startswith(p)), None)
+    if prefix is None:
+        return None
+    low = path.lower()
+    if b"%2f" in low or b"%5c" in low or b"\\" in path:
+        return ""
+    decoded = unquote_to_bytes(path)
+    if any(s in (b".", b"..") for s in decoded.split(b"/")):
+        return ""
+    segment = decoded[len(prefix):].split(b"/", 1)[0]
+    try:
+        user = segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return checked_user(user.removeprefix("~"))
+
+
+def route_hint(target: bytes, headers: http11.Headers, *, admin: bool = False) -> RouteHint:
+    """What to route a (non-login) request by, in Carbonio's order (see RouteHint).
+    Anything malformed names nobody and the next rule applies; nothing here raises."""
+    basic = basic_auth(headers)
+    path = target_path(target) if target.startswith(b"/") else b""
+    if not admin and path:
+        user = path_user(path, _REST_PREFIXES)
+        if user:
+            return RouteHint(REST, user=user, basic=basic)
+        if path.lower() == ACTIVESYNC_PATH or path.lower().startswith(ACTIVESYNC_PATH + b"/"):
+            user = basic.login if basic else ""
+            if not user:
+                arg = query_arg(target, b"user")
+                if arg is not None:
+                    try:
+                        user = checked_user(arg.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        user = ""
+            if user:
+                return RouteHint(ACTIVESYNC, user=user, basic=basic)
+        user = path_user(path, _DAV_PREFIXES)
+        if user:
+            return RouteHint(DAV, user=user, basic=basic)
+    token = cookie_value(headers, b"ZM_ADMIN_AUTH_TOKEN" if admin else b"ZM_AUTH_TOKEN")
+    zimbra_id = zimbra_id_from_token(token) if token else None
+    if not zimbra_id:
+        arg = query_arg(target, b"zauthtoken")
+        zimbra_id = zimbra_id_from_token(arg) if arg else None
+    if zimbra_id:
+        return RouteHint(TOKEN, zimbra_id=zimbra_id, basic=basic)
+    return RouteHint(BALANCED, basic=basic)
+
+
+def basic_protocol(target: bytes) -> str:
+    """The audit ``protocol=`` of a Basic-auth login, Zimbra's names for them:
+    ``zsync`` (ActiveSync), ``http_dav`` (CalDAV/CardDAV), else ``http_basic``."""
+    path = target_path(target).lower()
+    if path == ACTIVESYNC_PATH or path.startswith(ACTIVESYNC_PATH + b"/"):
+        return "zsync"
+    if path.startswith(_DAV_PREFIXES) or path.startswith(b"/.well-known/ca"):
+        return "http_dav"
+    return "http_basic"
+
+
+class CredentialCache:
+    """Basic credentials that recently logged in, so that a phone's steady traffic
+    (credentials on every request) is audited and counted as one login, not one per
+    request. Holds keyed hashes only (HMAC-SHA256 with a key of the process's own,
+    never written anywhere): no password, no reversible form. Bounded in size
+    (oldest first out) and in time (``ttl`` seconds); the clock is the caller's."""
+
+    def __init__(self, key: bytes, *, ttl: float = 600.0, size: int = 10000) -> None:
+        self._key, self.ttl, self.size = key, ttl, size
+        self._seen: dict[bytes, float] = {}       # insertion-ordered: oldest first
+
+    def digest(self, login: str, secret: bytes) -> bytes:
+        return hmac.new(self._key, login.encode("utf-8", "surrogatepass") + b"\0" + secret,
+                        hashlib.sha256).digest()
+
+    def fresh(self, digest: bytes, now: float) -> bool:
+        until = self._seen.get(digest)
+        if until is None:
+            return False
+        if until <= now:
+            del self._seen[digest]
+            return False
+        return True
+
+    def remember(self, digest: bytes, now: float) -> None:
+        self._seen.pop(digest, None)
+        while len(self._seen) >= self.size:
+            del self._seen[next(iter(self._seen))]
+        self._seen[digest] = now + self.ttl
+
+    def forget(self, digest: bytes) -> None:
+        self._seen.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+# ---------------------------------------------------------------- timeouts
+
+POLLING = "polling_timeout"   # a path_timeouts value: web.polling_timeout's
+
+
+def path_timeout(target: bytes, table: dict[str, float | str], read_timeout: float,
+                 polling_timeout: float) -> float:
+    """How long to wait for the response head (and between two pieces of its body) of
+    a request to ``target``: the longest prefix of ``table`` (matched without case on
+    the normalised path, `canonical_paths`) that the path starts with, ``POLLING``
+    meaning ``polling_timeout``; else ``read_timeout``."""
+    path = target_path(target)
+    if not path or not table:
+        return read_timeout
+    forms = canonical_paths(path)
+    best, value = -1, read_timeout
+    for prefix, seconds in table.items():
+        low = prefix.lower().encode("utf-8")
+        if len(low) > best and any(p.startswith(low) for p in forms):
+            best = len(low)
+            value = polling_timeout if seconds == POLLING else float(seconds)
+    return value

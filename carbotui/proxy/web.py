@@ -1,9 +1,17 @@
 """The web front: HTTP(S) reverse proxy to the mailbox servers' web ports.
 
-Per request, in Carbonio's order (reference §6): a REST path names the user
-(``/home/<user>/…``, ``/service/home/~<user>/…``), else the ``ZM_AUTH_TOKEN``
-cookie names the account (``ZM_ADMIN_AUTH_TOKEN`` on the admin port), else
-the request is balanced across healthy upstreams. Bodies stream both ways
+Per request, in Carbonio's order (``webrules.route_hint``): a login names its
+account; a REST path names the user (``/home/<user>/…``, ``/service/home/~<user>/…``);
+ActiveSync its Basic-auth user (``DOMAIN\\user`` is ``user@DOMAIN``), else its
+``User=``; a DAV path its user (``/dav/<user>/…``, ``/principals/users/<user>/…``);
+else the ``ZM_AUTH_TOKEN`` cookie or a ``zauthtoken=`` argument names the account
+(``ZM_ADMIN_AUTH_TOKEN`` on the admin port); else the request is balanced across
+healthy upstreams. A name that resolves to no account is balanced. Basic
+credentials are a login wherever they go: throttled before, audited and counted
+after a 401 (failed) or the first 2xx/3xx of those credentials in a while
+(``CredentialCache``), so a phone's steady traffic is one login. The response
+head waits ``path_timeouts`` for its path (ActiveSync: ``polling_timeout``), else
+``read_timeout``; a held long poll costs one timer and no buffer. Bodies stream both ways
 with backpressure, WebSocket upgrades become a raw splice, and nothing in a
 response names a backend. Port 80 follows the mail mode from LDAP.
 
@@ -29,31 +37,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from carbotui.core import audit
-from carbotui.core.authtoken import zimbra_id_from_token
 from carbotui.services.routes import RouteError
 from carbotui.protocols import http11
 from carbotui.protocols import webrules
+from carbotui.protocols import acme, webheaders
+from carbotui.proxy import acme as acme_files
 from carbotui.proxy.httpconn import HttpConnection, SendTimeout
 from carbotui.proxy.listeners import session_addresses
 from carbotui.proxy.relay import Splice
 from carbotui.protocols.sasl import safe_text
 from carbotui.proxy.upstreams import Upstream
-from carbotui.protocols.webrules import FORM, BodyDeadline, LoginMarkerScan
+from carbotui.protocols.webrules import FORM, BodyDeadline, CredentialCache, LoginMarkerScan
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
 
 log = logging.getLogger("carbotui.proxy.web")
 
-_REST = re.compile(rb"^/(?:service/)?home/~?([^/?#]+)")
+BASIC = "basic"                    # a Login from Authorization: Basic (ActiveSync, DAV, REST)
+# Basic credentials that logged in lately, as keyed hashes (this process's own key):
+# a phone sends them on every request; it is audited and counted once per login.
+_RECENT_CREDENTIALS = CredentialCache(os.urandom(32))
 _HOST = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
 RESPONSE_DROP = (b"server", b"x-powered-by")
 DISCARD_LIMIT = 1024 * 1024        # body bytes read and dropped before closing after a refusal
@@ -69,10 +81,12 @@ class Login:
     """A request that logs in. As for mail logins (M1), the canonical form of the
     name it gives is checked and routed, and the account the route resolved (alias,
     bare name ...) is checked, audited and counted when there is one."""
-    kind: str                  # webrules.FORM | webrules.SOAP
-    typed: str                 # as the body gives it; '' when it gives none
+    kind: str                  # webrules.FORM | webrules.SOAP | BASIC
+    typed: str                 # as the body (or the Basic user-id) gives it; '' for none
     name: str                  # audit.canonical_login(typed)
     account: str = ""          # route.account, once routed
+    proto: str = "soap"        # audit protocol=: soap, zsync, http_dav, http_basic
+    digest: bytes = b""        # BASIC: the credentials' keyed hash (CredentialCache)
 
     @property
     def counted(self) -> str:
@@ -97,16 +111,14 @@ def error_page(status: int, text: str, *, close: bool = True, extra=(),
 
 
 def cookie(headers, name: bytes) -> bytes | None:
-    for value in http11.get_all(headers, b"cookie"):
-        for part in value.split(b";"):
-            key, _, val = part.strip().partition(b"=")
-            if key == name:
-                return val
-    return None
+    return webrules.cookie_value(headers, name)
 
 
 class WebSession(HttpConnection):
     """One client connection to an HTTP, HTTPS or admin listener."""
+
+    # per request on HTTPS: the response headers of its Host's domain (webheaders)
+    _added_headers: tuple = ()
 
     def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
         super().__init__(http11.RequestParser(
@@ -130,6 +142,11 @@ class WebSession(HttpConnection):
         self._bad_body = False            # the request body broke off (None: client gone)
         self._body_done = False           # its EndOfMessage was taken
         self._body: BodyDeadline | None = None
+        self._idle = False                # between requests (a drain may close it now)
+        self._up: HttpConnection | None = None   # the upstream of the request in flight
+        self._status = 0                  # of the response head sent (access.log)
+        self._sent_before = 0             # bytes_out when the request began
+        self._upstream: Upstream | None = None
 
     # -- lifecycle ----------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -172,6 +189,10 @@ class WebSession(HttpConnection):
 
     def connection_lost(self, exc) -> None:
         super().connection_lost(exc)
+        if self._up is not None and self.splice is None:
+            # The client went away while its request was held (a long poll): the
+            # upstream is let go now, not when it answers an hour later.
+            self._up.close()
         if self._ip_counted:
             self._ip_counted = False
             self.services.connections_per_ip.release("web", self.client_ip)
@@ -180,13 +201,30 @@ class WebSession(HttpConnection):
     def shutdown(self, reason: str) -> None:
         self.close()
 
+    def drain_started(self) -> None:
+        """SIGTERM: a connection between two requests is closed now (RFC 9112 §9.6: a
+        client retries a request that met the close); one with a request in flight
+        finishes it (its response says ``Connection: close``) until drain_timeout."""
+        if self._idle and not self.parser.buffered and not self.events:
+            self.close()
+
     def send(self, data: bytes) -> None:
         self.bytes_out += len(data)
+        if self._status < 200 and data[:5] == b"HTTP/":     # a response head (access.log)
+            self._status = int(data[9:12]) if data[9:12].isdigit() else 0
         self.write(data)
 
+    def _request_done(self, req: http11.Request | None) -> None:
+        """One line in access.log and the web metrics per request, answered or not
+        (``req`` None: no head could be parsed); then the next request starts afresh."""
+        if self.services.logs is not None:
+            self.services.logs.web_request(self, req, self._status,
+                                           self.bytes_out - self._sent_before, self._upstream)
+        self._status, self._sent_before, self._upstream = 0, self.bytes_out, None
+
     def _page(self, status: int, text: str, *, close: bool = True, extra=()) -> bytes:
-        return error_page(status, text, close=close, extra=extra,
-                          head_only=self._method == b"HEAD")
+        return error_page(status, text, close=close, head_only=self._method == b"HEAD",
+                          extra=webheaders.add_missing(list(extra), self._added_headers))
 
     async def _refuse(self, status: int, text: str, extra=()) -> bool:
         """An error page that ends the connection, as its ``Connection: close`` says.
@@ -210,24 +248,35 @@ class WebSession(HttpConnection):
                         # the first byte of a head on, header_timeout applies to the whole
                         # head, as for the first request (no slow head on a kept-alive
                         # connection).
+                        self._idle = True
                         try:
+                            if self.services.draining:
+                                break
                             await self.wait_readable(web.keepalive_timeout)
                         except asyncio.TimeoutError:
                             break
+                        finally:
+                            self._idle = False
                     event = await self.next_event(web.header_timeout)
                 except asyncio.TimeoutError:
                     if self.parser.buffered:       # a head started but never finished
                         self.send(error_page(408, "The request took too long to arrive."))
+                        self._request_done(None)
                     break
                 if event is None:
                     break
                 if isinstance(event, http11.ParseError):
                     self.send(error_page(event.status, "The request could not be understood."))
+                    self._request_done(None)
                     break
                 if not isinstance(event, http11.Request):
                     break
-                keep = await self._handle(event)
-                if not keep or not self.parser.keep_alive or self.closed:
+                try:
+                    keep = await self._handle(event)
+                finally:
+                    self._request_done(event)
+                if not keep or not self.parser.keep_alive or self.closed \
+                        or self.services.draining:
                     break
                 self.start_next()
                 first = False
@@ -254,6 +303,7 @@ class WebSession(HttpConnection):
             return False
         if self.kind == "http":
             return await self._plain_http(req, host)
+        self._added_headers = w.live.response_headers.for_host(host)     # HTTPS only
         if req.method == b"CONNECT":
             # RFC 9110 §9.3.6: CONNECT asks a forward proxy for a tunnel; this is not one.
             return await self._refuse(405, "CONNECT is not supported here.",
@@ -285,8 +335,11 @@ class WebSession(HttpConnection):
             if problem:
                 log.info("client %s: login request refused: %s", self.client_ip, problem)
                 return await self._refuse(400, "The login request could not be understood.")
+        hint = webrules.route_hint(req.target, req.headers, admin=self.kind == "admin")
+        if login is None and hint.basic is not None:
+            login = self._basic_login(req, hint.basic)
         try:
-            upstream, routed = await self._choose(req, login)
+            upstream, routed = await self._choose(req, login, hint)
         except Throttled as reject:
             self.send(self._page(403, f"{reject}."))
             return False
@@ -368,6 +421,10 @@ class WebSession(HttpConnection):
 
     async def _plain_http(self, req: http11.Request, host: bytes) -> bool:
         """Port 80: 'redirect' sends the same URL over https; 'https' refuses."""
+        webroot = self.services.settings.web.acme_webroot
+        if webroot is not None and acme.is_challenge(req.target):      # in every mail mode
+            self.send(await acme_files.respond(webroot, req.method, req.target))
+            return await self._discard_body()
         live = self.services.live
         if live.mail_mode == "redirect" and host:
             hostname = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
@@ -382,13 +439,41 @@ class WebSession(HttpConnection):
         self.send(self._page(403, "This service is available over HTTPS only.", close=False))
         return await self._discard_body()
 
-    async def _choose(self, req: http11.Request, login: Login | None
-                      ) -> tuple[Upstream | None, bool]:
+    def _basic_login(self, req: http11.Request, basic: webrules.Basic) -> Login | None:
+        """A Login for Basic credentials, or None when these very credentials logged
+        in lately (CredentialCache): then they are not checked or audited again."""
+        name = audit.canonical_login(basic.login)
+        digest = _RECENT_CREDENTIALS.digest(name, basic.secret)
+        if _RECENT_CREDENTIALS.fresh(digest, self.services.loop.time()):
+            return None
+        return Login(BASIC, basic.typed, name, proto=webrules.basic_protocol(req.target),
+                     digest=digest)
+
+    async def _choose(self, req: http11.Request, login: Login | None,
+                      hint: webrules.RouteHint | None = None) -> tuple[Upstream | None, bool]:
         """(upstream, routed): routed means it must be this user's own server."""
         w = self.services
         ups = w.upstreams_for(self.kind)
-        path = req.target.split(b"?", 1)[0]
-        if login is not None and login.name:
+        if hint is None:
+            hint = webrules.route_hint(req.target, req.headers, admin=self.kind == "admin")
+        if login is not None and login.kind == BASIC:
+            # Not a route key in itself (ActiveSync's user is in the hint): checked on
+            # the name, then on the account it resolves to, before anything is sent.
+            throttled = w.throttle.counts_users(self.client_ip)
+            reject = throttled and await w.throttle.check_user(login.name, ip=self.client_ip)
+            if not reject:
+                try:
+                    route = await w.router.route_mail(login.name, "http", self.local_ip)
+                except RouteError:
+                    route = None                 # counted on the name, as typed
+                if route is not None:
+                    login.account = route.account
+                    if throttled and route.account != login.name:
+                        reject = await w.throttle.check_user(route.account, ip=self.client_ip)
+            if reject:
+                self._throttled(login, req)
+                raise Throttled(reject)
+        elif login is not None and login.name:
             # Checked before anything reaches a mailbox server, counted after its
             # answer (_audit_web_login), on the same key.
             throttled = w.throttle.counts_users(self.client_ip)
@@ -408,19 +493,16 @@ class WebSession(HttpConnection):
                 if w.in_maintenance(route.server.hostname):
                     return None, True          # no new logins there: 503
                 return ups.for_server(route.server.hostname), True
-        if self.kind != "admin":
-            m = _REST.match(path)
-            if m and m.group(1) not in (b"", b"~"):
-                user = unquote(m.group(1).decode("utf-8", "replace"))
-                route = await w.router.route_mail(user, "http", self.local_ip)
-                if route is not None:
-                    self.account = route.account
-                    return ups.for_server(route.server.hostname), True
-        token = cookie(req.headers, b"ZM_ADMIN_AUTH_TOKEN" if self.kind == "admin"
-                       else b"ZM_AUTH_TOKEN")
-        zimbra_id = zimbra_id_from_token(token) if token else None
-        if zimbra_id:
-            route = await w.router.route_by_id(zimbra_id, "http", admin=self.kind == "admin")
+        if hint.user:
+            # REST, ActiveSync (Basic user, else User=), DAV: that user's own server;
+            # a name that is no account is balanced (never refused outright).
+            route = await w.router.route_mail(hint.user, "http", self.local_ip)
+            if route is not None:
+                self.account = route.account
+                return ups.for_server(route.server.hostname), True
+        if hint.zimbra_id:
+            route = await w.router.route_by_id(hint.zimbra_id, "http",
+                                               admin=self.kind == "admin")
             if route is not None:
                 self.account = route.account
                 return ups.for_server(route.server.hostname), True
@@ -428,7 +510,7 @@ class WebSession(HttpConnection):
 
     def _throttled(self, login: Login, req) -> None:
         self.services.stats.throttled["user"] += 1
-        self._audit_login(login.counted, "soap", audit.failure(
+        self._audit_login(login.counted, login.proto, audit.failure(
             login.typed, "login rejected: too many failed logins"), req)
 
     # -- proxying -----------------------------------------------------------
@@ -470,8 +552,8 @@ class WebSession(HttpConnection):
             if fixed != location:
                 headers = [(k, fixed if k.lower() == b"location" else v) for k, v in headers]
         rechunk = False
-        if not self.parser.keep_alive:
-            headers.append((b"Connection", b"close"))       # the client asked for it
+        if not self.parser.keep_alive or self.services.draining:
+            headers.append((b"Connection", b"close"))       # the client asked, or we stop
         if resp.status == 101:
             headers.append((b"Connection", b"upgrade"))
             headers.append((b"Upgrade", b"websocket"))      # the only one let through
@@ -481,6 +563,8 @@ class WebSession(HttpConnection):
                 rechunk = True
             else:
                 headers.append((b"Connection", b"close"))
+        if resp.status != 101:
+            webheaders.add_missing(headers, self._added_headers)   # the server's own win
         return http11.serialize_response_head(resp.status, resp.reason, headers), rechunk
 
     def _public_location(self, location: bytes, req, upstream: Upstream) -> bytes:
@@ -539,8 +623,10 @@ class WebSession(HttpConnection):
                 upstream.failed(web.fail_timeout)
                 return await self._refuse(502, "The mail service is temporarily unavailable.")
         self.server = upstream.name
+        self._upstream = upstream
         upstream.active += 1
         upstream.requests += 1
+        self._up = up
         websocket = webrules.websocket_request(req)
         read_whole = body is not None and whole
         up.write(self._request_head(req, upstream, expect=body is None, websocket=websocket,
@@ -578,6 +664,7 @@ class WebSession(HttpConnection):
             elif bad is False:
                 self.send(self._page(504, "The mail service did not answer in time."))
         finally:
+            self._up = None
             upstream.active -= 1
             if not body_task.done():
                 body_task.cancel()
@@ -622,7 +709,10 @@ class WebSession(HttpConnection):
     async def _relay_response(self, req, up: HttpConnection, upstream: Upstream,
                               body_task, login: Login | None, websocket: bool) -> bool:
         web = self.services.settings.web
-        timeout = web.read_timeout
+        # One timer for the whole wait, however long the path's timeout (a long poll
+        # costs no more than an idle session).
+        timeout = webrules.path_timeout(req.target, web.path_timeouts, web.read_timeout,
+                                        web.polling_timeout)
         while True:
             event = await up.next_event(timeout)
             if event is None:
@@ -711,19 +801,31 @@ class WebSession(HttpConnection):
         """The login's answer: audited and counted on the account (or canonical name)
         that was checked before, as for mail logins."""
         name = login.counted[:320] or "(unknown)"
-        cookies = b" ".join(http11.get_all(resp.headers, b"set-cookie"))
-        ok = resp.status < 400 and b"ZM_AUTH_TOKEN=" in cookies
         w = self.services
+        if login.kind == BASIC:
+            # A 401 is a failed login; a 2xx/3xx a login (then these credentials are
+            # not audited again for a while); anything else says nothing of them.
+            if resp.status == 401:
+                ok = False
+                _RECENT_CREDENTIALS.forget(login.digest)
+            elif 200 <= resp.status < 400:
+                ok = True
+                _RECENT_CREDENTIALS.remember(login.digest, w.loop.time())
+            else:
+                return
+        else:
+            cookies = b" ".join(http11.get_all(resp.headers, b"set-cookie"))
+            ok = resp.status < 400 and b"ZM_AUTH_TOKEN=" in cookies
         if ok:
             error = ""
             self.account = name
-            w.stats.logins_ok["soap"] += 1
+            w.stats.logins_ok[login.proto] += 1
         else:
             reason = ("invalid password" if resp.status in (401, 403)
                       else f"login failed (HTTP {resp.status})")
             error = audit.failure(login.typed[:320] or name, reason)
-            w.stats.logins_failed["soap"] += 1
-        self._audit_login(name, "soap", error, req)
+            w.stats.logins_failed[login.proto] += 1
+        self._audit_login(name, login.proto, error, req)
         if login.name and w.throttle.counts_users(self.client_ip):
             w.loop.create_task(w.throttle.count_user(login.counted, success=ok,
                                                      ip=self.client_ip))

@@ -21,6 +21,7 @@ from carbotui.services.throttle import Throttle
 from carbotui.proxy import control
 from carbotui.proxy import listeners
 from carbotui.proxy import proxied
+from carbotui.proxy.logs import NodeLogs
 from carbotui.proxy import stats
 from carbotui.proxy.context import SessionServices
 from carbotui.proxy.mail import MailSession
@@ -52,6 +53,7 @@ def services_for(settings: config_mod.Settings, index: int) -> SessionServices:
         index=index, node_id=settings.node_id, tls=TlsContexts(settings),
         directory=directory, cache=cache)
     services.configure(settings)
+    services.logs = NodeLogs(services)
     return services
 
 
@@ -130,6 +132,11 @@ class Worker:
         asyncio.get_running_loop().create_task(services.live.refresh())
         log.info("reloaded %s", settings.path)
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): audit.log, access.log and sessions.log are
+        opened again by name; lines written meanwhile went to the moved files."""
+        self.services.logs.reopen()
+
     async def _drained(self, closed: list) -> None:
         await asyncio.gather(*closed)
         await self.services.sessions_gone()     # also sessions from PROXY listeners
@@ -140,6 +147,9 @@ class Worker:
         if services.draining:
             return
         services.draining = True
+        for session in list(services.sessions.values()):
+            # web sessions between two requests close now (WebSession.drain_started)
+            getattr(session, "drain_started", lambda: None)()
         loop = asyncio.get_running_loop()
         # Registered before close(): uvloop then wakes them when the last connection of
         # each server is gone, TLS handshakes still in progress included.
@@ -173,4 +183,5 @@ class Worker:
         await services.cache.close()
         services.directory.close()
         services.audit.close()
+        services.logs.close()
         self.stopped.set()
