@@ -20,7 +20,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
-from carbotui.core.settings import Settings
+from carbotui.core.settings import ConfigError, Settings
 
 log = logging.getLogger("carbotui.backends.directory")
 
@@ -217,7 +217,10 @@ class Directory:
             url = server.name
             try:
                 conn = connect(self.settings, server, user, password, read_only=read_only)
-            except (LDAPException, OSError) as exc:
+            except ConfigError:
+                raise                                   # a password file: not the server's
+            except Exception as exc:  # noqa: BLE001 - ldap3 lets a garbled answer out as
+                # KeyError/IndexError; whatever the server did, it is the next one's turn
                 if url not in self._down_until and len(self._servers) > 1:
                     log.warning("LDAP %s failed (%s); the next server is tried, this one "
                                 "again in %gs", url, exc, self.RETRY_AFTER)

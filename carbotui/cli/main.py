@@ -9,8 +9,12 @@
                                                                  this memcached, JSON
     carbotui [--config FILE] blocks [add <ip> <seconds> [reason…] | remove <ip>]
                                                                 IP blocks on every node
-    carbotui check [--config FILE] [--keys]                     check the settings file as a
-                                                                 worker loads it (exit 0 or 1);
+    carbotui check [--config FILE] [--offline] [--keys]         check the settings file as a
+                                                                 worker loads it, then bind to
+                                                                 LDAP, reach memcached, load the
+                                                                 certificates, compare the
+                                                                 listeners (exit 0 or 1);
+                                                                 --offline: the file only;
                                                                  --keys: every key, its default
                                                                  and the Carbonio attribute
 
@@ -30,47 +34,14 @@ def _config_path(argv: list[str], path: str = "") -> tuple[str, list[str]]:
     return path, argv
 
 
-# What `carbotui check` tries beyond the file itself: functions (Settings) -> problem lines,
-# run once the file loads. The place for the LDAP bind, memcached and certificate probes.
-PROBES: tuple = ()
-
-
-def _toml(value) -> str:
-    """A default as it would be written in the file."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_toml(str(x)) for x in value) + "]"
-    if value is None or isinstance(value, (str, os.PathLike)) and value != "(required)":
-        return f'"{value or ""}"'
-    return str(value)
-
-
 def check(config_path: str, argv: list[str]) -> int:
     """The file loaded and validated by the very function the workers use (config.load),
-    then PROBES: one line per problem and exit 1, or one OK line and exit 0."""
-    from carbotui.core import settings as config
+    then the probes of carbotui/cli/check.py (LDAP, memcached, certificates, listeners):
+    one line per problem and exit 1, or one OK line and exit 0."""
+    from carbotui.cli import check as checks
 
     config_path, argv = _config_path(argv, config_path)
-    if argv == ["--keys"]:
-        for key, kind, default, mirrors in config.keys():
-            print(f"{key:32} {kind:24} {_toml(default):28} {mirrors}".rstrip())
-        return 0
-    if argv:
-        print("usage: carbotui check [--config FILE] [--keys]", file=sys.stderr)
-        return 2
-    try:
-        settings = config.load(config_path)
-    except config.ConfigError as exc:
-        problems = exc.problems
-    else:
-        problems = [line for probe in PROBES for line in probe(settings)]
-    for line in problems:
-        print(f"{config_path}: {line}", file=sys.stderr)
-    if problems:
-        return 1
-    print(f"{config_path}: OK (node {settings.node_name}, id {settings.node_id})")
-    return 0
+    return checks.main(config_path, argv)
 
 
 def stats(config_path: str, argv: list[str]) -> int:

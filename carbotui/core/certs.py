@@ -62,8 +62,10 @@ def issue(
     names: list[str],
     ips: list[str] | None = None,
     days: int = 825,
+    start: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, PrivateKey]:
-    """A TLS server certificate for `names` (first one is the CN) and `ips`, signed by the CA."""
+    """A TLS server certificate for `names` (first one is the CN) and `ips`, signed by the CA,
+    valid `days` from `start` (default: now, less five minutes of clock skew)."""
     if not names:
         raise ValueError("a certificate needs at least one DNS name")
     key = _new_key()
@@ -76,8 +78,8 @@ def issue(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - dt.timedelta(minutes=5))
-        .not_valid_after(_now() + dt.timedelta(days=days))
+        .not_valid_before(start or _now() - dt.timedelta(minutes=5))
+        .not_valid_after((start or _now()) + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -199,3 +201,34 @@ def describe(cert: x509.Certificate) -> dict:
         "expires_in_days": expires_in(cert).days,
         "serial": format(cert.serial_number, "x"),
     }
+
+
+# --- what `carbotui check` says about a pair ------------------------------------------------
+
+EXPIRY_WARNING = dt.timedelta(days=14)
+
+
+def pair_problems(cert: x509.Certificate, key: PrivateKey | None, names=(), *,
+                  warn_within: dt.timedelta = EXPIRY_WARNING,
+                  now: dt.datetime | None = None) -> list[tuple[bool, str]]:
+    """What is wrong with a certificate (and its key, unless None) for serving ``names``:
+    (is_error, text) each. Errors: the key is another certificate's, not yet valid,
+    expired, a name it does not cover. Warning: it expires within ``warn_within``."""
+    now = now or _now()
+    out: list[tuple[bool, str]] = []
+    if key is not None and not check_pair(cert, key):
+        out.append((True, "the private key does not match the certificate"))
+    if cert.not_valid_before_utc > now:
+        out.append((True, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"))
+    left = cert.not_valid_after_utc - now
+    if left <= dt.timedelta(0):
+        out.append((True, f"expired on {cert.not_valid_after_utc:%Y-%m-%d} "
+                          f"({-left.days} days ago)"))
+    elif left <= warn_within:
+        out.append((False, f"expires on {cert.not_valid_after_utc:%Y-%m-%d} "
+                           f"(in {left.days} days)"))
+    missing = [n for n in names if not covers(cert, n)]
+    if missing:
+        listed = ", ".join(san_names(cert)) or "no subjectAltName"
+        out.append((True, f"does not cover {', '.join(missing)} (it names {listed})"))
+    return out

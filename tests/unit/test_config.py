@@ -299,7 +299,7 @@ def _wait(condition, proc, seconds: float = 15.0) -> None:
 @pytest.mark.parametrize("path", ["carbotui.toml", "etc/cluster/node1.toml",
                                   "etc/cluster/node2.toml"])
 def test_carbotui_check_accepts_the_demo_and_cluster_files(path):
-    p = subprocess.run([str(CARBOTUI), "check", "--config", path], cwd=ROOT,
+    p = subprocess.run([str(CARBOTUI), "check", "--config", path, "--offline"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"{path}: OK") and not p.stderr
