@@ -11,6 +11,14 @@ exactly around the load: print `ready`, wait for `go` on stdin, run, print one J
               opens N sessions (LOGIN, SELECT, IDLE, waits for "+ idling") and keeps them;
               -> {"opened", "failed", "elapsed"}; then on stdin `check` -> {"alive",
               "dropped"}, `close` -> DONE + LOGOUT on each, {"closed"}, exit.
+    storm     --port P [--tls] --count N --spread S
+              starts N clients evenly over S seconds (connect, greeting, LOGIN, then LOGOUT),
+              each given --timeout seconds to be logged in;
+              -> {"n", "failed", "lat_ms": [...], "first_error", "go_at", "last_start_at",
+              "last_ok_at"} (the *_at are time.time(), comparable across processes).
+
+`--source A` binds every client socket to source address A (127.x): one source address
+per client process keeps each under the ~28,000 ephemeral ports of one address pair.
 """
 from __future__ import annotations
 
@@ -205,7 +213,7 @@ async def run_idle(args, commands: asyncio.StreamReader) -> None:
                 async with asyncio.timeout(SESSION_TIMEOUT * 2):
                     await loop.create_connection(
                         lambda: client, args.host, args.port, ssl=tls,
-                        server_hostname=SNI if tls else None)
+                        server_hostname=SNI if tls else None, local_addr=_local(args))
                     await client.ready
                 clients.append(client)
             except (OSError, RuntimeError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
@@ -228,12 +236,98 @@ async def run_idle(args, commands: asyncio.StreamReader) -> None:
             for c in clients:
                 if c.step == 4 and not c.transport.is_closing():
                     c.transport.write(b"DONE\r\nz LOGOUT\r\n")
-            await asyncio.sleep(0.5)
+            # the server closes first after LOGOUT (its side keeps the TIME_WAIT): wait for
+            # that, bounded, before closing what is left
+            deadline = time.perf_counter() + 20
+            while time.perf_counter() < deadline and any(c.step != 5 for c in clients):
+                await asyncio.sleep(0.1)
             for c in clients:
                 c.transport.close()
             await asyncio.sleep(0.2)
             emit({"closed": len(clients)})
             return
+
+
+def _local(args):
+    return (args.source, 0) if args.source else None
+
+
+# -- storm ------------------------------------------------------------------------------
+
+class StormClient(asyncio.Protocol):
+    """Greeting, LOGIN; `done` resolves at the tagged OK (then LOGOUT, close)."""
+
+    def __init__(self, user: bytes):
+        self.user = user
+        self.buf = b""
+        self.step = 0
+        self.transport = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n" in self.buf:
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            if self.step == 0 and line.startswith(b"* OK"):
+                self.transport.write(b"a LOGIN %s %s\r\n" % (self.user, PASSWORD.encode()))
+                self.step = 1
+            elif self.step == 1 and line.startswith(b"a "):
+                self.step = 2
+                if line.startswith(b"a OK"):
+                    self.done.set_result(time.time())
+                    self.transport.write(b"z LOGOUT\r\n")
+                else:
+                    self.done.set_exception(RuntimeError(f"LOGIN {line[:80]!r}"))
+                self.transport.close()
+            elif self.step == 0:
+                self.done.set_exception(RuntimeError(f"greeting {line[:80]!r}"))
+                self.step = 2
+                self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"closed at step {self.step}: {exc}"))
+
+
+async def run_storm(args) -> dict:
+    loop = asyncio.get_running_loop()
+    tls = client_tls() if args.tls else None
+    accounts = [u.encode() for u in users(args.users)]
+    lat: list[float] = []
+    oks: list[float] = []
+    starts: list[float] = []
+    failed = 0
+    first_error = ""
+    go_at = time.time()
+    t0 = loop.time()
+
+    async def one(i: int) -> None:
+        nonlocal failed, first_error
+        await asyncio.sleep(max(0.0, t0 + i * args.spread / args.count - loop.time()))
+        client = StormClient(accounts[(i + args.offset) % len(accounts)])
+        started = time.perf_counter()
+        starts.append(time.time())
+        try:
+            async with asyncio.timeout(args.timeout):
+                await loop.create_connection(lambda: client, args.host, args.port, ssl=tls,
+                                             server_hostname=SNI if tls else None,
+                                             local_addr=_local(args))
+                oks.append(await client.done)
+            lat.append((time.perf_counter() - started) * 1000)
+        except (OSError, RuntimeError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            failed += 1
+            first_error = first_error or f"{type(exc).__name__}: {exc}"
+            if client.transport:
+                client.transport.abort()
+
+    await asyncio.gather(*(one(i) for i in range(args.count)))
+    await asyncio.sleep(0.2)             # let the LOGOUTs go out before the process exits
+    return {"n": len(lat), "failed": failed, "lat_ms": [round(x, 2) for x in lat],
+            "first_error": first_error, "go_at": go_at,
+            "last_start_at": max(starts, default=go_at), "last_ok_at": max(oks, default=None)}
 
 
 async def main_async(args) -> None:
@@ -243,13 +337,15 @@ async def main_async(args) -> None:
         return
     if args.mode == "sessions":
         emit(await run_sessions(args))
+    elif args.mode == "storm":
+        emit(await run_storm(args))
     else:
         await run_idle(args, commands)
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("sessions", "idle"))
+    p.add_argument("mode", choices=("sessions", "idle", "storm"))
     p.add_argument("--proto", choices=("imap", "pop3"), default="imap")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -261,6 +357,9 @@ def main() -> int:
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--open-concurrency", type=int, default=64)
+    p.add_argument("--source", default="", help="source address of every client socket")
+    p.add_argument("--spread", type=float, default=1.0, help="storm: start clients over S s")
+    p.add_argument("--timeout", type=float, default=60.0, help="storm: bound per client")
     args = p.parse_args()
     import uvloop
     uvloop.run(main_async(args))
