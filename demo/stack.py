@@ -608,9 +608,10 @@ def check_service_user(pw: pwd.struct_passwd) -> None:
                        capture_output=True, text=True)
     if p.returncode != 0:
         last = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        hint = (f" The checkout and .venv must be readable by others (`chmod -R o+rX {ROOT}`)."
+                if "Permission denied" in p.stderr else "")  # not for a plain import error
         raise DemoError(f"user {SERVICE_USER} cannot run .venv/bin/python with the checkout's "
-                        f"modules: {last}. The checkout and .venv must be readable by others "
-                        f"(`chmod -R o+rX {ROOT}`).")
+                        f"modules: {last}.{hint}")
 
 
 def _set(path: Path, uid: int, gid: int, mode: int) -> bool:
