@@ -9,7 +9,13 @@ what the directory holds right now:
   virtual IP        an IP address not used by another domain
   certificate       parses; the key is its key; covers every virtual hostname of
                     the domain; not expired. Expiring within 30 days: allowed,
-                    with a warning.
+                    with a warning. From files (certbot's deploy hook): every
+                    domain one of whose virtual hostnames it names, all checked
+                    before any is written.
+  response headers  zimbraReverseProxyResponseHeaders (global or per domain):
+                    each 'Name: value' a token name, no CR/LF/NUL, bounded, no
+                    framing header, no name twice; the CSP attribute one
+                    Content-Security-Policy (carbotui/protocols/webheaders.py).
 
 Validation functions are pure (no LDAP) and raise AdminError with a sentence
 an admin can act on. Workers pick changes up from LDAP without a restart
@@ -26,6 +32,7 @@ from pathlib import Path
 import ldap3
 
 from carbotui.core import certs
+from carbotui.protocols import webheaders
 from carbotui.backends.directory import Directory
 from carbotui.backends.memcache import Memcache
 from carbotui.services.routes import flush_keys
@@ -36,6 +43,7 @@ MAIL_MODE_ATTR = "zimbraReverseProxyMailMode"
 VHOST_ATTR = "zimbraVirtualHostname"
 VIP_ATTR = "zimbraVirtualIPAddress"
 CERT_ATTR, KEY_ATTR = "zimbraSSLCertificate", "zimbraSSLPrivateKey"
+HEADERS_ATTR, CSP_ATTR = webheaders.HEADERS_ATTR, webheaders.CSP_ATTR
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -249,6 +257,90 @@ class Admin:
         dn = self._domain_dn(d.name)
         self.directory.modify(dn, {VHOST_ATTR: [(ldap3.MODIFY_DELETE, [fqdn])]})
         return Result(f"{d.name}: removed virtual hostname {fqdn}")
+
+    # certificate from files (certbot's deploy hook) -----------------------------
+    def install_certificate(self, names, cert_pem: str, key_pem: str) -> Result:
+        """The certificate (chain) and key for every domain one of whose virtual
+        hostnames is in ``names`` (certbot's RENEWED_DOMAINS); each domain's whole set
+        of virtual hostnames must be covered. Every domain is checked before any is
+        written: a refusal writes nothing."""
+        wanted = {n.strip().lower().rstrip(".") for n in names if n.strip()}
+        if not wanted:
+            raise AdminError("no names given: which virtual hostnames is the certificate for?")
+        domains = [d for d in self.directory.domains()
+                   if wanted & set(d.virtual_hostnames)]
+        if not domains:
+            raise AdminError(f"none of {', '.join(sorted(wanted))} is a virtual hostname of a "
+                             f"domain; add it first (+zimbraVirtualHostName)")
+        checks = []
+        for d in domains:
+            try:
+                checks.append((d, check_certificate(cert_pem, key_pem, d.virtual_hostnames)))
+            except AdminError as exc:
+                raise AdminError(f"domain {d.name}: {exc}; nothing was written") from None
+        for d, cert in checks:
+            self.directory.modify(self._domain_dn(d.name), {
+                CERT_ATTR: [(ldap3.MODIFY_REPLACE, [cert.cert_pem])],
+                KEY_ATTR: [(ldap3.MODIFY_REPLACE, [cert.key_pem])]})
+        cert = checks[0][1]
+        done = ", ".join(d.name for d, _ in checks)
+        others = sorted(wanted - {h for d, _ in checks for h in d.virtual_hostnames})
+        note = f" ({', '.join(others)}: no domain's virtual hostname)" if others else ""
+        return Result(f"{done}: installed the certificate for {', '.join(cert.names)} "
+                      f"({cert.days_left} days left){note}", cert.warnings)
+
+    # response headers ---------------------------------------------------------
+    def _headers_dn(self, domain: str | None) -> tuple[str, str]:
+        if domain is None:
+            return self._dn("zimbraGlobalConfig", "cn", "config", "global config"), \
+                "global config"
+        d = self._domain(domain)
+        return self._domain_dn(d.name), f"domain {d.name}"
+
+    def set_response_headers(self, domain: str | None, op: str, values) -> Result:
+        """zimbraReverseProxyResponseHeaders of the global config (``domain`` None) or
+        of a domain: ``op`` "=" replaces the list ([] removes it: back to the global set,
+        or Carbonio's default), "+" adds values, "-" removes them. The list that would
+        result is checked whole before anything is written."""
+        values = [v for v in values if v != ""]
+        dn, where = self._headers_dn(domain)
+        attrs = self.directory.response_headers()
+        current = list(attrs.values if domain is None else
+                       attrs.domains.get(domain.strip().lower(), ((), ""))[0])
+        if op == "=":
+            after = values
+        elif op == "+":
+            after = current + values
+        elif op == "-":
+            missing = [v for v in values if v not in current]
+            if missing:
+                raise AdminError(f"{where} has no {HEADERS_ATTR} value {missing[0]!r}")
+            after = [v for v in current if v not in values]
+        else:
+            raise AdminError(f"unknown change {op!r}")
+        try:
+            webheaders.check_list(after)
+        except webheaders.BadHeader as exc:
+            raise AdminError(f"{HEADERS_ATTR}: {exc}") from None
+        if op == "=" or not after:
+            change = [(ldap3.MODIFY_REPLACE, after)]
+        else:
+            change = [(ldap3.MODIFY_ADD if op == "+" else ldap3.MODIFY_DELETE, values)]
+        self.directory.modify(dn, {HEADERS_ATTR: change})
+        return Result(f"{where}: {len(after)} response header(s) set" if after else
+                      f"{where}: {HEADERS_ATTR} removed ("
+                      f"{'Carbonio default set' if domain is None else 'the global set'})")
+
+    def set_csp_header(self, domain: str | None, value: str) -> Result:
+        """carbonioReverseProxyResponseCSPHeader ("" removes it)."""
+        dn, where = self._headers_dn(domain)
+        if value:
+            try:
+                webheaders.check_list([value], csp=True)
+            except webheaders.BadHeader as exc:
+                raise AdminError(f"{CSP_ATTR}: {exc}") from None
+        self.directory.modify(dn, {CSP_ATTR: [(ldap3.MODIFY_REPLACE, [value] if value else [])]})
+        return Result(f"{where}: {CSP_ATTR} {'set' if value else 'removed'}")
 
     # virtual IP -----------------------------------------------------------
     def set_vip(self, domain: str, ip: str) -> Result:

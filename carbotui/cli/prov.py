@@ -7,6 +7,11 @@
                                [--generate-cert | --cert FILE --key FILE]
     carbotui prov modifyDomain <domain> -zimbraVirtualHostName <fqdn>
     carbotui prov modifyDomain <domain> zimbraVirtualIPAddress <ip>
+    carbotui prov modifyDomain <domain> [+|-]zimbraReverseProxyResponseHeaders 'Name: value' …
+    carbotui prov modifyConfig [+|-]zimbraReverseProxyResponseHeaders 'Name: value' …
+    carbotui prov modifyConfig carbonioReverseProxyResponseCSPHeader 'Content-Security-Policy: …'
+    carbotui prov getConfig
+    carbotui prov deployCertificate <fullchain.pem> <privkey.pem> <virtual hostname> …
 
 Output is `attribute: value` lines, as zmprov prints them, so scripts can
 grep it; errors go to stderr with a non-zero exit code (1: refused or failed,
@@ -51,6 +56,8 @@ def get_domain(settings, directory: Directory, name: str) -> int:
                           ("zimbraVirtualHostname", d.virtual_hostnames),
                           ("zimbraVirtualIPAddress", d.virtual_ips),
                           ("zimbraSSLCertificate", "(set)" if d.certificate_pem else "")])
+            _print_attrs(_header_attrs(*directory.response_headers().domains.get(d.name,
+                                                                                 ((), ""))))
             return 0
     raise ProvError(f"domain {name} not found")
 
@@ -115,6 +122,8 @@ def modify_domain(settings, directory: Directory, domain: str, *args: str) -> in
                 key_file = args.pop(0)
         else:
             rest.append(arg)
+    if rest and _is_header_attr(rest[0]) and not (cert_file or key_file or generate):
+        return modify_headers(_admin(settings, directory), domain, rest, MODIFY_DOMAIN_USAGE)
     if len(rest) != 2:
         raise UsageError(f"usage: carbotui prov {MODIFY_DOMAIN_USAGE}")
     attr, value = rest[0].lower(), rest[1]
@@ -137,6 +146,57 @@ def modify_domain(settings, directory: Directory, domain: str, *args: str) -> in
     raise UsageError(f"usage: carbotui prov {MODIFY_DOMAIN_USAGE}")
 
 
+HEADERS_ATTR, CSP_ATTR = "zimbraReverseProxyResponseHeaders", "carbonioReverseProxyResponseCSPHeader"
+
+
+def _header_attrs(values, csp) -> list[tuple[str, object]]:
+    return [(HEADERS_ATTR, values), (CSP_ATTR, csp)]
+
+
+def get_config(settings, directory: Directory) -> int:
+    attrs = directory.response_headers()
+    _print_attrs([("zimbraDefaultDomainName", directory.default_domain()),
+                  *_header_attrs(attrs.values, attrs.csp)])
+    return 0
+
+
+def _is_header_attr(arg: str) -> bool:
+    return arg.lower().lstrip("+-") in (HEADERS_ATTR.lower(), CSP_ATTR.lower())
+
+
+def modify_headers(admin, domain: str | None, args: list[str], usage: str) -> int:
+    """`[+|-]attr value` pairs, zmprov style: one attribute and one kind of change per
+    command; the plain form replaces the list with every value given ('' removes it)."""
+    if not args or len(args) % 2:
+        raise UsageError(f"usage: carbotui prov {usage}")
+    pairs = [(args[i], args[i + 1]) for i in range(0, len(args), 2)]
+    kinds = {attr[0] if attr[:1] in "+-" else "=" for attr, _ in pairs}
+    attrs = {attr.lower().lstrip("+-") for attr, _ in pairs}
+    if len(kinds) != 1 or len(attrs) != 1 or not _is_header_attr(pairs[0][0]):
+        raise UsageError(f"ERROR: one attribute and one kind of change (replace, + or -) per "
+                         f"command\nusage: carbotui prov {usage}")
+    op, attr, values = kinds.pop(), attrs.pop(), [v for _, v in pairs]
+    if attr == CSP_ATTR.lower():
+        if op != "=" or len(values) != 1:
+            raise UsageError(f"ERROR: {CSP_ATTR} holds one value (give '' to remove it)")
+        return _say(admin.set_csp_header(domain, values[0]))
+    return _say(admin.set_response_headers(domain, op, values))
+
+
+def modify_config(settings, directory: Directory, *args: str) -> int:
+    return modify_headers(_admin(settings, directory), None, list(args), MODIFY_CONFIG_USAGE)
+
+
+def deploy_certificate(settings, directory: Directory, *args: str) -> int:
+    """certbot's deploy hook (etc/certbot/carbotui-deploy-hook): the lineage's
+    fullchain.pem and privkey.pem for the domains of the names it was issued for."""
+    if len(args) < 3:
+        raise UsageError(f"usage: carbotui prov deployCertificate {DEPLOY_USAGE}")
+    cert_file, key_file, *names = args
+    return _say(_admin(settings, directory).install_certificate(
+        names, _read(cert_file), _read(key_file)))
+
+
 def _read(path: str) -> str:
     try:
         with open(path, encoding="ascii") as f:
@@ -154,7 +214,16 @@ class UsageError(ProvError):
 MODIFY_DOMAIN_USAGE = ("modifyDomain <domain> +zimbraVirtualHostName <fqdn> "
                        "[--generate-cert | --cert FILE --key FILE]\n"
                        "       modifyDomain <domain> -zimbraVirtualHostName <fqdn>\n"
-                       "       modifyDomain <domain> zimbraVirtualIPAddress <ip>")
+                       "       modifyDomain <domain> zimbraVirtualIPAddress <ip>\n"
+                       "       modifyDomain <domain> [+|-]zimbraReverseProxyResponseHeaders "
+                       "'Name: value' …\n"
+                       "       modifyDomain <domain> carbonioReverseProxyResponseCSPHeader "
+                       "'Content-Security-Policy: …'")
+MODIFY_CONFIG_USAGE = ("modifyConfig [+|-]zimbraReverseProxyResponseHeaders 'Name: value' "
+                       "[[+|-]zimbraReverseProxyResponseHeaders 'Name: value' …]\n"
+                       "       modifyConfig carbonioReverseProxyResponseCSPHeader "
+                       "'Content-Security-Policy: …'   ('' removes a value)")
+DEPLOY_USAGE = "<fullchain.pem> <privkey.pem> <virtual hostname> [<virtual hostname> …]"
 
 # name -> (function, argument help, number of arguments after the command or None: any)
 COMMANDS: dict[str, tuple[Callable, str, int | None]] = {
@@ -164,7 +233,12 @@ COMMANDS: dict[str, tuple[Callable, str, int | None]] = {
     "flushCache": (flush_cache, "<account>", 1),
     "modifyServer": (modify_server, "<server> zimbraReverseProxyMailMode https|redirect", 3),
     "modifyDomain": (modify_domain, "<domain> [+|-]zimbraVirtualHostName <fqdn> | "
-                                    "zimbraVirtualIPAddress <ip>", None),
+                                    "zimbraVirtualIPAddress <ip> | "
+                                    "[+|-]zimbraReverseProxyResponseHeaders <value> …", None),
+    "getConfig": (get_config, "", 0),
+    "modifyConfig": (modify_config, "[+|-]zimbraReverseProxyResponseHeaders <value> … | "
+                                    "carbonioReverseProxyResponseCSPHeader <value>", None),
+    "deployCertificate": (deploy_certificate, DEPLOY_USAGE, None),
 }
 
 
@@ -179,7 +253,7 @@ def main(argv: list[str], config_path: str) -> int:
         print(usage(), file=sys.stderr)
         return 2
     func, arg_help, nargs = COMMANDS[argv[0]]
-    if (nargs is not None and len(argv) != nargs + 1) or len(argv) < 2:
+    if (nargs is not None and len(argv) != nargs + 1) or (nargs != 0 and len(argv) < 2):
         print(f"usage: carbotui prov {argv[0]} {arg_help}", file=sys.stderr)
         return 2
     from carbotui.admin.changes import AdminError
