@@ -7,6 +7,9 @@
 #   make test    make up, then pytest (PYTEST_ARGS="-k certs" to pass arguments)
 #   make venv    just .venv (no root)
 #   make cluster make up, then two more nodes (127.0.0.11/.12) behind HAProxy (127.0.0.1:20143…)
+#   make install    a production node in the system's places (/opt/carbotui, /etc/carbotui, a
+#                   supervisor program file and systemd units); a second run changes nothing
+#   make uninstall  remove it all but the settings (/etc/carbotui) and the logs
 
 SHELL := /bin/bash
 PY    := .venv/bin/python
@@ -55,3 +58,11 @@ cluster: up
 bench: up
 	bench/install.sh
 	$(PY) bench/run.py
+
+# a production node from this tree (root, Debian 12): scripts/install.sh says what goes where
+.PHONY: install uninstall
+install:
+	scripts/install.sh
+
+uninstall:
+	scripts/uninstall.sh
