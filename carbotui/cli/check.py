@@ -103,7 +103,11 @@ def _probe_server(s: Settings, url: str) -> _Server:
     from carbotui.backends import directory
 
     result = _Server(url, [])
-    server = directory.make_server(s, url)
+    try:
+        server = directory.make_server(s, url)
+    except LDAPException as exc:                     # ldap3.Tls reads ca_file at once
+        result.lines.append(error(f"ldap.ca_file {s.ldap_ca_file}: {_reason(exc)}"))
+        return result
     for key, dn, password in _binds(s):
         who = f"{key} {dn}" if dn else "anonymous bind"
         try:
@@ -165,7 +169,11 @@ def probe_ldap(s: Settings) -> list[Line]:
     results: list[_Server] = [None] * len(s.ldap_urls)   # type: ignore[list-item]
 
     def run(i: int, url: str) -> None:
-        results[i] = _probe_server(s, url)
+        try:
+            results[i] = _probe_server(s, url)
+        except Exception as exc:  # noqa: BLE001 - one line, not a trace
+            results[i] = _Server(url, [error(f"ldap.url {url}: {type(exc).__name__}: "
+                                             f"{_reason(exc)}")])
     threads = [threading.Thread(target=run, args=(i, url), daemon=True)
                for i, url in enumerate(s.ldap_urls)]
     for t in threads:
@@ -427,7 +435,10 @@ def deadline(s: Settings) -> float:
     return 4 * len(_binds(s)) * max(1.0, s.ldap_timeout) + s.memcached_timeout + 2
 
 
-def run_probes(s: Settings, probes=PROBES) -> list[Line]:
+def run_probes(s: Settings, probes=PROBES, within: float | None = None) -> list[Line]:
+    """Every probe at once, in threads; one that has not answered within ``within``
+    (default: ``deadline``) is one line; its thread is left behind (daemon)."""
+    within = deadline(s) if within is None else within
     results: dict[int, list[Line]] = {}
 
     def run(i, probe):
@@ -439,13 +450,12 @@ def run_probes(s: Settings, probes=PROBES) -> list[Line]:
                for i, p in enumerate(probes)]
     for t in threads:
         t.start()
-    end = time.monotonic() + deadline(s)
+    end = time.monotonic() + within
     for t in threads:
         t.join(max(0.0, end - time.monotonic()))
     out = []
     for i, probe in enumerate(probes):
-        out += results.get(i, [error(f"{probe.__name__}: no answer within "
-                                     f"{deadline(s):g}s")])
+        out += results.get(i, [error(f"{probe.__name__}: no answer within {within:g}s")])
     return list(dict.fromkeys(out))          # a password file unreadable for every url: once
 
 

@@ -223,7 +223,7 @@ def pair_problems(cert: x509.Certificate, key: PrivateKey | None, names=(), *,
     left = cert.not_valid_after_utc - now
     if left <= dt.timedelta(0):
         out.append((True, f"expired on {cert.not_valid_after_utc:%Y-%m-%d} "
-                          f"({-left.days} days ago)"))
+                          f"({(-left).days} days ago)"))
     elif left <= warn_within:
         out.append((False, f"expires on {cert.not_valid_after_utc:%Y-%m-%d} "
                            f"(in {left.days} days)"))
