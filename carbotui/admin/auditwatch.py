@@ -4,7 +4,8 @@
 
 Runs under supervisord (program:auditwatch). SIGTERM/SIGINT: finish the lines
 in hand, save the position, exit 0. SIGHUP: reload [alerts] and [throttle]
-(a bad file is logged and the old settings stay).
+(a bad file is logged and the old settings stay). SIGUSR1 (logrotate's postrotate):
+reopen alerts.log and look at audit.log's path at once.
 
 Following the file. Files are known by (device, inode), never by name:
 
@@ -330,6 +331,13 @@ class Watcher:
                 if isinstance(exc, ValueError) else alert
         return replace(alert, blocked=True)
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1: the next alert goes to the file now at the alert log's path (AlertLog
+        opens it by name for each alert, so nothing stays open on the moved one); the
+        poll that follows notices a rotated audit.log at once."""
+        self._apply_sinks(self.settings.alerts)
+        log.info("log files reopened (SIGUSR1)")
+
     async def close(self) -> None:
         if self.hooks:
             await asyncio.wait(self.hooks, timeout=self.settings.alerts.command_timeout)
@@ -351,6 +359,8 @@ async def run(config_path: str) -> int:
     for sig, flag in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, hup)):
         # a signal also ends the poll pause: a reload is applied at once
         loop.add_signal_handler(sig, lambda flag=flag: (flag.set(), wake.set()))
+    # logrotate's postrotate: alerts.log is reopened, and audit.log looked at again now
+    loop.add_signal_handler(signal.SIGUSR1, lambda: (watcher.reopen_logs(), wake.set()))
     watcher.tail.start()
     watcher.tail.commit()
     log.info("watching %s (rules %s, window %d s, cooldown %d s)",

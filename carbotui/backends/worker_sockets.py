@@ -60,11 +60,14 @@ def stats_sockets(run_dir: str | Path) -> list[Path]:
 # --- the stats snapshot --------------------------------------------------------------------
 
 def _from(cls, raw):
-    """``cls`` from a JSON object: every field by name, unknown keys ignored."""
+    """``cls`` from a JSON object: every field by name, unknown keys ignored. A field
+    named in ``cls._OPTIONAL`` (added after the others) may be missing: it is None."""
     if not isinstance(raw, dict):
         raise WireError(f"{cls.__name__}: not a JSON object")
+    optional = cls._OPTIONAL
     try:
-        return cls(*[raw[name] for name in cls._FIELDS])
+        return cls(*[raw[name] if name in raw or name not in optional else None
+                     for name in cls._FIELDS])
     except KeyError as exc:
         raise WireError(f"{cls.__name__}: no {exc.args[0]!r}") from None
 
@@ -75,6 +78,7 @@ def _to(obj) -> dict:
 
 def _names(cls):
     cls._FIELDS = tuple(f.name for f in dataclasses.fields(cls))
+    cls._OPTIONAL = getattr(cls, "OPTIONAL", ())
     return cls
 
 
@@ -176,6 +180,57 @@ class ConfigStats:
     virtual_hosts: list[str] = field(default_factory=list)
 
 
+# Buckets (upper bounds, seconds) of a mailbox server's connect + greeting + login time;
+# the last count of ConnectTimes is everything above the last bound (+Inf).
+CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@_names
+@dataclass(slots=True)
+class ConnectTimes:
+    """Successful connects (connect, greeting and login) to one mailbox server."""
+    counts: list[int] = field(default_factory=lambda: [0] * (len(CONNECT_BUCKETS) + 1))
+    sum: float = 0.0                # seconds
+
+    @classmethod
+    def from_json(cls, raw) -> "ConnectTimes":
+        times = _from(cls, raw)
+        if not (isinstance(times.counts, list) and len(times.counts) == len(CONNECT_BUCKETS) + 1
+                and all(isinstance(n, int) for n in times.counts)):
+            raise WireError(f"counts: not {len(CONNECT_BUCKETS) + 1} integers")
+        return times
+
+
+@_names
+@dataclass(slots=True)
+class MetricStats:
+    """Counters the Prometheus exporter reads (carbotui/admin/metrics.py), added after the
+    dashboard's: a worker older than them sends no ``metrics`` (WorkerSnapshot.OPTIONAL)."""
+    blocked: int = 0                # connections refused because their address is blocked
+    # listener kind -> upstream server short name ("-": answered by the proxy) ->
+    # status class ("2xx") -> responses
+    web_responses: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    connect: dict[str, ConnectTimes] = field(default_factory=dict)   # by mailbox server
+    # listener kind -> why (sessions.log's word: logout, client_closed ...) -> sessions
+    sessions_ended: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, raw) -> "MetricStats":
+        if raw is None:
+            return cls()
+        metrics = _from(cls, raw)
+        metrics.connect = {name: ConnectTimes.from_json(t)
+                           for name, t in _object(metrics.connect, "connect").items()}
+        _object(metrics.web_responses, "web_responses")
+        _object(metrics.sessions_ended, "sessions_ended")
+        return metrics
+
+    def to_json(self) -> dict:
+        out = _to(self)
+        out["connect"] = {name: _to(t) for name, t in self.connect.items()}
+        return out
+
+
 def _list(value, name: str) -> list:
     if not isinstance(value, list):
         raise WireError(f"{name}: not a JSON list")
@@ -212,6 +267,9 @@ class WorkerSnapshot:
     web: WebStats
     config: ConfigStats
     sessions: list[Session]
+    metrics: MetricStats = field(default_factory=MetricStats)
+
+    OPTIONAL = ("metrics",)         # keys a worker older than them does not send
 
     def to_json(self) -> dict:
         out = _to(self)
@@ -221,6 +279,7 @@ class WorkerSnapshot:
         out["web"] = self.web.to_json()
         out["config"] = _to(self.config)
         out["sessions"] = [s.to_json() for s in self.sessions]
+        out["metrics"] = self.metrics.to_json()
         return out
 
     def encode(self) -> bytes:
@@ -235,6 +294,7 @@ class WorkerSnapshot:
                          for name, b in _object(snap.backends, "backends").items()}
         snap.web = WebStats.from_json(snap.web)
         snap.config = _from(ConfigStats, snap.config)
+        snap.metrics = MetricStats.from_json(snap.metrics)
         worker = snap.worker
         try:
             # Positional, no conversion: the worker writes these typed.

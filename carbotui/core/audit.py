@@ -16,8 +16,10 @@ lines from several processes never interleave or overwrite each other.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -165,23 +167,51 @@ def failure(login: str, reason: str) -> str:
 
 
 class AuditLog:
-    """Appends lines; notices rotation (a new file at the path) by itself."""
+    """Appends lines (audit.log, and access.log and sessions.log through
+    carbotui/proxy/logs.py); notices rotation (a new file at the path) by itself within
+    CHECK_EVERY, and at once on ``reopen()`` (SIGUSR1, logrotate's postrotate).
+
+    Writing never raises: a file that cannot be opened (a rotated log whose new file is
+    not there yet, in a directory the service user may not create files in) keeps the
+    previous descriptor, or drops the line when there is none; either is reported on
+    stderr at most once a minute, and counted in ``dropped``."""
 
     CHECK_EVERY = 1.0
+    COMPLAIN_EVERY = 60.0
 
     def __init__(self, path: os.PathLike | str):
         self.path = os.fspath(path)
         self._fd = -1
         self._ino = None
         self._checked = 0.0
+        self._complained = -math.inf
         self.written = 0
+        self.dropped = 0
 
     def _open(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o640)
+        except OSError as exc:
+            self._complain(f"cannot open {self.path}: {exc}"
+                           + ("; still writing to the file opened before" if self._fd >= 0
+                              else "; its lines are dropped"))
+            return
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._ino = fd, os.fstat(fd).st_ino
+
+    def _complain(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._complained >= self.COMPLAIN_EVERY:
+            self._complained = now
+            print(f"carbotui: {text}", file=sys.stderr, flush=True)
+
+    def reopen(self) -> None:
+        """Open the path again now (after logrotate moved the file away)."""
+        self._open()
+        self._checked = time.monotonic()
 
     def _rotated(self) -> bool:
         try:
@@ -198,8 +228,16 @@ class AuditLog:
             self._open()
         if now - self._checked > self.CHECK_EVERY:
             self._checked = now
+        if self._fd < 0:
+            self.dropped += 1
+            return
         data = line.encode("utf-8", "replace")
-        os.write(self._fd, data)       # one write per line: atomic append
+        try:
+            os.write(self._fd, data)   # one write per line: atomic append
+        except OSError as exc:         # a full disk: the session goes on
+            self.dropped += 1
+            self._complain(f"cannot write to {self.path}: {exc}")
+            return
         self.written += 1
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Worker process entry: ``python -m carbotui.proxy --config carbotui.toml --worker N``.
 
 supervisord starts one per core. SIGTERM drains and exits, SIGHUP reloads the
-settings without dropping a session, SIGINT is treated like SIGTERM.
+settings without dropping a session, SIGINT is treated like SIGTERM, SIGUSR1 reopens
+audit.log, access.log and sessions.log (logrotate's postrotate).
 
 ``--user carbotui``: started as root, the worker runs as that user (carbotui/proxy/privileges.py),
 keeping CAP_NET_BIND_SERVICE only when a listener's port needs it.
@@ -38,6 +39,7 @@ async def _serve(settings: config.Settings, index: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(worker.drain()))
     loop.add_signal_handler(signal.SIGHUP, worker.reload)
+    loop.add_signal_handler(signal.SIGUSR1, worker.reopen_logs)     # after logrotate
     await worker.start()
     # What exists now (modules, settings, listeners) lives as long as the worker: keep
     # it out of the collector's reach, so a full collection only walks session objects.

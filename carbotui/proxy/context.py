@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from carbotui.backends.memcache import Memcache
     from carbotui.services.routes import Router
     from carbotui.services.throttle import Throttle
+    from carbotui.proxy.logs import NodeLogs
     from carbotui.proxy.relay import Splice
     from carbotui.proxy.tls import TlsContexts
 
@@ -83,6 +84,7 @@ class SessionServices:
     mail_upstream_tls: ssl.SSLContext | None = None   # None: plaintext to the mailbox servers
     web_upstream_tls: ssl.SSLContext | None = None
     maintenance: set[str] = field(default_factory=set)  # hostnames: no new logins there
+    logs: NodeLogs | None = None           # access.log, sessions.log (None: not written)
     stats: Stats = field(default_factory=Stats)
     connections_per_ip: ConnectionsPerIp = field(default_factory=ConnectionsPerIp)
     sessions: dict[int, LiveSession] = field(default_factory=dict)   # live ones, by id

@@ -507,7 +507,7 @@ class MailSession(SpliceEnd):
         idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
                              on_close=self._ended, loop=loop, own_timer=False,
-                             watch=ImapStream() if self.proto == "imap" else None)
+                             watch=ImapStream() if self.proto == "imap" else Pop3Quit())
         if self._timer.when() > loop.time() + idle:     # an idle limit below preauth's
             self._timer.cancel()
             self._timer = loop.call_later(idle, self._timer_fired)
@@ -545,11 +545,36 @@ class MailSession(SpliceEnd):
     def _ended(self, reason: str) -> None:
         self.services.stats.backend(self.server).active -= 1
         self.services.session_ended(self.id)
+        if self.services.logs is not None:        # sessions.log, carbotui_sessions_ended
+            watch = self.splice.watch
+            self.services.logs.mail_session_ended(
+                self, reason, watch.client.logout if self.proto == "imap" else watch.quit)
 
     def _audit(self, account: str, error: str) -> None:
         self.services.audit.write_line(audit.format_line(
             time.time(), self.thread, self.local_ip, self.client_ip, self.client_port,
             self.user_agent, "Auth", account, self.proto, error))
+
+
+class Pop3Quit:
+    """A relayed POP3 session's watch (relay.Splice): has the client sent QUIT? (for
+    sessions.log: a session ended by its client's goodbye). POP3 gets no farewell line."""
+
+    __slots__ = ("quit",)
+
+    def __init__(self) -> None:
+        self.quit = False
+
+    def from_client(self, data: bytes) -> None:
+        if len(data) < 256:                        # commands, not a pipelined batch
+            last = data.rstrip(b"\r\n").rpartition(b"\n")[2]
+            self.quit = last.strip().upper() == b"QUIT"
+
+    def from_server(self, data: bytes) -> None:
+        pass
+
+    def may_add_line(self) -> bool:
+        return False
 
 
 def _text(response: bytes) -> str:

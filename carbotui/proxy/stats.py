@@ -8,6 +8,7 @@ thousands of sessions: a snapshot is built only on request.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import time
 from collections import Counter
@@ -25,16 +26,24 @@ if TYPE_CHECKING:
 SOCKET_MODE = 0o660
 
 
+_BOUNDS_MS = tuple(b * 1000 for b in wire.CONNECT_BUCKETS)
+
+
 @dataclass
 class BackendCounters:
     active: int = 0
     sessions: int = 0
     errors: int = 0
     connect_ms: float = 0.0        # moving average of connect+greeting time
+    # the same times as a histogram (wire.CONNECT_BUCKETS, then +Inf) and their sum
+    connect_counts: list = field(default_factory=lambda: [0] * (len(_BOUNDS_MS) + 1))
+    connect_sum_ms: float = 0.0
 
     def connected(self, ms: float) -> None:
         self.connect_ms = ms if not self.sessions else 0.8 * self.connect_ms + 0.2 * ms
         self.sessions += 1
+        self.connect_counts[bisect.bisect_left(_BOUNDS_MS, ms)] += 1
+        self.connect_sum_ms += ms
 
 
 @dataclass
@@ -49,6 +58,10 @@ class Stats:
     rejected_busy: int = 0
     proxy_refused: int = 0               # PROXY headers missing, malformed or untrusted
     backends: dict[str, BackendCounters] = field(default_factory=dict)
+    # (listener kind, upstream short name or "-", status class "2xx") -> responses
+    web_responses: Counter = field(default_factory=Counter)
+    # (listener kind, why: sessions.log's word) -> ended mail sessions
+    sessions_ended: Counter = field(default_factory=Counter)
 
     def backend(self, name: str) -> BackendCounters:
         if name not in self.backends:
@@ -99,7 +112,25 @@ def snapshot(services: SessionServices) -> wire.WorkerSnapshot:
                                s.server, s.state, round(s.started, 3), s.bytes_in,
                                s.bytes_out)
                   for s in live_sessions],
+        metrics=wire.MetricStats(
+            blocked=getattr(services.throttle, "blocked", 0),
+            web_responses=_nested(st.web_responses),
+            connect={short: wire.ConnectTimes(list(b.connect_counts),
+                                              round(b.connect_sum_ms / 1000, 6))
+                     for short, b in st.backends.items()},
+            sessions_ended=_nested(st.sessions_ended)),
     )
+
+
+def _nested(counter: Counter) -> dict:
+    """{(a, b, ...): n} as {a: {b: ... n}} (JSON has no tuple keys)."""
+    out: dict = {}
+    for key, n in counter.items():
+        d = out
+        for part in key[:-1]:
+            d = d.setdefault(part, {})
+        d[key[-1]] = n
+    return out
 
 
 async def serve(services: SessionServices, path: str) -> asyncio.AbstractServer:

@@ -149,6 +149,7 @@ class ThrottleUnavailable(RuntimeError):
 
 class Throttle:
     EXEMPT_MEMORY = 4096          # addresses whose whitelist answer is remembered
+    blocked = 0                   # check_ip answers refused because the address is blocked
 
     def __init__(self, memcache: Memcache, settings: ThrottleSettings):
         self.cache = memcache
@@ -188,6 +189,7 @@ class Throttle:
             return None
         found = await self.cache.get_many([block_key(ip)])
         if found:
+            self.blocked += 1                 # the workers' metrics (carbotui_blocked_total)
             return s.ip_reject_message
         limit, ttl = s.ip_limit_for(proto)
         if limit <= 0:

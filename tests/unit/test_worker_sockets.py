@@ -27,7 +27,7 @@ from carbotui.proxy.context import SessionServices
 KEYS = {
     "": ["worker", "pid", "time", "started", "draining", "connections", "logins", "throttled",
          "rejected_busy", "sockets", "proxy_refused", "cache", "ldap_searches", "backends",
-         "maintenance", "web", "config", "sessions"],
+         "maintenance", "web", "config", "sessions", "metrics"],
     "logins": ["ok", "failed", "temporary"],
     "cache": ["hits", "misses", "ldap_lookups", "poisoned", "memcached_available",
               "memcached_errors"],
@@ -38,7 +38,11 @@ KEYS = {
     "config": ["version", "applied_at", "mail_mode", "ldap_error", "virtual_hosts"],
     "sessions.*": ["id", "protocol", "client", "client_port", "account", "server", "state",
                    "started", "bytes_in", "bytes_out"],
+    "metrics": ["blocked", "web_responses", "connect", "sessions_ended"],
+    "metrics.connect.*": ["counts", "sum"],
 }
+# Keys added after the others: a worker older than them does not send them (read as empty).
+OPTIONAL_KEYS = {("", "metrics")}
 
 
 def objects(doc: dict, path: str = ""):
@@ -79,6 +83,10 @@ def sample() -> wire.WorkerSnapshot:
                                 virtual_hosts=["mail.demo.test"]),
         sessions=[wire.Session(30000000001, "proxy_03", "imaps", "192.0.2.7", 50123,
                                "user01@demo.test", "mbox1", "proxy", 1700000090.125, 100, 2000)],
+        metrics=wire.MetricStats(
+            blocked=2, web_responses={"https": {"mbox1": {"2xx": 5}, "-": {"4xx": 1}}},
+            connect={"mbox1": wire.ConnectTimes([1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 11.5)},
+            sessions_ended={"imaps": {"logout": 3}}),
     )
 
 
@@ -109,11 +117,22 @@ def _object_at(doc: dict, path: str) -> dict:
 
 
 @pytest.mark.parametrize("path,key", [pytest.param(path, key, id=f"{path or '.'}:{key}")
-                                      for path, keys in KEYS.items() for key in keys])
+                                      for path, keys in KEYS.items() for key in keys
+                                      if (path, key) not in OPTIONAL_KEYS])
 def test_a_missing_key_is_refused_by_name(path, key):
     doc = sample().to_json()
     del _object_at(doc, path)[key]
     with pytest.raises(wire.WireError, match=repr(key)):
+        wire.WorkerSnapshot.from_json(doc)
+
+
+def test_a_snapshot_of_an_older_worker_has_empty_metrics():
+    doc = sample().to_json()
+    del doc["metrics"]
+    assert wire.WorkerSnapshot.from_json(doc).metrics == wire.MetricStats()
+    doc["metrics"] = {**sample().to_json()["metrics"],
+                      "connect": {"mbox1": {"counts": [1, 2], "sum": 0.5}}}
+    with pytest.raises(wire.WireError, match="counts"):
         wire.WorkerSnapshot.from_json(doc)
 
 

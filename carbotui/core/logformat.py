@@ -1,0 +1,254 @@
+"""The lines of access.log and sessions.log, from plain values (pure: no I/O).
+
+access.log: one line per web request, in Carbonio's ``nginx.access.log`` field order::
+
+    $remote_addr:$remote_port - $remote_user [$time_local] "$request_method $scheme://$host$request_uri $server_protocol" $status $bytes_sent "$http_referer" "$http_user_agent" "$upstream_addr" "$server_addr:$server_port"
+
+    127.0.0.1:50412 - - [01/Dec/2026:12:40:03 +0000] "GET https://mail.demo.test/mail?zauthtoken=- HTTP/1.1" 200 1432 "-" "curl/7.88.1" "127.0.0.2:8080" "127.0.0.1:10443"
+
+Every field a client controls (method, Host, target, Referer, User-Agent, the Basic user
+name) is escaped as nginx's ``escape=default`` does: ``"``, ``\\`` and every byte outside
+printable ASCII become ``\\xHH`` (so CR, LF, NUL and bytes that are not UTF-8 cannot forge or
+break a line), and each field is cut to a fixed length (``...`` marks a cut), which keeps a
+line below PIPE_BUF (4096 bytes): one ``write()`` on an O_APPEND descriptor, never
+interleaved with another worker's. Query and path-parameter values whose name says token,
+auth, password, secret, session ... (``zauthtoken``, ``authtoken``, ``jsessionid``) become
+``-`` (in the target and the Referer); userinfo in a URL is dropped; ``$remote_user`` is only the user
+name of a Basic ``Authorization``, never its password; cookies are never an input.
+
+sessions.log: one line per ended (logged-in) mail session, ``key=value`` pairs::
+
+    2026-12-01T12:40:03.512+00:00 protocol=imaps client=127.0.0.1:50418 account=user01@demo.test server=mbox1 duration=0.084 bytes_in=52 bytes_out=1169 reason=logout worker=proxy_01 session=10000000007
+
+A value made only of ``[A-Za-z0-9._@:+/-]`` (and ``[]`` around an IPv6 address) stands bare; any other is double-quoted with
+``"``, ``\\``, space and every byte outside printable ASCII as ``\\xHH``, cut to a fixed
+length: no value holds a space, so splitting a line on spaces always gives its pairs.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from urllib.parse import unquote_to_bytes
+
+PIPE_BUF = 4096          # POSIX: a write this size or smaller to a pipe is atomic
+
+# Field budgets (characters after escaping). Their sum plus the fixed part of a line stays
+# below PIPE_BUF, whatever a client sends.
+METHOD_MAX = 20
+HOST_MAX = 260
+URI_MAX = 1600
+REFERER_MAX = 600
+USER_AGENT_MAX = 600
+USER_MAX = 100
+VALUE_MAX = 330          # a sessions.log value (an address is at most 320 characters)
+CUT = "..."
+
+_ESCAPE = [f"\\x{b:02X}" if b < 0x20 or b > 0x7e or b in (0x22, 0x5c) else chr(b)
+           for b in range(256)]
+_ESCAPE_SPACE = [*_ESCAPE[:0x20], "\\x20", *_ESCAPE[0x21:]]
+_PLAIN = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")      # printable ASCII but " and \
+_PLAIN_WORD = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")      # ... and no space
+
+
+def escape(raw: bytes | str, limit: int, *, space: bool = False) -> str:
+    """``raw`` as nginx's access log writes it (``\\xHH`` for ``"``, ``\\`` and bytes
+    outside 0x20-0x7e; with ``space``, for spaces too: a field that stands unquoted), at
+    most ``limit`` characters; ``-`` when empty."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    if not raw:
+        return "-"
+    if (_PLAIN_WORD if space else _PLAIN).fullmatch(raw, 0, limit + 1):   # the usual case
+        text = raw[:limit + 1].decode("ascii")
+    else:
+        table = _ESCAPE_SPACE if space else _ESCAPE
+        text = "".join([table[b] for b in raw[:limit + 1]])
+    if len(text) <= limit:
+        return text
+    cut = limit - len(CUT)
+    # every backslash in the text starts a 4-character \xHH: never cut one in half
+    back = text.rfind("\\", max(0, cut - 3), cut)
+    if back >= 0:
+        cut = back
+    return text[:cut] + CUT
+
+
+# --- secrets in a request target ------------------------------------------------------------
+
+_SECRET_PART = re.compile(rb"token|auth|passw|secret|sess|jwt|credential|signature|apikey|"
+                          rb"api_key|ticket|otp")
+_SECRET_NAMES = {b"pw", b"pwd", b"pass", b"key", b"sig", b"code", b"sid", b"csrf"}
+REDACTED = b"-"
+
+
+def secret_name(name: bytes) -> bool:
+    """Whether a query or path parameter of this name may carry a credential
+    (``zauthtoken``, ``authToken``, ``JSESSIONID``, ``password`` ...); percent-encoding
+    and case do not hide one."""
+    plain = unquote_to_bytes(name).lower().strip()
+    return plain in _SECRET_NAMES or _SECRET_PART.search(plain) is not None
+
+
+def _redact_params(text: bytes, sep: bytes) -> bytes:
+    parts = text.split(sep)
+    changed = False
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition(b"=")
+        if eq and secret_name(name):
+            parts[i] = name + b"=" + REDACTED
+            changed = True
+    return sep.join(parts) if changed else text
+
+
+def clean_target(target: bytes) -> tuple[bytes, bytes]:
+    """(authority, request URI) of a request target for the log: an absolute-form
+    target gives its authority without userinfo (RFC 9112 §3.2.2: it wins over Host),
+    others ``b""``; the URI keeps its path and query, with the values of secret
+    parameters (query, and ``;name=value`` path parameters) replaced by ``-`` and no
+    fragment."""
+    authority = b""
+    m = re.match(rb"(?i)[a-z][a-z0-9+.-]*://([^/?#]*)", target)
+    if m:
+        authority = m.group(1).rpartition(b"@")[2]
+        target = target[m.end():] or b"/"
+    target = target.partition(b"#")[0]
+    path, q, query = target.partition(b"?")
+    if b";" in path:
+        path = b"/".join(_redact_params(seg, b";") for seg in path.split(b"/"))
+    if q:
+        query = _redact_params(query, b"&")
+    return authority, path + q + query
+
+
+def clean_url(url: bytes) -> bytes:
+    """A URL a client sent (the Referer) for the log: as ``clean_target``, keeping the
+    scheme and the authority (without userinfo)."""
+    m = re.match(rb"(?i)([a-z][a-z0-9+.-]*://)([^/?#]*)", url)
+    if not m:
+        return clean_target(url)[1]
+    authority, rest = clean_target(url)
+    return m.group(1) + authority + (rest if url[m.end():] else b"")
+
+
+def basic_user(authorization: bytes | None) -> bytes:
+    """The user name of a Basic ``Authorization`` (RFC 7617), never the password; b""
+    for any other scheme or a value that is not one."""
+    if not authorization:
+        return b""
+    scheme, _, value = authorization.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return b""
+    try:
+        decoded = base64.b64decode(value.strip()[:1024], validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+    user, colon, _ = decoded.partition(b":")
+    return user if colon else b""
+
+
+# --- time stamps ----------------------------------------------------------------------------
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_local_cache: tuple[int, str] = (-1, "")
+_iso_cache: tuple[int, str, str] = (-1, "", "")
+
+
+def time_local(timestamp: float) -> str:
+    """nginx's $time_local: ``01/Dec/2026:12:40:03 +0000`` (English month names whatever
+    the locale), remembered for the current second."""
+    global _local_cache
+    second = int(timestamp)
+    if _local_cache[0] != second:
+        t = time.localtime(second)
+        _local_cache = (second, f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+                                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} "
+                                f"{time.strftime('%z', t)}")
+    return _local_cache[1]
+
+
+def iso_time(timestamp: float) -> str:
+    """``2026-12-01T12:40:03.512+00:00``: local time with milliseconds and the offset."""
+    global _iso_cache
+    second = int(timestamp)
+    if _iso_cache[0] != second:
+        t = time.localtime(second)
+        zone = time.strftime("%z", t)
+        _iso_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", t), f"{zone[:3]}:{zone[3:]}")
+    millis = min(999, int((timestamp - second) * 1000))
+    return f"{_iso_cache[1]}.{millis:03d}{_iso_cache[2]}"
+
+
+# --- access.log -----------------------------------------------------------------------------
+
+def access_line(*, timestamp: float, client_ip: str, client_port: int, remote_user: bytes,
+                method: bytes | None, scheme: str, host: bytes, target: bytes, version: bytes,
+                status: int, bytes_sent: int, referer: bytes, user_agent: bytes,
+                upstream: str, server_ip: str, server_port: int) -> str:
+    """One access.log line (with its newline). ``method`` None: no request could be
+    parsed (a 400 or 408 before a whole head), and the request field is ``"-"``."""
+    if method is None:
+        request = "-"
+    else:
+        authority, uri = clean_target(target)
+        request = (f"{escape(method, METHOD_MAX)} {scheme}://"
+                   f"{escape(authority or host, HOST_MAX)}{escape(uri, URI_MAX)} "
+                   f"HTTP/{escape(version, 8)}")
+    return (f"{_address(client_ip)}:{client_port} - {escape(remote_user, USER_MAX, space=True)} "
+            f"[{time_local(timestamp)}] \"{request}\" {status} {bytes_sent} "
+            f"\"{escape(clean_url(referer), REFERER_MAX)}\" "
+            f"\"{escape(user_agent, USER_AGENT_MAX)}\" "
+            f"\"{upstream or '-'}\" \"{_address(server_ip)}:{server_port}\"\n")
+
+
+def _address(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else (ip or "-")
+
+
+# --- sessions.log ---------------------------------------------------------------------------
+
+_BARE = re.compile(r"[A-Za-z0-9._@:+/\[\]\-]{1,%d}" % VALUE_MAX)
+
+
+def value(text: str, limit: int = VALUE_MAX) -> str:
+    """A sessions.log value: bare when it is made of safe characters, else quoted with
+    ``"``, ``\\`` and bytes outside printable ASCII as ``\\xHH``; ``-`` when empty."""
+    if not text:
+        return "-"
+    if _BARE.fullmatch(text):
+        return text
+    return f'"{escape(text, limit, space=True)}"'
+
+
+# Why a session ended: Splice.close's reason (carbotui/proxy/relay.py and its callers)
+# -> the word in sessions.log. Anything else is "other".
+END_REASONS = {
+    "client closed": "client_closed",
+    "mailbox server closed": "server_closed",
+    "idle timeout": "idle_timeout",
+    "worker stopping": "shutdown",
+    "kicked by an administrator": "kicked",
+}
+LOGOUT = "logout"
+
+
+def end_reason(reason: str, logged_out: bool) -> str:
+    """The sessions.log word for how a session ended: ``logout`` when the client had
+    asked for it (IMAP LOGOUT, POP3 QUIT) and either side then closed."""
+    word = END_REASONS.get(reason, "other")
+    if logged_out and word in ("client_closed", "server_closed"):
+        return LOGOUT
+    return word
+
+
+def session_line(*, timestamp: float, protocol: str, client_ip: str, client_port: int,
+                 account: str, server: str, duration: float, bytes_in: int, bytes_out: int,
+                 reason: str, worker: str, session: int) -> str:
+    """One sessions.log line (with its newline). ``bytes_in``: client to mailbox
+    server; ``bytes_out``: mailbox server to client."""
+    return (f"{iso_time(timestamp)} protocol={value(protocol, 16)} "
+            f"client={value(_address(client_ip), 60)}:{client_port} "
+            f"account={value(account)} server={value(server, 260)} "
+            f"duration={max(0.0, duration):.3f} bytes_in={bytes_in} bytes_out={bytes_out} "
+            f"reason={value(reason, 32)} worker={value(worker, 32)} session={session}\n")

@@ -1,0 +1,90 @@
+"""access.log and sessions.log of a worker: one call per finished web request and per
+ended mail session, each one line (carbotui/core/logformat.py) in one ``write()`` on an
+O_APPEND descriptor (carbotui/core/audit.AuditLog), shared by every worker of the node.
+
+The glue calls ``web_request`` when a request got its answer (or none) and
+``mail_session_ended`` when a relayed mail session ends; both also count what the metrics
+exporter reads (carbotui/proxy/stats.py). SIGUSR1 (carbotui/proxy/__main__.py) makes the
+worker ``reopen()`` audit.log, access.log and sessions.log, as nginx's ``kill -USR1``
+after logrotate moved them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from carbotui.core import logformat
+from carbotui.core.audit import AuditLog
+from carbotui.protocols import http11
+
+if TYPE_CHECKING:
+    from carbotui.proxy.context import SessionServices
+
+log = logging.getLogger("carbotui.proxy.logs")
+
+NO_RESPONSE = 499          # nginx's code for a client that went away before the answer
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def status_class(status: int) -> str:
+    return STATUS_CLASSES[status // 100 - 1] if 100 <= status < 600 else "other"
+
+
+class NodeLogs:
+    def __init__(self, services: SessionServices):
+        settings = services.settings
+        self.services = services
+        self.access = AuditLog(settings.access_log)
+        self.sessions = AuditLog(settings.sessions_log)
+
+    def reopen(self) -> None:
+        """SIGUSR1: every log file this worker appends to, opened again by name."""
+        for f in (self.services.audit, self.access, self.sessions):
+            if f is not None:
+                f.reopen()
+        log.info("log files reopened (SIGUSR1)")
+
+    def close(self) -> None:
+        self.access.close()
+        self.sessions.close()
+
+    # -- web ------------------------------------------------------------------
+    def web_request(self, session, req: http11.Request | None, status: int, bytes_sent: int,
+                    upstream) -> None:
+        """One answered request of a WebSession (``req`` None: no head could be parsed;
+        ``status`` 0: nothing was answered; ``upstream``: the Upstream it went to)."""
+        status = status or NO_RESPONSE
+        self.services.stats.web_responses[
+            session.kind, upstream.name if upstream is not None else "-",
+            status_class(status)] += 1
+        if req is None:
+            method = target = version = host = referer = agent = user = b""
+        else:
+            headers = req.headers
+            method, target, version = req.method, req.target, req.version
+            host = http11.get_header(headers, b"host") or b""
+            referer = http11.get_header(headers, b"referer") or b""
+            agent = http11.get_header(headers, b"user-agent") or b""
+            user = logformat.basic_user(http11.get_header(headers, b"authorization"))
+        self.access.write_line(logformat.access_line(
+            timestamp=time.time(), client_ip=session.client_ip, client_port=session.client_port,
+            remote_user=user, method=method if req is not None else None,
+            scheme=session.scheme, host=host or session.local_ip.encode(), target=target,
+            version=version, status=status, bytes_sent=bytes_sent, referer=referer,
+            user_agent=agent,
+            upstream=f"{upstream.address}:{upstream.port}" if upstream is not None else "",
+            server_ip=session.local_ip, server_port=session.local_port))
+
+    # -- mail -----------------------------------------------------------------
+    def mail_session_ended(self, session, reason: str, logged_out: bool) -> None:
+        """A relayed (logged-in) MailSession ended; ``reason`` is Splice.close's."""
+        word = logformat.end_reason(reason, logged_out)
+        self.services.stats.sessions_ended[session.kind, word] += 1
+        now = time.time()
+        self.sessions.write_line(logformat.session_line(
+            timestamp=now, protocol=session.kind, client_ip=session.client_ip,
+            client_port=session.client_port, account=session.account, server=session.server,
+            duration=now - session.started, bytes_in=session.bytes_in,
+            bytes_out=session.bytes_out, reason=word, worker=self.services.name,
+            session=session.id))
