@@ -430,6 +430,10 @@ class WebSettings(Table):
     upstream_tls: bool = opt(False, mirrors="zimbraReverseProxySSLToUpstreamEnabled")
     # port 80 serves <acme_webroot>/.well-known/acme-challenge/<token> (certbot --webroot -w)
     acme_webroot: Path | None = opt(None, path=True)
+    # HTTP/2 by ALPN on https and admin (RFC 9113); false: HTTP/1.1 only
+    h2: bool = opt(True)
+    h2_max_concurrent_streams: int = opt(100, check=(positive, at_most(2**31 - 1, "RFC 9113")))
+    h2_max_header_list_size: int = opt(0, check=not_negative)   # 0: max_header_bytes
 
 
 def _count(mirrors: str = "") -> Any:

@@ -1,8 +1,12 @@
 """TLS contexts: one server context whose SNI callback picks the certificate.
 
-Every TLS listener (IMAPS, POP3S, STARTTLS upgrades, later HTTPS) shares the
-front context, so a certificate loaded after a reload is used by the next
-handshake everywhere, and live sessions keep the one they negotiated.
+Every mail TLS listener (IMAPS, POP3S, STARTTLS upgrades) shares the front
+context; the HTTPS and admin listeners share ``web``, the same but offering ALPN
+``h2`` and ``http/1.1`` (RFC 7301; ``[web] h2 = false``: ``http/1.1`` only), as
+does each virtual host's context the SNI callback switches a web handshake to (the
+ALPN choice is made with the context in force after SNI). A certificate loaded
+after a reload is used by the next handshake everywhere, and live sessions keep the
+one they negotiated.
 """
 from __future__ import annotations
 
@@ -29,28 +33,46 @@ def _server_context(settings: Settings) -> ssl.SSLContext:
     return ctx
 
 
+def web_alpn(settings: Settings) -> list[str]:
+    return ["h2", "http/1.1"] if settings.web.h2 else ["http/1.1"]
+
+
 class TlsContexts:
     def __init__(self, settings: Settings):
         self.front = _server_context(settings)
+        self.web = _server_context(settings)
         self.by_name: dict[str, ssl.SSLContext] = {}
+        self.web_by_name: dict[str, ssl.SSLContext] = {}
         self.front.sni_callback = self._pick
+        self.web.sni_callback = self._pick
         self.load(settings)
 
     def load(self, settings: Settings, vhosts: dict[str, tuple[Path, Path]] | None = None) -> None:
         """(Re)load the default certificate and the per-hostname ones."""
-        self.front.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
-        by_name = {}
+        alpn = web_alpn(settings)
+        for front in (self.front, self.web):
+            front.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+        self.web.set_alpn_protocols(alpn)
+        by_name, web_by_name = {}, {}
         for name, (cert, key) in (vhosts or {}).items():
-            ctx = _server_context(settings)
-            ctx.load_cert_chain(cert, key)
-            by_name[name.lower()] = ctx
-        self.by_name = by_name
+            for table, web in ((by_name, False), (web_by_name, True)):
+                ctx = _server_context(settings)
+                ctx.load_cert_chain(cert, key)
+                if web:
+                    ctx.set_alpn_protocols(alpn)
+                table[name.lower()] = ctx
+        self.by_name, self.web_by_name = by_name, web_by_name
 
-    def _pick(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx) -> None:
+    def for_listener(self, kind: str) -> ssl.SSLContext:
+        """The context of a TLS listener: ``web`` for https and admin, else ``front``."""
+        return self.web if kind in ("https", "admin") else self.front
+
+    def _pick(self, sslobj: ssl.SSLObject, server_name: str | None, ctx) -> None:
         if server_name:
-            ctx = self.by_name.get(server_name.lower())
-            if ctx is not None:
-                sslobj.context = ctx
+            table = self.web_by_name if ctx is self.web else self.by_name
+            picked = table.get(server_name.lower())
+            if picked is not None:
+                sslobj.context = picked
         return None
 
 

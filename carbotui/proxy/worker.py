@@ -27,6 +27,7 @@ from carbotui.proxy.context import SessionServices
 from carbotui.proxy.mail import MailSession
 from carbotui.proxy.tls import TlsContexts
 from carbotui.proxy.upstreams import health_loop
+from carbotui.proxy.h2conn import AlpnWebSession
 from carbotui.proxy.web import WebSession
 
 log = logging.getLogger("carbotui.proxy.worker")
@@ -98,9 +99,11 @@ class Worker:
                     tls = WEB_KINDS[kind]
 
                     def factory(kind=kind, tls=tls, addresses=None):
-                        return WebSession(services, kind, tls, addresses)
+                        # TLS: ALPN may pick HTTP/2 (h2conn), else HTTP/1.1 as on port 80
+                        return (AlpnWebSession if tls else WebSession)(services, kind, tls,
+                                                                       addresses)
                 sock = listeners.bind(endpoint)
-                ssl_ctx = services.tls.front if tls else None
+                ssl_ctx = services.tls.for_listener(kind) if tls else None
                 if endpoint.proxy_protocol:
                     self._accepting.append((sock, loop.create_task(
                         proxied.serve(services, sock, factory, ssl_ctx, endpoint))))
