@@ -15,7 +15,7 @@ SHELL := /bin/bash
 PY    := .venv/bin/python
 CTL   := .venv/bin/supervisorctl -c supervisord.conf
 # what `make up` keeps running (`make cluster` adds haproxy, node1, node2)
-SERVICES := memcached slapd mbox1 mbox2 web1 web2 'proxy:*'
+SERVICES := memcached slapd mbox1 mbox2 web1 web2 'proxy:*' metrics
 
 .PHONY: up down demo test venv cluster screenshots
 

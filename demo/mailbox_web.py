@@ -608,7 +608,8 @@ class DemoWeb:
         if "\\" in user:
             domain, _, local = user.partition("\\")
             user = f"{local}@{domain}"
-        return self.accounts.authenticate(user, password) if colon else None
+        account = self.accounts.find_user(user.strip()) if colon else None   # bare names too
+        return account if account and check_ssha512(password, account.password) else None
 
     @staticmethod
     def _unauthorized() -> Reply:

@@ -478,12 +478,14 @@ def check_paths() -> None:
 #   var/log     root:carbotui 0750  supervisord writes (and rotates) every child's log here,
 #                                   so the service user may not create files in it (a symlink
 #                                   in place of a rotated log would make root write through
-#                                   it); audit.log and alerts.log are made here for it
+#                                   it); audit.log, alerts.log, access.log and
+#                                   sessions.log are made here for it
 #   private keys and secrets it reads (TLS keys, proxy.secret, accounts.json): 0640 root:carbotui;
 #   the CA key 0600 root.
 
 SERVICE_USER = "carbotui"
-SERVICE_LOGS = ("audit.log", "alerts.log")  # var/log files the service user appends to
+# var/log files the service user appends to
+SERVICE_LOGS = ("audit.log", "alerts.log", "access.log", "sessions.log")
 # var/run entries the service user's programs create (owned by it, so they can replace them)
 SERVICE_RUN_FILES = ("proxy_*.sock", "proxy_*.ctl", "auditwatch.state", "auditwatch.state.tmp")
 CLUSTER = VAR / "cluster"  # `make cluster` nodes' var_dir (etc/cluster/node*.toml)
@@ -834,6 +836,7 @@ CHECKS: list[tuple[str, str, int, Callable[[str, int], None]]] = [
     ("proxy", "127.0.0.1", 10110, POP3), ("proxy", "127.0.0.1", 10995, POP3S),
     ("proxy", "127.0.0.1", 10080, HTTP), ("proxy", "127.0.0.1", 10443, HTTPS),
     ("proxy", "127.0.0.1", 16071, HTTPS),
+    ("metrics", "127.0.0.1", 19100, HTTP),
 ]
 
 
