@@ -23,12 +23,12 @@ DEFAULT_NAMES = ["Strict-Transport-Security", "Permissions-Policy", "Referrer-Po
                  "X-Frame-Options", "Expect-CT", "Content-Security-Policy"]
 
 
-def curl_head(url: str, *args: str, host: str = "") -> str:
-    """The response head curl got (HTTP/1.1), as text ("" when it got none: a new virtual
-    host's certificate not served yet, say)."""
+def curl_head(url: str, *args: str, host: str = "", version: str = "--http1.1") -> str:
+    """The response head curl got (HTTP/1.1 unless ``version`` says otherwise), as text
+    ("" when it got none: a new virtual host's certificate not served yet, say)."""
     resolve = ["--resolve", f"{host}:{HTTPS}:{HOST}", "--resolve", f"{host}:{HTTP}:{HOST}"] \
         if host else []
-    out = subprocess.run(["curl", "-sS", "--http1.1", "--max-time", "10", "--cacert", str(CA),
+    out = subprocess.run(["curl", "-sS", version, "--max-time", "10", "--cacert", str(CA),
                           "-o", "/dev/null", "-D", "-", *resolve, *args, url],
                          capture_output=True, timeout=20)
     return out.stdout.decode("latin-1")
@@ -74,6 +74,13 @@ def test_https_gets_hsts_and_carbonios_default_set_once_each():
         "max-age=31536000; includeSubDomains; preload"]
     assert values(head, "X-Frame-Options") == ["sameorigin"]
     assert values(head, "X-Demo-Server")                 # the server's own headers kept
+
+
+def test_http2_responses_get_them_too():
+    head = curl_head(f"https://mail.demo.test:{HTTPS}/health", host="mail.demo.test",
+                     version="--http2")
+    assert head.startswith("HTTP/2 200")
+    assert [len(values(head, n)) for n in DEFAULT_NAMES] == [1] * len(DEFAULT_NAMES)
 
 
 def test_the_admin_listener_and_the_proxys_own_error_pages_get_them_too():
