@@ -17,7 +17,7 @@ HTTPS = WEB_PORTS["https"]
 
 
 def curl(*args: str) -> bytes:
-    out = subprocess.run(["curl", "-sS", "-i", "--max-time", "10", "--cacert", str(CA),
+    out = subprocess.run(["curl", "-sS", "--http1.1", "-i", "--max-time", "10", "--cacert", str(CA),
                           "--resolve", f"mail.demo.test:{WEB_PORTS['http']}:{HOST}",
                           "--resolve", f"mail.demo.test:{HTTPS}:{HOST}", *args],
                          capture_output=True, timeout=20)
@@ -93,13 +93,13 @@ def test_a_certificate_changed_in_ldap_is_served_without_dropping_sessions():
 
 def test_admin_console_routes_by_admin_token(tmp_path):
     jar = tmp_path / "jar"
-    subprocess.run(["curl", "-sS", "--cacert", str(CA), "-c", str(jar), "-d",
+    subprocess.run(["curl", "-sS", "--http1.1", "--cacert", str(CA), "-c", str(jar), "-d",
                     f"username=user02@demo.test&password={PASSWORD}",
                     f"https://{HOST}:{HTTPS}/login"], capture_output=True, timeout=20)
     token = next(l.split("\t")[-1] for l in jar.read_text().splitlines()
                  if "ZM_AUTH_TOKEN" in l)
     for _ in range(6):
-        head = subprocess.run(["curl", "-sS", "-i", "--cacert", str(CA), "-b",
+        head = subprocess.run(["curl", "-sS", "--http1.1", "-i", "--cacert", str(CA), "-b",
                                f"ZM_ADMIN_AUTH_TOKEN={token}",
                                f"https://{HOST}:{WEB_PORTS['admin']}/health"],
                               capture_output=True, timeout=20).stdout
@@ -116,7 +116,7 @@ def test_tls_to_the_mailbox_servers_is_verified(custom_worker, memcached):
     # The web front too ([web] upstream_tls): to the servers' 8443, verified the same way.
     seen = set()
     for _ in range(6):
-        head = subprocess.run(["curl", "-sS", "-i", "--cacert", str(CA),
+        head = subprocess.run(["curl", "-sS", "--http1.1", "-i", "--cacert", str(CA),
                                f"https://{HOST}:{w.ports['https']}/health"],
                               capture_output=True, timeout=20).stdout
         assert head.startswith(b"HTTP/1.1 200"), head[:200]

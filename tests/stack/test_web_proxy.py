@@ -21,7 +21,8 @@ HTTPS = WEB_PORTS["https"]
 
 
 def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    cmd = ["curl", "-sS", "--max-time", str(int(timeout)), "--cacert", str(CA),
+    # HTTP/1.1 behaviour is what these tests check (curl would pick h2 by ALPN)
+    cmd = ["curl", "-sS", "--http1.1", "--max-time", str(int(timeout)), "--cacert", str(CA),
            "--resolve", f"{VHOST}:{HTTPS}:{HOST}", "--resolve", f"{VHOST}:{WEB_PORTS['http']}:{HOST}",
            *args]
     return subprocess.run(cmd, capture_output=True, timeout=timeout + 10)
@@ -237,7 +238,8 @@ def test_chunked_upload_and_keep_alive_reuse(tmp_path):
     want = hashlib.sha256(blob.read_bytes()).hexdigest()
     # Chunked in (curl reads stdin with Transfer-Encoding: chunked), then two more
     # requests on the same client connection.
-    common = ["--cacert", str(CA), "--resolve", f"{VHOST}:{HTTPS}:{HOST}", "-sS", "-v"]
+    common = ["--http1.1", "--cacert", str(CA), "--resolve", f"{VHOST}:{HTTPS}:{HOST}", "-sS",
+              "-v"]
     out = subprocess.run(["curl", *common, "-H", "Transfer-Encoding: chunked",
                           "--data-binary", f"@{blob}", f"https://{VHOST}:{HTTPS}/upload",
                           "--next", *common, f"https://{VHOST}:{HTTPS}/health",
