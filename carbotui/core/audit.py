@@ -169,7 +169,8 @@ def failure(login: str, reason: str) -> str:
 class AuditLog:
     """Appends lines (audit.log, and access.log and sessions.log through
     carbotui/proxy/logs.py); notices rotation (a new file at the path) by itself within
-    CHECK_EVERY, and at once on ``reopen()`` (SIGUSR1, logrotate's postrotate).
+    CHECK_EVERY unless ``follow`` is off, and at once on ``reopen()`` (SIGUSR1,
+    logrotate's postrotate).
 
     Writing never raises: a file that cannot be opened (a rotated log whose new file is
     not there yet, in a directory the service user may not create files in) keeps the
@@ -179,8 +180,11 @@ class AuditLog:
     CHECK_EVERY = 1.0
     COMPLAIN_EVERY = 60.0
 
-    def __init__(self, path: os.PathLike | str):
+    def __init__(self, path: os.PathLike | str, *, follow: bool = True):
         self.path = os.fspath(path)
+        # follow=False: no look at the path per CHECK_EVERY; only reopen() moves to a new
+        # file, as nginx's logs do on USR1 (access.log and sessions.log).
+        self.follow = follow
         self._fd = -1
         self._ino = None
         self._checked = 0.0
@@ -224,9 +228,10 @@ class AuditLog:
 
     def write_line(self, line: str) -> None:
         now = time.monotonic()
-        if self._fd < 0 or (now - self._checked > self.CHECK_EVERY and self._rotated()):
+        every = self.CHECK_EVERY if self.follow else math.inf
+        if self._fd < 0 or (now - self._checked > every and self._rotated()):
             self._open()
-        if now - self._checked > self.CHECK_EVERY:
+        if now - self._checked > every:
             self._checked = now
         if self._fd < 0:
             self.dropped += 1

@@ -35,8 +35,10 @@ class NodeLogs:
     def __init__(self, services: SessionServices):
         settings = services.settings
         self.services = services
-        self.access = AuditLog(settings.access_log)
-        self.sessions = AuditLog(settings.sessions_log)
+        # As nginx's: a new file only on SIGUSR1 (no stat of the path per request).
+        # audit.log also follows a rotation by itself within a second (auditwatch).
+        self.access = AuditLog(settings.access_log, follow=False)
+        self.sessions = AuditLog(settings.sessions_log, follow=False)
 
     def reopen(self) -> None:
         """SIGUSR1: every log file this worker appends to, opened again by name."""

@@ -181,6 +181,28 @@ def test_reopen_follows_a_rotated_file(tmp_path):
     assert path.read_text() == "three\n"
 
 
+def test_a_log_that_does_not_follow_moves_only_on_reopen(tmp_path):
+    path = tmp_path / "sessions.log"
+    log = AuditLog(path, follow=False)
+    log.write_line("one\n")
+    os.rename(path, tmp_path / "sessions.log.1")
+    path.write_text("")
+    log._checked -= 3600                          # long after: still no look at the path
+    log.write_line("two\n")
+    assert path.read_text() == ""
+    log.reopen()
+    log.write_line("three\n")
+    assert (tmp_path / "sessions.log.1").read_text() == "one\ntwo\n"
+    assert path.read_text() == "three\n"
+    follows = AuditLog(tmp_path / "audit.log")    # audit.log: notices by itself
+    follows.write_line("a\n")
+    os.rename(tmp_path / "audit.log", tmp_path / "audit.log.1")
+    (tmp_path / "audit.log").write_text("")
+    follows._checked -= 2 * follows.CHECK_EVERY
+    follows.write_line("b\n")
+    assert (tmp_path / "audit.log").read_text() == "b\n"
+
+
 def test_a_file_that_cannot_be_opened_never_raises(tmp_path, capsys):
     path = tmp_path / "access.log"
     log = AuditLog(path)
