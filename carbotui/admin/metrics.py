@@ -50,7 +50,11 @@ from carbotui.core import settings as config
 log = logging.getLogger("carbotui.admin.metrics")
 
 PREFIX = "carbotui_"
-RESULTS = {"ok": "ok", "failed": "failed", "temporary": "temporary"}   # Logins field -> label
+# the states a session of a listener kind goes through (worker_sockets.Session.state): each
+# gets a sample, 0 included, so a gauge does not vanish when nothing is open
+MAIL_STATES, WEB_STATES = ("preauth", "login", "proxy"), ("http", "websocket")
+STATES = {"imap": MAIL_STATES, "imaps": MAIL_STATES, "pop3": MAIL_STATES, "pop3s": MAIL_STATES,
+          "http": WEB_STATES, "https": WEB_STATES, "admin": WEB_STATES}
 
 
 # --- counters that survive worker restarts ---------------------------------------------------
@@ -267,7 +271,9 @@ class NodeCollector:
         yield _gauge("worker_draining", "1 while the worker drains (SIGTERM).", ["worker"],
                      sorted(((n,), int(bool(s.draining))) for n, s in snaps.items()))
         # sessions
-        open_ = Counter((s.protocol, s.state) for snap in live for s in snap.sessions)
+        open_ = Counter({(kind, state): 0 for kind in getattr(self.settings, "listen", {})
+                         for state in STATES.get(kind, ())})
+        open_.update((s.protocol, s.state) for snap in live for s in snap.sessions)
         yield _gauge("sessions", "Client sessions open now, by listener and state "
                      "(preauth, login, proxy, http, websocket).", ["protocol", "state"],
                      sorted(open_.items()))
