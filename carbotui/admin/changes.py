@@ -300,13 +300,18 @@ class Admin:
     def set_response_headers(self, domain: str | None, op: str, values) -> Result:
         """zimbraReverseProxyResponseHeaders of the global config (``domain`` None) or
         of a domain: ``op`` "=" replaces the list ([] removes it: back to the global set,
-        or Carbonio's default), "+" adds values, "-" removes them. The list that would
-        result is checked whole before anything is written."""
+        or Carbonio's default), "+" adds values, "-" removes them. "+" and "-" start from
+        the list in force when the attribute is unset (a domain: the global list; the
+        global config: Carbonio's default set), so adding one header keeps the others.
+        The list that would result is checked whole before anything is written."""
         values = [v for v in values if v != ""]
         dn, where = self._headers_dn(domain)
         attrs = self.directory.response_headers()
-        current = list(attrs.values if domain is None else
-                       attrs.domains.get(domain.strip().lower(), ((), ""))[0])
+        inherited = list(attrs.values or webheaders.DEFAULT_HEADERS)
+        if domain is None:
+            current = inherited
+        else:
+            current = list(attrs.domains.get(domain.strip().lower(), ((), ""))[0]) or inherited
         if op == "=":
             after = values
         elif op == "+":
@@ -322,11 +327,7 @@ class Admin:
             webheaders.check_list(after)
         except webheaders.BadHeader as exc:
             raise AdminError(f"{HEADERS_ATTR}: {exc}") from None
-        if op == "=" or not after:
-            change = [(ldap3.MODIFY_REPLACE, after)]
-        else:
-            change = [(ldap3.MODIFY_ADD if op == "+" else ldap3.MODIFY_DELETE, values)]
-        self.directory.modify(dn, {HEADERS_ATTR: change})
+        self.directory.modify(dn, {HEADERS_ATTR: [(ldap3.MODIFY_REPLACE, after)]})
         return Result(f"{where}: {len(after)} response header(s) set" if after else
                       f"{where}: {HEADERS_ATTR} removed ("
                       f"{'Carbonio default set' if domain is None else 'the global set'})")

@@ -12,6 +12,7 @@ from carbotui.admin import changes as admin
 from carbotui.admin.changes import AdminError
 from carbotui.backends.directory import Domain, ResponseHeaderAttrs
 from carbotui.core import certs
+from carbotui.protocols import webheaders
 
 GLOBAL_DN = "cn=config"
 
@@ -68,14 +69,26 @@ def test_global_list_replace_add_remove(memory):
     assert "2 response header(s) set" in str(a.set_response_headers(
         None, "=", ["X-Frame-Options: DENY", "Strict-Transport-Security: max-age=60"]))
     a.set_response_headers(None, "+", ["X-Robots-Tag: none"])
-    assert memory.writes[-1] == (GLOBAL_DN, {admin.HEADERS_ATTR: [(ldap3.MODIFY_ADD,
-                                                                  ["X-Robots-Tag: none"])]})
+    assert memory.writes[-1] == (GLOBAL_DN, {admin.HEADERS_ATTR: [(ldap3.MODIFY_REPLACE, [
+        "X-Frame-Options: DENY", "Strict-Transport-Security: max-age=60", "X-Robots-Tag: none"])]})
     a.set_response_headers(None, "-", ["X-Frame-Options: DENY"])
     assert memory.response_headers().values == ("Strict-Transport-Security: max-age=60",
                                                  "X-Robots-Tag: none")
     result = a.set_response_headers(None, "=", [])
     assert "removed (Carbonio default set)" in str(result)
     assert memory.response_headers().values == ()
+
+
+def test_adding_to_an_unset_list_keeps_what_was_in_force(memory):
+    a = admin.Admin(memory)
+    a.set_response_headers(None, "+", ["X-Extra: 1"])        # unset: Carbonio's default set
+    assert memory.response_headers().values == (*webheaders.DEFAULT_HEADERS, "X-Extra: 1")
+    a.set_response_headers("demo.test", "-", ["X-Extra: 1"])  # unset: the global list
+    assert memory.response_headers().domains["demo.test"][0] == webheaders.DEFAULT_HEADERS
+    a.set_response_headers(None, "-", ["X-Robots-Tag: noindex, nofollow"])
+    assert "X-Robots-Tag: noindex, nofollow" not in memory.response_headers().values
+    with pytest.raises(AdminError, match="given twice"):
+        a.set_response_headers("corp.test", "+", ["x-frame-options: DENY"])
 
 
 @pytest.mark.parametrize("values, reason", [
