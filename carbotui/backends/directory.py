@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPBindError, LDAPException, LDAPStartTLSError
 from ldap3.utils.conv import escape_filter_chars
 
 from carbotui.core.settings import ConfigError, Settings
@@ -159,18 +159,37 @@ def make_server(settings: Settings, url: str) -> ldap3.Server:
                         get_info=ldap3.NONE, tls=tls)
 
 
+def _ok(result) -> bool:
+    """A SAFE_SYNC answer is (status, result, response, request); others a bool."""
+    return bool(result[0] if isinstance(result, tuple) else result)
+
+
 def connect(settings: Settings, server: ldap3.Server, user: str, password, *,
             read_only: bool) -> ldap3.Connection:
     """Open, StartTLS when configured (before the bind), bind; every step bounded by
     ``ldap.timeout``. Raises LDAPException (an OSError/ssl.SSLError subclass too when
-    the socket or TLS failed) or ConfigError (a password file that cannot be read)."""
+    the socket or TLS failed) or ConfigError (a password file that cannot be read).
+    A step that fails closes the socket at once (ldap3's auto_bind leaves it to the
+    garbage collector)."""
     timeout = _whole_seconds(settings.ldap_timeout)
     start_tls = settings.ldap_start_tls and not server.ssl and not server.ipc
-    return ldap3.Connection(
+    conn = ldap3.Connection(
         server, user=user or None, password=password() if user else None,
-        client_strategy=ldap3.SAFE_SYNC,
-        auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if start_tls else True,
+        client_strategy=ldap3.SAFE_SYNC, auto_bind=ldap3.AUTO_BIND_NONE,
         receive_timeout=timeout, raise_exceptions=True, read_only=read_only)
+    try:
+        conn.open(read_server_info=False)
+        if start_tls and not _ok(conn.start_tls(read_server_info=False)):
+            raise LDAPStartTLSError(f"StartTLS refused: {conn.result}")
+        if not _ok(conn.bind(read_server_info=False)):
+            raise LDAPBindError(f"bind refused: {conn.result}")
+    except BaseException:
+        try:
+            conn.unbind()                      # closes the socket
+        except Exception:  # noqa: BLE001 - already broken; the first error is the one
+            pass
+        raise
+    return conn
 
 
 class Directory:
@@ -199,7 +218,7 @@ class Directory:
         self._conn: ldap3.Connection | None = None       # lookups
         self._admin: ldap3.Connection | None = None      # changes
         self._conn_key: tuple | None = None
-        self._servers: list[ldap3.Server] = []
+        self._servers: list[tuple[str, ldap3.Server]] = []   # (url as configured, server)
         self._down_until: dict[str, float] = {}          # url -> monotonic time
         self.in_use = ""                                 # url of the last server connected
         self._lock = threading.Lock()
@@ -210,11 +229,10 @@ class Directory:
     def _open(self, user: str, password, *, read_only: bool) -> ldap3.Connection:
         """A bound connection to the first server that takes it (see the class doc)."""
         now = time.monotonic()
-        up = [s for s in self._servers if self._down_until.get(s.name, 0.0) <= now]
+        up = [s for s in self._servers if self._down_until.get(s[0], 0.0) <= now]
         down = [s for s in self._servers if s not in up]
         failures = []
-        for server in up or down:
-            url = server.name
+        for url, server in up or down:
             try:
                 conn = connect(self.settings, server, user, password, read_only=read_only)
             except ConfigError:
@@ -240,7 +258,8 @@ class Directory:
         if key != self._conn_key:
             self._drop()
             self._conn_key = key
-            self._servers = [make_server(self.settings, url) for url in self.settings.ldap_urls]
+            self._servers = [(url, make_server(self.settings, url))
+                             for url in self.settings.ldap_urls]
             self._down_until.clear()
 
     def _connection(self) -> ldap3.Connection:

@@ -253,6 +253,9 @@ def parse_ldap_urls(raw, key: str) -> LdapUrls:
     if not items:
         raise ConfigError(f"{key}: no URL given")
     seen = set()
+    # "ldap://host:389/" is a valid RFC 4516 URL that ldap3 cannot parse: no trailing "/"
+    items = [u[:-1] if u.partition("://")[2].endswith("/") and
+             not u.lower().startswith("ldapi:") else u for u in items]
     for url in items:
         problem = _ldap_url_problem(url)
         if problem:
@@ -272,13 +275,13 @@ def _ldap_url_problem(url: str) -> str | None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in LDAP_SCHEMES:
         return "expected ldap://, ldaps:// or ldapi://"
-    where = rest[:-1] if rest.endswith("/") else rest
+    if scheme.lower() == "ldapi":
+        return None if rest.strip("/") else "ldapi:// needs the socket's path " \
+            "(ldapi://%2Frun%2Fslapd%2Fldapi or ldapi:///run/slapd/ldapi)"
+    where = rest
     if any(c in where for c in "/?#"):
         return "only scheme://host[:port] (a DN, attributes or a filter in the URL are " \
                "not used: set ldap.base)"
-    if scheme.lower() == "ldapi":
-        return None if where else "ldapi:// needs the socket path, %2F-encoded " \
-                                  "(ldapi://%2Frun%2Fslapd%2Fldapi)"
     host, port = where, ""
     if where.startswith("["):
         host, _, tail = where[1:].partition("]")

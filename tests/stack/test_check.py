@@ -184,16 +184,19 @@ def test_a_listener_change_is_a_warning_per_listener_against_the_running_workers
 # --- TLS to LDAP, and virtual host certificates in LDAP, on a private slapd --------------------
 
 def tls_node(tmp_path: Path, root: Path, url: str, ca: Path) -> Path:
+    start_tls = "true" if url.startswith("ldap://") else "false"
     return node_file(tmp_path, (
-        f'[ldap]\nurl = "{url}"\nbase = "{BASE}"\nca_file = "{ca}"\n'
+        f'[ldap]\nurl = "{url}"\nbase = "{BASE}"\nca_file = "{ca}"\nstart_tls = {start_tls}\n'
         f'bind_dn = "{ADMIN}"\npassword_file = "{root / "admin.secret"}"\n'
         f'lookup_bind_dn = "{READER}"\nlookup_password_file = "{root / "reader.secret"}"\n'))
 
 
-def test_ldaps_verified_with_the_configured_ca_and_refused_with_another(slapds, tmp_path):
+@pytest.mark.parametrize("start_tls", [False, True], ids=["ldaps", "starttls"])
+def test_tls_verified_with_the_configured_ca_and_refused_with_another(slapds, tmp_path,
+                                                                      start_tls):
     made, root = slapds
     good = made["good"]
-    url = f"ldaps://127.0.0.1:{good.ldaps}"
+    url = f"ldap://127.0.0.1:{good.ldap}" if start_tls else f"ldaps://127.0.0.1:{good.ldaps}"
     p = run(tls_node(tmp_path, root, url, CA))
     assert p.returncode == 0, p.stderr
     assert p.lines == [f"{tmp_path / 'node.toml'}: warning: node.name proxy.demo.test: no "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import time
 
@@ -152,5 +153,24 @@ def test_a_replica_whose_certificate_fails_is_failed_over_before_any_bind(slapds
         assert d.default_domain() == "tls.test" and d.in_use == good_url
         assert rogue.binds() == []
         assert ADMIN in good.binds()
+    finally:
+        d.close()
+
+
+def test_a_refused_bind_leaves_no_socket_behind(tmp_path):
+    """Every failed attempt closes its socket at once (ldap3's auto_bind left it to the
+    garbage collector: a worker retrying a wrong password gathered descriptors)."""
+    (tmp_path / "wrong.secret").write_text("not the password")
+    s = with_urls(DEMO, lookup_password_file=tmp_path / "wrong.secret")
+    d = Directory(s)
+    fds = lambda: len(os.listdir("/proc/self/fd"))          # noqa: E731
+    try:
+        with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):
+            d.default_domain()
+        before = fds()
+        for _ in range(20):
+            with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):
+                d.default_domain()
+        assert fds() == before
     finally:
         d.close()

@@ -41,12 +41,18 @@ def load(tmp_path, ldap: str = 'url = "ldap://127.0.0.1:10389"\n', extra: str = 
 @pytest.mark.parametrize("raw, urls", [
     ('"ldap://127.0.0.1:10389"', ("ldap://127.0.0.1:10389",)),
     ('"ldap://a.example:389 ldap://b.example:389"', ("ldap://a.example:389", "ldap://b.example:389")),
-    ('["ldaps://a.example", "ldap://[::1]:389/"]', ("ldaps://a.example", "ldap://[::1]:389/")),
+    ('["ldaps://a.example", "ldap://[::1]:389/"]', ("ldaps://a.example", "ldap://[::1]:389")),
     ('"ldapi://%2Frun%2Fslapd%2Fldapi"', ("ldapi://%2Frun%2Fslapd%2Fldapi",)),
-], ids=["one", "zimbra-spaces", "list-mixed", "ldapi"])
+    ('"ldapi:///run/slapd/ldapi"', ("ldapi:///run/slapd/ldapi",)),
+], ids=["one", "zimbra-spaces", "list-mixed", "ldapi", "ldapi-path"])
 def test_url_takes_one_a_list_or_zimbras_space_separated_string(tmp_path, raw, urls):
     s = load(tmp_path, f"url = {raw}\n")
     assert s.ldap_urls == urls and isinstance(s.ldap_urls, config.LdapUrls)
+    for url in urls:                   # and ldap3 takes each as it is stored
+        server = directory.make_server(s, url)
+        assert server.ipc == url.startswith("ldapi:") and server.ssl == url.startswith("ldaps:")
+    if urls[0].startswith("ldapi:"):
+        assert server.host.replace("//", "/") == "/run/slapd/ldapi"
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -59,6 +65,7 @@ def test_url_takes_one_a_list_or_zimbras_space_separated_string(tmp_path, raw, u
     ('["ldap://a.example", "ldap://A.example"]', "'ldap://A.example' is listed twice"),
     ('["ldapi://%2Frun%2Fldapi", "ldap://b.example"]', "ldapi:// is this host's own slapd "
                                                         "socket; it cannot be one of several"),
+    ('"ldapi:///"', "ldapi:// needs the socket's path"),
     ('[]', "no URL given"),
     ('""', "no URL given"),
     ('3', "expected a URL, a list of URLs or URLs separated by spaces, got 3"),
