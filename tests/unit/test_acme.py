@@ -115,3 +115,19 @@ def test_only_small_regular_files(webroot):
 def test_a_missing_webroot_is_a_404_not_a_crash(tmp_path):
     assert files.read_challenge(tmp_path / "nope", TOKEN) is None
     assert respond(tmp_path / "nope", b"GET", P + TOKEN.encode()).startswith(b"HTTP/1.1 404 ")
+
+
+# --- any bytes at all ------------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st     # noqa: E402
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_whatever_follows_the_prefix_a_token_is_only_ever_base64url(rest):
+    token = acme.challenge_token(P + rest)
+    if token:
+        assert 1 <= len(token) <= acme.MAX_TOKEN
+        assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                 "0123456789-_")
+        assert rest.partition(b"?")[0] == token.encode()

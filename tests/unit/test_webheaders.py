@@ -142,3 +142,27 @@ def test_add_missing_never_overrides_the_servers_header():
 def test_add_missing_with_nothing_to_add_leaves_the_head_alone():
     head = [(b"A", b"1")]
     assert wh.add_missing(head, ()) == [(b"A", b"1")]
+
+
+# --- any text at all -------------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st     # noqa: E402
+
+from carbotui.protocols import http11                         # noqa: E402
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=200))
+def test_a_header_is_refused_or_one_clean_line(text):
+    try:
+        name, value = wh.parse_header(text)
+    except BadHeader as exc:
+        assert "\r" not in str(exc) and "\n" not in str(exc)
+        return
+    line = f"{name}: {value}"
+    assert line.isascii() and line.isprintable() or "\t" in value
+    assert not any(c in line for c in "\r\n\x00")
+    sent = wh.header_set([text], "")                      # it, and the default CSP
+    assert (name.encode(), value.encode()) == sent[0][:2] and len(sent) in (1, 2)
+    head = http11.serialize_response_head(200, None, wh.add_missing([], sent))
+    assert head.count(b"\r\n") == 2 + len(sent)              # status, the headers, the end
