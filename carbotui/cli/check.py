@@ -360,6 +360,19 @@ def listening(pid: int) -> set[tuple[str, int]]:
     return out
 
 
+def _config_of(pid: int) -> Path | None:
+    """The settings file process ``pid`` was started with (its ``--config``), or None."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    args = [a.decode(errors="replace") for a in argv]
+    if "--config" not in args[:-1]:
+        return None
+    return (cwd / args[args.index("--config") + 1]).resolve()
+
+
 def _key(host: str, port: int) -> tuple[str, int]:
     return ("127.0.0.1" if host == "localhost" else str(ipaddress.ip_address(host)), port)
 
@@ -384,6 +397,10 @@ def probe_listeners(s: Settings) -> list[Line]:
             continue                      # a stale socket: that worker is not running
     if not workers:
         return out + [checked("no worker running (listeners not compared)")]
+    # The workers that run this very file, when some do (another program may share the
+    # run_dir); else every worker found: the file is a candidate for them.
+    same = [w for w in workers if _config_of(w[1]) == s.path]
+    workers = same or workers
     extra = {_key(s.metrics_listen.host, s.metrics_listen.port)} if s.metrics_listen else set()
     added: dict[tuple[str, int], list[str]] = {}
     gone: dict[tuple[str, int], list[str]] = {}

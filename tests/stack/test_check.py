@@ -70,8 +70,7 @@ def pair(tmp_path: Path, names=("proxy.demo.test",), **kw) -> str:
 
 def test_the_demo_node_passes_every_probe():
     p = run(DEMO)
-    assert p.returncode == 0, p.stderr
-    assert demo_workers(p.lines) == [] and all(": warning: listen" in x for x in p.lines)
+    assert (p.returncode, p.stderr) == (0, "")
     assert p.stdout.startswith(f"{DEMO}: OK (node proxy.demo.test")
     for seen in ("LDAP 1/1", "memcached 1/1", "the [tls] certificate",
                  "1 virtual host certificate"):

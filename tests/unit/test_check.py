@@ -7,6 +7,8 @@ import datetime as dt
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 
@@ -188,6 +190,19 @@ def test_listening_reads_this_process_own_listeners():
         assert ("127.0.0.1", listener.getsockname()[1]) in bound
         assert ("::1", six.getsockname()[1]) in bound
         assert all(port != 0 for _, port in bound)
+
+
+def test_a_process_config_file_is_read_from_its_command_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
+                             "--config", "node.toml"], cwd=tmp_path, stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10         # until the child has exec'd python
+        while check._config_of(proc.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert check._config_of(proc.pid) == tmp_path / "node.toml"
+        assert check._config_of(os.getpid()) is None          # pytest has no --config
+    finally:
+        proc.communicate(b"", timeout=10)
 
 
 def test_one_address_for_two_kinds_is_an_error_and_no_worker_means_no_comparison(tmp_path):
