@@ -17,8 +17,10 @@ the whole check takes a few seconds even when nothing answers; nothing is starte
   valid now and covers ``[node] name``; a virtual host's certificate covers its names.
   Less than 14 days left is a warning.
 * listeners: ``[listen]`` against the sockets the running workers (their stats sockets
-  under ``run_dir``) listen on; SIGHUP does not rebind, so each difference is a warning
-  that a restart is needed. The same address for two kinds is an error.
+  under ``run_dir``; those started with this file when there are any) listen on, read
+  from /proc; SIGHUP does not rebind, so each difference is a warning that a restart is
+  needed (a changed ``proxy_protocol`` flag is not seen). The same address for two kinds
+  is an error.
 
 Each problem is one line on stderr (``warning:`` in front when it does not fail the check);
 the exit status is 1 when any line is an error, else 0 with one ``OK`` line on stdout.

@@ -4,6 +4,7 @@ The working server is the demo's slapd; the dead ones are real sockets: a port n
 listens on (refused at once) and a listener that accepts TCP but never answers (a hung
 slapd: only the receive timeout ends the bind). TLS replicas are the private slapds of
 test_ldap_tls (one with a certificate from a CA nobody configured, one from the demo CA).
+Last, a real worker process whose first two servers are dead.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import dataclasses
 import logging
 import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -18,7 +20,7 @@ import pytest
 from carbotui.backends.directory import Directory, DirectoryUnavailable
 from carbotui.core import settings as config
 
-from .conftest import SETTINGS, wait_for
+from .conftest import REPO, SETTINGS, CustomWorker, imap_login, read_stats, wait_for
 from .test_ldap_tls import ADMIN, slapds, settings as tls_settings  # noqa: F401 (fixture)
 
 DEMO = SETTINGS.ldap_urls[0]
@@ -174,3 +176,31 @@ def test_a_refused_bind_leaves_no_socket_behind(tmp_path):
         assert fds() == before
     finally:
         d.close()
+
+
+def test_a_worker_whose_first_ldap_server_is_dead_serves_through_the_second(tmp_path, hung):
+    """A real worker with url = "<hung> <refused> <demo>": it starts, reads the cluster
+    settings and routes a login (the route flushed first, so LDAP is asked) through the
+    third server, and says so once in its log."""
+    url = f'"{hung.url} {REFUSED} {DEMO}"'
+    worker = CustomWorker(tmp_path, {"url": url, "timeout": "1"}, 23000, index=93)
+    try:
+        stats = read_stats(str(worker.stats_path))
+        assert stats["config"]["ldap_error"] == "" and \
+            "mail.demo.test" in stats["config"]["virtual_hosts"]
+        subprocess.run([str(REPO / ".venv/bin/carbotui"), "prov", "flushCache",
+                        "user09@demo.test"], cwd=REPO, check=True, capture_output=True,
+                       timeout=30)
+        before = read_stats(str(worker.stats_path))["ldap_searches"]
+        conn = imap_login("user09@demo.test", port=worker.ports["imaps"])
+        try:
+            assert conn.select("INBOX")[0] == "OK"
+        finally:
+            conn.logout()
+        assert read_stats(str(worker.stats_path))["ldap_searches"] > before
+        log = (tmp_path / "worker.log").read_text()
+        assert log.count(f"LDAP: now using {DEMO}") == 1
+        assert log.count(f"LDAP {hung.url} failed") == 1 and log.count(f"LDAP {REFUSED} failed") == 1
+        assert hung.connections() == 1                   # the hung one cost one timeout
+    finally:
+        worker.stop()
