@@ -229,7 +229,19 @@ class H2Session(WebSession):
             # FLOW_CONTROL_ERROR, ENHANCE_YOUR_CALM for an HPACK bomb ...).
             log.info("client %s: HTTP/2 protocol error: %s; GOAWAY", self.client_ip,
                      str(exc)[:200])
-            self._write()
+            out = self.h2.data_to_send()
+            if not out:
+                # A bad preface is refused before h2 queues anything (RFC 9113 §3.4:
+                # the GOAWAY may be omitted; a client that tried HTTP/2 still reads it).
+                try:
+                    self.h2.close_connection(getattr(exc, "error_code", None)
+                                             or Codes.PROTOCOL_ERROR)
+                except h2.exceptions.ProtocolError:
+                    pass
+                out = self.h2.data_to_send()
+            if out and not self.transport.is_closing():
+                self.bytes_out += len(out)
+                self.transport.write(out)
             self._close_soon()
             return
         started = []

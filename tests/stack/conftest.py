@@ -343,7 +343,9 @@ def first_subject_imap(conn) -> str:
 class CustomWorker:
     """A real worker process with its own settings and ports, for limits tests."""
 
-    def __init__(self, tmp_path: Path, mail: dict, port_base: int):
+    def __init__(self, tmp_path: Path, mail: dict, port_base: int, index: int = 90):
+        # index: the worker number (its stats socket); two custom workers alive at once
+        # need two
         text = (REPO / "carbotui.toml").read_text()
         # Every listener moves, or SO_REUSEPORT would let this worker join the real ones.
         for port in (*PORTS.values(), *WEB_PORTS.values()):
@@ -362,14 +364,16 @@ class CustomWorker:
         self.ports = {k: port_base + p % 1000 for k, p in (*PORTS.items(), *WEB_PORTS.items())}
         self.log = open(tmp_path / "worker.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "carbotui.proxy", "--config", str(cfg),
-                                      "--worker", "90"], cwd=REPO, stdout=self.log,
+                                      "--worker", str(index)], cwd=REPO, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         wait_for(lambda: all(port_open(p) for p in self.ports.values()) or self.proc.poll(),
                  15, what="custom worker listening")
         assert self.proc.poll() is None, (tmp_path / "worker.log").read_text()
         # The port probes above were sessions too; start from an idle worker.
-        self.stats_path = REPO / "var/run/proxy_90.sock"
-        wait_for(lambda: not read_stats(str(self.stats_path))["sessions"], 10,
+        self.stats_path = REPO / f"var/run/proxy_{index}.sock"
+        # (the stats socket may come a moment after the listeners: wait for it too)
+        wait_for(lambda: self.stats_path.exists()
+                 and not read_stats(str(self.stats_path))["sessions"], 10,
                  what="custom worker idle")
 
     def stop(self):
