@@ -193,13 +193,22 @@ def access_line(*, timestamp: float, client_ip: str, client_port: int, remote_us
     else:
         authority, uri = clean_target(target)
         request = (f"{escape(method, METHOD_MAX)} {scheme}://"
-                   f"{escape(authority or host, HOST_MAX)}{escape(uri, URI_MAX)} "
+                   f"{escape(host_name(authority or host), HOST_MAX)}{escape(uri, URI_MAX)} "
                    f"HTTP/{escape(version, 8)}")
     return (f"{_address(client_ip)}:{client_port} - {escape(remote_user, USER_MAX, space=True)} "
             f"[{time_local(timestamp)}] \"{request}\" {status} {bytes_sent} "
             f"\"{escape(clean_url(referer), REFERER_MAX)}\" "
             f"\"{escape(user_agent, USER_AGENT_MAX)}\" "
             f"\"{upstream or '-'}\" \"{_address(server_ip)}:{server_port}\"\n")
+
+
+def host_name(authority: bytes) -> bytes:
+    """nginx's $host: the name of an authority, lower case, without its port."""
+    name = authority.lower()
+    if name.startswith(b"["):
+        end = name.find(b"]")
+        return name[:end + 1] if end > 0 else name
+    return name.partition(b":")[0]
 
 
 def _address(ip: str) -> str:

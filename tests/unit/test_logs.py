@@ -105,9 +105,15 @@ def test_secret_values_leave_the_target(target, logged):
 
 
 def test_an_absolute_target_names_its_host_without_userinfo():
-    line = access(target=b"https://user:secret@other.test:8443/a?zauthtoken=x")
-    assert ACCESS.match(line)["request"] == "GET https://other.test:8443/a?zauthtoken=- HTTP/1.1"
+    line = access(target=b"https://user:secret@Other.Test:8443/a?zauthtoken=x")
+    assert ACCESS.match(line)["request"] == "GET https://other.test/a?zauthtoken=- HTTP/1.1"
     assert "secret" not in line and "user" not in line
+
+
+def test_the_host_is_nginxs_host_lower_case_without_port():
+    for host, logged in ((b"Mail.Demo.Test:10443", "mail.demo.test"), (b"[::1]:443", "[::1]"),
+                         (b"127.0.0.1", "127.0.0.1")):
+        assert ACCESS.match(access(host=host))["request"] == f"GET https://{logged}/mail HTTP/1.1"
 
 
 def test_the_referer_is_cleaned_too():
