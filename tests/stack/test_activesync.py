@@ -11,6 +11,7 @@ proved cheaply on a worker of their own (custom_worker) with small values.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -148,6 +149,26 @@ def test_a_user_argument_that_is_no_name_is_balanced(query):
 def test_a_huge_authorization_header_is_431():
     status, headers, _ = raw_request(SYNC, auth="Basic " + "QUFB" * 5000)
     assert status == 431 and "x-demo-server" not in headers
+
+
+def soap_token(user: str) -> str:
+    status, _, body = curl("-H", "Content-Type: application/json", "--data",
+                           '{"Body": {"AuthRequest": {"account": {"by": "name", "_content": "'
+                           + user + '"}, "password": {"_content": "' + PASSWORD + '"}}}}',
+                           url("/service/soap/AuthRequest"))
+    assert status == 200, body
+    return json.loads(body)["Body"]["AuthResponse"]["authToken"][0]["_content"]
+
+
+def test_a_zauthtoken_argument_routes_like_the_cookie_and_garbage_is_balanced():
+    token = soap_token("user02@demo.test")
+    for _ in range(4):   # a web client's SOAP long poll carries the token in the URL
+        status, headers, _ = curl("-X", "POST", "--data", "{}",
+                                  url(f"/service/soap/NoOpRequest?zauthtoken={token}"))
+        assert (status, headers["x-demo-server"]) == (200, "mbox2")
+    for bad in ("garbage", "0_ab_zz", token[:-2], f"{token}&zauthtoken={token}"):
+        seen = servers_seen(lambda: raw_request(f"/service/soap/NoOpRequest?zauthtoken={bad}"))
+        assert seen == {"mbox1", "mbox2"}, bad
 
 
 # ------------------------------------------------------- audit and throttle
