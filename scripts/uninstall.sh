@@ -34,10 +34,12 @@ if [[ -e $SUPERVISOR_CONF ]]; then
     rm -f "$SUPERVISOR_CONF"
     log "removed $SUPERVISOR_CONF"
     removed=1
-    if command -v supervisorctl >/dev/null && "${SUPERVISORCTL[@]}" pid >/dev/null 2>&1; then
-        # stops (SIGTERM, stopwaitsecs) and removes the groups whose file is gone
-        "${SUPERVISORCTL[@]}" update carbotui carbotui-metrics 2>&1 | grep -v "no such group" || true
-    fi
+fi
+# Also when the file is gone already (an uninstall cut short): a supervisord that still has
+# the programs would restart them as fast as they are stopped below. `update` stops
+# (SIGTERM, stopwaitsecs) and forgets the groups whose file is gone.
+if command -v supervisorctl >/dev/null && "${SUPERVISORCTL[@]}" pid >/dev/null 2>&1; then
+    "${SUPERVISORCTL[@]}" update carbotui carbotui-metrics 2>&1 | grep -v "no such group" || true
 fi
 
 if [[ -d /run/systemd/system ]]; then
