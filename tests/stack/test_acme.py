@@ -18,7 +18,7 @@ from carbotui.admin.changes import Admin
 from carbotui.backends.directory import Directory
 from carbotui.core import certs
 from tests.stack.conftest import CA, HOST, REPO, SETTINGS, WEB_PORTS, wait_for, worker_stats
-from tests.stack.test_security_headers import every_worker, scratch_domain
+from tests.stack.test_security_headers import every_worker, scratch_domain, settled
 
 HTTP, HTTPS = WEB_PORTS["http"], WEB_PORTS["https"]
 CHALLENGES = SETTINGS.web.acme_webroot / ".well-known" / "acme-challenge"
@@ -158,6 +158,7 @@ def test_the_deploy_hook_stores_the_certificate_and_every_worker_serves_it(tmp_p
     with scratch_domain(name, vhost):
         every_worker(lambda: _serial_or_0(vhost) != 0, "the scratch virtual host served")
         old = sni_serial(vhost)
+        before = settled()
         issued, cert, key = lineage(tmp_path, [vhost, "proxy.demo.test"])
         t0 = time.monotonic()
         done = hook(issued, [vhost, "proxy.demo.test"])
@@ -165,7 +166,7 @@ def test_the_deploy_hook_stores_the_certificate_and_every_worker_serves_it(tmp_p
         assert f"{name}: installed the certificate" in done.stdout
         assert "proxy.demo.test: no domain's virtual hostname" in done.stdout
         every_worker(lambda: _serial_or_0(vhost) == cert.serial_number,
-                     "the deployed certificate on every worker")
+                     "the deployed certificate on every worker", after=before)
         took = time.monotonic() - t0
         assert old != cert.serial_number
         # a lineage whose key is not the certificate's: refused, nothing changes

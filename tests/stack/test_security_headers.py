@@ -15,7 +15,7 @@ import pytest
 from carbotui.admin.changes import Admin
 from carbotui.backends.directory import Directory
 from carbotui.protocols import webheaders
-from tests.stack.conftest import CA, HOST, REPO, SETTINGS, WEB_PORTS, wait_for
+from tests.stack.conftest import CA, HOST, REPO, SETTINGS, WEB_PORTS, wait_for, worker_stats
 
 HTTPS, HTTP, ADMIN = WEB_PORTS["https"], WEB_PORTS["http"], WEB_PORTS["admin"]
 DEFAULT_NAMES = ["Strict-Transport-Security", "Permissions-Policy", "Referrer-Policy",
@@ -38,10 +38,27 @@ def values(head: str, name: str) -> list[str]:
     return [m.group(1) for m in re.finditer(rf"(?im)^{re.escape(name)}:[ \t]*(.*?)\r?$", head)]
 
 
-def every_worker(predicate, what: str, timeout: float = 15.0) -> float:
-    """Wait until ``predicate`` holds for six requests in a row (whichever workers take
-    them; each polls LDAP on its own clock); the seconds it took."""
+def _versions() -> list[str]:
+    try:
+        return [w["config"]["version"] for w in worker_stats()]
+    except (OSError, ValueError, KeyError):          # a worker restarting
+        return []
+
+
+def settled(what: str = "every worker on the same LDAP settings") -> str:
+    """The settings version every worker reports, once they all report the same."""
+    return wait_for(lambda: (v := _versions()) and len(set(v)) == 1 and v[0], 15,
+                    interval=0.1, what=what)
+
+
+def every_worker(predicate, what: str, after: str = "", timeout: float = 15.0) -> float:
+    """Wait until every worker applied LDAP settings other than version ``after`` (each
+    polls LDAP on its own clock), then until ``predicate`` holds for six requests in a
+    row (whichever workers take them); the seconds it took."""
     t0 = time.monotonic()
+    if after:
+        wait_for(lambda: (v := _versions()) and len(set(v)) == 1 and v[0] != after, timeout,
+                 interval=0.1, what=f"{what}: a new settings version on every worker")
     wait_for(lambda: all(predicate() for _ in range(6)), timeout, interval=0.2, what=what)
     return time.monotonic() - t0
 
@@ -105,13 +122,14 @@ def test_per_domain_override_and_the_servers_own_header_wins():
     vhost = f"www.{name}"
     with scratch_domain(name, vhost) as d:
         admin = Admin(d)
+        before = settled()
         # X-Demo-Server is a header the mailbox server (demo/mailbox_web.py) sets itself
         admin.set_response_headers(name, "=", ["X-Demo-Server: proxy", "X-Frame-Options: DENY",
                                                f"X-Scratch: {name}"])
         admin.set_csp_header(name, "Content-Security-Policy: default-src 'none'")
         url = f"https://{vhost}:{HTTPS}/health"
         took = every_worker(lambda: values(curl_head(url, host=vhost), "X-Scratch") == [name],
-                            "the domain's headers on every worker")
+                            "the domain's headers on every worker", after=before)
         head = curl_head(url, host=vhost)
         assert values(head, "X-Demo-Server") in (["mbox1"], ["mbox2"])   # once, the server's
         assert values(head, "X-Frame-Options") == ["DENY"]
@@ -131,13 +149,14 @@ def test_a_global_change_applies_within_seconds_and_a_bad_value_is_skipped():
     url = f"https://{HOST}:{HTTPS}/health"
     logs = sorted((REPO / "var/log").glob("proxy_*.log"))
     sizes = {p: p.stat().st_size for p in logs}
+    before = settled()
     try:
         # what a hand-made LDAP change could hold: prov would refuse the third value
         d.modify(dn, {webheaders.HEADERS_ATTR: [(ldap3.MODIFY_REPLACE, [
             *webheaders.DEFAULT_HEADERS, f"X-Probe: {probe}",
             "X-Bad: a\r\nX-Injected: 1"])]})
         took = every_worker(lambda: values(curl_head(url), "X-Probe") == [probe],
-                            "the new global header on every worker")
+                            "the new global header on every worker", after=before)
         head = curl_head(url)
         assert "X-Injected" not in head and "X-Bad" not in head
         assert values(head, "Strict-Transport-Security")
@@ -162,6 +181,7 @@ def test_prov_changes_the_global_list_and_back():
     probe = secrets.token_hex(6)
     prov = [str(REPO / ".venv/bin/carbotui"), "prov"]
     url = f"https://{HOST}:{HTTPS}/health"
+    before = settled()
     try:
         for args in (["modifyConfig", "zimbraReverseProxyResponseHeaders",
                       "Strict-Transport-Security: max-age=600",
@@ -174,7 +194,9 @@ def test_prov_changes_the_global_list_and_back():
         shown = subprocess.run(prov + ["getConfig"], cwd=REPO, capture_output=True, text=True,
                                timeout=30).stdout
         assert f"zimbraReverseProxyResponseHeaders: X-Probe: \"{probe}\"" in shown
-        every_worker(lambda: values(curl_head(url), "X-Probe") == [probe], "prov's change")
+        every_worker(lambda: (h := curl_head(url)) and values(h, "X-Probe") == [probe]
+                     and values(h, "Content-Security-Policy") == ["default-src 'self'"],
+                     "prov's two changes", after=before)
         head = curl_head(url)
         assert values(head, "Strict-Transport-Security") == ["max-age=600"]
         assert values(head, "Content-Security-Policy") == ["default-src 'self'"]
