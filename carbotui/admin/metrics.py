@@ -354,7 +354,8 @@ class NodeCollector:
                 healthy[key] = healthy.get(key, True) and bool(u.healthy)
                 active_up[key] += int(u.active)
         yield _gauge("web_upstream_healthy", "1 when every worker takes the upstream for "
-                     "healthy.", ["server", "kind"], sorted((k, int(v)) for k, v in healthy.items()))
+                     "healthy.", ["server", "kind"],
+                     sorted((k, int(v)) for k, v in healthy.items()))
         yield _gauge("web_upstream_active", "Web requests in flight, by upstream.",
                      ["server", "kind"], sorted(active_up.items()))
         yield _counter("web_upstream_requests", "Web requests sent, by upstream.",

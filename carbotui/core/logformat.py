@@ -4,7 +4,7 @@ access.log: one line per web request, in Carbonio's ``nginx.access.log`` field o
 
     $remote_addr:$remote_port - $remote_user [$time_local] "$request_method $scheme://$host$request_uri $server_protocol" $status $bytes_sent "$http_referer" "$http_user_agent" "$upstream_addr" "$server_addr:$server_port"
 
-    127.0.0.1:50412 - - [01/Dec/2026:12:40:03 +0000] "GET https://mail.demo.test/mail?zauthtoken=- HTTP/1.1" 200 1432 "-" "curl/7.88.1" "127.0.0.2:8080" "127.0.0.1:10443"
+    127.0.0.1:50412 - - [01/Dec/2026:12:40:03 +0000] "GET https://mail.demo.test/mail?zauthtoken=-&view=1 HTTP/1.1" 200 1432 "-" "curl/7.88.1" "127.0.0.2:8080" "127.0.0.1:10443"
 
 Every field a client controls (method, Host, target, Referer, User-Agent, the Basic user
 name) is escaped as nginx's ``escape=default`` does: ``"``, ``\\`` and every byte outside
@@ -13,16 +13,18 @@ break a line), and each field is cut to a fixed length (``...`` marks a cut), wh
 line below PIPE_BUF (4096 bytes): one ``write()`` on an O_APPEND descriptor, never
 interleaved with another worker's. Query and path-parameter values whose name says token,
 auth, password, secret, session ... (``zauthtoken``, ``authtoken``, ``jsessionid``) become
-``-`` (in the target and the Referer); userinfo in a URL is dropped; ``$remote_user`` is only the user
-name of a Basic ``Authorization``, never its password; cookies are never an input.
+``-`` (in the target and the Referer); userinfo in a URL is dropped; ``$remote_user`` is
+only the user name of a Basic ``Authorization``, never its password; cookies are never an
+input. ``$host`` is nginx's: the name, lower case, without the port.
 
 sessions.log: one line per ended (logged-in) mail session, ``key=value`` pairs::
 
     2026-12-01T12:40:03.512+00:00 protocol=imaps client=127.0.0.1:50418 account=user01@demo.test server=mbox1 duration=0.084 bytes_in=52 bytes_out=1169 reason=logout worker=proxy_01 session=10000000007
 
-A value made only of ``[A-Za-z0-9._@:+/-]`` (and ``[]`` around an IPv6 address) stands bare; any other is double-quoted with
-``"``, ``\\``, space and every byte outside printable ASCII as ``\\xHH``, cut to a fixed
-length: no value holds a space, so splitting a line on spaces always gives its pairs.
+A value made only of ``[A-Za-z0-9._@:+/-]`` (and ``[]`` around an IPv6 address) stands
+bare; any other is double-quoted with ``"``, ``\\``, space and every byte outside printable
+ASCII as ``\\xHH``, cut to a fixed length: no value holds a space, so splitting a line on
+spaces always gives its pairs.
 """
 from __future__ import annotations
 
@@ -56,11 +58,13 @@ def escape(raw: bytes | str, limit: int, *, space: bool = False) -> str:
     """``raw`` as nginx's access log writes it (``\\xHH`` for ``"``, ``\\`` and bytes
     outside 0x20-0x7e; with ``space``, for spaces too: a field that stands unquoted), at
     most ``limit`` characters; ``-`` when empty."""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogateescape")
     if not raw:
         return "-"
-    if (_PLAIN_WORD if space else _PLAIN).fullmatch(raw, 0, limit + 1):   # the usual case
+    if raw.__class__ is str:
+        raw = raw.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit and (_PLAIN_WORD if space else _PLAIN).fullmatch(raw):
+        return raw.decode("ascii")                # the usual case: nothing to escape or cut
+    if (_PLAIN_WORD if space else _PLAIN).fullmatch(raw, 0, limit + 1):
         text = raw[:limit + 1].decode("ascii")
     else:
         table = _ESCAPE_SPACE if space else _ESCAPE
@@ -80,6 +84,11 @@ def escape(raw: bytes | str, limit: int, *, space: bool = False) -> str:
 _SECRET_PART = re.compile(rb"token|auth|passw|secret|sess|jwt|credential|signature|apikey|"
                           rb"api_key|ticket|otp")
 _SECRET_NAMES = {b"pw", b"pwd", b"pass", b"key", b"sig", b"code", b"sid", b"csrf"}
+# Could any parameter of this (not percent-encoded) text be a secret one? Cheap first look.
+_MAYBE_SECRET = re.compile(rb"(?i)token|auth|passw|secret|sess|jwt|credential|signature|"
+                           rb"apikey|api_key|ticket|otp|(?:^|[?&;/])(?:pw|pwd|pass|key|sig|code|"
+                           rb"sid|csrf)(?:=|$)")
+_ABSOLUTE = re.compile(rb"(?i)([a-z][a-z0-9+.-]*://)([^/?#]*)")
 REDACTED = b"-"
 
 
@@ -109,11 +118,16 @@ def clean_target(target: bytes) -> tuple[bytes, bytes]:
     parameters (query, and ``;name=value`` path parameters) replaced by ``-`` and no
     fragment."""
     authority = b""
-    m = re.match(rb"(?i)[a-z][a-z0-9+.-]*://([^/?#]*)", target)
-    if m:
-        authority = m.group(1).rpartition(b"@")[2]
-        target = target[m.end():] or b"/"
-    target = target.partition(b"#")[0]
+    if target[:1] != b"/":
+        m = _ABSOLUTE.match(target)
+        if m:
+            authority = m.group(2).rpartition(b"@")[2]
+            target = target[m.end():] or b"/"
+    if b"#" in target:
+        target = target.partition(b"#")[0]
+    if (b"%" not in target and not _MAYBE_SECRET.search(target)) or \
+            (b"?" not in target and b";" not in target):
+        return authority, target                  # the usual case: nothing to redact
     path, q, query = target.partition(b"?")
     if b";" in path:
         path = b"/".join(_redact_params(seg, b";") for seg in path.split(b"/"))
@@ -125,7 +139,9 @@ def clean_target(target: bytes) -> tuple[bytes, bytes]:
 def clean_url(url: bytes) -> bytes:
     """A URL a client sent (the Referer) for the log: as ``clean_target``, keeping the
     scheme and the authority (without userinfo)."""
-    m = re.match(rb"(?i)([a-z][a-z0-9+.-]*://)([^/?#]*)", url)
+    if not url or (b"?" not in url and b";" not in url and b"@" not in url and b"#" not in url):
+        return url
+    m = _ABSOLUTE.match(url)
     if not m:
         return clean_target(url)[1]
     authority, rest = clean_target(url)

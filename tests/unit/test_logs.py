@@ -92,13 +92,18 @@ def test_a_line_of_the_largest_fields_stays_below_pipe_buf():
 
 @pytest.mark.parametrize("target,logged", [
     (b"/mail?zauthtoken=0_abc123&x=1", b"/mail?zauthtoken=-&x=1"),
-    (b"/service/preauth?account=a&authToken=T0K&expires=0", b"/service/preauth?account=a&authToken=-&expires=0"),
-    (b"/x?ZAUTHTOKEN=1&%7Aauthtoken=2&auth_token=3&token=4", b"/x?ZAUTHTOKEN=-&%7Aauthtoken=-&auth_token=-&token=-"),
+    (b"/service/preauth?account=a&authToken=T0K&expires=0",
+     b"/service/preauth?account=a&authToken=-&expires=0"),
+    (b"/x?ZAUTHTOKEN=1&%7Aauthtoken=2&auth_token=3&token=4",
+     b"/x?ZAUTHTOKEN=-&%7Aauthtoken=-&auth_token=-&token=-"),
     (b"/login?username=u&password=p&pw=1", b"/login?username=u&password=-&pw=-"),
     (b"/mail;jsessionid=ABC/inbox?x=1", b"/mail;jsessionid=-/inbox?x=1"),
     (b"https://user:secret@mail.demo.test/a?b=1#frag", b"/a?b=1"),
     (b"/plain/path?x=1&y=2", b"/plain/path?x=1&y=2"),
     (b"/a?zauthtoken", b"/a?zauthtoken"),           # a name without a value carries nothing
+    (b"/login?pw=1&key=2&keyword=3", b"/login?pw=-&key=-&keyword=3"),
+    (b"/x;sid=1?code=2", b"/x;sid=-?code=-"),
+    (b"/x?%70w=1", b"/x?%70w=-"),                  # percent-encoding hides no name
 ])
 def test_secret_values_leave_the_target(target, logged):
     assert lf.clean_target(target)[1] == logged
