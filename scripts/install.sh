@@ -20,6 +20,7 @@
 # starts a service otherwise: it says what to fill in. CARBOTUI_WORKERS=N overrides the core
 # count. Undo: `make uninstall` (scripts/uninstall.sh).
 set -euo pipefail
+umask 022                        # /opt/carbotui must be readable by the carbotui user
 cd "$(dirname "$0")/.."
 TREE=$(pwd)
 

@@ -219,7 +219,7 @@ def clean_up(tree: Path | None) -> None:
             stop_supervisord(pid)
     restore_admin_files()
     memcached = Memcached()
-    for i in range(WORKERS):         # the fleet entries the node published (10 s TTL)
+    for i in [*range(WORKERS), SYSTEMD_WORKER]:   # the node's fleet entries (10 s TTL)
         memcached.delete(f"fleet:member:{NODE_ID}/proxy_{i:02d}".encode())
 
 
@@ -430,6 +430,57 @@ def test_the_workers_run_as_carbotui_not_root(node):
         caps = int(st["CapEff"], 16)
         # workers: CAP_NET_BIND_SERVICE (ports below 1024) and nothing else; the others none
         assert caps == (1 << 10 if pid in workers else 0), (procs[pid], st["CapEff"])
+
+
+def unit_service_section(name: str) -> dict[str, str]:
+    """The [Service] keys of an installed unit file (one value per key: these have one)."""
+    out, section = {}, ""
+    for line in (UNIT_DIR / name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+SYSTEMD_WORKER = 9           # an index no supervisor worker has
+
+
+def test_a_worker_started_as_the_systemd_unit_says_binds_beside_the_others(node):
+    """No systemd runs here, so the unit's way is played with setpriv: its User, Group,
+    AmbientCapabilities, CapabilityBoundingSet, NoNewPrivileges and ExecStart, as read from
+    the installed carbotui-proxy@.service. Started unprivileged with the one capability,
+    the worker must bind the seed's ports (SO_REUSEPORT beside the supervisor workers, which
+    run as the same user) and serve its stats socket."""
+    unit = unit_service_section("carbotui-proxy@.service")
+    assert (unit["User"], unit["Group"]) == ("carbotui", "carbotui")
+    assert unit["AmbientCapabilities"] == unit["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
+    assert unit["NoNewPrivileges"] == "yes"
+    argv = unit["ExecStart"].replace("%i", str(SYSTEMD_WORKER)).split()
+    proc = subprocess.Popen(
+        ["setpriv", "--reuid=carbotui", "--regid=carbotui", "--init-groups",
+         "--inh-caps=-all,+net_bind_service", "--ambient-caps=+net_bind_service",
+         "--bounding-set=-all,+net_bind_service", "--no-new-privs", *argv],
+        cwd=unit["WorkingDirectory"], env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        sock = RUN_DIR / f"proxy_{SYSTEMD_WORKER:02d}.sock"
+        wait_for(lambda: sock.exists() or proc.poll() is not None, 30, 0.1,
+                 what="the systemd-style worker's stats socket")
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+        st = status(proc.pid)
+        import pwd
+        assert [int(x) for x in st["Uid"].split()] == [pwd.getpwnam("carbotui").pw_uid] * 4
+        assert int(st["CapEff"], 16) == 1 << 10 and int(st["CapBnd"], 16) == 1 << 10
+        assert st["NoNewPrivs"].strip() == "1"
+        listening = run(["ss", "-Hltnp", "sport", "=", f":{node.ports['imaps']}"]).stdout
+        assert f"pid={proc.pid}," in listening, listening
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0].decode(errors="replace")
+    assert proc.returncode == 0, out
 
 
 def test_real_clients_log_in_over_imaps_and_pop3s(node, monkeypatch, tmp_path, inbox, folder,
