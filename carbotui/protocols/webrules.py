@@ -437,11 +437,18 @@ _NOT_IN_USER = re.compile(r"[\x00-\x20\x7f-\x9f/\\?#%;&=\"<>\u2028\u2029]")
 @dataclass(frozen=True, slots=True)
 class Basic:
     """``Authorization: Basic`` credentials (RFC 7617). ``typed`` is the user-id as
-    sent, ``login`` the account it names (``DOMAIN\\user`` is ``user@DOMAIN``). The
-    password is never shown by repr, never logged: the glue keys a hash of it."""
+    sent, ``login`` the account it names (``DOMAIN\\user`` is ``user@DOMAIN``), or ''
+    when it is no name to route by (then the login is still checked and counted, on
+    ``typed``: a server may read a name we do not). The password is never shown by
+    repr, never logged: the glue keys a hash of it."""
     typed: str
     login: str
     secret: bytes = field(repr=False)
+
+    @property
+    def counted(self) -> str:
+        """The name the user throttle and the audit go by."""
+        return self.login or self.typed
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,8 +481,9 @@ def checked_user(name: str) -> str:
 
 def basic_auth(headers: http11.Headers) -> Basic | None:
     """The Basic credentials of a request, or None: no Authorization, another
-    scheme, more than one Authorization field, base64 that is not strict, no ``:``
-    (RFC 7617 §2), a user-id that is not UTF-8 or not a name (`checked_user`)."""
+    scheme, more than one Authorization field, base64 that is not strict or longer
+    than MAX_BASIC_TOKEN, no ``:`` (RFC 7617 §2). A user-id that is not UTF-8 is read
+    as ISO-8859-1; one that is no name (`checked_user`) gives ``login`` ''."""
     values = http11.get_all(headers, b"authorization")
     if len(values) != 1:
         return None
@@ -493,9 +501,8 @@ def basic_auth(headers: http11.Headers) -> Basic | None:
     try:
         typed = user_id.decode("utf-8")
     except UnicodeDecodeError:
-        return None
-    login = checked_user(typed)
-    return Basic(typed, login, secret) if login else None
+        typed = user_id.decode("latin-1")
+    return Basic(typed, checked_user(typed.strip()), secret)
 
 
 def cookie_value(headers: http11.Headers, name: bytes) -> bytes | None:

@@ -442,7 +442,7 @@ class WebSession(HttpConnection):
     def _basic_login(self, req: http11.Request, basic: webrules.Basic) -> Login | None:
         """A Login for Basic credentials, or None when these very credentials logged
         in lately (CredentialCache): then they are not checked or audited again."""
-        name = audit.canonical_login(basic.login)
+        name = audit.canonical_login(basic.counted)
         digest = _RECENT_CREDENTIALS.digest(name, basic.secret)
         if _RECENT_CREDENTIALS.fresh(digest, self.services.loop.time()):
             return None

@@ -213,11 +213,12 @@ def test_a_brute_force_through_activesync_is_counted_and_refused(victim, memcach
     for i in range(20):                       # the demo's user_limit: 20 failures a minute
         target = SYNC if i % 2 else f"/dav/{victim}/Calendar/"
         method = "POST" if i % 2 else "PROPFIND"
-        status, headers, _ = raw_request(target, auth=basic(victim, f"guess{i}"),
+        spelling = (victim, f" {victim.upper()} ", "demo.test\\user05")[i % 3]
+        status, headers, _ = raw_request(target, auth=basic(spelling, f"guess{i}"),
                                          source=ATTACKER, method=method, port=port)
         assert (status, headers.get("x-demo-server")) == (401, "mbox1"), i
     wait_for(lambda: memcached.get(user_key(victim)) == b"20", 10,
-             what="20 failures counted on the account's key")
+             what="20 failures, however spelled, counted on the account's key")
     audit.wait(f"account={victim};", "oip=127.0.0.61;", "error=", count=20)
     for target, method in ((SYNC, "POST"), (f"/dav/{victim}/", "PROPFIND")):
         # the right password now: refused by the proxy, the server never sees it
