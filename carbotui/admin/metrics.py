@@ -53,6 +53,9 @@ PREFIX = "carbotui_"
 # the states a session of a listener kind goes through (worker_sockets.Session.state): each
 # gets a sample, 0 included, so a gauge does not vanish when nothing is open
 MAIL_STATES, WEB_STATES = ("preauth", "login", "proxy"), ("http", "websocket")
+# label values that always get a sample (others appear once counted: zsync, http_dav ...)
+LOGIN_PROTOCOLS, RESULTS = ("imap", "pop3", "soap"), ("ok", "failed", "temporary")
+LIMITS = ("ip", "user", "ip_connections")
 STATES = {"imap": MAIL_STATES, "imaps": MAIL_STATES, "pop3": MAIL_STATES, "pop3s": MAIL_STATES,
           "http": WEB_STATES, "https": WEB_STATES, "admin": WEB_STATES}
 
@@ -252,14 +255,20 @@ class NodeCollector:
     def _families(self, snaps: dict[str, WorkerSnapshot]):
         t = self.totals.totals()
 
-        def series(metric: str) -> list:
-            return sorted((key[1:], value) for key, value in t.items() if key[0] == metric)
+        def series(metric: str, always=()) -> list:
+            """The samples of one counter; ``always``: label values that get a sample, 0
+            included, before anything was counted (so the series exists from the start)."""
+            found = {key[1:]: value for key, value in t.items() if key[0] == metric}
+            for labels in always:
+                found.setdefault(labels, 0)
+            return sorted(found.items())
 
         def one(metric: str) -> list:
             return [((), t.get((metric,), 0))]
 
         live = list(snaps.values())
         workers = self._known_workers(snaps)
+        listeners = sorted(getattr(self.settings, "listen", {}))
         # workers
         yield _gauge("worker_up", "1 when the worker's stats socket answered this scrape.",
                      ["worker"], [((w,), int(w in snaps)) for w in workers])
@@ -278,11 +287,12 @@ class NodeCollector:
                      "(preauth, login, proxy, http, websocket).", ["protocol", "state"],
                      sorted(open_.items()))
         yield _counter("connections", "Client connections accepted, by listener.",
-                       ["protocol"], series("connections"))
+                       ["protocol"], series("connections", [(k,) for k in listeners]))
         yield _counter("logins", "Login attempts by protocol (imap, pop3, soap) and result: "
                        "ok, failed (wrong credentials, unknown account), temporary (LDAP or "
                        "mailbox server unavailable, maintenance, timeout).",
-                       ["protocol", "result"], series("logins"))
+                       ["protocol", "result"],
+                       series("logins", [(p, r) for p in LOGIN_PROTOCOLS for r in RESULTS]))
         yield _counter("mail_sessions_ended", "Relayed mail sessions that ended, by listener "
                        "and why (as in sessions.log).", ["protocol", "reason"],
                        series("sessions_ended"))
@@ -290,7 +300,7 @@ class NodeCollector:
         yield _counter("throttled", "Connections and logins refused by a limit: ip (the "
                        "per-address rate, blocked addresses included), user (failed-login "
                        "limit), ip_connections (concurrent connections per address).",
-                       ["limit"], series("throttled"))
+                       ["limit"], series("throttled", [(k,) for k in LIMITS]))
         yield _counter("blocked", "Connections refused because their address is blocked "
                        "(auditwatch, `carbotui blocks add`).", [], one("blocked"))
         yield _counter("rejected_busy", "Connections refused because the worker or the "

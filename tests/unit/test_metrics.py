@@ -217,3 +217,18 @@ def test_no_listener_configured_is_a_clear_exit(tmp_path, caplog):
         'private_key = "c.key"\n[ldap]\nurl = "ldap://127.0.0.1:10389"\nbase = "o=x"\n')
     assert metrics.main(["--config", str(tmp_path / "c.toml")]) == 2
     assert "no [metrics] listen" in caplog.text
+
+
+def test_fixed_series_exist_before_anything_was_counted(tmp_path):
+    idle = dataclasses.replace(snapshot("proxy_00", 10, ok=0), throttled={}, sessions=[],
+                               logins=wire.Logins())
+    collector = metrics.NodeCollector(settings(tmp_path, listen={"imaps": (), "https": ()}),
+                                      read=Feed(idle))
+    samples, _ = scrape(collector)
+    for limit in ("ip", "user", "ip_connections"):
+        assert value(samples, "carbotui_throttled_total", limit=limit) == 0
+    for result in ("ok", "failed", "temporary"):
+        assert value(samples, "carbotui_logins_total", protocol="soap", result=result) == 0
+    assert value(samples, "carbotui_sessions", protocol="imaps", state="proxy") == 0
+    assert value(samples, "carbotui_sessions", protocol="https", state="websocket") == 0
+    assert value(samples, "carbotui_connections_total", protocol="https") == 0
