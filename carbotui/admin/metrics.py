@@ -16,6 +16,8 @@ takes that drop as a counter reset, which ``rate()`` and ``increase()`` handle.
 ``carbotui_worker_restarts_total`` counts the new processes the exporter saw (two
 restarts between two scrapes count one).
 
+SIGTERM stops it; SIGUSR1 (logrotate's postrotate signalling a whole group) is ignored.
+
 Labels have small fixed value sets: protocol/listener kinds, result and status classes,
 mailbox server names, worker names and certificate names (from the settings and LDAP).
 Never a user, an account or an IP address.
@@ -458,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot listen on %s: %s", settings.metrics_listen, exc)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    # logrotate's postrotate may signal the whole group: no file to reopen here (the log
+    # is stderr), and USR1's default would end the process
+    signal.signal(signal.SIGUSR1, lambda *_: log.info("SIGUSR1: no log file to reopen"))
     log.info("serving http://%s/metrics for the workers in %s", settings.metrics_listen,
              settings.run_dir)
     try:

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carbotui.admin.node import AuditTail, read_worker_snapshots
 
-from .conftest import (CA, HOST, PASSWORD, PORTS, REPO, SETTINGS, WEB_PORTS, supervisorctl,
-                       tls_context, wait_for)
+from .conftest import (CA, HOST, PASSWORD, PORTS, REPO, SETTINGS, WEB_PORTS, process_pid,
+                       supervisorctl, tls_context, wait_for)
 
 URL = f"http://{SETTINGS.metrics_listen}/metrics"
 USERS = ("user07@demo.test", "user08@demo.test")      # odd: mbox1, even: mbox2
@@ -185,3 +185,14 @@ def test_what_a_scrape_holds():
     expiry = value(samples, "carbotui_certificate_expiry_timestamp_seconds", kind="vhost",
                    name="demo.test")
     assert expiry > 0
+
+
+def test_the_exporter_outlives_sigusr1():
+    pid = process_pid("metrics")
+    assert pid
+    supervisorctl("signal", "USR1", "metrics")
+    log = SETTINGS.log_dir / "metrics.log"
+    wait_for(lambda: "SIGUSR1: no log file to reopen" in log.read_text(errors="replace"), 10,
+             what="the exporter's USR1 line")
+    assert process_pid("metrics") == pid
+    assert scrape()[0]
