@@ -116,8 +116,10 @@ class H2Session(WebSession):
         web = services.settings.web
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=True,
-            validate_outbound_headers=True, normalize_inbound_headers=True,
-            normalize_outbound_headers=True))
+            normalize_inbound_headers=True, normalize_outbound_headers=True,
+            # what we send was parsed by http11 and built by h2rules.response_headers
+            # (lower-case names, no connection-specific fields): not checked twice
+            validate_outbound_headers=False))
         self.max_header_list = header_list_limit(web)
         streams = web.h2_max_concurrent_streams
         # Advertised from the first SETTINGS frame on, and enforced at once (h2's own
@@ -143,6 +145,7 @@ class H2Session(WebSession):
         self._since = loop.time()         # last stream started or ended (idle clock)
         self._block_started = 0.0
         self._reading_paused = False
+        self._write_due = False           # a _write_now is scheduled
 
     # -- lifecycle ----------------------------------------------------------
     async def _serve(self) -> None:
@@ -329,6 +332,15 @@ class H2Session(WebSession):
 
     # -- bytes out ----------------------------------------------------------
     def _write(self) -> None:
+        """Send h2's output at the end of this loop iteration: the frames of every
+        stream that moved meanwhile go out in one write (one TLS record, one syscall),
+        not one per frame."""
+        if not self._write_due:
+            self._write_due = True
+            self.services.loop.call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self._write_due = False
         data = self.h2.data_to_send()
         if data and not self.closed and not self.transport.is_closing():
             self.bytes_out += len(data)
@@ -375,13 +387,13 @@ class H2Session(WebSession):
             self.h2.close_connection(code, additional_data=reason[:100])
         except h2.exceptions.ProtocolError:
             pass
-        self._write()
         self._close_soon()
 
     def _close_soon(self) -> None:
         """Close once the last frames are out; abort a client that never takes them."""
         if self.transport is None or self.closed:
             return
+        self._write_now()
         self.transport.close()
         self.closed = True
         transport = self.transport
