@@ -280,7 +280,7 @@ def play_the_admin(ports: dict[str, int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Node:
+def node(tmp_path_factory, stack_services) -> Node:
     if os.geteuid() != 0:
         pytest.fail("make install needs root: run the suite as root (make test)", pytrace=False)
     if SAVED.exists():                       # a run that died half-way: undo it first
@@ -581,6 +581,28 @@ def test_logrotate_rotates_and_the_node_reopens_its_logs(node, tmp_path):
     # SIGUSR1 reopened the files; it did not stop (or restart) a worker
     workers_after = {pid for pid, cmd in installed_processes().items() if "carbotui.proxy" in cmd}
     assert workers_after == workers_before
+
+
+def test_make_install_of_new_code_restarts_the_workers_one_by_one(node):
+    """An upgrade: the tree changes, `make install` rebuilds the code and restarts each
+    worker on it (the service file is the same); the settings stay; the node serves."""
+    init = node.tree / "carbotui/__init__.py"
+    init.write_text(init.read_text() + "\n# upgraded by the install test\n")
+    before = {pid for pid, cmd in installed_processes().items() if "carbotui.proxy" in cmd}
+    out, seconds = make(node, "install")
+    print(f"make install of new code: {seconds:.1f} s")
+    assert "install: code installed" in out.stdout, out.stdout
+    assert "restarted the node on the new code" in out.stdout, out.stdout
+    assert "wrote" not in out.stdout                     # no file but the code changed
+    assert CONFIG.read_bytes() == node.config_before_second
+    after = {pid for pid, cmd in installed_processes().items() if "carbotui.proxy" in cmd}
+    assert len(after) == WORKERS and not before & after
+    code = (VENV / "lib").glob("python3*/site-packages/carbotui/__init__.py")
+    assert "upgraded by the install test" in next(code).read_text()
+    wait_until_serving(node)
+    with imaplib.IMAP4_SSL("127.0.0.1", node.ports["imaps"], ssl_context=tls(),
+                           timeout=15) as c:
+        assert c.login("user17@demo.test", clients.PASSWORD)[0] == "OK"
 
 
 def test_make_uninstall_leaves_only_the_settings_and_the_logs(node):
