@@ -18,7 +18,7 @@ the whole check takes a few seconds even when nothing answers; nothing is starte
   Less than 14 days left is a warning.
 * listeners: ``[listen]`` against the sockets the running workers (their stats sockets
   under ``run_dir``; those started with this file when there are any) listen on, read
-  from /proc; SIGHUP does not rebind, so each difference is a warning that a restart is
+  with ss and /proc; SIGHUP does not rebind, so each difference is a warning that a restart is
   needed (a changed ``proxy_protocol`` flag is not seen). The same address for two kinds
   is an error.
 
@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -330,35 +331,44 @@ def probe_memcached(s: Settings) -> list[Line]:
 
 # --- listeners ------------------------------------------------------------------------------
 
-def _address(hexaddr: str) -> tuple[str, int]:
-    """/proc/net/tcp{,6}'s local_address (host bytes in kernel order, port big-endian)."""
-    host, port = hexaddr.split(":")
-    raw = bytes.fromhex(host)
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return str(ipaddress.ip_address(raw)), int(port, 16)
+def listening_sockets() -> dict[str, tuple[str, int]] | None:
+    """inode -> (address, port) of every listening TCP socket of this network namespace,
+    from ``ss -Hltne`` (iproute2): netlink, with the state filtered in the kernel, so it
+    stays fast with 100,000 connections open (reading /proc/net/tcp took 9 s then).
+    None when ss cannot be run."""
+    try:
+        p = subprocess.run(["ss", "-Hltne"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if p.returncode:
+        return None
+    out = {}
+    for row in p.stdout.splitlines():
+        f = row.split()
+        inode = next((x[4:] for x in f if x.startswith("ino:")), "")
+        if len(f) < 5 or not inode:
+            continue
+        host, _, port = f[3].rpartition(":")
+        host = host.strip("[]").split("%", 1)[0]          # "127.0.0.1%lo", "[::1]"
+        try:
+            out[inode] = (str(ipaddress.ip_address("::" if host == "*" else host)), int(port))
+        except ValueError:
+            continue
+    return out
 
 
-def listening(pid: int) -> set[tuple[str, int]]:
-    """The TCP addresses process ``pid`` listens on. Raises OSError (not ours to see)."""
+def listening(pid: int, sockets: dict[str, tuple[str, int]]) -> set[tuple[str, int]]:
+    """The TCP addresses process ``pid`` listens on, among ``sockets``
+    (``listening_sockets()``). Raises OSError when its descriptors are not ours to see."""
     fd_dir = f"/proc/{pid}/fd"
-    inodes = set()
+    out = set()
     for fd in os.listdir(fd_dir):
         try:
             link = os.readlink(f"{fd_dir}/{fd}")
         except OSError:
             continue                      # closed meanwhile
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    out = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except FileNotFoundError:
-            continue                      # no IPv6
-        for row in rows:
-            f = row.split()
-            if f[3] == "0A" and f[9] in inodes:          # TCP_LISTEN
-                out.add(_address(f[1]))
+        if link.startswith("socket:[") and link[8:-1] in sockets:
+            out.add(sockets[link[8:-1]])
     return out
 
 
@@ -403,12 +413,16 @@ def probe_listeners(s: Settings) -> list[Line]:
     # run_dir); else every worker found: the file is a candidate for them.
     same = [w for w in workers if _config_of(w[1]) == s.path]
     workers = same or workers
+    sockets = listening_sockets()
+    if sockets is None:
+        return out + [warning("listen: `ss -Hltne` (iproute2) cannot be run; the running "
+                              "workers' listeners are not compared")]
     extra = {_key(s.metrics_listen.host, s.metrics_listen.port)} if s.metrics_listen else set()
     added: dict[tuple[str, int], list[str]] = {}
     gone: dict[tuple[str, int], list[str]] = {}
     for name, pid in workers:
         try:
-            bound = listening(pid)
+            bound = listening(pid, sockets)
         except OSError as exc:
             out.append(warning(f"listen: cannot see the sockets of {name} (pid {pid}: "
                                f"{exc.strerror}); run check as root or as the workers' user"))

@@ -9,6 +9,7 @@ Last, a real worker process whose first two servers are dead.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import socket
@@ -87,12 +88,12 @@ def test_a_hung_first_server_costs_its_timeout_once_then_is_skipped(hung):
         account, first = timed(lambda: d.find_account("user05@demo.test"))
         assert account is not None and d.in_use == DEMO
         assert hung.connections() == 1
-        assert 0.9 <= first < 1 + 2.5            # one receive timeout, then the demo slapd
+        assert 0.9 <= first < 1 + 4              # one receive timeout, then the demo slapd
         # a new connection (the old one broke, a reload...) goes straight to the second
         for _ in range(3):
             d.close()
             account, again = timed(lambda: d.find_account("user07@demo.test"))
-            assert account is not None and again < 0.5
+            assert account is not None and again < 0.9    # less than the hung one's 1 s
         assert hung.connections() == 1
     finally:
         d.close()
@@ -122,7 +123,7 @@ def test_every_server_down_fails_fast_naming_each(hung):
         start = time.monotonic()
         with pytest.raises(DirectoryUnavailable):
             d.default_domain()
-        assert time.monotonic() - start < 1 + 2.5
+        assert time.monotonic() - start < 1 + 4       # one timeout; refusals are instant
     finally:
         d.close()
 
@@ -169,11 +170,17 @@ def test_a_refused_bind_leaves_no_socket_behind(tmp_path):
     try:
         with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):
             d.default_domain()
+        gc.collect()                       # what earlier tests left for the collector
         before = fds()
-        for _ in range(20):
-            with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):
-                d.default_domain()
-        assert fds() == before
+        gc.disable()                       # a socket left to the collector stays counted
+        try:
+            for _ in range(20):
+                with pytest.raises(DirectoryUnavailable, match="invalidCredentials"):
+                    d.default_domain()
+            after = fds()
+        finally:
+            gc.enable()
+        assert after <= before
     finally:
         d.close()
 
@@ -183,7 +190,7 @@ def test_a_worker_whose_first_ldap_server_is_dead_serves_through_the_second(tmp_
     settings and routes a login (the route flushed first, so LDAP is asked) through the
     third server, and says so once in its log."""
     url = f'"{hung.url} {REFUSED} {DEMO}"'
-    worker = CustomWorker(tmp_path, {"url": url, "timeout": "1"}, 23000, index=93)
+    worker = CustomWorker(tmp_path, {"url": url, "timeout": "1"}, 23000, index=71)
     try:
         stats = read_stats(str(worker.stats_path))
         assert stats["config"]["ldap_error"] == "" and \
