@@ -25,6 +25,7 @@ Never a user, an account or an IP address.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -142,6 +143,14 @@ def counters_of(snap: WorkerSnapshot) -> dict:
 _VHOST_FILE = re.compile(r"^(?P<domain>.+)\.(?P<index>\d+)\.crt$")
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Certificates:
     """notAfter of the node's certificate and of each domain's virtual-host certificate as
     the workers serve it (run_dir/vhosts/<domain>.<worker index>.crt, written by
@@ -163,7 +172,8 @@ class Certificates:
         try:
             cert = certs.load_cert(path.read_bytes())
             not_after = cert.not_valid_after_utc.timestamp()
-            names = certs.san_names(cert)
+            # DNS names only: a label never holds an address, the server's own included
+            names = [n for n in certs.san_names(cert) if not _is_ip(n)]
         except (OSError, ValueError) as exc:
             log.warning("certificate %s unreadable: %s", path, exc)
             not_after, names = None, []

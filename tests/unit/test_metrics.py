@@ -192,6 +192,18 @@ def test_certificate_expiry_per_name(tmp_path):
     assert 29 * 86400 < left < 31 * 86400
 
 
+def test_a_certificate_for_addresses_only_is_named_default(tmp_path):
+    ca, ca_key = certs.make_ca("test CA")
+    cert, key = certs.issue(ca, ca_key, ["192.0.2.10"], ips=["192.0.2.10"])
+    certs.write_pair(cert, key, tmp_path / "ip.crt", tmp_path / "ip.key")
+    collector = metrics.NodeCollector(settings(tmp_path, tls_certificate=tmp_path / "ip.crt"),
+                                      read=Feed(snapshot("proxy_00", 10)))
+    samples, text = scrape(collector)
+    assert value(samples, "carbotui_certificate_expiry_timestamp_seconds", kind="default",
+                 name="default") > 0
+    assert "192.0.2.10" not in text
+
+
 def test_the_http_endpoint(tmp_path):
     collector = metrics.NodeCollector(settings(tmp_path), read=Feed(snapshot("proxy_00", 10)))
     server = metrics.serve(settings(tmp_path), collector)
