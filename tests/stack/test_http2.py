@@ -423,3 +423,31 @@ def test_an_idle_connection_gets_goaway_after_keepalive_timeout(lone_worker):
     assert frame.error_code == NO_ERROR and 3 < time.monotonic() - started < 10
     c.wait_closed()
     c.close()
+
+
+def test_head_and_connect_over_http2(lone_worker):
+    port = lone_worker.ports["https"]
+    out = curl("--http2", "-sI", url("/download?size=1000", port), port=port)
+    fields = head_of(out)
+    assert fields[""][0].startswith("HTTP/2 200") and fields["content-length"] == ["1000"]
+    assert out.stdout.endswith(b"\r\n\r\n")                     # a head, no body
+    c = Raw(port)
+    block = c.encoder.encode([(":method", "CONNECT"), (":authority", "mbox1.demo.test:7143")])
+    c.send(HeadersFrame(1, block, flags=["END_HEADERS"]))       # a tunnel asked, body open
+    reply = c.until(lambda f: isinstance(f, HeadersFrame) and f.stream_id == 1)
+    assert reply is not None and status_of(reply) == 405
+    # the page, END_STREAM, then RST_STREAM(NO_ERROR): the tunnel's body is not wanted
+    assert c.until(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == 1
+                   and f.error_code == NO_ERROR) is not None
+    c.send(c.headers(3))
+    assert status_of(c.until(lambda f: isinstance(f, HeadersFrame) and f.stream_id == 3)) == 200
+    c.close()
+
+
+def test_no_session_outlives_its_connection(lone_worker):
+    """After every attack above, the lone worker holds no session (no stream, task or
+    upstream left behind by a reset, a GOAWAY or a timeout)."""
+    from tests.stack.conftest import read_stats
+    wait_for(lambda: not read_stats(str(lone_worker.stats_path))["sessions"], 15,
+             what="the lone worker idle")
+    answers_normally(lone_worker)
