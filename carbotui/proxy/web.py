@@ -461,7 +461,7 @@ class WebSession(HttpConnection):
             # the name, then on the account it resolves to, before anything is sent.
             throttled = w.throttle.counts_users(self.client_ip)
             reject = throttled and await w.throttle.check_user(login.name, ip=self.client_ip)
-            if not reject:
+            if not reject and webrules.checked_user(login.name):   # no lookup of garbage
                 try:
                     route = await w.router.route_mail(login.name, "http", self.local_ip)
                 except RouteError:
