@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -758,6 +759,45 @@ def pyspy_profile(pid: int, seconds: float, run_load, top: int = 15) -> dict:
                          "incl_pct": round(100 * inclusive[f] / total, 1)} for f, c in rows]}
 
 
+def perf_profile(pids: list[int], seconds: float, run_load, top: int = 12) -> dict:
+    """`perf record` (software cpu-clock, user and kernel) of these processes while
+    run_load() runs: the share of their CPU samples in each shared object (the
+    interpreter, OpenSSL, uvloop, the kernel, nginx itself) and the top symbols. CPython
+    3.11 has no perf map, so Python code is all `libpython`."""
+    if not shutil.which("perf") or not pids:
+        return {"error": "perf is not installed (linux-perf)"}
+    data = VAR / "perf.data"
+    rec = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", ",".join(map(str, pids)),
+                            "-o", str(data), "--", "sleep", str(max(1, round(seconds)))],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    sample = run_load()
+    try:
+        err = rec.communicate(timeout=seconds + 30)[1]
+    except subprocess.TimeoutExpired:
+        rec.kill()
+        err = "perf did not finish"
+    if not data.exists():
+        return {"error": f"perf wrote nothing: {err.strip()[-300:]}"}
+
+    def report(sort: str) -> list[tuple[float, str]]:
+        out = subprocess.run(["perf", "report", "-i", str(data), "--sort", sort, "--stdio",
+                              "--percent-limit", "0.5"], capture_output=True, text=True,
+                             timeout=120).stdout
+        rows = []
+        for line in out.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.*\S)", line)
+            if m and not line.startswith("#"):
+                rows.append((float(m.group(1)), re.sub(r"\s+", " ", m.group(2))))
+        return rows
+
+    dsos, syms = report("dso"), report("dso,sym")
+    data.unlink()
+    return {"load": sample.target, "load_count": sample.count,
+            "by_object": [{"object": d, "pct": v} for v, d in dsos[:8]],
+            "top_symbols": [{"symbol": d, "pct": v} for v, d in syms[:top]]}
+
+
 def _frame(f: str) -> str:
     """'data_received (carbotui/proxy/mail.py:123)' -> 'data_received (proxy/mail.py)'."""
     name, _, where = f.partition(" (")
@@ -1086,6 +1126,18 @@ def markdown(report: dict) -> str:
             out += [f"| `{r['function']}` | {r['own_pct']} | {r['incl_pct']} |"
                     for r in d["top_own"]]
             out.append("")
+    perf = report.get("perf", {})
+    if perf:
+        out += ["", "## Where the workers' CPU goes (perf record, cpu-clock, user + kernel, "
+                "all workers of each proxy, separate runs)", ""]
+        for load, by in perf.items():
+            for name, d in by.items():
+                if "error" in d:
+                    out += [f"- {load}, {name}: {d['error']}"]
+                    continue
+                out += [f"{load}, {name} ({d['load_count']} operations): by object: " + ", ".join(
+                    f"{r['object']} {r['pct']}%" for r in d["by_object"]) + "; top symbols: " +
+                    ", ".join(f"`{r['symbol']}` {r['pct']}%" for r in d["top_symbols"][:8]), ""]
     if report.get("phase_seconds"):
         out += ["", "Wall time per phase, s: " + ", ".join(
             f"{k} {v:.0f}" for k, v in report["phase_seconds"].items())]
@@ -1138,8 +1190,11 @@ METHOD = [
     "HTTP/2: h2load (nghttp2), 1 thread, 16 connections x 10 streams, GET /health, when the "
     "proxy's HTTPS listener selects h2 by ALPN (nginx: `listen ... ssl http2`); a proxy "
     "that does not is reported as not available.",
+    "perf: `perf record -F 499` (cpu-clock) of all the workers of each proxy during a "
+    "separate HTTPS keep-alive and IMAPS run; `perf report --sort dso` and `dso,sym`.",
     "Profiles: py-spy record --nonblocking at 250 Hz of one carbotui worker during a "
-    "separate (unmeasured) HTTPS keep-alive run and IMAPS session run; the dashboard's "
+    "separate (unmeasured) HTTPS keep-alive run, HTTP/2 run (when it negotiates h2) and "
+    "IMAPS session run; the dashboard's "
     "refresh under cProfile once, after the timed refreshes.",
 ]
 
@@ -1181,6 +1236,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(1))
     report = {"machine": machine(), "rates": {}, "idle": {}, "storm": {}, "profiles": {},
+              "perf": {},
               "phase_seconds": {}, "method": METHOD}
     print(f"bench: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
           f"nginx {report['machine']['nginx']}, Python {report['machine']['python']}", flush=True)
@@ -1280,11 +1336,28 @@ def main() -> int:
             report["profiles"]["https_keepalive"] = pyspy_profile(worker, args.seconds, lambda: wrk(
                 [f"https://127.0.0.1:{carbotui.ports['https']}/health"], 2, 32, args.seconds,
                 [], [], "carbotui"))
+            if negotiates_h2(carbotui.ports["https"]):
+                report["profiles"]["https_h2"] = pyspy_profile(worker, args.seconds, lambda: h2load(
+                    f"https://127.0.0.1:{carbotui.ports['https']}/health", args.seconds, 16, 10,
+                    [], [], "carbotui"))
             report["profiles"]["imaps_login"] = pyspy_profile(
                 worker, args.seconds,
                 lambda: mail_sessions("imap", True, carbotui, args.seconds, args.concurrency))
             for name, prof in report["profiles"].items():
                 _print_profile(name, prof)
+            # perf: both proxies' workers, where their CPU goes by shared object
+            for t in (nginx, carbotui):
+                report["perf"].setdefault("https_keepalive", {})[t.name] = perf_profile(
+                    t.worker_pids(), args.seconds, lambda: wrk(
+                        [f"https://127.0.0.1:{t.ports['https']}/health"], 2, 32, args.seconds,
+                        [], [], t.name))
+                report["perf"].setdefault("imaps_login", {})[t.name] = perf_profile(
+                    t.worker_pids(), args.seconds,
+                    lambda: mail_sessions("imap", True, t, args.seconds, args.concurrency))
+            for load, by in report["perf"].items():
+                for name, d in by.items():
+                    print(f"  perf {load} {name}: " + (d.get("error") or ", ".join(
+                        f"{r['object']} {r['pct']}%" for r in d["by_object"][:5])), flush=True)
             phase_done("profile")
 
         idle_phases = {"idle", "idle_50k", "storm"}
