@@ -398,6 +398,15 @@ def test_a_second_make_install_changes_nothing_and_keeps_the_admins_config(node)
     assert node.second_seconds < 30
 
 
+def test_a_bad_worker_count_is_refused_before_anything_is_touched(node):
+    conf = SUPERVISOR_CONF.read_bytes()
+    proc = subprocess.run(["make", "-C", str(node.tree), "install"], capture_output=True,
+                          text=True, timeout=60, env={**ENV, "CARBOTUI_WORKERS": "0"})
+    assert proc.returncode != 0
+    assert "install: CARBOTUI_WORKERS must be a positive number, got '0'" in proc.stdout
+    assert SUPERVISOR_CONF.read_bytes() == conf and CONFIG.read_bytes() == node.config_before_second
+
+
 def test_the_systemd_units_verify(node):
     # no systemd runs here: the unit files' syntax, directives and ExecStart binaries
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no",
