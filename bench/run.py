@@ -754,7 +754,14 @@ def pyspy_profile(pid: int, seconds: float, run_load, top: int = 15) -> dict:
             inclusive[f] = inclusive.get(f, 0) + count
     raw.unlink()
     rows = sorted(own.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    packages: dict[str, int] = {}
+    for f, c in own.items():
+        where = f.rpartition(" (")[2].rstrip(")")
+        key = where.split("/")[0] if "/" in where else where
+        packages[key] = packages.get(key, 0) + c
     return {"samples": total, "rate_hz": PYSPY_HZ, "load": sample.target, "load_count": sample.count,
+            "own_by_package": [{"package": k, "own_pct": round(100 * c / total, 1)} for k, c in
+                               sorted(packages.items(), key=lambda kv: kv[1], reverse=True)[:8]],
             "top_own": [{"function": f, "own_pct": round(100 * c / total, 1),
                          "incl_pct": round(100 * inclusive[f] / total, 1)} for f, c in rows]}
 
@@ -1006,6 +1013,8 @@ def fmt(x, digits=2) -> str:
         return "—"
     if isinstance(x, str):
         return x
+    if isinstance(x, int):
+        return f"{x:,}"
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     if abs(x) >= 100:
@@ -1125,7 +1134,8 @@ def markdown(report: dict) -> str:
                     "on the stack.", "", "| function | own % | incl % |", "|---|---|---|"]
             out += [f"| `{r['function']}` | {r['own_pct']} | {r['incl_pct']} |"
                     for r in d["top_own"]]
-            out.append("")
+            out += ["", "Own time by package (directory of the innermost frame's file): " + ", ".join(
+                f"{r['package']} {r['own_pct']}%" for r in d.get("own_by_package", [])), ""]
     perf = report.get("perf", {})
     if perf:
         out += ["", "## Where the workers' CPU goes (perf record, cpu-clock, user + kernel, "
