@@ -52,7 +52,8 @@ from carbotui.backends.worker_sockets import (Session, WorkerSnapshot, read_main
 EXPIRY_WARNING_DAYS = 30          # certificates closer than this to notAfter are flagged
 HISTORY_POINTS = 120              # sparkline length (one point per refresh)
 SLOW_EVERY = 5.0                  # seconds between LDAP reads and backend probes
-PROXY_GROUP = "proxy"
+PROXY_GROUP = "proxy"       # the demo's [program:proxy]; production: carbotui:proxy_NN
+WORKER_NAME = re.compile(r"proxy_\d+")   # a worker's process name (its stats socket's)
 
 
 # --- the snapshot ------------------------------------------------------------------------
@@ -111,7 +112,13 @@ class Process:
 
     @property
     def is_worker(self) -> bool:
-        return self.group == PROXY_GROUP
+        return is_worker_process(self.group, self.short)
+
+
+def is_worker_process(group: str, short: str) -> bool:
+    """A proxy worker: the demo's group ``proxy``, or a ``proxy_NN`` process of another group
+    (the production supervisor file's ``carbotui:proxy_00``)."""
+    return group == PROXY_GROUP or WORKER_NAME.fullmatch(short) is not None
 
 
 @dataclass(frozen=True)
@@ -580,7 +587,7 @@ class Fleet:
     def __init__(self, settings, *, supervisor: Supervisor | None = None, directory=None,
                  clock=time.time):
         self.settings = settings
-        self.supervisor = supervisor or Supervisor(settings.run_dir / "supervisor.sock")
+        self.supervisor = supervisor or Supervisor(settings.supervisor_socket)
         self._directory = directory
         self.clock = clock
         self.rates = Rates()
@@ -674,8 +681,9 @@ class Fleet:
         seen_workers = set()
         pids = set()
         for p in supervised:
-            snap = snapshots.get(p.short) if p.group == PROXY_GROUP else None
-            if p.group == PROXY_GROUP:
+            worker = is_worker_process(p.group, p.short)
+            snap = snapshots.get(p.short) if worker else None
+            if worker:
                 seen_workers.add(p.short)
             out.append(self._with_psutil(Process(
                 name=p.name, short=p.short, group=p.group, state=p.state, pid=p.pid,

@@ -569,6 +569,10 @@ class Settings(Table):
     # /run/carbotui); unset: var_dir/log and var_dir/run
     log_dir_set: Path | None = opt(None, table="node", key="log_dir", path=True)
     run_dir_set: Path | None = opt(None, table="node", key="run_dir", path=True)
+    # the supervisord that runs the workers (the dashboard's Workers screen, restarts); unset:
+    # run_dir/supervisor.sock (the demo). Debian's supervisor: /var/run/supervisor.sock
+    supervisor_socket_set: Path | None = opt(None, table="node", key="supervisor_socket",
+                                             path=True)
     listen: ListenSettings = opt(ListenSettings(), sub=True)
     # [tls]
     tls_certificate: Path = opt(table="tls", key="certificate", path=True, required=True)
@@ -626,6 +630,10 @@ class Settings(Table):
     @property
     def run_dir(self) -> Path:
         return self.run_dir_set or self.var_dir / "run"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.supervisor_socket_set or self.run_dir / "supervisor.sock"
 
     @property
     def audit_log(self) -> Path:

@@ -70,7 +70,7 @@ class LiveSource:
         self.settings = settings
         self.node = settings.node_name
         self.directory = Directory(settings)
-        self.supervisor = Supervisor(settings.run_dir / "supervisor.sock")
+        self.supervisor = Supervisor(settings.supervisor_socket)
         self.fleet = Fleet(settings, supervisor=self.supervisor, directory=self.directory)
         self.admin = Admin(self.directory, ca_dir=settings.var_dir / "certs")
         self.control = WorkerControl(settings.run_dir)

@@ -21,7 +21,8 @@ class Clock:
 
 
 def _fleet(tmp_path: Path, clock: Clock) -> Fleet:
-    return Fleet(SimpleNamespace(run_dir=tmp_path), clock=clock)
+    return Fleet(SimpleNamespace(run_dir=tmp_path, supervisor_socket=tmp_path / "supervisor.sock"),
+                 clock=clock)
 
 
 def _me() -> Process:
