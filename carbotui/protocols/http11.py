@@ -825,16 +825,37 @@ def _b(value: bytes | str) -> bytes:
     return value.encode("latin-1") if isinstance(value, str) else value
 
 
-def _head_lines(parts: list[bytes], headers) -> bytes:
+# What a serialised head may hold besides its CRLFs: HTAB, SP to "~", and 0x80-0xFF.
+_HEAD_TEXT = bytes([0x09, *range(0x20, 0x7f), *range(0x80, 0x100)])
+_GOOD_NAMES: set[bytes] = set()          # header names already checked to be tokens
+_GOOD_NAMES_MAX = 4096                   # of at most 64 bytes each: 300 KB at most
+_CRLF = b"\r\n"
+
+
+def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
     # Refuse to write anything a peer could parse as an extra header or a new
-    # message: values come from clients (X-Forwarded-For, cookies) too.
+    # message: values come from clients (X-Forwarded-For, cookies) too. ``parts``
+    # is a checked start line ending in CRLF; ``checked``: header lines checked before.
+    good = _GOOD_NAMES
+    start = len(parts)
     for name, value in headers:
-        name, value = _b(name), _b(value)
-        if not _TOKEN_RE.fullmatch(name) or not _SAFE_VALUE.fullmatch(value):
-            raise ValueError(f"refusing to serialise header {name!r}: {value!r}")
+        if name.__class__ is not bytes or value.__class__ is not bytes or name not in good:
+            name, value = _b(name), _b(value)
+            if not _TOKEN_RE.fullmatch(name):
+                raise ValueError(f"refusing to serialise header {name!r}: {value!r}")
+            if len(name) <= 64 and len(good) < _GOOD_NAMES_MAX and name.__class__ is bytes:
+                good.add(name)
         parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    head = b"".join(parts)
+    # Every name is a token and the start line is checked: the values are safe when
+    # the only bytes outside _HEAD_TEXT are the CRLFs written here, one per line,
+    # which one C pass over the head tells (not two regex calls per header).
+    if head.translate(None, _HEAD_TEXT) != _CRLF * ((len(parts) - start) // 4 + 1):
+        for name, value in headers:
+            if not _SAFE_VALUE.fullmatch(_b(value)):
+                raise ValueError(f"refusing to serialise header {_b(name)!r}: {_b(value)!r}")
+        raise ValueError(f"refusing to serialise start line {parts[:start]!r}")
+    return b"".join((head, checked, _CRLF)) if checked else head + _CRLF
 
 
 def serialize_request_head(method: bytes | str, target: bytes | str, headers,
@@ -847,9 +868,10 @@ def serialize_request_head(method: bytes | str, target: bytes | str, headers,
 
 
 def serialize_response_head(status: int, reason: bytes | str | None, headers,
-                            version: bytes = b"1.1") -> bytes:
+                            version: bytes = b"1.1", *, checked: bytes = b"") -> bytes:
     """Status line and headers, ending with the empty line. A missing reason
-    becomes the standard phrase."""
+    becomes the standard phrase. ``checked``: more header lines (``Name: value``
+    CRLF each), made and checked before (webheaders.missing_lines), sent last."""
     if reason is None:
         try:
             reason = HTTPStatus(status).phrase
@@ -858,7 +880,7 @@ def serialize_response_head(status: int, reason: bytes | str | None, headers,
     reason = _b(reason)
     if not 100 <= status <= 999 or not _SAFE_REASON.fullmatch(reason):
         raise ValueError(f"refusing to serialise status line {status} {reason!r}")
-    return _head_lines([b"HTTP/", version, b" %d " % status, reason, b"\r\n"], headers)
+    return _head_lines([b"HTTP/", version, b" %d " % status, reason, b"\r\n"], headers, checked)
 
 
 LAST_CHUNK = b"0\r\n\r\n"

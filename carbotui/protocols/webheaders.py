@@ -15,7 +15,9 @@ Values may quote their value as nginx's ``add_header`` does
 * `header_set` turns the LDAP values into what is sent; `ResponseHeaders` picks
   the set of a request's virtual host (the ``Host``'s domain) or the global one.
 * `add_missing` adds to a response head only the headers it does not carry
-  (names compared case-insensitively): a mailbox server's own header wins.
+  (names compared case-insensitively): a mailbox server's own header wins;
+  `missing_lines` gives the same as header lines made once per set (the proxy's
+  response path, which does not check them again per response).
 """
 from __future__ import annotations
 
@@ -146,7 +148,19 @@ def header_set(values, csp, problems: list | None = None) -> tuple[Header, ...]:
             continue
         seen.add(low)
         out.append((name.encode("ascii"), value.encode("ascii"), low.encode("ascii")))
-    return tuple(out)
+    return HeaderSet(out)
+
+
+class HeaderSet(tuple):
+    """`header_set`'s (name, value, lower-cased name) triples, with ``wire``: all of them
+    as header lines (``Name: value`` CRLF), joined once, and ``names``, the lower-cased
+    names, for `missing_lines`."""
+
+    def __new__(cls, items=()):
+        self = super().__new__(cls, items)
+        self.wire = b"".join([name + b": " + value + b"\r\n" for name, value, _ in self])
+        self.names = frozenset(low for _, _, low in self)
+        return self
 
 
 def host_name(host: bytes) -> bytes:
@@ -181,6 +195,21 @@ def build(global_values, global_csp: str, domains: dict, vhosts: dict,
     by_host = {host.encode("ascii", "replace").lower(): per_domain[domain]
                for host, domain in vhosts.items() if domain in per_domain}
     return ResponseHeaders(default, by_host)
+
+
+def missing_lines(headers, extra: tuple[Header, ...]) -> bytes:
+    """What `add_missing` would add, as header lines ready for the wire
+    (http11.serialize_response_head's ``checked``): ``extra`` comes from `header_set`,
+    whose values were checked when the set was built, so they are not checked again
+    per response; when the head carries none of its names (the usual case), the lines
+    joined once."""
+    if not extra:
+        return b""
+    present = {key.lower() for key, _ in headers}
+    if extra.__class__ is HeaderSet and extra.names.isdisjoint(present):
+        return extra.wire
+    return b"".join([name + b": " + value + b"\r\n" for name, value, low in extra
+                     if low not in present])
 
 
 def add_missing(headers: list, extra: tuple[Header, ...]) -> list:

@@ -21,6 +21,11 @@ MAX_QUEUED_BYTES = 256 * 1024    # body bytes in queued Data events
 MAX_BUFFERED = 256 * 1024
 
 
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
+
+
 class SendTimeout(Exception):
     """The peer accepted no data for the send timeout (it stopped reading)."""
 
@@ -107,19 +112,42 @@ class HttpConnection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
+    async def _wait(self, timeout: float) -> None:
+        """Until _wake() (or the close) resolves ``_waiter``; TimeoutError after
+        ``timeout``. One future and one timer: what ``asyncio.wait_for`` costs without
+        its extra future, callbacks and task bookkeeping (a wait per request)."""
+        if timeout <= 0:
+            raise asyncio.TimeoutError
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
     async def next_event(self, timeout: float):
         """The next parser event; None when the peer has gone. Raises TimeoutError."""
         while not self.events:
             if self.closed or self.eof:
                 return None
             self._maybe_resume()
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._waiter, timeout)
-            finally:
-                self._waiter = None
+            await self._wait(timeout)
         event = self.events.popleft()
         if type(event) is http11.Data:
+            self.queued -= len(event.data)
+        self._maybe_resume()
+        return event
+
+    def next_ready(self, kind):
+        """The next event if one of type ``kind`` is queued already, else None (no
+        wait): what can go out together with what was just taken."""
+        events = self.events
+        if not events or type(events[0]) is not kind:
+            return None
+        event = events.popleft()
+        if kind is http11.Data:
             self.queued -= len(event.data)
         self._maybe_resume()
         return event
@@ -127,16 +155,14 @@ class HttpConnection(asyncio.Protocol):
     async def wait_readable(self, timeout: float) -> None:
         """Until the peer has sent anything at all (a first byte of the next head), an
         event is queued, or the peer went away. Raises TimeoutError."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while not (self.events or self.parser.buffered or self.closed or self.eof):
             self._maybe_resume()
             self._want_bytes = True
-            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._waiter,
-                                       deadline - asyncio.get_running_loop().time())
+                await self._wait(deadline - loop.time())
             finally:
-                self._waiter = None
                 self._want_bytes = False
 
     def start_next(self, *args) -> None:

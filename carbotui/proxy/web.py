@@ -68,6 +68,7 @@ BASIC = "basic"                    # a Login from Authorization: Basic (ActiveSy
 _RECENT_CREDENTIALS = CredentialCache(os.urandom(32))
 _HOST = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
 RESPONSE_DROP = (b"server", b"x-powered-by")
+COALESCE_LIMIT = 64 * 1024         # body bytes sent in one write with the response head
 DISCARD_LIMIT = 1024 * 1024        # body bytes read and dropped before closing after a refusal
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 
@@ -563,9 +564,11 @@ class WebSession(HttpConnection):
                 rechunk = True
             else:
                 headers.append((b"Connection", b"close"))
-        if resp.status != 101:
-            webheaders.add_missing(headers, self._added_headers)   # the server's own win
-        return http11.serialize_response_head(resp.status, resp.reason, headers), rechunk
+        # the server's own headers win; ours were checked when their set was made
+        added = webheaders.missing_lines(headers, self._added_headers) \
+            if resp.status != 101 else b""
+        return http11.serialize_response_head(resp.status, resp.reason, headers,
+                                              checked=added), rechunk
 
     def _public_location(self, location: bytes, req, upstream: Upstream) -> bytes:
         """A redirect to a backend address becomes one to the public host."""
@@ -629,13 +632,16 @@ class WebSession(HttpConnection):
         self._up = up
         websocket = webrules.websocket_request(req)
         read_whole = body is not None and whole
-        up.write(self._request_head(req, upstream, expect=body is None, websocket=websocket,
-                                    length=len(body) if read_whole else None))
-        if read_whole:
-            up.write(body)
-            body_task = w.loop.create_future()
+        head = self._request_head(req, upstream, expect=body is None, websocket=websocket,
+                                  length=len(body) if read_whole else None)
+        if read_whole or (body is None and req.body_mode.kind in ("none", "upgrade")):
+            up.write(head + body if body else head)      # one write
+            if body is None:
+                self._take_end()
+            body_task = w.loop.create_future()           # nothing left to pump
             body_task.set_result(True)
         else:
+            up.write(head)
             scan = None
             if body is not None:           # a large SOAP body: its start, then the rest
                 scan = LoginMarkerScan(body)
@@ -671,17 +677,20 @@ class WebSession(HttpConnection):
                 keep = False
         return keep
 
+    def _take_end(self) -> None:
+        """The parser emits a body-less request's end with its head: take it, or the
+        request loop would read it as the next message."""
+        if self.events and type(self.events[0]) is http11.EndOfMessage:
+            self.events.popleft()
+            self._body_done = True
+
     async def _pump_body(self, req, up: HttpConnection, scan: LoginMarkerScan | None) -> bool:
         """Client body -> upstream, re-framed, with backpressure both ways. With
         ``scan``, a piece that spells a login is never sent: the upstream is cut
         before the end of the body, so it never acts on it (413 to the client)."""
         kind = req.body_mode.kind
         if kind in ("none", "upgrade"):
-            # The parser emits a body-less request's end with its head: take it, or
-            # the request loop would read it as the next message.
-            if self.events and isinstance(self.events[0], http11.EndOfMessage):
-                self.events.popleft()
-                self._body_done = True
+            self._take_end()
             return True
         while True:
             try:
@@ -740,12 +749,31 @@ class WebSession(HttpConnection):
         head, rechunk = self._response_head(resp, req, upstream)
         if login is not None:
             self._audit_web_login(req, resp, login)
-        self.send(head)
         self._head_sent = True
         if resp.status == 101:
+            self.send(head)
             return await self._splice(up)
         send_timeout = web.send_timeout
-        while True:
+        # The body bytes already read go out with the head: a small response is one
+        # write, one TLS record and one send, not two.
+        out = [head]
+        size = 0
+        while size < COALESCE_LIMIT:
+            event = up.next_ready(http11.Data)
+            if event is None:
+                break
+            size += len(event.data)
+            out.append(http11.chunk(event.data) if rechunk else event.data)
+        ended = size < COALESCE_LIMIT and up.next_ready(http11.EndOfMessage) is not None
+        if ended and rechunk:
+            out.append(http11.LAST_CHUNK)
+        self.send(b"".join(out) if len(out) > 1 else head)
+        if size:
+            await self.drain(send_timeout)
+            if self.closed:
+                up.close()
+                return False
+        while not ended:
             event = await up.next_event(timeout)
             if event is None or isinstance(event, http11.ParseError):
                 # Cut short: the client must not take a partial body for a whole one.
@@ -760,7 +788,7 @@ class WebSession(HttpConnection):
             elif type(event) is http11.EndOfMessage:
                 if rechunk:
                     self.send(http11.LAST_CHUNK)
-                break
+                ended = True
         body_ok = body_task.done() and not body_task.cancelled() and body_task.result()
         if up.parser.keep_alive and up.reusable and body_ok \
                 and len(upstream.idle) < web.upstream_keepalive:
