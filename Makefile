@@ -53,7 +53,7 @@ cluster: up
 	$(PY) -m demo.stack wait --cluster
 
 # carbotui side by side with nginx (bench/): installs nginx + its mail module and wrk,
-# runs every load against both, writes bench/results/latest.{json,md} (about 4 minutes)
+# runs every load against both, writes bench/results/latest.{json,md} (about 9 minutes)
 .PHONY: bench
 bench: up
 	bench/install.sh
