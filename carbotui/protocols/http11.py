@@ -184,12 +184,48 @@ def _why_bad_field(line: bytes) -> str:
     return "invalid character in header value (NUL, CR, LF or other control)"
 
 
+# Byte classes for C-level checks (bytes.translate deletes the allowed bytes; what is
+# left is what breaks the rule): sre matches a character class at ~50 instructions a
+# byte, translate at a few, and a head is checked byte by byte on every message.
+_SHORT = 64                 # below this, one sre call costs less than translate's set-up
+_FIELD_TEXT = bytes([0x09, *range(0x20, 0x7f), *range(0x80, 0x100)])   # HTAB, SP-~, obs-text
+_TARGET_CHARS = bytes([*range(0x21, 0x7f), *range(0x80, 0x100)])      # no SP, no controls
+
+
+_GOOD_NAMES: set[bytes] = set()          # header names already checked to be tokens
+_GOOD_NAMES_MAX = 4096                   # of at most 64 bytes each: 300 KB at most
+
+
+def _good_name(name: bytes) -> None:
+    """Remember a header name checked to be a token (a set lookup from then on)."""
+    if len(name) <= 64 and len(_GOOD_NAMES) < _GOOD_NAMES_MAX and name.__class__ is bytes:
+        _GOOD_NAMES.add(name)
+
+
 def _parse_fields(block: bytes) -> tuple[Headers, str | None]:
     """Parse CRLF-terminated field lines (a header block or trailers)."""
     if not block:
         return [], None
-    fields: Headers = []
-    for line in block[:-2].split(b"\r\n"):
+    lines = block[:-2].split(b"\r\n")
+    # The usual case, judged as _FIELD_LINE would judge each line: no byte outside
+    # _FIELD_TEXT but the CRLF ending each line, and each name (up to the first colon)
+    # a token.
+    if block.translate(None, _FIELD_TEXT) == b"\r\n" * len(lines):
+        good = _GOOD_NAMES
+        fields: Headers = []
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                break
+            if name not in good:
+                if not _TOKEN_RE.fullmatch(name):
+                    break
+                _good_name(name)
+            fields.append((name, value.strip(b" \t")))
+        else:
+            return fields, None
+    fields = []
+    for line in lines:
         m = _FIELD_LINE.fullmatch(line)
         if m is None:
             return [], _why_bad_field(line)
@@ -586,10 +622,19 @@ class RequestParser(_MessageParser):
         return self._restart()
 
     def _on_head(self, events: list[Event], start_line: bytes, headers: Headers) -> bool:
-        m = _REQUEST_LINE.fullmatch(start_line)
-        if m is None:
-            return self._fail(events, 400, "malformed request line")
-        method, target, version = m.groups()
+        # As _REQUEST_LINE.fullmatch, with C-level checks for a long target (neither a
+        # token nor a target holds a space: exactly three parts).
+        parts = start_line.split(b" ") if len(start_line) > _SHORT else ()
+        if len(parts) == 3 and parts[0] and parts[1] \
+                and parts[2][:5] == b"HTTP/" and _TOKEN_RE.fullmatch(parts[0]) \
+                and not parts[1].translate(None, _TARGET_CHARS) \
+                and parts[2][5:] in _SUPPORTED_VERSIONS:
+            method, target, version = parts[0], parts[1], parts[2][5:]
+        else:
+            m = _REQUEST_LINE.fullmatch(start_line)
+            if m is None:
+                return self._fail(events, 400, "malformed request line")
+            method, target, version = m.groups()
         if version not in _SUPPORTED_VERSIONS:
             return self._fail(events, 505, "HTTP version not supported")
 
@@ -827,8 +872,6 @@ def _b(value: bytes | str) -> bytes:
 
 # What a serialised head may hold besides its CRLFs: HTAB, SP to "~", and 0x80-0xFF.
 _HEAD_TEXT = bytes([0x09, *range(0x20, 0x7f), *range(0x80, 0x100)])
-_GOOD_NAMES: set[bytes] = set()          # header names already checked to be tokens
-_GOOD_NAMES_MAX = 4096                   # of at most 64 bytes each: 300 KB at most
 _CRLF = b"\r\n"
 
 
@@ -843,8 +886,7 @@ def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
             name, value = _b(name), _b(value)
             if not _TOKEN_RE.fullmatch(name):
                 raise ValueError(f"refusing to serialise header {name!r}: {value!r}")
-            if len(name) <= 64 and len(good) < _GOOD_NAMES_MAX and name.__class__ is bytes:
-                good.add(name)
+            _good_name(name)
         parts += (name, b": ", value, b"\r\n")
     head = b"".join(parts)
     # Every name is a token and the start line is checked: the values are safe when
@@ -862,7 +904,9 @@ def serialize_request_head(method: bytes | str, target: bytes | str, headers,
                            version: bytes = b"1.1") -> bytes:
     """Request line and headers, ending with the empty line."""
     method, target = _b(method), _b(target)
-    if not _TOKEN_RE.fullmatch(method) or not _SAFE_TARGET.fullmatch(target):
+    if not _TOKEN_RE.fullmatch(method) or not target or (
+            target.translate(None, _TARGET_CHARS) if len(target) > _SHORT
+            else not _SAFE_TARGET.fullmatch(target)):
         raise ValueError(f"refusing to serialise request line {method!r} {target!r}")
     return _head_lines([method, b" ", target, b" HTTP/", version, b"\r\n"], headers)
 
