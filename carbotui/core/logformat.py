@@ -52,6 +52,7 @@ _ESCAPE = [f"\\x{b:02X}" if b < 0x20 or b > 0x7e or b in (0x22, 0x5c) else chr(b
 _ESCAPE_SPACE = [*_ESCAPE[:0x20], "\\x20", *_ESCAPE[0x21:]]
 _PLAIN = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")      # printable ASCII but " and \
 _PLAIN_WORD = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")      # ... and no space
+_PLAIN_BYTES = bytes(b for b in range(0x20, 0x7f) if b not in (0x22, 0x5c))   # as _PLAIN
 
 
 def escape(raw: bytes | str, limit: int, *, space: bool = False) -> str:
@@ -125,8 +126,8 @@ def clean_target(target: bytes) -> tuple[bytes, bytes]:
             target = target[m.end():] or b"/"
     if b"#" in target:
         target = target.partition(b"#")[0]
-    if (b"%" not in target and not _MAYBE_SECRET.search(target)) or \
-            (b"?" not in target and b";" not in target):
+    if (b"?" not in target and b";" not in target) or \
+            (b"%" not in target and not _MAYBE_SECRET.search(target)):
         return authority, target                  # the usual case: nothing to redact
     path, q, query = target.partition(b"?")
     if b";" in path:
@@ -204,17 +205,39 @@ def access_line(*, timestamp: float, client_ip: str, client_port: int, remote_us
                 upstream: str, server_ip: str, server_port: int) -> str:
     """One access.log line (with its newline). ``method`` None: no request could be
     parsed (a 400 or 408 before a whole head), and the request field is ``"-"``."""
+    referer = clean_url(referer)
+    user = escape(remote_user, USER_MAX, space=True) if remote_user else "-"
     if method is None:
         request = "-"
+        plain = (len(referer) <= REFERER_MAX and len(user_agent) <= USER_AGENT_MAX
+                 and not (referer + user_agent).translate(None, _PLAIN_BYTES))
     else:
         authority, uri = clean_target(target)
-        request = (f"{escape(method, METHOD_MAX)} {scheme}://"
-                   f"{escape(host_name(authority or host), HOST_MAX)}{escape(uri, URI_MAX)} "
-                   f"HTTP/{escape(version, 8)}")
-    return (f"{_address(client_ip)}:{client_port} - {escape(remote_user, USER_MAX, space=True)} "
+        host = host_name(authority or host)
+        # The usual case: every field short and plain, judged by one C pass over all of
+        # them (not a regex call per field); else each is escaped and cut by itself.
+        plain = (len(method) <= METHOD_MAX and len(host) <= HOST_MAX and len(uri) <= URI_MAX
+                 and len(version) <= 8 and len(referer) <= REFERER_MAX
+                 and len(user_agent) <= USER_AGENT_MAX
+                 and not b"".join((method, host, uri, version, referer, user_agent)).translate(
+                     None, _PLAIN_BYTES))
+        if plain:
+            request = (f"{method.decode() if method else '-'} {scheme}://"
+                       f"{host.decode() if host else '-'}{uri.decode() if uri else '-'} "
+                       f"HTTP/{version.decode() if version else '-'}")
+        else:
+            request = (f"{escape(method, METHOD_MAX)} {scheme}://"
+                       f"{escape(host, HOST_MAX)}{escape(uri, URI_MAX)} "
+                       f"HTTP/{escape(version, 8)}")
+    if plain:
+        referer_text = referer.decode() if referer else "-"
+        agent_text = user_agent.decode() if user_agent else "-"
+    else:
+        referer_text = escape(referer, REFERER_MAX)
+        agent_text = escape(user_agent, USER_AGENT_MAX)
+    return (f"{_address(client_ip)}:{client_port} - {user} "
             f"[{time_local(timestamp)}] \"{request}\" {status} {bytes_sent} "
-            f"\"{escape(clean_url(referer), REFERER_MAX)}\" "
-            f"\"{escape(user_agent, USER_AGENT_MAX)}\" "
+            f"\"{referer_text}\" \"{agent_text}\" "
             f"\"{upstream or '-'}\" \"{_address(server_ip)}:{server_port}\"\n")
 
 

@@ -25,6 +25,7 @@ log = logging.getLogger("carbotui.proxy.logs")
 
 NO_RESPONSE = 499          # nginx's code for a client that went away before the answer
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_LOGGED = frozenset({b"host", b"referer", b"user-agent", b"authorization"})
 
 
 def status_class(status: int) -> str:
@@ -63,12 +64,17 @@ class NodeLogs:
         if req is None:
             method = target = version = host = referer = agent = user = b""
         else:
-            headers = req.headers
             method, target, version = req.method, req.target, req.version
-            host = http11.get_header(headers, b"host") or b""
-            referer = http11.get_header(headers, b"referer") or b""
-            agent = http11.get_header(headers, b"user-agent") or b""
-            user = logformat.basic_user(http11.get_header(headers, b"authorization"))
+            # the first of each, as get_header gives it, in one pass over the headers
+            found: dict[bytes, bytes] = {}
+            for key, value in req.headers:
+                key = key.lower()
+                if key in _LOGGED and key not in found:
+                    found[key] = value
+            host = found.get(b"host", b"")
+            referer = found.get(b"referer", b"")
+            agent = found.get(b"user-agent", b"")
+            user = logformat.basic_user(found.get(b"authorization"))
         self.access.write_line(logformat.access_line(
             timestamp=time.time(), client_ip=session.client_ip, client_port=session.client_port,
             remote_user=user, method=method if req is not None else None,
