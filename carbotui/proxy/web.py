@@ -120,6 +120,7 @@ class WebSession(HttpConnection):
 
     # per request on HTTPS: the response headers of its Host's domain (webheaders)
     _added_headers: tuple = ()
+    _scanned = False        # the request in flight has a large SOAP body being scanned
 
     def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
         super().__init__(http11.RequestParser(
@@ -645,6 +646,7 @@ class WebSession(HttpConnection):
             scan = None
             if body is not None:           # a large SOAP body: its start, then the rest
                 scan = LoginMarkerScan(body)
+                self._scanned = True
                 up.write(http11.chunk(body) if req.body_mode.kind == "chunked" else body)
             body_task = w.loop.create_task(self._pump_body(req, up, scan))
         try:
@@ -658,7 +660,11 @@ class WebSession(HttpConnection):
             up.close()
             keep = False
             if not body_task.done():
-                body_task.cancel()
+                if not self._scanned:
+                    body_task.cancel()
+                # else a large SOAP body's scan decides the answer (our 413 when it
+                # spells a login): let it run to the marker or the body's end (bounded
+                # by the body timeouts); the upstream is gone, nothing more reaches it
                 await asyncio.wait([body_task])
             bad = self._bad_body
             if self._head_sent:
@@ -671,6 +677,7 @@ class WebSession(HttpConnection):
                 self.send(self._page(504, "The mail service did not answer in time."))
         finally:
             self._up = None
+            self._scanned = False
             upstream.active -= 1
             if not body_task.done():
                 body_task.cancel()
@@ -740,6 +747,13 @@ class WebSession(HttpConnection):
                     continue
                 resp = event
                 break
+        if self._scanned and not body_task.done():
+            # A large SOAP body is still being scanned: its verdict comes first (one
+            # that spells a login is our 413, whatever the server answered before its
+            # end, which it never got).
+            await asyncio.wait([body_task])
+        if self._scanned and isinstance(self._bad_body, http11.ParseError):
+            raise ConnectionError("request body refused")
         if resp.status == 101 and not (websocket and webrules.websocket_accepted(resp)):
             up.close()
             log.warning("upstream %s switched protocols unasked (%r); refused", upstream.name,
