@@ -208,7 +208,10 @@ def _readable_by(user: str, paths: list[Path]) -> dict[str, bool]:
            "        open(p, 'rb').close(); out[p] = True\n    except OSError:\n" \
            "        out[p] = False\nprint(json.dumps(out))"
     pw = pwd.getpwnam(user)
-    p = subprocess.run([sys.executable, "-c", code, *map(str, paths)], cwd="/", user=pw.pw_uid,
+    # the system's python: `user` (nobody) may not reach .venv's in a private checkout, nor
+    # an interpreter under /root (demo setup opens those only to the service user, by ACL)
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    p = subprocess.run([python, "-c", code, *map(str, paths)], cwd="/", user=pw.pw_uid,
                        group=pw.pw_gid, extra_groups=[], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     return {Path(k).name: v for k, v in json.loads(p.stdout).items()}
