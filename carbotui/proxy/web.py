@@ -459,39 +459,14 @@ class WebSession(HttpConnection):
         if hint is None:
             hint = webrules.route_hint(req.target, req.headers, admin=self.kind == "admin")
         if login is not None and login.kind == BASIC:
-            # Not a route key in itself (ActiveSync's user is in the hint): checked on
-            # the name, then on the account it resolves to, before anything is sent.
-            throttled = w.throttle.counts_users(self.client_ip)
-            reject = throttled and await w.throttle.check_user(login.name, ip=self.client_ip)
-            if not reject and webrules.checked_user(login.name):   # no lookup of garbage
-                try:
-                    route = await w.router.route_mail(login.name, "http", self.local_ip)
-                except RouteError:
-                    route = None                 # counted on the name, as typed
-                if route is not None:
-                    login.account = route.account
-                    if throttled and route.account != login.name:
-                        reject = await w.throttle.check_user(route.account, ip=self.client_ip)
-            if reject:
-                self._throttled(login, req)
-                raise Throttled(reject)
+            # Not a route key in itself (ActiveSync's user is in the hint).
+            await self._check_login(login, req, self._basic_route)
         elif login is not None and login.name:
             # Checked before anything reaches a mailbox server, counted after its
             # answer (_audit_web_login), on the same key.
-            throttled = w.throttle.counts_users(self.client_ip)
-            reject = throttled and await w.throttle.check_user(login.name, ip=self.client_ip)
-            if reject:
-                self._throttled(login, req)
-                raise Throttled(reject)
-            route = await w.router.route_mail(login.name, "http", self.local_ip)
+            route = await self._check_login(
+                login, req, lambda name: w.router.route_mail(name, "http", self.local_ip))
             if route is not None:
-                login.account = route.account
-                if throttled and route.account != login.name:
-                    # an alias, a bare name: the account's own counter decides
-                    reject = await w.throttle.check_user(route.account, ip=self.client_ip)
-                    if reject:
-                        self._throttled(login, req)
-                        raise Throttled(reject)
                 if w.in_maintenance(route.server.hostname):
                     return None, True          # no new logins there: 503
                 return ups.for_server(route.server.hostname), True
@@ -509,6 +484,35 @@ class WebSession(HttpConnection):
                 self.account = route.account
                 return ups.for_server(route.server.hostname), True
         return ups.pick(self.client_ip, w.settings.web.balance), False
+
+    async def _check_login(self, login: Login, req, resolve):
+        """The user throttle on the name as typed, then on the account ``resolve(name)``
+        finds (an alias, a bare name: the account's own counter decides), before anything
+        is sent; Throttled when either refuses. Returns the route (or None)."""
+        w = self.services
+        throttled = w.throttle.counts_users(self.client_ip)
+        reject = throttled and await w.throttle.check_user(login.name, ip=self.client_ip)
+        route = None
+        if not reject:
+            route = await resolve(login.name)
+            if route is not None:
+                login.account = route.account
+                if throttled and route.account != login.name:
+                    reject = await w.throttle.check_user(route.account, ip=self.client_ip)
+        if reject:
+            self._throttled(login, req)
+            raise Throttled(reject)
+        return route
+
+    async def _basic_route(self, name: str):
+        """The account of Basic credentials, or None: no lookup of garbage, and an
+        unreachable directory counts the name as typed."""
+        if not webrules.checked_user(name):
+            return None
+        try:
+            return await self.services.router.route_mail(name, "http", self.local_ip)
+        except RouteError:
+            return None
 
     def _throttled(self, login: Login, req) -> None:
         self.services.stats.throttled["user"] += 1
