@@ -24,6 +24,8 @@ class Source(Protocol):
     node: str
 
     def collect(self) -> FleetSnapshot: ...
+    # optional: set_session_query(query: SessionQuery): the sessions page collect() brings
+    # (a source without it sends every session; the screen sorts and filters them)
     def audit_events(self) -> list[AuditEvent]: ...
     def alerts(self) -> list[Alert]: ...       # new since the last call; the first call
                                                # returns what alerts.log held at start
@@ -81,6 +83,10 @@ class LiveSource:
     # -- data ----------------------------------------------------------------
     def collect(self) -> FleetSnapshot:
         return self.fleet.collect()
+
+    def set_session_query(self, query) -> None:
+        """The page of sessions the next collects ask the workers for."""
+        self.fleet.session_query = query
 
     def audit_events(self) -> list[AuditEvent]:
         return self.audit.read_events()
