@@ -67,6 +67,16 @@ def target_path(target: bytes) -> bytes:
     return target.split(b"?", 1)[0].split(b"#", 1)[0]
 
 
+def _plain_path(path: bytes) -> bool:
+    """A path (from `target_path`) that every rule of `canonical_paths` leaves as it
+    is but for the case: no ``%``, ``\\`` or ``;``, no empty segment (``//``, a
+    trailing ``/``), no ``.`` or ``..`` segment (no ``/.`` at all). Its one canonical
+    form is ``path.lower()``."""
+    return (b"%" not in path and b"\\" not in path and b";" not in path
+            and b"//" not in path and b"/." not in path
+            and (path[-1:] != b"/" or path == b"/"))
+
+
 def canonical_paths(path: bytes) -> set[bytes]:
     """The forms a backend might read ``path`` as, for matching (over-inclusive on
     purpose: matching too much costs a buffered body, too little a bypass):
@@ -74,6 +84,8 @@ def canonical_paths(path: bytes) -> set[bytes]:
     ``;params`` dropped from every segment (servlet containers do), empty and ``.``
     segments dropped, lower-cased; once with ``..`` resolved (RFC 3986 §5.2.4), once
     without."""
+    if path[:1] == b"/" and _plain_path(path):
+        return {path.lower()}
     for _ in range(4):
         if b"%" not in path:
             break
@@ -357,6 +369,39 @@ def upstream_headers(headers: http11.Headers, *, client_ip: str, scheme: str,
     out += [(b"X-Forwarded-For", forwarded_for), (b"X-Forwarded-Proto", scheme.encode()),
             (b"X-Real-IP", client)]
     return out
+
+
+_FORWARD_DROP = http11.HOP_BY_HOP | (FORWARDING - {b"x-forwarded-for"})
+
+
+def forward_request_headers(headers: http11.Headers, *, client_ip: str, scheme: str,
+                            extend_forwarded_for: bool = False,
+                            drop: frozenset[bytes] = frozenset()
+                            ) -> tuple[http11.Headers, bool]:
+    """``upstream_headers(remove_headers(remove_hop_by_hop(headers), *drop), ...)`` in
+    one pass over the client's headers (``drop`` lower-cased, never ``host``), and
+    whether a Host header is among them (the proxy adds one when not)."""
+    lows = [name.lower() for name, _ in headers]
+    gone = _FORWARD_DROP | drop if drop else _FORWARD_DROP
+    if b"connection" in lows:            # what it names is hop-by-hop (X-Forwarded-For too)
+        gone = gone | http11.connection_named(headers, lows)
+    out: http11.Headers = []
+    chain: list[bytes] = []
+    host = False
+    for header, low in zip(headers, lows):
+        if low in gone:
+            continue
+        if low == b"x-forwarded-for":
+            chain.append(header[1])
+        elif not low.startswith(b"x-forwarded-"):
+            if low == b"host":
+                host = True
+            out.append(header)
+    client = client_ip.encode()
+    forwarded_for = b", ".join([*chain, client]) if extend_forwarded_for and chain else client
+    out += [(b"X-Forwarded-For", forwarded_for), (b"X-Forwarded-Proto", scheme.encode()),
+            (b"X-Real-IP", client)]
+    return out, host
 
 
 # ---------------------------------------------------------------- upgrades
@@ -650,11 +695,23 @@ def path_timeout(target: bytes, table: dict[str, float | str], read_timeout: flo
     path = target_path(target)
     if not path or not table:
         return read_timeout
+    # settings.PathTimeouts holds the prefixes encoded, longest first (made once when
+    # the settings were read); a plain dict (tests, callers of this function) is
+    # encoded here the same way.
+    prefixes: tuple[tuple[bytes, float | str], ...] | None = getattr(table, "encoded", None)
+    if prefixes is None:
+        prefixes = tuple(sorted(((prefix.lower().encode("utf-8"), seconds)
+                                 for prefix, seconds in table.items()),
+                                key=lambda pair: -len(pair[0])))
+    if path[:1] == b"/" and _plain_path(path):
+        low_path = path.lower()
+        for low, seconds in prefixes:
+            if low_path.startswith(low):
+                return polling_timeout if seconds == POLLING else float(seconds)
+        return read_timeout
     forms = canonical_paths(path)
-    best, value = -1, read_timeout
-    for prefix, seconds in table.items():
-        low = prefix.lower().encode("utf-8")
-        if len(low) > best and any(p.startswith(low) for p in forms):
-            best = len(low)
-            value = polling_timeout if seconds == POLLING else float(seconds)
-    return value
+    for low, seconds in prefixes:          # the longest prefix any form starts with
+        for form in forms:
+            if form.startswith(low):
+                return polling_timeout if seconds == POLLING else float(seconds)
+    return read_timeout
