@@ -259,12 +259,25 @@ def _address(ip: str) -> str:
 _BARE = re.compile(r"[A-Za-z0-9._@:+/\[\]\-]{1,%d}" % VALUE_MAX)
 
 
+# Values already found bare (protocols, reasons, workers, the node's accounts and
+# servers): a set lookup instead of a regex per field per line. Bounded: emptied when full.
+_KNOWN_BARE: set[str] = set()
+KNOWN_BARE_MAX = 4096
+
+
 def value(text: str, limit: int = VALUE_MAX) -> str:
     """A sessions.log value: bare when it is made of safe characters, else quoted with
-    ``"``, ``\\`` and bytes outside printable ASCII as ``\\xHH``; ``-`` when empty."""
+    ``"``, ``\\`` and bytes outside printable ASCII as ``\\xHH``; ``-`` when empty.
+    (A bare value is never longer than VALUE_MAX, whatever ``limit``: so whether it is
+    bare does not depend on ``limit``, and _KNOWN_BARE needs no key but the text.)"""
+    if text in _KNOWN_BARE:
+        return text
     if not text:
         return "-"
     if _BARE.fullmatch(text):
+        if len(_KNOWN_BARE) >= KNOWN_BARE_MAX:
+            _KNOWN_BARE.clear()
+        _KNOWN_BARE.add(text)
         return text
     return f'"{escape(text, limit, space=True)}"'
 
@@ -295,8 +308,13 @@ def session_line(*, timestamp: float, protocol: str, client_ip: str, client_port
                  reason: str, worker: str, session: int) -> str:
     """One sessions.log line (with its newline). ``bytes_in``: client to mailbox
     server; ``bytes_out``: mailbox server to client."""
-    return (f"{iso_time(timestamp)} protocol={value(protocol, 16)} "
-            f"client={value(_address(client_ip), 60)}:{client_port} "
-            f"account={value(account)} server={value(server, 260)} "
+    known = _KNOWN_BARE         # value(), inlined for the values seen before
+    client = f"[{client_ip}]" if ":" in client_ip else client_ip
+    return (f"{iso_time(timestamp)} "
+            f"protocol={protocol if protocol in known else value(protocol, 16)} "
+            f"client={client if client in known else value(client or '-', 60)}:{client_port} "
+            f"account={account if account in known else value(account)} "
+            f"server={server if server in known else value(server, 260)} "
             f"duration={max(0.0, duration):.3f} bytes_in={bytes_in} bytes_out={bytes_out} "
-            f"reason={value(reason, 32)} worker={value(worker, 32)} session={session}\n")
+            f"reason={reason if reason in known else value(reason, 32)} "
+            f"worker={worker if worker in known else value(worker, 32)} session={session}\n")
