@@ -99,9 +99,37 @@ _LIVE_SORT = {
 }
 
 
-def _live_fields(s, worker: str) -> dict:
-    return {"account": s.account, "client": s.client_ip, "protocol": s.kind,
-            "server": s.server, "worker": worker, "state": s.state}
+# wire.session_fields of a live session, but the worker's own name
+_LIVE_NAMES = {"account": "account", "client": "client_ip", "protocol": "kind",
+               "server": "server", "state": "state"}
+_LIVE_FIELDS = {field: attrgetter(name) for field, name in _LIVE_NAMES.items()}
+_LIVE_ALL = attrgetter(*_LIVE_NAMES.values())
+
+
+def _filter(live: list, terms, worker: str) -> list:
+    """The live sessions that wire.matches(session_fields(s), terms): one term at a time
+    over those left, each a comprehension; the worker's own name is decided once."""
+    name_text = str(worker).lower()
+    for name, value in terms:
+        if not live:
+            break
+        if name is None:
+            if value in name_text:               # every session matches it
+                continue
+            if "\0" not in value:                # the fields in one string, NUL between
+                live = [s for s in live if value in "\0".join(map(str, _LIVE_ALL(s))).lower()]
+            else:
+                live = [s for s in live
+                        if any(value in str(v).lower() for v in _LIVE_ALL(s))]
+        elif name == "worker":
+            if value not in name_text:
+                return []
+        elif name in _LIVE_FIELDS:
+            get = _LIVE_FIELDS[name]
+            live = [s for s in live if value in str(get(s)).lower()]
+        else:
+            return []                            # a field sessions do not have
+    return live
 
 
 def select_sessions(live: list, worker: str, query: wire.SessionQuery | None) -> tuple[list, int]:
@@ -111,8 +139,7 @@ def select_sessions(live: list, worker: str, query: wire.SessionQuery | None) ->
     if query is None:
         return live, len(live)
     if query.terms:
-        terms = query.terms
-        live = [s for s in live if wire.matches(_live_fields(s, worker), terms)]
+        live = _filter(live, query.terms, worker)
     matched = len(live)
     key = _LIVE_SORT[query.sort]
     limit = matched if query.limit is None else query.limit

@@ -159,13 +159,14 @@ class LiveSource:
         return f"{process} restarted (pid {new.pid})"
 
     def rolling_restart(self, progress: Callable[[str], None]) -> str:
-        from carbotui.backends.worker_sockets import read_snapshot, stats_path
+        from carbotui.backends.worker_sockets import SessionQuery, read_snapshot, stats_path
 
         def ready(proc) -> bool:
             # RUNNING only means "alive for startsecs"; the new worker is known to be
             # up once its stats socket answers with the new pid (it opens it at start).
             try:
-                snap = read_snapshot(stats_path(self.settings.run_dir, proc.short), timeout=1.0)
+                snap = read_snapshot(stats_path(self.settings.run_dir, proc.short), timeout=1.0,
+                                     query=SessionQuery(limit=0))      # its pid, no session
             except (OSError, ValueError):
                 return False
             return snap.pid == proc.pid

@@ -322,7 +322,9 @@ def services_with_sessions(index: int, n: int) -> SessionServices:
 
 QUERIES = [wire.SessionQuery(sort=sort, reverse=reverse, terms=terms, limit=limit)
            for sort in wire.SESSION_SORT for reverse in (False, True)
-           for terms in ((), ((None, "user0"),), (("protocol", "pop"), ("client", "192.0.2.1")))
+           for terms in ((), ((None, "user0"),), (("protocol", "pop"), ("client", "192.0.2.1")),
+                         ((None, "proxy_0"), ("worker", "_04")), (("error", "x"),),
+                         (("server", "mbox"), (None, "2"), ("state", "p")), ((None, "m\0b"),))
            for limit in (0, 1, 7, None)]
 
 
