@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/dashboard_load.py --sessions 10000 [--workers 2] [--code DIR]
 
-Starts, and stops at the end whatever happens: memcached 127.0.0.1:14212, bench/idle_backend.py
-on 127.0.0.41/.42:7143, `--workers` carbotui workers on bench/dashboard-load.toml (ports
-14xxx), and bench/loadgen.py idle clients (LOGIN, SELECT, IDLE) holding `--sessions`
+Starts, and stops at the end whatever happens: memcached 127.0.0.1:18212, bench/idle_backend.py
+on 127.0.0.71/.72:7143, `--workers` carbotui workers on bench/dashboard-load.toml (ports
+18xxx), and bench/loadgen.py idle clients (LOGIN, SELECT, IDLE) holding `--sessions`
 sessions. Then it times `--refreshes` calls of Fleet.collect() (the dashboard's refresh),
 0.5 s apart: this process's CPU (time.process_time), median and max after the first; and
 the workers' CPU per refresh (utime+stime from /proc, in 10 ms ticks): over
@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 PY = str(REPO / ".venv/bin/python")
 CONFIG = BENCH / "dashboard-load.toml"
-MEMCACHED = ("127.0.0.1", 14212)
-BACKENDS = ("127.0.0.41:7143", "127.0.0.42:7143")
-IMAP_PORT = 14143
+MEMCACHED = ("127.0.0.1", 18212)
+BACKENDS = ("127.0.0.71:7143", "127.0.0.72:7143")
+IMAP_PORT = 18143
 LOG = REPO / "var/dashload/log"
 
 
