@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/tls_idle.py [--mode uvloop|bio|plain|all] [--count 2000]
                                        [--port 14990] [--tracemalloc] [--smaps] [--trim]
+                                       [--burst KB]
 
 One server process (this file, `serve`) accepts on 127.0.0.1:PORT and greets each
 connection with one line after the handshake, as an IMAPS server does; one client process
@@ -18,7 +19,8 @@ by glibc). Modes:
 The context is carbotui's (carbotui/proxy/tls.py with carbotui.toml: ECDSA P-256
 certificate, no tickets). Own ports 14990 and up; nothing else is started.
 
-    .venv/bin/python bench/tls_idle.py proxy [--count 2000] [--workers 2] [--kind idle_imaps]
+    .venv/bin/python bench/tls_idle.py proxy [--count 2000] [--workers 2] [--clients 2]
+                                             [--kind idle_imaps] [--tree DIR]
 
 measures carbotui itself as `make bench`'s idle phase does (bench/run.py idle_hold: LOGIN,
 SELECT, IDLE through the proxy, RSS of the workers before and after, per session), on
@@ -73,10 +75,13 @@ def smaps() -> dict[str, int]:
 
 class Greeter(asyncio.Protocol):
     count = 0
+    burst = b""             # --burst: sent before the greeting (a download, then idle)
 
     def connection_made(self, transport):
         self.transport = transport
         Greeter.count += 1
+        for start in range(0, len(self.burst), 65536):     # in relay-sized chunks
+            transport.write(self.burst[start:start + 65536])
         transport.write(b"* OK ready\r\n")
 
     def data_received(self, data):
@@ -89,6 +94,7 @@ class Greeter(asyncio.Protocol):
 async def serve(args) -> None:
     import tracemalloc
     loop = asyncio.get_running_loop()
+    Greeter.burst = b"x" * (args.burst * 1024)
     ctx = server_context() if args.mode != "plain" else None
     if args.mode == "bio":
         from carbotui.proxy.tlsbio import server_factory
@@ -134,13 +140,14 @@ async def client(args) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     held = []
+    limit = 2 * 1024 * (args.burst + 64)
     sem = asyncio.Semaphore(48)
 
     async def one():
         async with sem:
             r, w = await asyncio.wait_for(asyncio.open_connection(
-                "127.0.0.1", args.port, ssl=ctx), 30)
-            await asyncio.wait_for(r.readline(), 30)
+                "127.0.0.1", args.port, ssl=ctx, limit=limit), 30)
+            await asyncio.wait_for(r.readuntil(b"* OK ready\r\n"), 30)
             held.append(w)
 
     while word := (await reader.readline()).decode().strip():
@@ -167,7 +174,7 @@ def ask(proc, word: str, timeout: float = 300) -> dict:
 
 
 def measure(args, mode: str) -> dict:
-    common = ["--mode", mode, "--port", str(args.port)]
+    common = ["--mode", mode, "--port", str(args.port), "--burst", str(args.burst)]
     flags = [f for f, on in (("--tracemalloc", args.tracemalloc), ("--smaps", args.smaps),
                              ("--trim", args.trim)) if on]
     server = subprocess.Popen([PY, __file__, "serve", *common, *flags], stdin=subprocess.PIPE,
@@ -265,7 +272,8 @@ def proxy(args) -> int:
         bench.wait_port("127.0.0.1", 14993, timeout=30)
         time.sleep(1.5)                 # every worker bound, its LDAP snapshot applied
         for _ in range(args.runs):
-            out = bench.idle_hold(Target(), args.kind, args.count, 2, 1.0)
+            out = bench.idle_hold(Target(), args.kind, args.count, args.clients, 1.0,
+                                  open_timeout=600)
             print(json.dumps({k: out.get(k) for k in (
                 "kind", "opened", "failed", "alive", "dropped", "rss_kb_per_session",
                 "sessions_per_worker", "rss_growth_mb_per_worker", "first_error")}), flush=True)
@@ -280,6 +288,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tree", type=Path, help="proxy: run the carbotui package found here")
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--clients", type=int, default=2, help="proxy: client processes")
     p.add_argument("--kind", default="idle_imaps", choices=("idle_imaps", "idle_imap"))
     p.add_argument("--mode", default="all", choices=("uvloop", "bio", "plain", "all"))
     p.add_argument("--count", type=int, default=2000)
@@ -287,6 +296,8 @@ def main() -> int:
     p.add_argument("--tracemalloc", action="store_true")
     p.add_argument("--smaps", action="store_true")
     p.add_argument("--trim", action="store_true")
+    p.add_argument("--burst", type=int, default=0, metavar="KB",
+                   help="the server first sends KB kilobytes (in 64 KiB writes), then greets")
     args = p.parse_args()
     if args.role == "proxy":
         return proxy(args)

@@ -557,3 +557,44 @@ def test_abort_resets_and_reports_lost(pki, run):
         await apps[0].lost
         server.close()
     run(main())
+
+
+class Addressed(App):
+    def __init__(self, addresses=None):
+        super().__init__()
+        self.addresses = addresses
+
+
+def test_behind_a_proxy_protocol_listener(pki, run):
+    """A PROXY-protocol IMAPS listener (proxied.py) hands the header's addresses to the
+    session inside the TLS wrapper; the TLS handshake follows the header."""
+    from types import SimpleNamespace
+    from carbotui.proxy import proxied
+
+    async def main():
+        apps: list[Addressed] = []
+
+        def factory(addresses=None):
+            apps.append(Addressed(addresses))
+            return apps[-1]
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        sock.setblocking(False)
+        services = SimpleNamespace(
+            settings=SimpleNamespace(proxy_trusted=("127.0.0.0/8",), proxy_timeout=5.0),
+            stats=SimpleNamespace(proxy_refused=0), draining=False)
+        accepting = asyncio.create_task(proxied.serve(
+            services, sock, listeners.implicit_tls(factory, server_context(pki)), None, None))
+
+        def client():
+            raw = socket.create_connection(sock.getsockname(), timeout=DEADLINE)
+            raw.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 993\r\n")
+            with client_context(pki).wrap_socket(raw, server_hostname="imap.test") as s:
+                return read_until(s, b"\r\n")
+        assert await asyncio.to_thread(client) == b"* OK hello\r\n"
+        await apps[0].lost
+        assert apps[0].addresses == (("192.0.2.7", 40000), ("127.0.0.1", 993))
+        accepting.cancel()
+        sock.close()
+    run(main())
