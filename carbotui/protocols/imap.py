@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import re
+from itertools import repeat
 from dataclasses import dataclass, field
 
 from carbotui.protocols.events import (
@@ -54,6 +55,9 @@ _TOKEN_RE = re.compile(rb'''
   | (?P<atom>[^\x00-\x20\x7f(){"\\]+)
 ''', re.VERBOSE)
 _UNESCAPE_RE = re.compile(rb'\\(["\\])')
+# The usual arguments (LOGIN user password, SELECT INBOX): atoms, each after spaces, as
+# _TOKEN_RE would read them token by token (sp, atom, sp, atom...).
+_ATOM_ARGS_RE = re.compile(rb'(?:\x20+[^\x00-\x20\x7f(){"\\]+)+\x20*')
 # Strings we may send as a quoted string (printable ASCII); anything else
 # goes as a literal.
 _QUOTABLE_RE = re.compile(rb"[\x20-\x7e]*")
@@ -239,7 +243,7 @@ class ImapClientSide(ClientSide):
                 data = self._buf.take(cmd.literal_need)
                 if data is None:
                     return False
-                if b"\0" in data:
+                if data.find(b"\0") >= 0:
                     cmd.error = _reply(cmd.tag, b"BAD", b"NUL byte in literal")
                 else:
                     cmd.args.append((STRING, data))
@@ -337,7 +341,7 @@ class ImapClientSide(ClientSide):
             if m is None or text[m.end():m.end() + 1] not in (b" ", b""):
                 return _reply(None, b"BAD", b"Invalid tag")
             cmd.tag = m.group()
-            if b"\0" in text:
+            if text.find(b"\0") >= 0:          # find, not `in`: see imapstream.py
                 return _reply(cmd.tag, b"BAD", b"NUL byte in command")
             if m.end() == len(text) and not has_literal:
                 return _reply(cmd.tag, b"BAD", b"Missing command")
@@ -350,7 +354,7 @@ class ImapClientSide(ClientSide):
             refusal = self._refusal(cmd.tag, cmd.name)
             if refusal is not None:
                 return refusal
-        elif b"\0" in text:
+        elif text.find(b"\0") >= 0:
             return _reply(cmd.tag, b"BAD", b"NUL byte in command")
         try:
             self._tokenize(cmd, text, pos)
@@ -376,6 +380,12 @@ class ImapClientSide(ClientSide):
     @staticmethod
     def _tokenize(cmd: _Command, text: bytes, pos: int) -> None:
         args, need_sep, end = cmd.args, cmd.need_sep, len(text)
+        if pos < end and _ATOM_ARGS_RE.fullmatch(text, pos) is not None:
+            # Only atoms, each after a space: the loop below would take them one by one
+            # (split() cuts at the spaces alone: an atom holds no other whitespace).
+            args.extend(zip(repeat(ATOM), text[pos:].split()))
+            cmd.need_sep = text[-1] != 0x20
+            return
         while pos < end:
             m = _TOKEN_RE.match(text, pos)
             if m is None:
@@ -567,7 +577,13 @@ _NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
 def _id_value(text: str, limit: int = 200) -> bytes:
     # Printable ASCII only: values may come from the client (its ID name),
     # and every IMAP server accepts them in a quoted string.
-    return _quote(_NOT_PRINTABLE_RE.sub("?", text[:limit]).encode("ascii"))
+    text = text[:limit]
+    if not (text.isascii() and text.isprintable()):     # for ASCII: all in \x20-\x7e
+        text = _NOT_PRINTABLE_RE.sub("?", text)
+    value = text.encode("ascii")
+    if value.find(b'"') >= 0 or value.find(b"\\") >= 0:
+        return _quote(value)
+    return b'"' + value + b'"'
 
 
 class ImapBackendLogin(BackendLogin):

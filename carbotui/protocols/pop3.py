@@ -134,7 +134,7 @@ class Pop3ClientSide(ClientSide):
         return out
 
     def _command(self, line: bytes, out: list[Event]) -> None:
-        if b"\0" in line:
+        if line.find(b"\0") >= 0:
             out.append(_err(b"NUL byte in command."))
             return
         verb, has_arg, arg = line.partition(b" ")

@@ -120,7 +120,8 @@ def decode_plain(message: bytes) -> PlainCredentials:
 
 def encode_plain(username: str, password: str, authzid: str = "") -> bytes:
     """The base64 SASL PLAIN response for the given credentials."""
-    message = b"\0".join(s.encode("utf-8") for s in (authzid, username, password))
+    message = b"%s\0%s\0%s" % (authzid.encode("utf-8"), username.encode("utf-8"),
+                                password.encode("utf-8"))
     return base64.b64encode(message)
 
 
