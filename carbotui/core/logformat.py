@@ -175,6 +175,8 @@ def basic_user(authorization: bytes | None) -> bytes:
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _local_cache: tuple[int, str] = (-1, "")
 _iso_cache: tuple[int, str, str] = (-1, "", "")
+# "000".."999" by index (an f-string's :03d costs a format call per line)
+_MILLIS = tuple(f"{i:03d}" for i in range(1000))
 
 
 def time_local(timestamp: float) -> str:
@@ -199,7 +201,8 @@ def iso_time(timestamp: float) -> str:
         zone = time.strftime("%z", t)
         _iso_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", t), f"{zone[:3]}:{zone[3:]}")
     millis = min(999, int((timestamp - second) * 1000))
-    return f"{_iso_cache[1]}.{millis:03d}{_iso_cache[2]}"
+    text = _MILLIS[millis] if millis >= 0 else f"{millis:03d}"     # < 0: before 1970
+    return f"{_iso_cache[1]}.{text}{_iso_cache[2]}"
 
 
 # --- access.log -----------------------------------------------------------------------------

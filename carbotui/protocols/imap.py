@@ -608,6 +608,7 @@ class ImapBackendLogin(BackendLogin):
         self._caps: set[bytes] | None = None
         self._login_chunks: list[bytes] = []   # LOGIN parts waiting for "+" (sync literals)
         self._first_line: bytes | None = None  # a response interrupted by a literal
+        self._quotable_pair: tuple[bool, bool] | None = None   # see _quotable
 
     def __repr__(self) -> str:
         return f"<ImapBackendLogin step={self._step.name} tag={self._tag!r}>"
@@ -720,9 +721,18 @@ class ImapBackendLogin(BackendLogin):
         caps = self._caps
         return b"LITERAL+" in caps or (b"LITERAL-" in caps and len(value) <= _LITERAL_MINUS_MAX)
 
+    def _quotable(self) -> tuple[bool, bool]:
+        """Whether the username and the password may go as quoted strings (asked by
+        _login_waits_for_continuation and by _login: looked at once)."""
+        if self._quotable_pair is None:
+            self._quotable_pair = (_QUOTABLE_RE.fullmatch(self._username) is not None,
+                                   _QUOTABLE_RE.fullmatch(self._password) is not None)
+        return self._quotable_pair
+
     def _login_waits_for_continuation(self) -> bool:
-        return any(not _QUOTABLE_RE.fullmatch(v) and not self._literal_plus(v)
-                   for v in (self._username, self._password))
+        user_ok, password_ok = self._quotable()
+        return ((not user_ok and not self._literal_plus(self._username))
+                or (not password_ok and not self._literal_plus(self._password)))
 
     def _login(self, out: list[Event]) -> None:
         """LOGIN with quoted strings where possible, else literals; a
@@ -732,8 +742,8 @@ class ImapBackendLogin(BackendLogin):
         caps = self._caps
         chunks: list[bytes] = []
         current = self._tag + b" LOGIN"
-        for value in (self._username, self._password):
-            if _QUOTABLE_RE.fullmatch(value):
+        for value, quotable in zip((self._username, self._password), self._quotable()):
+            if quotable:
                 current += b" " + _quote(value)
             elif self._literal_plus(value):
                 current += b" {%d+}\r\n" % len(value) + value

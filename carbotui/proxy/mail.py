@@ -261,7 +261,9 @@ class MailSession(SpliceEnd):
         return False
 
     def connection_lost(self, exc) -> None:
-        self.services.session_ended(self.id)
+        if self.splice is None or self.splice.closed:
+            self.services.session_ended(self.id)
+        # else splice.close below ends the session (_ended): once, not twice
         if self._ip_counted:
             self._ip_counted = False
             self.services.connections_per_ip.release("mail", self.client_ip)
@@ -428,7 +430,7 @@ class MailSession(SpliceEnd):
         """Connect (a few tries within the login deadline) and log in upstream."""
         s = self.services.settings.mail
         loop = self.services.loop
-        stats = self.services.stats.backend(route.server.short_name)
+        stats = self.services.stats.backend(self.server)     # route.server.short_name
         last_error = "no attempt"
         for attempt in range(max(1, s.connect_retries + 1)):
             if attempt:
@@ -519,8 +521,8 @@ class MailSession(SpliceEnd):
         self.state = "proxy"
         # Open sessions per mailbox server: up here, down in _ended (every way a relay
         # ends goes through Splice.close, once).
-        self._counters = self.services.stats.backend(self.server)
-        self._counters.active += 1
+        self._counters = counters = self.services.stats.backend(self.server)
+        counters.active += 1
         extra = backend.machine.leftover()
         if extra:
             self.splice.from_backend(extra)
