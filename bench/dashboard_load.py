@@ -113,6 +113,23 @@ def main() -> int:
         wall = time.perf_counter() - t0
         busy = bench.cpu_seconds(pids) - w0
         fleet.close()
+        # One worker's CPU per stats request, by what is asked: 50 requests in a row.
+        from carbotui.backends import worker_sockets as wire
+        probe = {}
+        path = wire.stats_path(fleet.settings.run_dir, "proxy_00")
+        asks = [("everything", None)]
+        if hasattr(wire, "SessionQuery"):        # not a copy from before the queries
+            asks += [("counts_only", wire.SessionQuery(limit=0)), ("page", wire.SessionQuery()),
+                     ("page_filtered", wire.SessionQuery(terms=((None, "user03"),)))]
+        for label, query in asks:
+            c0 = bench.cpu_seconds(pids[:1])
+            for _ in range(50):
+                if query is None:
+                    wire.read_stats_json(path, 10.0)
+                else:
+                    wire.read_stats_json(path, 10.0, query)
+            probe[label] = round((bench.cpu_seconds(pids[:1]) - c0) / 50 * 1000, 2)
+        out["worker_00_cpu_ms_per_request"] = probe
         out.update({"sessions_seen": seen, "rows_sent": len(snap.sessions),
                     "collect_cpu_ms_median": round(statistics.median(mine[1:]), 1),
                     "collect_cpu_ms_max": round(max(mine[1:]), 1),
