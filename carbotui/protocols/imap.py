@@ -122,7 +122,7 @@ class ImapClientSide(ClientSide):
     _pending: tuple[bytes, str] | None = None
 
     def __init__(self, limits: MailLimits, *, tls: bool):
-        super().__init__(limits, tls=tls)
+        ClientSide.__init__(self, limits, tls=tls)      # not super(): one object less per login
         self._cmd = _Command()
 
     # ------------------------------------------------------------ public API
@@ -602,7 +602,7 @@ class ImapBackendLogin(BackendLogin):
         self._id_fields = (client_ip, client_port, local_ip, local_port, client_ua)
         self._send_id = send_id
         self._id_tag: bytes | None = None     # a pipelined ID still to be answered
-        super().__init__()
+        BackendLogin.__init__(self)
         self._tag = b""
         self._tags = 0
         self._caps: set[bytes] | None = None

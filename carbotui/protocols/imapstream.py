@@ -117,7 +117,7 @@ class _ServerSide(_Framer):
     __slots__ = ("bye",)
 
     def __init__(self) -> None:
-        super().__init__()
+        _Framer.__init__(self)
         self.bye = False
 
     def feed(self, data: bytes) -> None:
@@ -149,7 +149,7 @@ class _ClientSide(_Framer):
     HEAD = 256         # a tag may be long; "tag LOGOUT" must fit
 
     def __init__(self) -> None:
-        super().__init__()
+        _Framer.__init__(self)
         self.logout = self.compress = False
 
     def feed(self, data: bytes) -> None:

@@ -317,7 +317,7 @@ class Pop3BackendLogin(BackendLogin):
         # local_ip/local_port: accepted for symmetry with ImapBackendLogin;
         # XOIP/XCLIENT as sent here do not carry them.
         self._send_xoip = send_xoip
-        super().__init__()
+        BackendLogin.__init__(self)
         self._caps: dict[bytes, list[bytes]] = {}
         self._auth_response: bytes | None = None   # SASL response waiting for "+ "
         self.remembered = capabilities is not None
