@@ -166,13 +166,17 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def _decrypt(self, got: int) -> tuple[int, object]:
         """Records from the incoming BIO into the plaintext buffer from ``got`` on, until
         it wants more or the buffer is full. -> (bytes in the buffer, None | "eof" | exc)"""
-        read = self._sslobj.read
+        sslobj = self._sslobj._sslobj       # the C object: no Python frame per call
+        read = sslobj.read
+        incoming = self._in
         try:
             while got <= _PLAIN_ROOM:
                 n = read(RECORD, _plain_view[got:])
                 if not n:
                     return got, "eof"               # close_notify
                 got += n
+                if not incoming.pending and not sslobj.pending():
+                    break                           # all read: no SSLWantReadError to raise
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
@@ -235,7 +239,7 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def write(self, data) -> None:
         if self._state != _OPEN:
             return                              # closing: dropped, as asyncio does
-        write = self._sslobj.write
+        write = self._sslobj._sslobj.write
         out = self._out
         tcp_write = self._tcp.write
         view = memoryview(data)
