@@ -22,8 +22,14 @@ certificate, no tickets). Own ports 14990 and up; nothing else is started.
     .venv/bin/python bench/tls_idle.py proxy [--count 2000] [--workers 2] [--clients 2]
                                              [--kind idle_imaps] [--tree DIR]
 
-measures carbotui itself as `make bench`'s idle phase does (bench/run.py idle_hold: LOGIN,
-SELECT, IDLE through the proxy, RSS of the workers before and after, per session), on
+    .venv/bin/python bench/tls_idle.py openssl [--count 2000]
+
+what OpenSSL's server object costs by itself (in one process, no sockets), created only
+and after a handshake.
+
+`proxy` measures carbotui itself as `make bench`'s idle phase does (bench/run.py
+idle_hold: LOGIN, SELECT, IDLE through the proxy, RSS of the workers before and after,
+per session), on
 ports of its own: its own memcached (127.0.0.1:14212), bench/idle_backend.py on
 127.0.0.41/.42:7143 (the [hosts] table points mbox1/mbox2 there), carbotui workers with
 bench/carbotui-idle.toml's settings on 127.0.0.1:14143 (IMAP) and 14993 (IMAPS).
@@ -282,9 +288,56 @@ def proxy(args) -> int:
     return 0
 
 
+def openssl(args) -> int:
+    """In one process, no sockets: what OpenSSL's server object (with its two MemoryBIOs and
+    the Python objects) costs, created only and after a whole TLS 1.3 handshake (the
+    client side freed). malloc_trim(0) before each measure."""
+    import gc
+    libc = ctypes.CDLL("libc.so.6")
+    sctx = server_context()
+    cctx = ssl.create_default_context()
+    cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
+
+    def created():
+        si, so = ssl.MemoryBIO(), ssl.MemoryBIO()
+        return sctx.wrap_bio(si, so, server_side=True), si, so
+
+    def handshaken():
+        s, si, so = created()
+        ci, co = ssl.MemoryBIO(), ssl.MemoryBIO()
+        c = cctx.wrap_bio(ci, co, server_hostname="imap.demo.test")
+        for _ in range(4):
+            for end in (c, s):
+                try:
+                    end.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            si.write(co.read())
+            ci.write(so.read())
+        s.write(b"* OK ready\r\n")
+        ci.write(so.read())
+        assert c.read(100) == b"* OK ready\r\n"
+        return s, si, so
+
+    for name, make in (("SSLObject created", created), ("after a handshake", handshaken)):
+        keep = [make() for _ in range(50)]
+        del keep
+        gc.collect()
+        libc.malloc_trim(0)
+        before = rss_kb()
+        keep = [make() for _ in range(args.count)]
+        gc.collect()
+        libc.malloc_trim(0)
+        print(json.dumps({"openssl": name, "rss_kb_per_object": round(
+            (rss_kb() - before) / args.count, 2)}), flush=True)
+        del keep
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("role", nargs="?", default="run", choices=("run", "serve", "client", "proxy"))
+    p.add_argument("role", nargs="?", default="run",
+                   choices=("run", "serve", "client", "proxy", "openssl"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tree", type=Path, help="proxy: run the carbotui package found here")
     p.add_argument("--runs", type=int, default=1)
@@ -301,6 +354,8 @@ def main() -> int:
     args = p.parse_args()
     if args.role == "proxy":
         return proxy(args)
+    if args.role == "openssl":
+        return openssl(args)
     if args.role != "run":
         import uvloop
         uvloop.install()
