@@ -248,10 +248,14 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
                 write(view)
                 tcp_write(out.read())
                 return
-            # One record at a time, each sent on: the outgoing BIO holds one at most.
+            # One record at a time out of the BIO, so it never holds more than one; all
+            # of them to the TCP transport in one call (one send, not one per record).
+            read = out.read
+            records = []
             for start in range(0, len(view), RECORD):
                 write(view[start:start + RECORD])
-                tcp_write(out.read())
+                records.append(read())
+            self._tcp.writelines(records)
         except ssl.SSLError as exc:
             log.debug("TLS write to %s failed: %s", self._peer(), exc)
             self._fail(exc)
