@@ -460,8 +460,16 @@ class _MessageParser:
             return self._fail(events, 431, "header block too large")
         if crlfs - 2 > self.max_headers:
             return self._fail(events, 431, "too many header fields")
-        self._start_end = first + 2
-        self._complete_head(events, head_end)
+        # _complete_head's work; the line scan is still at its start (_scan == 0 here:
+        # no start line was seen), so there is nothing to reset.
+        start_line = bytes(buf[:first])
+        block = bytes(buf[first + 2:end + 2])
+        del buf[:head_end]
+        headers, problem = _parse_fields(block)
+        if problem:
+            self._fail(events, 400, problem)
+        else:
+            self._on_head(events, start_line, headers)
         return True
 
     def _check_partial_head(self, events: list[Event]) -> bool:

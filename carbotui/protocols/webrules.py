@@ -471,6 +471,7 @@ BALANCED = "balanced"
 ACTIVESYNC_PATH = b"/microsoft-server-activesync"    # matched without case
 _REST_PREFIXES = (b"/home/", b"/service/home/")
 _DAV_PREFIXES = (b"/dav/", b"/principals/users/")
+_ACTIVESYNC_DIR = ACTIVESYNC_PATH + b"/"
 MAX_USER = 320                # RFC 5321 §4.5.3.1: 64 (local part) + "@" + 255 (domain)
 MAX_BASIC_TOKEN = 2048        # base64 of a user and a password; real ones are < 200
 MAX_QUERY_ARGS = 100
@@ -529,7 +530,11 @@ def basic_auth(headers: http11.Headers) -> Basic | None:
     scheme, more than one Authorization field, base64 that is not strict or longer
     than MAX_BASIC_TOKEN, no ``:`` (RFC 7617 §2). A user-id that is not UTF-8 is read
     as ISO-8859-1; one that is no name (`checked_user`) gives ``login`` ''."""
-    values = http11.get_all(headers, b"authorization")
+    return _basic_of(http11.get_all(headers, b"authorization"))
+
+
+def _basic_of(values: list[bytes]) -> Basic | None:
+    """`basic_auth` of the Authorization values."""
     if len(values) != 1:
         return None
     scheme, _, token = values[0].strip().partition(b" ")
@@ -552,7 +557,12 @@ def basic_auth(headers: http11.Headers) -> Basic | None:
 
 def cookie_value(headers: http11.Headers, name: bytes) -> bytes | None:
     """The first ``name=value`` of the Cookie fields."""
-    for value in http11.get_all(headers, b"cookie"):
+    return _cookie_of(http11.get_all(headers, b"cookie"), name)
+
+
+def _cookie_of(values: list[bytes], name: bytes) -> bytes | None:
+    """`cookie_value` of the Cookie values."""
+    for value in values:
         for part in value.split(b";"):
             key, _, val = part.strip().partition(b"=")
             if key == name:
@@ -583,9 +593,9 @@ def path_user(path: bytes, prefixes: tuple[bytes, ...]) -> str | None:
     not routed by its path); None when the prefix does not match. A path with an
     encoded ``/`` or ``\\``, a ``\\``, a dot segment, or an encoding left after one
     decoding is never routed by its path: a server might read another user in it."""
-    prefix = next((p for p in prefixes if path.startswith(p)), None)
-    if prefix is None:
+    if not path.startswith(prefixes):        # the usual case: one C call
         return None
+    prefix = next(p for p in prefixes if path.startswith(p))
     low = path.lower()
     if b"%2f" in low or b"%5c" in low or b"\\" in path:
         return ""
@@ -603,13 +613,22 @@ def path_user(path: bytes, prefixes: tuple[bytes, ...]) -> str | None:
 def route_hint(target: bytes, headers: http11.Headers, *, admin: bool = False) -> RouteHint:
     """What to route a (non-login) request by, in Carbonio's order (see RouteHint).
     Anything malformed names nobody and the next rule applies; nothing here raises."""
-    basic = basic_auth(headers)
+    authorization: list[bytes] = []
+    cookies: list[bytes] = []
+    for name, value in headers:          # one pass for both (each name lowered once)
+        low = name.lower()
+        if low == b"cookie":
+            cookies.append(value)
+        elif low == b"authorization":
+            authorization.append(value)
+    basic = _basic_of(authorization)
     path = target_path(target) if target.startswith(b"/") else b""
     if not admin and path:
         user = path_user(path, _REST_PREFIXES)
         if user:
             return RouteHint(REST, user=user, basic=basic)
-        if path.lower() == ACTIVESYNC_PATH or path.lower().startswith(ACTIVESYNC_PATH + b"/"):
+        low_path = path.lower()
+        if low_path == ACTIVESYNC_PATH or low_path.startswith(_ACTIVESYNC_DIR):
             user = basic.login if basic else ""
             if not user:
                 arg = query_arg(target, b"user")
@@ -623,7 +642,7 @@ def route_hint(target: bytes, headers: http11.Headers, *, admin: bool = False) -
         user = path_user(path, _DAV_PREFIXES)
         if user:
             return RouteHint(DAV, user=user, basic=basic)
-    token = cookie_value(headers, b"ZM_ADMIN_AUTH_TOKEN" if admin else b"ZM_AUTH_TOKEN")
+    token = _cookie_of(cookies, b"ZM_ADMIN_AUTH_TOKEN" if admin else b"ZM_AUTH_TOKEN")
     zimbra_id = zimbra_id_from_token(token) if token else None
     if not zimbra_id:
         arg = query_arg(target, b"zauthtoken")
