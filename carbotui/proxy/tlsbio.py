@@ -22,6 +22,14 @@ application, and ``get_extra_info`` answers ``ssl_object``, ``sslcontext``, ``pe
 ``socket``. Renegotiation does not exist in TLS 1.3 and is refused by OpenSSL's defaults
 for 1.2 servers in Python (no SSL_OP_ALLOW_CLIENT_RENEGOTIATION); a KeyUpdate is answered
 by OpenSSL through the outgoing BIO, flushed after every read.
+
+Measured (same tree, the listeners' hook on and off): an idle IMAPS session through the
+proxy, 2,000 on 2 workers, 30.1 -> 24.0 KB RSS (bench/tls_idle.py proxy); a bare server,
+23.5 (uvloop) -> 16.6 KB per idle connection, 94.5 -> 36.4 KB after a 1 MB download
+(bench/tls_idle.py --burst 1024); per session 3,151,965 -> 3,142,778 instructions (IMAPS)
+and 3,059,926 -> 3,058,268 (POP3S), bench/instructions_tls.py: CPU-neutral, OpenSSL's
+handshake is ~70 % of it. (The figures in commit f167782's message compared with an older
+tree, before other changes to the mail path.)
 """
 from __future__ import annotations
 
