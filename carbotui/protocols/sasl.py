@@ -189,6 +189,8 @@ class LineBuffer:
         it is not complete yet. Raise LineTooLong if the line (without CRLF)
         is, or is bound to become, longer than ``limit`` bytes."""
         buf = self._buf
+        if not buf:                   # the usual last call of a feed: all lines taken
+            return None               # (_scanned is 0: it never exceeds len(buf))
         end = buf.find(b"\n", self._scanned)
         if end < 0:
             self._scanned = len(buf)
