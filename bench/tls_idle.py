@@ -20,7 +20,7 @@ The context is carbotui's (carbotui/proxy/tls.py with carbotui.toml: ECDSA P-256
 certificate, no tickets). Own ports 14990 and up; nothing else is started.
 
     .venv/bin/python bench/tls_idle.py proxy [--count 2000] [--workers 2] [--clients 2]
-                                             [--kind idle_imaps] [--tree DIR]
+                                             [--backends 2] [--kind idle_imaps] [--tree DIR]
 
     .venv/bin/python bench/tls_idle.py openssl [--count 2000]
 
@@ -261,7 +261,7 @@ def proxy(args) -> int:
     try:
         procs.start("tlsidle_memcached", ["memcached", "-u", "memcache", "-l", "127.0.0.1",
                                           "-p", "14212", "-U", "0"])
-        for n in range(2):
+        for n in range(args.backends):
             procs.start(f"tlsidle_backend_{n}", [PY, str(REPO / "bench/idle_backend.py"),
                                                  "--listen", "127.0.0.41:7143",
                                                  "--listen", "127.0.0.42:7143"])
@@ -342,6 +342,8 @@ def main() -> int:
     p.add_argument("--tree", type=Path, help="proxy: run the carbotui package found here")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--clients", type=int, default=2, help="proxy: client processes")
+    p.add_argument("--backends", type=int, default=2,
+                   help="proxy: idle backend processes (each < 20,000 sessions)")
     p.add_argument("--kind", default="idle_imaps", choices=("idle_imaps", "idle_imap"))
     p.add_argument("--mode", default="all", choices=("uvloop", "bio", "plain", "all"))
     p.add_argument("--count", type=int, default=2000)
