@@ -86,6 +86,21 @@ class BodyMode:
     def of_length(cls, n: int) -> BodyMode:
         return cls("length", n)
 
+
+# BodyMode is frozen: the modes of small lengths are made once and shared (a response's
+# Content-Length is mostly one of a few small values), at most _LENGTH_MODES_MAX of them.
+_LENGTH_MODES: dict[int, BodyMode] = {}
+_LENGTH_MODES_MAX = 4096
+
+
+def _length_mode(n: int) -> BodyMode:
+    mode = _LENGTH_MODES.get(n)
+    if mode is None:
+        mode = BodyMode("length", n)
+        if n < 65536 and len(_LENGTH_MODES) < _LENGTH_MODES_MAX:
+            _LENGTH_MODES[n] = mode
+    return mode
+
     def __repr__(self) -> str:
         return f"length({self.length})" if self.kind == "length" else self.kind
 
@@ -355,7 +370,12 @@ class _MessageParser:
         while True:
             state = self._state
             if state == _HEAD:
-                progressed = self._parse_head(events)
+                # A whole head already buffered (the usual case) goes to _whole_head
+                # without the extra call through _parse_head.
+                if self._scan == 0 and self._buf[:1] != b"\r" and self._whole_head(events):
+                    progressed = self._state != _FAILED
+                else:
+                    progressed = self._parse_head_lines(events)
             elif state == _BODY or state == _CHUNK_DATA:
                 progressed = self._parse_body_bytes(events)
             elif state == _CHUNK_SIZE:
@@ -399,11 +419,14 @@ class _MessageParser:
     # head ------------------------------------------------------------------
 
     def _parse_head(self, events: list[Event]) -> bool:
-        buf = self._buf
-        if self._scan == 0 and buf[:1] != b"\r" and self._whole_head(events):
+        if self._scan == 0 and self._buf[:1] != b"\r" and self._whole_head(events):
             return self._state != _FAILED
-        # Slow path: the head arrives in pieces. Every LF is looked at once,
-        # however the input is split (no rescans).
+        return self._parse_head_lines(events)
+
+    def _parse_head_lines(self, events: list[Event]) -> bool:
+        """Slow path: the head arrives in pieces. Every LF is looked at once,
+        however the input is split (no rescans)."""
+        buf = self._buf
         while True:
             if self._start_end < 0 and self._line_start == 0 and buf[:1] == b"\x16":
                 return self._fail(events, 400, "TLS handshake on a plain-HTTP port")
@@ -675,7 +698,7 @@ class RequestParser(_MessageParser):
                 return self._fail(events, 400, n)
             if self.max_body is not None and n > self.max_body:
                 return self._fail(events, 413, "body larger than allowed")
-            mode = BodyMode.of_length(n)
+            mode = _length_mode(n)
         else:
             mode = NO_BODY
 
@@ -763,7 +786,7 @@ class ResponseParser(_MessageParser):
         elif length is not None:
             if self.max_body is not None and length > self.max_body:
                 return self._fail(events, 502, "body larger than allowed")
-            mode = BodyMode.of_length(length)
+            mode = _length_mode(length)
         else:
             mode = UNTIL_CLOSE
         events.append(Response(status, reason, version, headers, mode))

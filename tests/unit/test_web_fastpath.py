@@ -208,3 +208,28 @@ def test_settings_table_is_pre_encoded():
     assert web.path_timeouts.encoded == ((b"/x/y", POLLING), (b"/x", 5.0))
     assert config.WebSettings.from_table({}).path_timeouts.encoded[0] == \
         (b"/microsoft-server-activesync", POLLING)
+
+
+def test_without_underscored_and_the_serialiser_on_odd_names():
+    req = http11.Request(b"GET", b"/", b"1.1", [(b"Host", b"a"), (b"X_Real_IP", b"1"),
+                                                 (b"X-A", b"2")], http11.NO_BODY)
+    assert webrules.without_underscored(req).headers == [(b"Host", b"a"), (b"X-A", b"2")]
+    plain = http11.Request(b"GET", b"/", b"1.1", [(b"Host", b"a")], http11.NO_BODY)
+    assert webrules.without_underscored(plain) is plain
+    # an empty header list and a tuple of headers serialise as before
+    assert http11.serialize_response_head(204, None, []) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert http11.serialize_request_head(b"GET", b"/", ((b"Host", b"a"),)) == \
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    with pytest.raises(ValueError):
+        http11.serialize_response_head(200, None, [(b"Host", b"a\r\nX-Injected: 1")])
+
+
+def test_length_modes_shared_equal_and_bounded():
+    p = http11.ResponseParser(b"GET")
+    ev = p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert ev[0].body_mode == http11.BodyMode.of_length(2) and ev[0].body_mode.length == 2
+    assert http11._length_mode(2) is http11._length_mode(2)
+    for n in range(0, 200000, 7):
+        assert http11._length_mode(n) == http11.BodyMode("length", n)
+    assert len(http11._LENGTH_MODES) <= http11._LENGTH_MODES_MAX
+    assert max(http11._LENGTH_MODES) < 65536
