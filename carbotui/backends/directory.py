@@ -244,6 +244,11 @@ class Directory:
                                 "again in %gs", url, exc, self.RETRY_AFTER)
                 self._down_until[url] = time.monotonic() + self.RETRY_AFTER
                 failures.append(f"{url}: {exc}")
+                # ldap3's Server remembers a failed address and refuses it ("invalid
+                # server address") for RESET_AVAILABILITY_TIMEOUT (5 s) more: a lone slapd
+                # back after a restart would stay refused. Skipping is decided above.
+                self._servers = [(u, make_server(self.settings, u) if u == url else s)
+                                 for u, s in self._servers]
                 continue
             self._down_until.pop(url, None)
             if url != self.in_use:

@@ -211,3 +211,67 @@ def test_a_worker_whose_first_ldap_server_is_dead_serves_through_the_second(tmp_
         assert hung.connections() == 1                   # the hung one cost one timeout
     finally:
         worker.stop()
+
+
+class Forwarder:
+    """A TCP port that refuses (nothing listens) until start(), then relays to the demo's
+    slapd: an LDAP server that was down and is back."""
+
+    def __init__(self):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()                            # refused until start()
+        self.url = f"ldap://127.0.0.1:{self.port}"
+        self.sock: socket.socket | None = None
+
+    def start(self):
+        import threading
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(8)
+        host, port = DEMO.removeprefix("ldap://").rsplit(":", 1)
+
+        def pipe(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                a.close()
+                b.close()
+
+        def serve():
+            while True:
+                try:
+                    client, _ = self.sock.accept()
+                except OSError:
+                    return
+                upstream = socket.create_connection((host, int(port)), timeout=5)
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+
+
+def test_a_lone_server_back_after_a_restart_is_used_at_once():
+    """One [ldap] url, refused, then answering: the next lookup binds (ldap3 alone would
+    refuse the address for 5 s more: `invalid server address` seen after slapd came back)."""
+    back = Forwarder()
+    d = Directory(with_urls(back.url, timeout=2))
+    try:
+        with pytest.raises(DirectoryUnavailable):
+            d.find_account("user03@demo.test")
+        back.start()
+        account, seconds = timed(lambda: d.find_account("user03@demo.test"))
+        assert account is not None and account.mail_host == "mbox1.demo.test"
+        assert seconds < 2
+    finally:
+        d.close()
+        back.close()
