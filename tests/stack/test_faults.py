@@ -71,10 +71,19 @@ def assert_one_audit_line_each(audit: AuditTail, loop: LoginLoop) -> None:
         e = parse_line(line)
         if e and e.account == loop.user:
             counts[e.client_port] = counts.get(e.client_port, 0) + 1
-    for started, ok, port, error in loop.results:
-        if ok:
-            assert counts.get(port) == 1, f"port {port}: {counts.get(port)} audit lines"
-    assert all(n == 1 for n in counts.values())
+    # Loopback reuses a client port within a second (tcp_tw_reuse=2 takes ports out of
+    # TIME_WAIT; seen: 42344 twice 0.3 s apart): a port may carry several attempts. Each
+    # successful login has its line, and no attempt has two.
+    ok: dict[int, int] = {}
+    tried: dict[int, int] = {}
+    for started, success, port, error in loop.results:
+        tried[port] = tried.get(port, 0) + 1
+        if success:
+            ok[port] = ok.get(port, 0) + 1
+    for port, n in ok.items():
+        assert counts.get(port, 0) >= n, f"port {port}: {n} logins, {counts.get(port)} lines"
+    for port, n in counts.items():
+        assert n <= tried.get(port, 0), f"port {port}: {n} audit lines, {tried.get(port)} tries"
 
 
 def _audited_ports(audit: AuditTail) -> set[int]:
