@@ -1,8 +1,9 @@
 """A compiled module never shadows a newer edit of its source.
 
 setup.py compiles a few modules with mypyc (MYPYC_MODULES there); their .so sits next to
-the .py and wins the import. When a .py is newer than its .so (edited, or checked out,
-after the build), every compiled module of the package is imported from its .py instead,
+the .py and wins the import. In a checkout (setup.py beside the package: editable installs,
+`make compiled`), when a .py is newer than its .so (edited, or checked out, after the
+build), every compiled module of the package is imported from its .py instead,
 all of them together: mypyc links them into one library, so one interpreted module
 beside compiled ones that call into the old code would mix two versions. A warning on
 stderr names the stale module; `make compiled` (before `make test`) rebuilds.
@@ -62,6 +63,11 @@ class PreferSource:
 def guard() -> list[str]:
     """Installs PreferSource for every compiled module when one is stale or
     CARBOTUI_PURE=1; returns the stale ones."""
+    if not os.path.exists(os.path.join(os.path.dirname(PACKAGE), "setup.py")):
+        # an installed wheel, not a checkout: pip writes its files in any order, so the
+        # times say nothing, and nobody edits them (CARBOTUI_PURE still applies)
+        if os.environ.get("CARBOTUI_PURE") != "1":
+            return []
     modules = compiled_modules()
     if not modules:
         return []

@@ -1,8 +1,8 @@
 """The mypyc build (setup.py) never runs code older than its source.
 
-carbotui/core/compiled.py: a module's .so wins the import only while no compiled module's
-.py is newer than its .so; else (or with CARBOTUI_PURE=1) all of them run from their .py,
-with a warning. Tried on a copy of the package whose "compiled" modules are files that
+carbotui/core/compiled.py: in a checkout, a module's .so wins the import only while no
+compiled module's .py is newer than its .so; else (or with CARBOTUI_PURE=1) all of them run
+from their .py, with a warning. An installed wheel uses its .so. Tried on a copy of the package whose "compiled" modules are files that
 are no library at all: importing one fails exactly when the .so is chosen. And the
 checkout holds no .so that setup.py does not build (a leftover would shadow its .py).
 """
@@ -31,6 +31,7 @@ def _mypyc_modules() -> list[str]:
 def tree(tmp_path) -> Path:
     shutil.copytree(ROOT / "carbotui", tmp_path / "carbotui",
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copy2(ROOT / "setup.py", tmp_path / "setup.py")     # a checkout
     for name in ("lines", "logformat"):
         so = tmp_path / "carbotui/core" / (name + SUFFIX)
         so.write_bytes(b"not a shared object")
@@ -61,6 +62,16 @@ def test_an_edited_source_runs_as_python_and_so_do_the_other_compiled_modules(tr
         assert p.stdout.strip() == str(tree / (module.replace(".", "/") + ".py"))
         assert "carbotui.core.lines changed since it was compiled" in p.stderr
         assert "carbotui.core.logformat changed" not in p.stderr
+
+
+def test_an_installed_wheel_uses_its_compiled_modules_whatever_their_times(tree):
+    # pip writes a wheel's files in any order: a .py may be newer than its .so
+    (tree / "setup.py").unlink()
+    (tree / "carbotui/core/lines.py").touch()
+    p = _import(tree, "carbotui.core.logformat")
+    assert p.returncode != 0 and "ImportError" in p.stderr      # the .so was loaded
+    p = _import(tree, "carbotui.core.logformat", CARBOTUI_PURE="1")
+    assert p.returncode == 0 and p.stdout.strip().endswith("carbotui/core/logformat.py")
 
 
 def test_carbotui_pure_runs_every_compiled_module_as_python(tree):
