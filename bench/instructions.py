@@ -1,6 +1,6 @@
 """Instructions per mail session in a carbotui worker, counted by callgrind.
 
-    .venv/bin/python bench/instructions.py [imap|pop3] [--sessions 200] [--bare]
+    .venv/bin/python bench/instructions.py [imap|pop3] [--sessions 200] [--bare] [--keep DIR]
 
 Wall-clock CPU on a shared 2-core machine moves ±10 % between runs; callgrind's count of
 user-space instructions does not (two runs agree to 0.5 %), so this is the measure for
@@ -9,11 +9,14 @@ epoll) is not counted. Needs the demo stack (`make up`) and valgrind; starts its
 memcached on the bench's port and one worker (bench/quiet_worker.py) under valgrind with
 bench/carbotui-bench.toml, warms the route cache with 50 sessions, then counts N.
 --bare counts bench/bare_proxy.py instead (IMAP only): the floor for an asyncio proxy.
+--keep DIR copies the counted dump there (DIR/callgrind.out.<proto>) for
+`callgrind_annotate --inclusive=yes DIR/callgrind.out.imap`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +45,8 @@ def main() -> int:
     p.add_argument("proto", nargs="?", default="imap", choices=sorted(PORTS))
     p.add_argument("--sessions", type=int, default=200)
     p.add_argument("--bare", action="store_true", help="count bench/bare_proxy.py (IMAP)")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="copy the counted callgrind dump into DIR (for callgrind_annotate)")
     args = p.parse_args()
     if args.bare and args.proto != "imap":
         p.error("--bare speaks IMAP only")
@@ -73,6 +78,10 @@ def main() -> int:
             dumps = sorted(tmp.glob("callgrind.out.*"))
             total = next(int(line.split()[1]) for line in dumps[-1].read_text().splitlines()
                          if line.startswith(("summary:", "totals:")))
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                kept = args.keep / f"callgrind.out.{'bare' if args.bare else args.proto}"
+                shutil.copyfile(dumps[-1], kept)
         finally:
             worker.terminate()
             worker.wait(60)
@@ -84,6 +93,8 @@ def main() -> int:
     what = "bare_proxy" if args.bare else args.proto
     print(f"{what}: {total / result['n']:,.0f} instructions per session "
           f"({result['n']} sessions, user space, callgrind)")
+    if args.keep:
+        print(f"kept {kept}")
     return 0
 
 

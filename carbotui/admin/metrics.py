@@ -46,13 +46,15 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from carbotui.admin.node import read_worker_snapshots
-from carbotui.backends.worker_sockets import CONNECT_BUCKETS, WorkerSnapshot, stats_sockets
+from carbotui.backends.worker_sockets import (CONNECT_BUCKETS, SessionQuery, WorkerSnapshot,
+                                              count_sessions, stats_sockets)
 from carbotui.core import certs
 from carbotui.core import settings as config
 
 log = logging.getLogger("carbotui.admin.metrics")
 
 PREFIX = "carbotui_"
+COUNTS_ONLY = SessionQuery(limit=0)     # what a scrape asks the workers for: no session
 # the states a session of a listener kind goes through (worker_sockets.Session.state): each
 # gets a sample, 0 included, so a gauge does not vanish when nothing is open
 MAIL_STATES, WEB_STATES = ("preauth", "login", "proxy"), ("http", "websocket")
@@ -236,7 +238,8 @@ class NodeCollector:
     def __init__(self, settings, read: Callable[[Path], dict[str, WorkerSnapshot]] = None,
                  clock: Callable[[], float] = time.time):
         self.settings = settings
-        self.read = read or (lambda run_dir: read_worker_snapshots(run_dir))
+        # counts only: carbotui_sessions needs no session itself
+        self.read = read or (lambda run_dir: read_worker_snapshots(run_dir, query=COUNTS_ONLY))
         self.clock = clock
         self.totals = Totals()
         self.certificates = Certificates()
@@ -294,7 +297,13 @@ class NodeCollector:
         # sessions
         open_ = Counter({(kind, state): 0 for kind in getattr(self.settings, "listen", {})
                          for state in STATES.get(kind, ())})
-        open_.update((s.protocol, s.state) for snap in live for s in snap.sessions)
+        for snap in live:
+            counts = snap.session_counts
+            if counts is None:            # a snapshot not read from the wire (tests)
+                counts = count_sessions(snap.sessions)
+            for kind, by_state in counts.items():
+                for state, n in by_state.items():
+                    open_[(str(kind), str(state))] += int(n)
         yield _gauge("sessions", "Client sessions open now, by listener and state "
                      "(preauth, login, proxy, http, websocket).", ["protocol", "state"],
                      sorted(open_.items()))

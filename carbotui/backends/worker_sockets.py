@@ -1,7 +1,8 @@
 """The two Unix sockets of a proxy worker and var/run/maintenance.json: the wire
 format, both ends.
 
-    var/run/proxy_NN.sock   stats: connect, read to EOF, one JSON document
+    var/run/proxy_NN.sock   stats: connect, send one request line (a SessionQuery as
+                            JSON, or {} for everything), read to EOF: one JSON document
                             (a WorkerSnapshot); 0660, readable by the admin group
     var/run/proxy_NN.ctl    control: one JSON request line in, one JSON reply line out;
                             0600, the worker's user and root
@@ -18,8 +19,14 @@ read them by name. ``from_json`` needs every field (a missing one is a WireError
 naming it) and ignores keys it does not know (a newer worker).
 
 Sessions are the bulk of a snapshot (10,000 on a busy worker, once a second per
-dashboard), so they are built positionally, unfrozen, with no per-field conversion:
-a frozen dataclass's __init__ or keyword construction costs three times as much.
+dashboard), so the dashboard does not ask for them all: its request (a SessionQuery)
+names a sort, a filter and a limit, the worker answers its counts of every session by
+protocol and state, how many match the filter, and only the first `limit` of those in
+that order (the dashboard merges the workers' pages and cuts again: the same rows as
+sorting everything). `{}` (what `carbotui stats` sends) and a client that sends nothing
+get every session, unsorted, as before. Sessions are built positionally, unfrozen, with
+no per-field conversion: a frozen dataclass's __init__ or keyword construction costs
+three times as much.
 """
 from __future__ import annotations
 
@@ -27,7 +34,9 @@ import dataclasses
 import json
 import os
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from carbotui.core.lines import recv_line
@@ -36,6 +45,8 @@ STATS_SUFFIX = ".sock"
 CONTROL_SUFFIX = ".ctl"
 MAINTENANCE_FILE = "maintenance.json"
 CONTROL_MAX_REQUEST = 4096          # bytes of one control request line
+STATS_MAX_REQUEST = 4096            # bytes of one stats request line
+STATS_REQUEST_WAIT = 0.5            # seconds a worker waits for it (then: everything)
 
 
 class WireError(ValueError):
@@ -55,6 +66,153 @@ def control_path(run_dir: str | Path, worker: str) -> Path:
 def stats_sockets(run_dir: str | Path) -> list[Path]:
     """Every worker's stats socket in ``run_dir``, by worker name."""
     return sorted(Path(run_dir).glob(f"proxy_*{STATS_SUFFIX}"))
+
+
+
+# --- what the dashboard asks for ------------------------------------------------------------
+#
+# A session's fields as the dashboard's filter box and its sorts see them (the Connections
+# screen: carbotui/tui/screens/connections.py). The worker applies the same rules to its
+# live sessions (carbotui/proxy/stats.py, _LIVE_SORT): keep the two tables in step
+# (tests/unit/test_worker_sockets.py compares them).
+
+FILTER_FIELDS = ("account", "client", "protocol", "server", "worker", "state")
+MAX_TERMS = 16
+MAX_TERM = 256                      # characters of one filter value or field name
+
+
+def session_fields(s: "Session") -> dict[str, str]:
+    """What the filter box matches a session against."""
+    return {"account": s.account, "client": s.client, "protocol": s.protocol,
+            "server": s.server, "worker": s.worker, "state": s.state}
+
+
+def matches(fields: dict, terms) -> bool:
+    """Every term matches: (None, word) any field containing it, (field, word) that field;
+    case-insensitive substrings (``terms`` lower case, as carbotui.tui.filters.parse makes
+    them). A field the thing does not have is empty: nothing matches it."""
+    for name, value in terms:
+        if name is None:
+            if not any(value in str(v).lower() for v in fields.values()):
+                return False
+        elif value not in str(fields.get(name, "")).lower():
+            return False
+    return True
+
+
+def _bytes(n) -> int:
+    return n if n is not None else -1
+
+
+# Sort keys as the sessions table sorts its cells (carbotui.tui.format.sort_key): the
+# account "(login)" before a login, the server's short name, a wire-rounded start time.
+SESSION_SORT = {
+    "started": attrgetter("started"),
+    "account": lambda s: s.account or "(login)",
+    "client": lambda s: str(s.client),
+    "bytes_in": lambda s: _bytes(s.bytes_in),
+    "bytes_out": lambda s: _bytes(s.bytes_out),
+    "server": lambda s: str(s.server).split(".", 1)[0],
+    "worker": lambda s: str(s.worker),
+    "protocol": lambda s: str(s.protocol),
+    "state": lambda s: str(s.state),
+    "id": attrgetter("id"),
+}
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """Which sessions a stats request wants: those matching every term of ``terms``
+    ((field or None, lower-case word), as carbotui.tui.filters.parse makes them), sorted by
+    ``sort`` (descending when ``reverse``; ties in (worker, id) order, as the table's
+    stable sort leaves them), at most ``limit`` of them (None: all). A key left out of
+    the JSON takes the default here."""
+    sort: str = "started"
+    reverse: bool = True
+    terms: tuple[tuple[str | None, str], ...] = ()
+    limit: int | None = 200
+
+    def to_json(self) -> dict:
+        return {"sort": self.sort, "reverse": self.reverse,
+                "filter": [list(t) for t in self.terms], "limit": self.limit}
+
+    @classmethod
+    def from_json(cls, raw) -> "SessionQuery":
+        if not isinstance(raw, dict):
+            raise WireError("sessions: not a JSON object")
+        sort = raw.get("sort", cls.sort)
+        if sort not in SESSION_SORT:
+            raise WireError(f"sessions.sort: not one of {', '.join(SESSION_SORT)}")
+        reverse = raw.get("reverse", cls.reverse)
+        if not isinstance(reverse, bool):
+            raise WireError("sessions.reverse: not true or false")
+        limit = raw.get("limit", cls.limit)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 0):
+            raise WireError("sessions.limit: not a count (or null: all)")
+        terms = raw.get("filter", [])
+        if not isinstance(terms, list) or len(terms) > MAX_TERMS:
+            raise WireError(f"sessions.filter: not a list of at most {MAX_TERMS} terms")
+        out = []
+        for term in terms:
+            if not (isinstance(term, list) and len(term) == 2
+                    and (term[0] is None or isinstance(term[0], str))
+                    and isinstance(term[1], str) and term[1]
+                    and len(term[1]) <= MAX_TERM and len(term[0] or "") <= MAX_TERM):
+                raise WireError("sessions.filter: a term is not [field or null, word]")
+            out.append((term[0], term[1].lower()))
+        return cls(sort=sort, reverse=reverse, terms=tuple(out), limit=limit)
+
+    def matching(self, sessions) -> list["Session"]:
+        """The wire sessions that match the terms (all of them when there are none)."""
+        if not self.terms:
+            return list(sessions)
+        terms = self.terms
+        return [s for s in sessions if matches(session_fields(s), terms)]
+
+    def page(self, sessions) -> list["Session"]:
+        """The first ``limit`` of ``sessions`` (already matching) in this order: what the
+        dashboard makes of the workers' pages merged (or of an older worker's everything)."""
+        rows = sorted(sessions, key=_WORKER_ID)
+        rows.sort(key=SESSION_SORT[self.sort], reverse=self.reverse)   # stable: ties stay
+        return rows if self.limit is None else rows[:self.limit]
+
+
+_WORKER_ID = attrgetter("worker", "id")
+
+
+def stats_request(query: SessionQuery | None) -> bytes:
+    """The request line: None asks for everything, as a client that sends nothing."""
+    return encode_line({} if query is None else {"sessions": query.to_json()})
+
+
+def parse_stats_request(line: bytes) -> SessionQuery | None:
+    """A worker's reading of a request line (b"" when none came): None is everything.
+    Raises WireError, saying what is wrong."""
+    if not line.strip():
+        return None
+    try:
+        raw = json.loads(line)
+    except (ValueError, RecursionError):
+        raise WireError("request: not JSON") from None
+    if not isinstance(raw, dict):
+        raise WireError("request: not a JSON object")
+    if raw.get("sessions") is None:
+        return None
+    return SessionQuery.from_json(raw["sessions"])
+
+
+def encode_error(error: str) -> bytes:
+    """What a worker answers to a request it refuses."""
+    return json.dumps({"error": error}).encode()
+
+
+def count_sessions(sessions) -> dict[str, dict[str, int]]:
+    """{protocol: {state: sessions}} of wire sessions (an older worker sends no counts)."""
+    out: dict[str, dict[str, int]] = {}
+    for (protocol, state), n in Counter(map(attrgetter("protocol", "state"), sessions)).items():
+        out.setdefault(protocol, {})[state] = n
+    return out
 
 
 # --- the stats snapshot --------------------------------------------------------------------
@@ -266,10 +424,26 @@ class WorkerSnapshot:
     maintenance: list[str]          # hostnames, sorted
     web: WebStats
     config: ConfigStats
+    # The sessions asked for (stats_request): every one, or the first `limit` that
+    # match the request's filter in its order.
     sessions: list[Session]
     metrics: MetricStats = field(default_factory=MetricStats)
+    # Every live session by listener kind and state ({"imaps": {"proxy": 3}}), and how
+    # many match the request's filter. An older worker sends neither, and every session:
+    # then the counts are made from them, and sessions_matched is None (not filtered).
+    session_counts: dict[str, dict[str, int]] | None = None
+    sessions_matched: int | None = None
 
-    OPTIONAL = ("metrics",)         # keys a worker older than them does not send
+    OPTIONAL = ("metrics", "session_counts", "sessions_matched")   # keys a worker older
+                                                                   # than them does not send
+
+    @property
+    def open_sessions(self) -> int:
+        """Every live session of the worker (not only those sent)."""
+        counts = self.session_counts
+        if counts is None:
+            return len(self.sessions)
+        return sum(n for by_state in counts.values() for n in by_state.values())
 
     def to_json(self) -> dict:
         out = _to(self)
@@ -306,6 +480,16 @@ class WorkerSnapshot:
             raise WireError(f"Session: no {exc.args[0]!r}") from None
         except TypeError:
             raise WireError("Session: not a JSON object") from None
+        if snap.session_counts is None:
+            snap.session_counts = count_sessions(snap.sessions)
+            snap.sessions_matched = None
+        else:
+            for by_state in _object(snap.session_counts, "session_counts").values():
+                if not (isinstance(by_state, dict)
+                        and all(isinstance(n, int) for n in by_state.values())):
+                    raise WireError("session_counts: not {protocol: {state: count}}")
+            if not isinstance(snap.sessions_matched, int):
+                raise WireError("sessions_matched: not a count")
         return snap
 
     @classmethod
@@ -316,22 +500,30 @@ class WorkerSnapshot:
             raise WireError("too deeply nested") from None
 
 
-def read_stats_json(path: str | Path, timeout: float = 2.0) -> dict:
-    """A worker's stats document as JSON (what `carbotui stats` prints): connect, read
-    to EOF. Raises OSError, or ValueError when it is not JSON."""
+def read_stats_json(path: str | Path, timeout: float = 2.0,
+                    query: SessionQuery | None = None) -> dict:
+    """A worker's stats document as JSON (what `carbotui stats` prints): connect, send the
+    request (``query``; None: every session), read to EOF. Raises OSError, or ValueError
+    when it is not JSON, or WireError when the worker refused the request."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
+        sock.sendall(stats_request(query))
+        sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(262144):
             chunks.append(chunk)
-    return json.loads(b"".join(chunks))
+    doc = json.loads(b"".join(chunks))
+    if isinstance(doc, dict) and set(doc) == {"error"}:
+        raise WireError(f"the worker refused the request: {doc['error']}")
+    return doc
 
 
-def read_snapshot(path: str | Path, timeout: float = 2.0) -> WorkerSnapshot:
+def read_snapshot(path: str | Path, timeout: float = 2.0,
+                  query: SessionQuery | None = None) -> WorkerSnapshot:
     """A worker's stats, typed. Raises OSError, or ValueError (WireError included) when
     the document is not a snapshot."""
-    return WorkerSnapshot.from_json(read_stats_json(path, timeout))
+    return WorkerSnapshot.from_json(read_stats_json(path, timeout, query))
 
 
 # --- the control socket --------------------------------------------------------------------

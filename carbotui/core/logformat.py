@@ -124,13 +124,17 @@ def clean_target(target: bytes) -> tuple[bytes, bytes]:
         if m:
             authority = m.group(2).rpartition(b"@")[2]
             target = target[m.end():] or b"/"
-    if b"#" in target:
+    # find, not `in`: CPython's `bytes in bytes` first tries the operand as an int and
+    # formats the TypeError it gets (twice the cost of the search itself)
+    find = target.find
+    if find(b"#") >= 0:
         target = target.partition(b"#")[0]
-    if (b"?" not in target and b";" not in target) or \
-            (b"%" not in target and not _MAYBE_SECRET.search(target)):
+        find = target.find
+    if (find(b"?") < 0 and find(b";") < 0) or \
+            (find(b"%") < 0 and not _MAYBE_SECRET.search(target)):
         return authority, target                  # the usual case: nothing to redact
     path, q, query = target.partition(b"?")
-    if b";" in path:
+    if path.find(b";") >= 0:
         path = b"/".join(_redact_params(seg, b";") for seg in path.split(b"/"))
     if q:
         query = _redact_params(query, b"&")
@@ -140,7 +144,8 @@ def clean_target(target: bytes) -> tuple[bytes, bytes]:
 def clean_url(url: bytes) -> bytes:
     """A URL a client sent (the Referer) for the log: as ``clean_target``, keeping the
     scheme and the authority (without userinfo)."""
-    if not url or (b"?" not in url and b";" not in url and b"@" not in url and b"#" not in url):
+    find = url.find
+    if not url or (find(b"?") < 0 and find(b";") < 0 and find(b"@") < 0 and find(b"#") < 0):
         return url
     m = _ABSOLUTE.match(url)
     if not m:
@@ -170,6 +175,8 @@ def basic_user(authorization: bytes | None) -> bytes:
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _local_cache: tuple[int, str] = (-1, "")
 _iso_cache: tuple[int, str, str] = (-1, "", "")
+# "000".."999" by index (an f-string's :03d costs a format call per line)
+_MILLIS = tuple(f"{i:03d}" for i in range(1000))
 
 
 def time_local(timestamp: float) -> str:
@@ -194,7 +201,8 @@ def iso_time(timestamp: float) -> str:
         zone = time.strftime("%z", t)
         _iso_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", t), f"{zone[:3]}:{zone[3:]}")
     millis = min(999, int((timestamp - second) * 1000))
-    return f"{_iso_cache[1]}.{millis:03d}{_iso_cache[2]}"
+    text = _MILLIS[millis] if millis >= 0 else f"{millis:03d}"     # < 0: before 1970
+    return f"{_iso_cache[1]}.{text}{_iso_cache[2]}"
 
 
 # --- access.log -----------------------------------------------------------------------------
@@ -259,12 +267,25 @@ def _address(ip: str) -> str:
 _BARE = re.compile(r"[A-Za-z0-9._@:+/\[\]\-]{1,%d}" % VALUE_MAX)
 
 
+# Values already found bare (protocols, reasons, workers, the node's accounts and
+# servers): a set lookup instead of a regex per field per line. Bounded: emptied when full.
+_KNOWN_BARE: set[str] = set()
+KNOWN_BARE_MAX = 4096
+
+
 def value(text: str, limit: int = VALUE_MAX) -> str:
     """A sessions.log value: bare when it is made of safe characters, else quoted with
-    ``"``, ``\\`` and bytes outside printable ASCII as ``\\xHH``; ``-`` when empty."""
+    ``"``, ``\\`` and bytes outside printable ASCII as ``\\xHH``; ``-`` when empty.
+    (A bare value is never longer than VALUE_MAX, whatever ``limit``: so whether it is
+    bare does not depend on ``limit``, and _KNOWN_BARE needs no key but the text.)"""
+    if text in _KNOWN_BARE:
+        return text
     if not text:
         return "-"
     if _BARE.fullmatch(text):
+        if len(_KNOWN_BARE) >= KNOWN_BARE_MAX:
+            _KNOWN_BARE.clear()
+        _KNOWN_BARE.add(text)
         return text
     return f'"{escape(text, limit, space=True)}"'
 
@@ -295,8 +316,13 @@ def session_line(*, timestamp: float, protocol: str, client_ip: str, client_port
                  reason: str, worker: str, session: int) -> str:
     """One sessions.log line (with its newline). ``bytes_in``: client to mailbox
     server; ``bytes_out``: mailbox server to client."""
-    return (f"{iso_time(timestamp)} protocol={value(protocol, 16)} "
-            f"client={value(_address(client_ip), 60)}:{client_port} "
-            f"account={value(account)} server={value(server, 260)} "
+    known = _KNOWN_BARE         # value(), inlined for the values seen before
+    client = f"[{client_ip}]" if ":" in client_ip else client_ip
+    return (f"{iso_time(timestamp)} "
+            f"protocol={protocol if protocol in known else value(protocol, 16)} "
+            f"client={client if client in known else value(client or '-', 60)}:{client_port} "
+            f"account={account if account in known else value(account)} "
+            f"server={server if server in known else value(server, 260)} "
             f"duration={max(0.0, duration):.3f} bytes_in={bytes_in} bytes_out={bytes_out} "
-            f"reason={value(reason, 32)} worker={value(worker, 32)} session={session}\n")
+            f"reason={reason if reason in known else value(reason, 32)} "
+            f"worker={worker if worker in known else value(worker, 32)} session={session}\n")

@@ -386,7 +386,21 @@ PATH_TIMEOUTS = {"/Microsoft-Server-ActiveSync": "polling_timeout",
                  "/service/soap/NoOpRequest": 1220.0, "/service/soap/WaitSetRequest": 1220.0}
 
 
-def parse_path_timeouts(table: dict, key: str) -> dict[str, float | str]:
+class PathTimeouts(dict[str, "float | str"]):
+    """The [web] path_timeouts table, with its prefixes also held as ``encoded``:
+    (lower-cased UTF-8 prefix, value) pairs, longest first (equal lengths in table
+    order), made once here so that ``webrules.path_timeout`` does not encode the
+    table on every request. Build a new one to change it (it is not re-encoded)."""
+
+    encoded: tuple[tuple[bytes, float | str], ...]
+
+    def __init__(self, table=(), /) -> None:
+        super().__init__(table)
+        pairs = [(prefix.lower().encode("utf-8"), value) for prefix, value in self.items()]
+        self.encoded = tuple(sorted(pairs, key=lambda pair: -len(pair[0])))
+
+
+def parse_path_timeouts(table: dict, key: str) -> PathTimeouts:
     """path prefix -> seconds (> 0) or "polling_timeout"; each prefix starts with "/"."""
     out: dict[str, float | str] = {}
     for prefix, value in table.items():
@@ -399,7 +413,7 @@ def parse_path_timeouts(table: dict, key: str) -> dict[str, float | str]:
         else:
             raise ConfigError(f"{key}.{prefix}: expected seconds (> 0) or "
                               f"\"polling_timeout\", got {value!r}")
-    return out
+    return PathTimeouts(out)
 
 
 @dataclass(frozen=True)
@@ -413,7 +427,7 @@ class WebSettings(Table):
     polling_timeout: float = opt(3600.0, check=positive,   # long polls and WebSockets
                                  mirrors="zimbraReverseProxyUpstreamPollingTimeout")
     path_timeouts: dict[str, float | str] = opt(
-        factory=lambda: dict(PATH_TIMEOUTS), parse=parse_path_timeouts,
+        factory=lambda: PathTimeouts(PATH_TIMEOUTS), parse=parse_path_timeouts,
         mirrors="zimbraReverseProxyUpstreamPollingTimeout (ActiveSync), "
                 "zimbra_noop_max_timeout, zimbra_waitset_max_request_timeout (+ 20 s)")
     header_timeout: float = opt(10.0, check=positive)  # a head must arrive within this

@@ -341,7 +341,8 @@ class _MessageParser:
         self._reset_line_scan()
         self._body_seen = 0
         events: list[Event] = []
-        self._run(events)
+        if self._buf:                # pipelined bytes; else nothing to parse yet
+            self._run(events)
         return events
 
     def _reset_line_scan(self) -> None:
@@ -459,8 +460,16 @@ class _MessageParser:
             return self._fail(events, 431, "header block too large")
         if crlfs - 2 > self.max_headers:
             return self._fail(events, 431, "too many header fields")
-        self._start_end = first + 2
-        self._complete_head(events, head_end)
+        # _complete_head's work; the line scan is still at its start (_scan == 0 here:
+        # no start line was seen), so there is nothing to reset.
+        start_line = bytes(buf[:first])
+        block = bytes(buf[first + 2:end + 2])
+        del buf[:head_end]
+        headers, problem = _parse_fields(block)
+        if problem:
+            self._fail(events, 400, problem)
+        else:
+            self._on_head(events, start_line, headers)
         return True
 
     def _check_partial_head(self, events: list[Event]) -> bool:
@@ -859,6 +868,31 @@ def remove_hop_by_hop(headers: Headers) -> Headers:
     return [(key, value) for key, value in headers if key.lower() not in drop]
 
 
+def connection_named(headers: Headers, lows: list[bytes]) -> set[bytes]:
+    """The headers the Connection fields name (hop-by-hop for this message, RFC 9110
+    §7.6.1), as `remove_hop_by_hop` drops them; ``lows``: the lower-cased names."""
+    values = [value for (_, value), low in zip(headers, lows) if low == b"connection"]
+    return set(_tokens(values)) - _NEVER_HOP_BY_HOP
+
+
+def forwardable(headers: Headers, drop: frozenset[bytes] = frozenset()
+                ) -> tuple[Headers, list[bytes]]:
+    """``remove_headers(remove_hop_by_hop(headers), *drop)`` in one pass (``drop``
+    lower-cased), and the kept headers' lower-cased names, in order (what the
+    caller would compute next: each name is lowered once)."""
+    lows = [key.lower() for key, _ in headers]
+    gone = HOP_BY_HOP | drop if drop else HOP_BY_HOP
+    if b"connection" in lows:
+        gone = gone | connection_named(headers, lows)
+    kept: Headers = []
+    kept_lows: list[bytes] = []
+    for header, low in zip(headers, lows):
+        if low not in gone:
+            kept.append(header)
+            kept_lows.append(low)
+    return kept, kept_lows
+
+
 def remove_headers(headers: Headers, *names: bytes) -> Headers:
     """The headers without the named ones (case-insensitive)."""
     drop = {name.lower() for name in names}
@@ -887,14 +921,28 @@ def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
     # is a checked start line ending in CRLF; ``checked``: header lines checked before.
     good = _GOOD_NAMES
     start = len(parts)
-    for name, value in headers:
-        if name.__class__ is not bytes or value.__class__ is not bytes or name not in good:
-            name, value = _b(name), _b(value)
-            if not _TOKEN_RE.fullmatch(name):
-                raise ValueError(f"refusing to serialise header {name!r}: {value!r}")
-            _good_name(name)
-        parts += (name, b": ", value, b"\r\n")
-    head = b"".join(parts)
+    head = b""
+    try:
+        # The usual case: every name a bytes token seen before (_GOOD_NAMES holds
+        # only bytes), every value bytes (a str makes join raise: the loop below).
+        for name, value in headers:
+            if name not in good:
+                break
+            parts += (name, b": ", value, b"\r\n")
+        else:
+            head = b"".join(parts)
+    except TypeError:                    # an unhashable name, a str value
+        pass
+    if not head:
+        del parts[start:]
+        for name, value in headers:
+            if name.__class__ is not bytes or value.__class__ is not bytes or name not in good:
+                name, value = _b(name), _b(value)
+                if not _TOKEN_RE.fullmatch(name):
+                    raise ValueError(f"refusing to serialise header {name!r}: {value!r}")
+                _good_name(name)
+            parts += (name, b": ", value, b"\r\n")
+        head = b"".join(parts)
     # Every name is a token and the start line is checked: the values are safe when
     # the only bytes outside _HEAD_TEXT are the CRLFs written here, one per line,
     # which one C pass over the head tells (not two regex calls per header).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import re
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -55,6 +56,9 @@ _TOKEN_RE = re.compile(rb'''
   | (?P<atom>[^\x00-\x20\x7f(){"\\]+)
 ''', re.VERBOSE)
 _UNESCAPE_RE = re.compile(rb'\\(["\\])')
+# The usual arguments (LOGIN user password, SELECT INBOX): atoms, each after spaces, as
+# _TOKEN_RE would read them token by token (sp, atom, sp, atom...).
+_ATOM_ARGS_RE = re.compile(rb'(?:\x20+[^\x00-\x20\x7f(){"\\]+)+\x20*')
 # Strings we may send as a quoted string (printable ASCII); anything else
 # goes as a literal.
 _QUOTABLE_RE = re.compile(rb"[\x20-\x7e]*")
@@ -120,7 +124,7 @@ class ImapClientSide(ClientSide):
     _pending: tuple[bytes, str] | None = None
 
     def __init__(self, limits: MailLimits, *, tls: bool):
-        super().__init__(limits, tls=tls)
+        ClientSide.__init__(self, limits, tls=tls)      # not super(): one object less per login
         self._cmd = _Command()
 
     # ------------------------------------------------------------ public API
@@ -241,7 +245,7 @@ class ImapClientSide(ClientSide):
                 data = self._buf.take(cmd.literal_need)
                 if data is None:
                     return False
-                if b"\0" in data:
+                if data.find(b"\0") >= 0:
                     cmd.error = _reply(cmd.tag, b"BAD", b"NUL byte in literal")
                 else:
                     cmd.args.append((STRING, data))
@@ -339,7 +343,7 @@ class ImapClientSide(ClientSide):
             if m is None or text[m.end():m.end() + 1] not in (b" ", b""):
                 return _reply(None, b"BAD", b"Invalid tag")
             cmd.tag = m.group()
-            if b"\0" in text:
+            if text.find(b"\0") >= 0:          # find, not `in`: see imapstream.py
                 return _reply(cmd.tag, b"BAD", b"NUL byte in command")
             if m.end() == len(text) and not has_literal:
                 return _reply(cmd.tag, b"BAD", b"Missing command")
@@ -352,7 +356,7 @@ class ImapClientSide(ClientSide):
             refusal = self._refusal(cmd.tag, cmd.name)
             if refusal is not None:
                 return refusal
-        elif b"\0" in text:
+        elif text.find(b"\0") >= 0:
             return _reply(cmd.tag, b"BAD", b"NUL byte in command")
         try:
             self._tokenize(cmd, text, pos)
@@ -378,6 +382,12 @@ class ImapClientSide(ClientSide):
     @staticmethod
     def _tokenize(cmd: _Command, text: bytes, pos: int) -> None:
         args, need_sep, end = cmd.args, cmd.need_sep, len(text)
+        if pos < end and _ATOM_ARGS_RE.fullmatch(text, pos) is not None:
+            # Only atoms, each after a space: the loop below would take them one by one
+            # (split() cuts at the spaces alone: an atom holds no other whitespace).
+            args.extend(zip(repeat(ATOM), text[pos:].split()))
+            cmd.need_sep = text[-1] != 0x20
+            return
         while pos < end:
             m = _TOKEN_RE.match(text, pos)
             if m is None:
@@ -569,7 +579,13 @@ _NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
 def _id_value(text: str, limit: int = 200) -> bytes:
     # Printable ASCII only: values may come from the client (its ID name),
     # and every IMAP server accepts them in a quoted string.
-    return _quote(_NOT_PRINTABLE_RE.sub("?", text[:limit]).encode("ascii"))
+    text = text[:limit]
+    if not (text.isascii() and text.isprintable()):     # for ASCII: all in \x20-\x7e
+        text = _NOT_PRINTABLE_RE.sub("?", text)
+    value = text.encode("ascii")
+    if value.find(b'"') >= 0 or value.find(b"\\") >= 0:
+        return _quote(value)
+    return b'"' + value + b'"'
 
 
 class ImapBackendLogin(BackendLogin):
@@ -589,12 +605,13 @@ class ImapBackendLogin(BackendLogin):
         self._id_fields = (client_ip, client_port, local_ip, local_port, client_ua)
         self._send_id = send_id
         self._id_tag: bytes | None = None     # a pipelined ID still to be answered
-        super().__init__()
+        BackendLogin.__init__(self)
         self._tag = b""
         self._tags = 0
         self._caps: set[bytes] | None = None
         self._login_chunks: list[bytes] = []   # LOGIN parts waiting for "+" (sync literals)
         self._first_line: bytes | None = None  # a response interrupted by a literal
+        self._quotable_pair: tuple[bool, bool] | None = None   # see _quotable
 
     def __repr__(self) -> str:
         return f"<ImapBackendLogin step={self._step.name} tag={self._tag!r}>"
@@ -707,9 +724,18 @@ class ImapBackendLogin(BackendLogin):
         caps = self._caps or set()          # read after CAPABILITY: always set
         return b"LITERAL+" in caps or (b"LITERAL-" in caps and len(value) <= _LITERAL_MINUS_MAX)
 
+    def _quotable(self) -> tuple[bool, bool]:
+        """Whether the username and the password may go as quoted strings (asked by
+        _login_waits_for_continuation and by _login: looked at once)."""
+        if self._quotable_pair is None:
+            self._quotable_pair = (_QUOTABLE_RE.fullmatch(self._username) is not None,
+                                   _QUOTABLE_RE.fullmatch(self._password) is not None)
+        return self._quotable_pair
+
     def _login_waits_for_continuation(self) -> bool:
-        return any(not _QUOTABLE_RE.fullmatch(v) and not self._literal_plus(v)
-                   for v in (self._username, self._password))
+        user_ok, password_ok = self._quotable()
+        return ((not user_ok and not self._literal_plus(self._username))
+                or (not password_ok and not self._literal_plus(self._password)))
 
     def _login(self, out: list[Event]) -> None:
         """LOGIN with quoted strings where possible, else literals; a
@@ -719,8 +745,8 @@ class ImapBackendLogin(BackendLogin):
         caps = self._caps
         chunks: list[bytes] = []
         current = self._tag + b" LOGIN"
-        for value in (self._username, self._password):
-            if _QUOTABLE_RE.fullmatch(value):
+        for value, quotable in zip((self._username, self._password), self._quotable()):
+            if quotable:
                 current += b" " + _quote(value)
             elif self._literal_plus(value):
                 current += b" {%d+}\r\n" % len(value) + value

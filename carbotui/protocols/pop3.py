@@ -136,7 +136,7 @@ class Pop3ClientSide(ClientSide):
         return out
 
     def _command(self, line: bytes, out: list[Event]) -> None:
-        if b"\0" in line:
+        if line.find(b"\0") >= 0:
             out.append(_err(b"NUL byte in command."))
             return
         verb, has_arg, arg = line.partition(b" ")
@@ -320,7 +320,7 @@ class Pop3BackendLogin(BackendLogin):
         # local_ip/local_port: accepted for symmetry with ImapBackendLogin;
         # XOIP/XCLIENT as sent here do not carry them.
         self._send_xoip = send_xoip
-        super().__init__()
+        BackendLogin.__init__(self)
         self._caps: dict[bytes, list[bytes]] = {}
         self._auth_response: bytes | None = None   # SASL response waiting for "+ "
         self.remembered = capabilities is not None

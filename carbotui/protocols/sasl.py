@@ -120,7 +120,8 @@ def decode_plain(message: bytes) -> PlainCredentials:
 
 def encode_plain(username: str, password: str, authzid: str = "") -> bytes:
     """The base64 SASL PLAIN response for the given credentials."""
-    message = b"\0".join(s.encode("utf-8") for s in (authzid, username, password))
+    message = b"%s\0%s\0%s" % (authzid.encode("utf-8"), username.encode("utf-8"),
+                                password.encode("utf-8"))
     return base64.b64encode(message)
 
 
@@ -188,6 +189,8 @@ class LineBuffer:
         it is not complete yet. Raise LineTooLong if the line (without CRLF)
         is, or is bound to become, longer than ``limit`` bytes."""
         buf = self._buf
+        if not buf:                   # the usual last call of a feed: all lines taken
+            return None               # (_scanned is 0: it never exceeds len(buf))
         end = buf.find(b"\n", self._scanned)
         if end < 0:
             self._scanned = len(buf)

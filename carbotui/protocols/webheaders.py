@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 MAX_NAME = 64
 MAX_VALUE = 8192              # the schema's bound too (etc/ldap/carbotui.schema)
@@ -197,15 +198,16 @@ def build(global_values, global_csp: str, domains: dict, vhosts: dict,
     return ResponseHeaders(default, by_host)
 
 
-def missing_lines(headers, extra: tuple[Header, ...]) -> bytes:
+def missing_lines(headers, extra: tuple[Header, ...],
+                  lows: Iterable[bytes] | None = None) -> bytes:
     """What `add_missing` would add, as header lines ready for the wire
     (http11.serialize_response_head's ``checked``): ``extra`` comes from `header_set`,
     whose values were checked when the set was built, so they are not checked again
     per response; when the head carries none of its names (the usual case), the lines
-    joined once."""
+    joined once. ``lows``: the head's names lower-cased, when the caller has them."""
     if not extra:
         return b""
-    present = {key.lower() for key, _ in headers}
+    present = set(lows) if lows is not None else {key.lower() for key, _ in headers}
     if extra.__class__ is HeaderSet and extra.names.isdisjoint(present):
         return extra.wire
     return b"".join([name + b": " + value + b"\r\n" for name, value, low in extra

@@ -67,6 +67,16 @@ def target_path(target: bytes) -> bytes:
     return target.split(b"?", 1)[0].split(b"#", 1)[0]
 
 
+def _plain_path(path: bytes) -> bool:
+    """A path (from `target_path`) that every rule of `canonical_paths` leaves as it
+    is but for the case: no ``%``, ``\\`` or ``;``, no empty segment (``//``, a
+    trailing ``/``), no ``.`` or ``..`` segment (no ``/.`` at all). Its one canonical
+    form is ``path.lower()``."""
+    return (b"%" not in path and b"\\" not in path and b";" not in path
+            and b"//" not in path and b"/." not in path
+            and (path[-1:] != b"/" or path == b"/"))
+
+
 def canonical_paths(path: bytes) -> set[bytes]:
     """The forms a backend might read ``path`` as, for matching (over-inclusive on
     purpose: matching too much costs a buffered body, too little a bypass):
@@ -74,6 +84,8 @@ def canonical_paths(path: bytes) -> set[bytes]:
     ``;params`` dropped from every segment (servlet containers do), empty and ``.``
     segments dropped, lower-cased; once with ``..`` resolved (RFC 3986 §5.2.4), once
     without."""
+    if path[:1] == b"/" and _plain_path(path):
+        return {path.lower()}
     for _ in range(4):
         if b"%" not in path:
             break
@@ -359,6 +371,39 @@ def upstream_headers(headers: http11.Headers, *, client_ip: str, scheme: str,
     return out
 
 
+_FORWARD_DROP = http11.HOP_BY_HOP | (FORWARDING - {b"x-forwarded-for"})
+
+
+def forward_request_headers(headers: http11.Headers, *, client_ip: str, scheme: str,
+                            extend_forwarded_for: bool = False,
+                            drop: frozenset[bytes] = frozenset()
+                            ) -> tuple[http11.Headers, bool]:
+    """``upstream_headers(remove_headers(remove_hop_by_hop(headers), *drop), ...)`` in
+    one pass over the client's headers (``drop`` lower-cased, never ``host``), and
+    whether a Host header is among them (the proxy adds one when not)."""
+    lows = [name.lower() for name, _ in headers]
+    gone = _FORWARD_DROP | drop if drop else _FORWARD_DROP
+    if b"connection" in lows:            # what it names is hop-by-hop (X-Forwarded-For too)
+        gone = gone | http11.connection_named(headers, lows)
+    out: http11.Headers = []
+    chain: list[bytes] = []
+    host = False
+    for header, low in zip(headers, lows):
+        if low in gone:
+            continue
+        if low == b"x-forwarded-for":
+            chain.append(header[1])
+        elif not low.startswith(b"x-forwarded-"):
+            if low == b"host":
+                host = True
+            out.append(header)
+    client = client_ip.encode()
+    forwarded_for = b", ".join([*chain, client]) if extend_forwarded_for and chain else client
+    out += [(b"X-Forwarded-For", forwarded_for), (b"X-Forwarded-Proto", scheme.encode()),
+            (b"X-Real-IP", client)]
+    return out, host
+
+
 # ---------------------------------------------------------------- upgrades
 
 def websocket_request(req: http11.Request) -> bool:
@@ -426,6 +471,7 @@ BALANCED = "balanced"
 ACTIVESYNC_PATH = b"/microsoft-server-activesync"    # matched without case
 _REST_PREFIXES = (b"/home/", b"/service/home/")
 _DAV_PREFIXES = (b"/dav/", b"/principals/users/")
+_ACTIVESYNC_DIR = ACTIVESYNC_PATH + b"/"
 MAX_USER = 320                # RFC 5321 §4.5.3.1: 64 (local part) + "@" + 255 (domain)
 MAX_BASIC_TOKEN = 2048        # base64 of a user and a password; real ones are < 200
 MAX_QUERY_ARGS = 100
@@ -484,7 +530,11 @@ def basic_auth(headers: http11.Headers) -> Basic | None:
     scheme, more than one Authorization field, base64 that is not strict or longer
     than MAX_BASIC_TOKEN, no ``:`` (RFC 7617 §2). A user-id that is not UTF-8 is read
     as ISO-8859-1; one that is no name (`checked_user`) gives ``login`` ''."""
-    values = http11.get_all(headers, b"authorization")
+    return _basic_of(http11.get_all(headers, b"authorization"))
+
+
+def _basic_of(values: list[bytes]) -> Basic | None:
+    """`basic_auth` of the Authorization values."""
     if len(values) != 1:
         return None
     scheme, _, token = values[0].strip().partition(b" ")
@@ -507,7 +557,12 @@ def basic_auth(headers: http11.Headers) -> Basic | None:
 
 def cookie_value(headers: http11.Headers, name: bytes) -> bytes | None:
     """The first ``name=value`` of the Cookie fields."""
-    for value in http11.get_all(headers, b"cookie"):
+    return _cookie_of(http11.get_all(headers, b"cookie"), name)
+
+
+def _cookie_of(values: list[bytes], name: bytes) -> bytes | None:
+    """`cookie_value` of the Cookie values."""
+    for value in values:
         for part in value.split(b";"):
             key, _, val = part.strip().partition(b"=")
             if key == name:
@@ -538,9 +593,9 @@ def path_user(path: bytes, prefixes: tuple[bytes, ...]) -> str | None:
     not routed by its path); None when the prefix does not match. A path with an
     encoded ``/`` or ``\\``, a ``\\``, a dot segment, or an encoding left after one
     decoding is never routed by its path: a server might read another user in it."""
-    prefix = next((p for p in prefixes if path.startswith(p)), None)
-    if prefix is None:
+    if not path.startswith(prefixes):        # the usual case: one C call
         return None
+    prefix = next(p for p in prefixes if path.startswith(p))
     low = path.lower()
     if b"%2f" in low or b"%5c" in low or b"\\" in path:
         return ""
@@ -558,13 +613,22 @@ def path_user(path: bytes, prefixes: tuple[bytes, ...]) -> str | None:
 def route_hint(target: bytes, headers: http11.Headers, *, admin: bool = False) -> RouteHint:
     """What to route a (non-login) request by, in Carbonio's order (see RouteHint).
     Anything malformed names nobody and the next rule applies; nothing here raises."""
-    basic = basic_auth(headers)
+    authorization: list[bytes] = []
+    cookies: list[bytes] = []
+    for name, value in headers:          # one pass for both (each name lowered once)
+        low = name.lower()
+        if low == b"cookie":
+            cookies.append(value)
+        elif low == b"authorization":
+            authorization.append(value)
+    basic = _basic_of(authorization)
     path = target_path(target) if target.startswith(b"/") else b""
     if not admin and path:
         user = path_user(path, _REST_PREFIXES)
         if user:
             return RouteHint(REST, user=user, basic=basic)
-        if path.lower() == ACTIVESYNC_PATH or path.lower().startswith(ACTIVESYNC_PATH + b"/"):
+        low_path = path.lower()
+        if low_path == ACTIVESYNC_PATH or low_path.startswith(_ACTIVESYNC_DIR):
             user = basic.login if basic else ""
             if not user:
                 arg = query_arg(target, b"user")
@@ -578,7 +642,7 @@ def route_hint(target: bytes, headers: http11.Headers, *, admin: bool = False) -
         user = path_user(path, _DAV_PREFIXES)
         if user:
             return RouteHint(DAV, user=user, basic=basic)
-    token = cookie_value(headers, b"ZM_ADMIN_AUTH_TOKEN" if admin else b"ZM_AUTH_TOKEN")
+    token = _cookie_of(cookies, b"ZM_ADMIN_AUTH_TOKEN" if admin else b"ZM_AUTH_TOKEN")
     zimbra_id = zimbra_id_from_token(token) if token else None
     if not zimbra_id:
         arg = query_arg(target, b"zauthtoken")
@@ -650,11 +714,23 @@ def path_timeout(target: bytes, table: dict[str, float | str], read_timeout: flo
     path = target_path(target)
     if not path or not table:
         return read_timeout
+    # settings.PathTimeouts holds the prefixes encoded, longest first (made once when
+    # the settings were read); a plain dict (tests, callers of this function) is
+    # encoded here the same way.
+    prefixes: tuple[tuple[bytes, float | str], ...] | None = getattr(table, "encoded", None)
+    if prefixes is None:
+        prefixes = tuple(sorted(((prefix.lower().encode("utf-8"), seconds)
+                                 for prefix, seconds in table.items()),
+                                key=lambda pair: -len(pair[0])))
+    if path[:1] == b"/" and _plain_path(path):
+        low_path = path.lower()
+        for low, seconds in prefixes:
+            if low_path.startswith(low):
+                return polling_timeout if seconds == POLLING else float(seconds)
+        return read_timeout
     forms = canonical_paths(path)
-    best, value = -1, read_timeout
-    for prefix, seconds in table.items():
-        low = prefix.lower().encode("utf-8")
-        if len(low) > best and any(p.startswith(low) for p in forms):
-            best = len(low)
-            value = polling_timeout if seconds == POLLING else float(seconds)
-    return value
+    for low, seconds in prefixes:          # the longest prefix any form starts with
+        for form in forms:
+            if form.startswith(low):
+                return polling_timeout if seconds == POLLING else float(seconds)
+    return read_timeout

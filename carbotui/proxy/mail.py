@@ -27,6 +27,7 @@ from carbotui.proxy.relay import Splice, SpliceEnd
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
+    from carbotui.proxy.stats import BackendCounters
 
 log = logging.getLogger("carbotui.proxy.mail")
 
@@ -157,6 +158,7 @@ class MailSession(SpliceEnd):
     _last_input = 0.0
     _task: asyncio.Task | None = None
     _ip_counted = False               # holds a place in services.connections_per_ip
+    _counters: BackendCounters | None = None     # the mailbox server's, once relayed
 
     def __init__(self, services: SessionServices, kind: str, proto: str, implicit_tls: bool,
                  thread: str, addresses=None):
@@ -259,7 +261,9 @@ class MailSession(SpliceEnd):
         return False
 
     def connection_lost(self, exc) -> None:
-        self.services.session_ended(self.id)
+        if self.splice is None or self.splice.closed:
+            self.services.session_ended(self.id)
+        # else splice.close below ends the session (_ended): once, not twice
         if self._ip_counted:
             self._ip_counted = False
             self.services.connections_per_ip.release("mail", self.client_ip)
@@ -426,7 +430,7 @@ class MailSession(SpliceEnd):
         """Connect (a few tries within the login deadline) and log in upstream."""
         s = self.services.settings.mail
         loop = self.services.loop
-        stats = self.services.stats.backend(route.server.short_name)
+        stats = self.services.stats.backend(self.server)     # route.server.short_name
         last_error = "no attempt"
         for attempt in range(max(1, s.connect_retries + 1)):
             if attempt:
@@ -517,7 +521,8 @@ class MailSession(SpliceEnd):
         self.state = "proxy"
         # Open sessions per mailbox server: up here, down in _ended (every way a relay
         # ends goes through Splice.close, once).
-        self.services.stats.backend(self.server).active += 1
+        self._counters = counters = self.services.stats.backend(self.server)
+        counters.active += 1
         extra = backend.machine.leftover()
         if extra:
             self.splice.from_backend(extra)
@@ -539,11 +544,12 @@ class MailSession(SpliceEnd):
         if self.splice is None or self.splice.closed:
             return
         farewell = self._farewell(b"* BYE [UNAVAILABLE] Mailbox server connection lost\r\n")
-        self.services.stats.backend(self.server).errors += exc is not None
+        if exc is not None:
+            self._counters.errors += 1
         self.splice.close("mailbox server closed", farewell=farewell)
 
     def _ended(self, reason: str) -> None:
-        self.services.stats.backend(self.server).active -= 1
+        self._counters.active -= 1
         self.services.session_ended(self.id)
         if self.services.logs is not None:        # sessions.log, carbotui_sessions_ended
             watch = self.splice.watch
@@ -570,8 +576,8 @@ class Pop3Quit:
             last = data.rstrip(b"\r\n").rpartition(b"\n")[2]
             self.quit = last.strip().upper() == b"QUIT"
 
-    def from_server(self, data: bytes) -> None:
-        pass
+    # The server's side tells nothing here: Splice makes no call per server chunk.
+    from_server = None
 
     def may_add_line(self) -> bool:
         return False

@@ -21,6 +21,8 @@ import asyncio
 import time
 from typing import Callable
 
+_monotonic = time.monotonic
+
 
 class SpliceEnd(asyncio.Protocol):
     """An asyncio protocol at one end of a Splice, once there is one: asyncio's flow
@@ -40,7 +42,7 @@ class SpliceEnd(asyncio.Protocol):
 
 class Splice:
     __slots__ = ("client", "backend", "idle_timeout", "last", "bytes_in", "bytes_out",
-                 "_timer", "_loop", "_on_close", "closed", "watch")
+                 "_timer", "_loop", "_on_close", "closed", "watch", "_watch_client", "_watch_server")
 
     def __init__(self, client: asyncio.Transport, backend: asyncio.Transport, *,
                  idle_timeout: float, on_close: Callable[[str], None],
@@ -55,22 +57,25 @@ class Splice:
         self.closed = False
         self._on_close = on_close
         self.watch = watch
+        # the watch's methods, bound once; a watch may set from_server = None (POP3)
+        self._watch_client = watch.from_client if watch is not None else None
+        self._watch_server = watch.from_server if watch is not None else None
         self._loop = loop or asyncio.get_running_loop()
         self._timer = self._loop.call_later(idle_timeout, self._check_idle) if own_timer else None
 
     # -- data ---------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        self.last = time.monotonic()
-        if self.watch is not None:
-            self.watch.from_client(data)
+        self.last = _monotonic()
+        if self._watch_client is not None:
+            self._watch_client(data)
         self.backend.write(data)
 
     def from_backend(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.last = time.monotonic()
-        if self.watch is not None:
-            self.watch.from_server(data)
+        self.last = _monotonic()
+        if self._watch_server is not None:
+            self._watch_server(data)
         self.client.write(data)
 
     # -- flow control -------------------------------------------------------

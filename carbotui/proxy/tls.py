@@ -7,6 +7,11 @@ does each virtual host's context the SNI callback switches a web handshake to (t
 ALPN choice is made with the context in force after SNI). A certificate loaded
 after a reload is used by the next handshake everywhere, and live sessions keep the
 one they negotiated.
+
+The implicit-TLS mail listeners (IMAPS, POP3S) run their handshakes through
+carbotui/proxy/tlsbio.py (listeners.implicit_tls), STARTTLS and the web listeners through
+uvloop's own TLS (loop.start_tls, create_server(ssl=...)); both use these contexts and
+the same SNI callback (it gets the connection's ssl.SSLObject either way).
 """
 from __future__ import annotations
 

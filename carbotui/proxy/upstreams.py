@@ -107,9 +107,15 @@ class UpstreamSet:
     def pick(self, client_ip: str, method: str) -> Upstream | None:
         """A usable upstream by the balancing method, or None if all are down."""
         now = time.monotonic()
-        ups = [u for u in self.upstreams.values()
-               if u.server.lookup_target and not self.in_maintenance(u.server.hostname)]
-        live = [u for u in ups if u.usable(now)]
+        in_maintenance = self.in_maintenance
+        ups: list[Upstream] = []          # the balanced ones
+        live: list[Upstream] = []         # of those, the usable ones (Upstream.usable)
+        for u in self.upstreams.values():
+            server = u.server
+            if server.lookup_target and not in_maintenance(server.hostname):
+                ups.append(u)
+                if u.healthy and now >= u.down_until:
+                    live.append(u)
         if not live:
             return None
         if method == "least-conn":

@@ -67,7 +67,11 @@ BASIC = "basic"                    # a Login from Authorization: Basic (ActiveSy
 # a phone sends them on every request; it is audited and counted once per login.
 _RECENT_CREDENTIALS = CredentialCache(os.urandom(32))
 _HOST = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
-RESPONSE_DROP = (b"server", b"x-powered-by")
+RESPONSE_DROP = frozenset({b"server", b"x-powered-by"})
+# request headers dropped by (expect answered here, body length ours)
+_DROP_BY_CASE = {(False, False): frozenset(), (True, False): frozenset({b"expect"}),
+                 (False, True): frozenset({b"content-length"}),
+                 (True, True): frozenset({b"expect", b"content-length"})}
 COALESCE_LIMIT = 64 * 1024         # body bytes sent in one write with the response head
 DISCARD_LIMIT = 1024 * 1024        # body bytes read and dropped before closing after a refusal
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
@@ -524,19 +528,13 @@ class WebSession(HttpConnection):
                       length: int | None = None, websocket: bool = False) -> bytes:
         """The head for the mailbox server. ``length``: the body was read whole and
         goes with that Content-Length, whatever framing the client used."""
-        headers = http11.remove_hop_by_hop(req.headers)
-        drop = []
-        if not expect:          # we answered 100-continue ourselves
-            drop.append(b"expect")
-        if length is not None:
-            drop.append(b"content-length")
-        if drop:
-            headers = http11.remove_headers(headers, *drop)
-        headers = webrules.upstream_headers(
-            headers, client_ip=self.client_ip, scheme=self.scheme,
+        # we answered 100-continue ourselves; the body goes with its own length
+        drop = _DROP_BY_CASE[(not expect, length is not None)]
+        headers, has_host = webrules.forward_request_headers(
+            req.headers, client_ip=self.client_ip, scheme=self.scheme,
             extend_forwarded_for=self.addresses is not None
-            and self.services.settings.web.extend_forwarded_for)
-        if http11.get_header(headers, b"host") is None:
+            and self.services.settings.web.extend_forwarded_for, drop=drop)
+        if not has_host:
             headers.append((b"Host", upstream.server.hostname.encode()))
         if length is not None:
             headers.append((b"Content-Length", b"%d" % length))
@@ -550,27 +548,30 @@ class WebSession(HttpConnection):
     def _response_head(self, resp: http11.Response, req: http11.Request,
                        upstream: Upstream) -> tuple[bytes, bool]:
         """Headers for the client, and whether the body is re-chunked."""
-        headers = http11.remove_hop_by_hop(resp.headers)
-        headers = http11.remove_headers(headers, *RESPONSE_DROP)
-        location = http11.get_header(headers, b"location")
-        if location is not None:
+        headers, lows = http11.forwardable(resp.headers, RESPONSE_DROP)
+        if b"location" in lows:
+            location = headers[lows.index(b"location")][1]
             fixed = self._public_location(location, req, upstream)
             if fixed != location:
-                headers = [(k, fixed if k.lower() == b"location" else v) for k, v in headers]
+                headers = [(k, fixed if low == b"location" else v)
+                           for (k, v), low in zip(headers, lows)]
         rechunk = False
         if not self.parser.keep_alive or self.services.draining:
             headers.append((b"Connection", b"close"))       # the client asked, or we stop
+            lows.append(b"connection")
         if resp.status == 101:
             headers.append((b"Connection", b"upgrade"))
             headers.append((b"Upgrade", b"websocket"))      # the only one let through
         elif resp.body_mode.kind in ("chunked", "until-close"):
             if req.version == b"1.1":
                 headers.append((b"Transfer-Encoding", b"chunked"))
+                lows.append(b"transfer-encoding")
                 rechunk = True
             else:
                 headers.append((b"Connection", b"close"))
+                lows.append(b"connection")
         # the server's own headers win; ours were checked when their set was made
-        added = webheaders.missing_lines(headers, self._added_headers) \
+        added = webheaders.missing_lines(headers, self._added_headers, lows) \
             if resp.status != 101 else b""
         return http11.serialize_response_head(resp.status, resp.reason, headers,
                                               checked=added), rechunk

@@ -104,13 +104,17 @@ class Worker:
                                                                        addresses)
                 sock = listeners.bind(endpoint)
                 ssl_ctx = services.tls.for_listener(kind) if tls else None
+                if ssl_ctx is not None and kind in MAIL_KINDS:
+                    # IMAPS, POP3S: TLS by carbotui/proxy/tlsbio.py over plain TCP
+                    factory, ssl_ctx = listeners.implicit_tls(factory, ssl_ctx), None
                 if endpoint.proxy_protocol:
                     self._accepting.append((sock, loop.create_task(
                         proxied.serve(services, sock, factory, ssl_ctx, endpoint))))
                 else:
                     self.servers.append(await loop.create_server(
                         factory, sock=sock, ssl=ssl_ctx,
-                        ssl_handshake_timeout=10 if tls else None, backlog=listeners.BACKLOG))
+                        ssl_handshake_timeout=10 if ssl_ctx else None,
+                        backlog=listeners.BACKLOG))
                 log.info("listening on %s (%s)", endpoint, kind)
         self._tasks = [
             loop.create_task(services.live.run()),

@@ -28,6 +28,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from carbotui.admin.node import FleetSnapshot
+from carbotui.backends.worker_sockets import SessionQuery
 from carbotui.tui.messages import AlertsArrived, AuditEvents, SnapshotFailed, SnapshotReady
 from carbotui.tui.screens.alerts import AlertsScreen
 from carbotui.tui.screens.audit import AuditScreen
@@ -103,6 +104,7 @@ class CarbotuiApp(App):
         self.redraws = 0                 # snapshots that changed something (for tests)
         self._poll_timer = None
         self._stop = threading.Event()
+        self.session_query = SessionQuery()   # the sessions page the refreshes fetch
 
     def notify(self, message: str, *, title: str = "", severity="information",
                timeout: float | None = None, markup: bool = False) -> None:
@@ -164,6 +166,18 @@ class CarbotuiApp(App):
             self._poll_timer = None
         if not self.paused:
             self._poll_timer = self.set_timer(self.refresh_interval, self.poll)
+
+    def set_session_query(self, query: SessionQuery) -> None:
+        """The sessions page to fetch (the Connections screen's sort and filter): given to
+        the source, and fetched at once when it changed (not when paused)."""
+        if query == self.session_query:
+            return
+        self.session_query = query
+        setter = getattr(self.source, "set_session_query", None)
+        if setter is not None:
+            setter(query)
+            if not self.paused:
+                self.poll_now()
 
     def poll_now(self) -> None:
         if self._poll_timer is not None:

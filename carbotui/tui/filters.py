@@ -7,6 +7,8 @@ Matching is a case-insensitive substring test, so "ip:203.0.113" is a prefix.
 """
 from __future__ import annotations
 
+from carbotui.backends.worker_sockets import matches as _matches
+
 FIELD_ALIASES = {"ip": "client", "client": "client", "account": "account", "user": "account",
                  "proto": "protocol", "protocol": "protocol", "worker": "worker",
                  "server": "server", "state": "state", "error": "error"}
@@ -24,10 +26,6 @@ def parse(query: str) -> list[tuple[str | None, str]]:
 
 
 def matches(fields: dict[str, str], terms: list[tuple[str | None, str]]) -> bool:
-    for field, value in terms:
-        if field is None:
-            if not any(value in str(v).lower() for v in fields.values()):
-                return False
-        elif value not in str(fields.get(field, "")).lower():
-            return False
-    return True
+    """All terms match ``fields``: the rule the workers apply to their sessions too
+    (carbotui.backends.worker_sockets.matches, the one definition)."""
+    return _matches(fields, terms)

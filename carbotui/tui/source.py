@@ -24,6 +24,8 @@ class Source(Protocol):
     node: str
 
     def collect(self) -> FleetSnapshot: ...
+    # optional: set_session_query(query: SessionQuery): the sessions page collect() brings
+    # (a source without it sends every session; the screen sorts and filters them)
     def audit_events(self) -> list[AuditEvent]: ...
     def alerts(self) -> list[Alert]: ...       # new since the last call; the first call
                                                # returns what alerts.log held at start
@@ -81,6 +83,10 @@ class LiveSource:
     # -- data ----------------------------------------------------------------
     def collect(self) -> FleetSnapshot:
         return self.fleet.collect()
+
+    def set_session_query(self, query) -> None:
+        """The page of sessions the next collects ask the workers for."""
+        self.fleet.session_query = query
 
     def audit_events(self) -> list[AuditEvent]:
         return self.audit.read_events()
@@ -153,13 +159,14 @@ class LiveSource:
         return f"{process} restarted (pid {new.pid})"
 
     def rolling_restart(self, progress: Callable[[str], None]) -> str:
-        from carbotui.backends.worker_sockets import read_snapshot, stats_path
+        from carbotui.backends.worker_sockets import SessionQuery, read_snapshot, stats_path
 
         def ready(proc) -> bool:
             # RUNNING only means "alive for startsecs"; the new worker is known to be
             # up once its stats socket answers with the new pid (it opens it at start).
             try:
-                snap = read_snapshot(stats_path(self.settings.run_dir, proc.short), timeout=1.0)
+                snap = read_snapshot(stats_path(self.settings.run_dir, proc.short), timeout=1.0,
+                                     query=SessionQuery(limit=0))      # its pid, no session
             except (OSError, ValueError):
                 return False
             return snap.pid == proc.pid

@@ -7,6 +7,7 @@ from textual.binding import Binding
 from textual.widgets import Input, Log
 
 from carbotui.core.audit import AuditEvent, failure
+from carbotui.backends.worker_sockets import SessionQuery
 from carbotui.tui.app import SCREEN_CLASSES, CarbotuiApp
 from carbotui.tui.screens.help import HelpScreen
 from carbotui.tui.widgets.modals import ConfirmModal, PromptModal, VhostModal
@@ -387,3 +388,60 @@ def test_quit_closes_the_source():
     app = drive(test, source=source)
     assert app.return_code == 0
     assert ("close",) in source.calls
+
+
+# --- a page of sessions, as the live fleet sends it ---------------------------------------------
+
+class PagedSource(FakeSource):
+    """Answers the Connections screen's SessionQuery as Fleet.collect does: the workers'
+    counts, how many match, and only the first `limit` matching sessions in its order."""
+
+    def __init__(self, sessions: int):
+        super().__init__(sessions=sessions)
+        self.query = SessionQuery()
+        self.queries: list[SessionQuery] = []
+
+    def set_session_query(self, query: SessionQuery) -> None:
+        self.queries.append(query)
+        self.query = query
+
+    def collect(self):
+        snap = super().collect()
+        q = self.query
+        matching = q.matching(self.sessions)
+        return dataclasses.replace(snap, sessions=tuple(q.page(matching)), session_query=q,
+                                   sessions_matched=len(matching))
+
+
+def test_connections_shows_the_first_page_of_many_in_the_order_asked():
+    source = PagedSource(260)
+    limit = SessionQuery().limit
+    newest = sorted(source.sessions, key=lambda s: s.started, reverse=True)
+
+    async def test(app, pilot):
+        await press(pilot, "2")
+        table = table_of(app, "#sessions")
+        assert table.row_count == limit
+        assert [r.key.value for r in table.ordered_rows] == [str(s.id) for s in newest[:limit]]
+        summary = text_of(app.screen, "#summary")
+        assert f"260 sessions · first {limit} shown · sorted by started ↓" in summary
+
+        await pilot.press("s")                       # started -> account, ascending
+        await settle(pilot, until=lambda a: a.snapshot.session_query.sort == "account")
+        assert source.queries[-1] == SessionQuery(sort="account", reverse=False)
+        by_account = sorted(source.sessions, key=lambda s: s.account)[:limit]
+        assert [r.key.value for r in table.ordered_rows] == [str(s.id) for s in by_account]
+
+        await press(pilot, "slash", *"ip:192.0.2.77", "enter")
+        await settle(pilot, until=lambda a: a.snapshot.session_query.terms)
+        assert source.queries[-1].terms == (("client", "192.0.2.77"),)
+        matching = [s for s in source.sessions if "192.0.2.77" in s.client]
+        assert 0 < len(matching) < limit
+        assert table.row_count == len(matching)
+        assert f"{len(matching)} of 260 sessions · filter ip:192.0.2.77" in \
+            text_of(app.screen, "#summary")
+        await press(pilot, "escape")
+        await settle(pilot, until=lambda a: not a.snapshot.session_query.terms)
+        assert table.row_count == limit
+
+    drive(test, source=source)

@@ -77,3 +77,36 @@ def test_rotation_is_followed(tmp_path):
     log.write(AuditEvent(account="b@x", protocol="imap", client_ip="1.1.1.1"))
     assert "account=a@x" in (tmp_path / "audit.log.1").read_text()
     assert "account=b@x" in path.read_text()
+
+
+def _line_field_by_field(timestamp, thread, proxy_ip, client_ip, client_port, user_agent,
+                         cmd, account, protocol, error):
+    """format_line before its one-scan fast path: every value through encode_value."""
+    from carbotui.core.audit import _local_time, encode_value
+    seconds, millis = divmod(round(timestamp * 1000), 1000)
+    context = f"ip={encode_value(proxy_ip)};oip={encode_value(client_ip)};"
+    if client_port:
+        context += f"oport={client_port};"
+    if user_agent:
+        context += f"ua={encode_value(user_agent)};"
+    body = f"cmd={cmd}; account={encode_value(account)}; protocol={encode_value(protocol)};"
+    if error:
+        body += f" error={encode_value(error)};"
+    level = "WARN " if error else "INFO "
+    return (f"{_local_time(seconds)},{millis:03d} {level} [{thread}] "
+            f"[{context}] security - {body}\n")
+
+
+def test_the_fast_path_writes_the_line_field_by_field_encoding_writes():
+    from itertools import product
+
+    from carbotui.core.audit import format_line
+    values = ["", "user01@demo.test", "a;b", "x\r\ny", "\x85", "\u2028", "Thunderbird/115",
+              "é", "\x00", ";"]
+    for ua, account, error in product(values, values, ["", "bad;pass\n", "invalid password"]):
+        args = (T, "ImapServer-0", "127.0.0.1", "203.0.113.5", 4242, ua, "Auth", account,
+                "imap", error)
+        assert format_line(*args) == _line_field_by_field(*args)
+    for proxy_ip, client_ip, protocol in product(values[:4], values[:4], ["imap", "po;p3"]):
+        args = (T, "t", proxy_ip, client_ip, 0, "", "Auth", "bob", protocol, "")
+        assert format_line(*args) == _line_field_by_field(*args)

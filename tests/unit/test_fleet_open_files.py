@@ -69,3 +69,25 @@ def test_other_processes_are_counted_on_every_refresh(tmp_path):
     finally:
         extra[0].close()
         extra[1].close()
+
+
+def test_one_stale_worker_count_is_listed_again_per_refresh(tmp_path):
+    clock = Clock()
+    fleet = _fleet(tmp_path, clock)
+    me = _me()
+    other = Process(name="proxy:proxy_01", short="proxy_01", group="proxy", state="RUNNING",
+                    pid=os.getppid(), started=0.0, description="")
+    # first sight: both listed at once
+    assert fleet._with_psutil(me, sockets=3).open_files == psutil.Process().num_fds()
+    fleet._with_psutil(other, sockets=3)
+    listed = dict(fleet._worker_fds)
+    clock.now += node.SLOW_EVERY * 2              # both stale
+    fleet._fd_listings_left = 1                   # what collect() sets: one this refresh
+    fleet._with_psutil(me, sockets=3)
+    fleet._with_psutil(other, sockets=3)
+    assert fleet._worker_fds[me.pid][0] == clock.now          # listed again
+    assert fleet._worker_fds[other.pid] == listed[other.pid]  # its turn is the next refresh
+    fleet._fd_listings_left = 1
+    fleet._with_psutil(me, sockets=3)
+    fleet._with_psutil(other, sockets=3)
+    assert fleet._worker_fds[other.pid][0] == clock.now

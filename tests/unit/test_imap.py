@@ -704,3 +704,49 @@ def test_authenticate_continuation_byte_by_byte():
 def test_many_pipelined_commands_in_one_chunk():
     sent, events = run(client(), b"a NOOP\r\n" * 20000)
     assert sent == b"a OK NOOP completed.\r\n" * 20000 and events == []
+
+
+# -- fast paths: the same result as the general code -------------------------------------
+import re as _re  # noqa: E402
+
+from hypothesis import given as _given, settings as _settings, strategies as _st  # noqa: E402
+
+from carbotui.protocols import imap as _imap  # noqa: E402
+
+
+def _tokens(text: bytes, pos: int, need_sep: bool, fast: bool):
+    cmd = _imap._Command()
+    cmd.need_sep = need_sep
+    saved = _imap._ATOM_ARGS_RE
+    if not fast:
+        _imap._ATOM_ARGS_RE = _re.compile(rb"(?!)")        # never matches: the loop only
+    try:
+        _imap.ImapClientSide._tokenize(cmd, text, pos)
+        return cmd.args, cmd.need_sep, None
+    except _imap._SyntaxError as e:
+        return cmd.args, None, str(e)
+    finally:
+        _imap._ATOM_ARGS_RE = saved
+
+
+@_settings(max_examples=600, deadline=None)
+@_given(_st.lists(_st.sampled_from([b" ", b"  ", b"user01@demo.test", b"demo-pass", b"INBOX",
+                                    b'"q"', b"(", b")", b"{3}", b"\t", b"a\\b", b"x}", b"%*]",
+                                    b"\x7f", b"\xc3\xa9", b"\x00"]), max_size=8),
+        _st.integers(min_value=0, max_value=3), _st.booleans())
+def test_atom_fast_path_tokenizes_as_the_loop(parts, pos, need_sep):
+    text = b"a1 LOGIN" + b"".join(parts)
+    pos = min(len(b"a1 LOGIN") + pos, len(text))
+    assert _tokens(text, pos, need_sep, fast=True) == _tokens(text, pos, need_sep, fast=False)
+
+
+def test_atom_fast_path_keeps_what_follows_a_trailing_space():
+    args, need_sep, err = _tokens(b"a SELECT INBOX  ", 8, True, fast=True)
+    assert args == [(_imap.ATOM, b"INBOX")] and need_sep is False and err is None
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "::1", 'a"b', "a\\b", "é/1", "x\x00y\n",
+                                  "Thunder bird/115,carbotui", "x" * 300, ""])
+def test_id_value_is_the_regex_then_quote(text):
+    expected = _imap._quote(_imap._NOT_PRINTABLE_RE.sub("?", text[:200]).encode("ascii"))
+    assert _imap._id_value(text) == expected

@@ -131,3 +131,57 @@ def test_any_split_of_responses_without_bye_lets_a_bye_be_added(parts, cut):
 @pytest.mark.parametrize("line", [b"* BYEBYE\r\n", b"** BYE\r\n", b"a BYE\r\n"])
 def test_only_an_untagged_bye_counts(line):
     assert may_add(b"", line)
+
+
+# -- the whole-lines fast paths of _ServerSide.feed and _ClientSide.feed ------------------
+from carbotui.protocols import imapstream  # noqa: E402
+
+
+class _SlowServer(imapstream._ServerSide):
+    __slots__ = ()
+    feed = imapstream._Framer.feed
+
+
+class _SlowClient(imapstream._ClientSide):
+    __slots__ = ()
+    feed = imapstream._Framer.feed
+
+
+_LINES = [b"* BYE\r\n", b"* bye now\r\n", b"* BYEBYE\r\n", b"** BYE\r\n", b"* BYE\n",
+          b"a BYE\r\n", b"x * BYE\r\n", b"* OK [UIDVALIDITY 1] ok\r\n", b"* 1 EXISTS\r\n",
+          b"a1 LOGOUT\r\n", b"a1 logout\n", b"a1 LOGOUTX\r\n", b"a1 COMPRESS DEFLATE\r\n",
+          b"(a LOGOUT\r\n", b"a1 SELECT INBOX\r\n", b"a LOGOUT {3}\r\nabc\r\n",
+          b"* 2 FETCH (BODY[] {9}\r\n* BYE\r\n\r\n)\r\n", b"a APPEND x {11+}\r\na LOGOUT\r\n\r\n",
+          b"t" * 249 + b" LOGOUT\r\n", b"t" * 250 + b" LOGOUT\r\n", b"\r\n", b"\n",
+          b"a2 NOOP\r\n", b"* OK }\r\n", b"partial line without end"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_LINES), max_size=10),
+       st.lists(st.integers(min_value=0, max_value=600), max_size=4))
+def test_fast_paths_judge_as_the_line_loop(lines, cuts):
+    stream = b"".join(lines)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    parts = [stream[a:b] for a, b in zip(points, points[1:])] or [b""]
+    fast_s, slow_s = imapstream._ServerSide(), _SlowServer()
+    fast_c, slow_c = imapstream._ClientSide(), _SlowClient()
+    for part in parts:
+        for fast, slow in ((fast_s, slow_s), (fast_c, slow_c)):
+            fast.feed(part)
+            slow.feed(part)
+            assert fast.at_boundary == slow.at_boundary
+    assert fast_s.bye == slow_s.bye
+    assert (fast_c.logout, fast_c.compress) == (slow_c.logout, slow_c.compress)
+
+
+def test_fast_paths_are_taken_for_whole_lines():
+    # a chunk of whole lines costs one regex, not the line loop (which would call _line)
+    class Counting(imapstream._ServerSide):
+        __slots__ = ("lines",)
+
+        def _line(self, head):
+            self.lines = getattr(self, "lines", 0) + 1
+            super()._line(head)
+    s = Counting()
+    s.feed(b"* 3 EXISTS\r\n* 0 RECENT\r\n* BYE over\r\na1 OK done\r\n")
+    assert s.bye and s.at_boundary and getattr(s, "lines", 0) == 0

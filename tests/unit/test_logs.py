@@ -286,3 +286,22 @@ def test_an_ended_mail_session_line_and_count(tmp_path):
 def test_status_classes():
     assert [status_class(s) for s in (101, 200, 302, 404, 503, 499, 0, 700)] == \
         ["1xx", "2xx", "3xx", "4xx", "5xx", "4xx", "other", "other"]
+
+
+def test_known_bare_values_are_judged_as_the_first_time_and_bounded():
+    texts = ["imap", "user01@demo.test", "-", "a b", "x" * 330, "x" * 331, "[::1]", "é",
+             "ok\n", "", "mbox1.demo.test"]
+    first = [lf.value(t, 32) for t in texts]
+    assert [lf.value(t, 32) for t in texts] == first        # the second time: from the set
+    assert first[0] == "imap" and first[3] == r'"a\x20b"' and first[5].startswith('"')
+    assert first[9] == "-" and "" not in lf._KNOWN_BARE and "a b" not in lf._KNOWN_BARE
+    for i in range(lf.KNOWN_BARE_MAX + 10):
+        lf.value(f"user{i}@demo.test")
+    assert len(lf._KNOWN_BARE) <= lf.KNOWN_BARE_MAX
+    # session_line's inlined lookups: the same line as value() field by field
+    for client in ("192.0.2.7", "::1", ""):
+        line = lf.session_line(timestamp=0, protocol="imap", client_ip=client, client_port=1,
+                               account="a b", server="mbox1", duration=1, bytes_in=0,
+                               bytes_out=0, reason="logout", worker="proxy_00", session=1)
+        addr = lf.value(f"[{client}]" if ":" in client else (client or "-"), 60)
+        assert f" client={addr}:1 account={lf.value('a b')} server=mbox1 " in line

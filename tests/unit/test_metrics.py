@@ -244,3 +244,42 @@ def test_fixed_series_exist_before_anything_was_counted(tmp_path):
     assert value(samples, "carbotui_sessions", protocol="imaps", state="proxy") == 0
     assert value(samples, "carbotui_sessions", protocol="https", state="websocket") == 0
     assert value(samples, "carbotui_connections_total", protocol="https") == 0
+
+
+def test_open_sessions_come_from_the_workers_counts_not_from_sessions_sent(tmp_path):
+    """The exporter asks for counts only (no session crosses the socket) and the gauge is
+    exact: a real worker's stats socket with 30 sessions of four kinds and states."""
+    import asyncio
+
+    from carbotui.proxy import stats
+    from tests.unit.test_worker_sockets import services_with_sessions
+
+    run = tmp_path / "run"
+    sent = []
+
+    def read(run_dir):
+        snaps = metrics.read_worker_snapshots(run_dir, query=metrics.COUNTS_ONLY)
+        sent.extend(len(s.sessions) for s in snaps.values())
+        return snaps
+
+    async def main():
+        services = services_with_sessions(3, 30)
+        services.loop = asyncio.get_running_loop()
+        server = await stats.serve(services, str(wire.stats_path(run, services.name)))
+        try:
+            default = metrics.NodeCollector(settings(tmp_path, listen={"imap": [], "imaps": []}))
+            mine = metrics.NodeCollector(settings(tmp_path, listen={"imap": [], "imaps": []}),
+                                         read=read)
+            return (await asyncio.to_thread(scrape, default))[0], \
+                (await asyncio.to_thread(scrape, mine))[0]
+        finally:
+            server.close()
+
+    by_default, samples = asyncio.run(main())
+    assert sent == [0]
+    for got in (by_default, samples):
+        assert value(got, "carbotui_sessions", protocol="imap", state="preauth") == 8
+        assert value(got, "carbotui_sessions", protocol="imaps", state="login") == 8
+        assert value(got, "carbotui_sessions", protocol="pop3", state="proxy") == 7
+        assert value(got, "carbotui_sessions", protocol="https", state="http") == 7
+        assert value(got, "carbotui_sessions", protocol="imap", state="proxy") == 0

@@ -27,7 +27,8 @@ from carbotui.proxy.context import SessionServices
 KEYS = {
     "": ["worker", "pid", "time", "started", "draining", "connections", "logins", "throttled",
          "rejected_busy", "sockets", "proxy_refused", "cache", "ldap_searches", "backends",
-         "maintenance", "web", "config", "sessions", "metrics"],
+         "maintenance", "web", "config", "sessions", "metrics", "session_counts",
+         "sessions_matched"],
     "logins": ["ok", "failed", "temporary"],
     "cache": ["hits", "misses", "ldap_lookups", "poisoned", "memcached_available",
               "memcached_errors"],
@@ -42,7 +43,7 @@ KEYS = {
     "metrics.connect.*": ["counts", "sum"],
 }
 # Keys added after the others: a worker older than them does not send them (read as empty).
-OPTIONAL_KEYS = {("", "metrics")}
+OPTIONAL_KEYS = {("", "metrics"), ("", "session_counts"), ("", "sessions_matched")}
 
 
 def objects(doc: dict, path: str = ""):
@@ -87,6 +88,8 @@ def sample() -> wire.WorkerSnapshot:
             blocked=2, web_responses={"https": {"mbox1": {"2xx": 5}, "-": {"4xx": 1}}},
             connect={"mbox1": wire.ConnectTimes([1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 11.5)},
             sessions_ended={"imaps": {"logout": 3}}),
+        # three live, two match the request's filter, one sent (its limit)
+        session_counts={"imaps": {"proxy": 2}, "pop3": {"preauth": 1}}, sessions_matched=2,
     )
 
 
@@ -130,6 +133,11 @@ def test_a_snapshot_of_an_older_worker_has_empty_metrics():
     doc = sample().to_json()
     del doc["metrics"]
     assert wire.WorkerSnapshot.from_json(doc).metrics == wire.MetricStats()
+    # no counts: it sent every session, unfiltered; counted from them
+    del doc["session_counts"], doc["sessions_matched"]
+    older = wire.WorkerSnapshot.from_json(doc)
+    assert older.session_counts == {"imaps": {"proxy": 1}} and older.sessions_matched is None
+    assert older.open_sessions == 1
     doc["metrics"] = {**sample().to_json()["metrics"],
                       "connect": {"mbox1": {"counts": [1, 2], "sum": 0.5}}}
     with pytest.raises(wire.WireError, match="counts"):
@@ -143,7 +151,10 @@ def test_unknown_keys_are_ignored_and_wrong_shapes_refused():
     doc["sessions"][0]["new_field"] = 3
     assert wire.WorkerSnapshot.from_json(doc) == sample()
     for bad in ([], {**doc, "sessions": {}}, {**doc, "sessions": [7]}, {**doc, "cache": []},
-                {**doc, "backends": []}, {**doc, "web": {"requests": {}, "upstreams": {}}}):
+                {**doc, "backends": []}, {**doc, "web": {"requests": {}, "upstreams": {}}},
+                {**doc, "session_counts": []}, {**doc, "session_counts": {"imap": 3}},
+                {**doc, "session_counts": {"imap": {"proxy": "3"}}},
+                {**doc, "sessions_matched": "2"}):
         with pytest.raises(wire.WireError):
             wire.WorkerSnapshot.from_json(bad)
     with pytest.raises(ValueError):
@@ -152,8 +163,9 @@ def test_unknown_keys_are_ignored_and_wrong_shapes_refused():
 
 def test_the_dashboard_summary_reads_the_snapshot():
     s = worker_stats(sample())
+    # sessions: every live one (the counts), not the one page sent
     assert (s.sessions, s.connections, s.logins_ok, s.logins_failed, s.logins_temporary) == \
-        (1, 9, 5, 2, 1)
+        (3, 9, 5, 2, 1)
     assert (s.cache_hits, s.cache_misses, s.ldap_lookups, s.memcached_available, s.draining) \
         == (11, 12, 13, False, True)
     assert (s.config_version, s.config_mail_mode, s.config_vhosts, s.config_error) == \
@@ -275,3 +287,163 @@ def test_maintenance_file_round_trip_and_refusals(tmp_path):
         with pytest.raises(ValueError):
             wire.read_maintenance(tmp_path)
         assert control.load_maintenance(tmp_path) == set()      # the worker logs and goes on
+
+
+# --- the dashboard's page: counts, and the first `limit` sessions in its order -------------
+
+class LiveSession:
+    """A worker's session as stats.snapshot reads it (MailSession's attribute names)."""
+    splice = None
+
+    def __init__(self, session_id, i):
+        self.id = session_id
+        self.kind = ("imap", "imaps", "pop3", "https")[i % 4]
+        self.client_ip = f"192.0.2.{i % 7 + 1}"
+        self.client_port = 40000 + i
+        self.account = "" if i % 5 == 0 else f"User{i % 9:02d}@demo.test"
+        self.server = ("mbox1.demo.test", "mbox2", "")[i % 3]
+        self.state = ("preauth", "login", "proxy", "http")[i % 4]
+        # ties at the millisecond the wire rounds to, and equal bytes, on purpose
+        self.started = 1700000000 + (i % 6) * 0.0004 + (i // 6) * 0.01
+        self.bytes_in, self.bytes_out = (i % 4) * 100, (i * 37) % 11
+
+
+def services_with_sessions(index: int, n: int) -> SessionServices:
+    settings = SimpleNamespace(mail=MailSettings(), web=WebSettings(), run_dir="/nonexistent")
+    services = SessionServices(
+        settings=settings, loop=None, index=index, audit=None, throttle=None,
+        router=SimpleNamespace(hits=0, misses=0, ldap_lookups=0, poisoned=0, servers={}),
+        cache=SimpleNamespace(available=True, errors=0), directory=SimpleNamespace(searches=0))
+    for i in range(n):
+        s = LiveSession(services.next_session_id(), i)
+        services.sessions[s.id] = s
+    return services
+
+
+QUERIES = [wire.SessionQuery(sort=sort, reverse=reverse, terms=terms, limit=limit)
+           for sort in wire.SESSION_SORT for reverse in (False, True)
+           for terms in ((), ((None, "user0"),), (("protocol", "pop"), ("client", "192.0.2.1")),
+                         ((None, "proxy_0"), ("worker", "_04")), (("error", "x"),),
+                         (("server", "mbox"), (None, "2"), ("state", "p")), ((None, "m\0b"),))
+           for limit in (0, 1, 7, None)]
+
+
+def test_a_workers_page_is_the_head_of_sorting_all_its_sessions():
+    services = services_with_sessions(3, 60)
+    everything = stats.snapshot(services).sessions           # no query: all, unsorted
+    assert len(everything) == 60
+    for query in QUERIES:
+        snap = stats.snapshot(services, query)
+        matching = query.matching(everything)
+        assert snap.sessions == query.page(matching), query
+        assert snap.sessions_matched == len(matching), query
+        assert snap.open_sessions == 60
+    counts = stats.snapshot(services, wire.SessionQuery(limit=0)).session_counts
+    assert counts == {"imap": {"preauth": 15}, "imaps": {"login": 15}, "pop3": {"proxy": 15},
+                      "https": {"http": 15}}
+
+
+def test_the_fleet_merges_the_workers_pages_into_the_head_of_everything():
+    from carbotui.admin.node import merge_sessions
+    a, b = services_with_sessions(3, 40), services_with_sessions(4, 25)
+    everything = stats.snapshot(a).sessions + stats.snapshot(b).sessions
+    for query in QUERIES:
+        # through JSON, as the dashboard reads them
+        snaps = [wire.WorkerSnapshot.decode(stats.snapshot(s, query).encode()) for s in (a, b)]
+        page, matched, counts = merge_sessions(snaps, query)
+        assert list(page) == query.page(query.matching(everything)), query
+        assert matched == len(query.matching(everything))
+        assert sum(n for _, _, n in counts) == 65
+    # an older worker sends everything, unfiltered and uncut: the fleet does it
+    query = wire.SessionQuery(sort="account", terms=((None, "user0"),), limit=5)
+    old = stats.snapshot(b).to_json()
+    del old["session_counts"], old["sessions_matched"]
+    snaps = [wire.WorkerSnapshot.decode(stats.snapshot(a, query).encode()),
+             wire.WorkerSnapshot.from_json(old)]
+    page, matched, counts = merge_sessions(snaps, query)
+    assert list(page) == query.page(query.matching(everything))
+    assert matched == len(query.matching(everything))
+    assert sum(n for _, _, n in counts) == 65
+
+
+def test_a_request_is_read_or_refused_clearly():
+    q = wire.SessionQuery(sort="bytes_in", reverse=False, terms=(("account", "user"),), limit=3)
+    assert wire.parse_stats_request(wire.stats_request(q)) == q
+    assert wire.parse_stats_request(wire.stats_request(None)) is None
+    assert wire.parse_stats_request(b"") is None
+    # terms are matched in lower case, whoever wrote them
+    assert wire.parse_stats_request(b'{"sessions": {"filter": [[null, "USER"]]}}').terms == \
+        ((None, "user"),)
+    for bad, why in ((b"nope", "not JSON"), (b"[1]", "not a JSON object"),
+                     (b'{"sessions": {"sort": "password"}}', "sessions.sort"),
+                     (b'{"sessions": {"limit": -1}}', "sessions.limit"),
+                     (b'{"sessions": {"limit": true}}', "sessions.limit"),
+                     (b'{"sessions": {"reverse": "yes"}}', "sessions.reverse"),
+                     (b'{"sessions": {"filter": [["account", ""]]}}', "a term"),
+                     (b'{"sessions": {"filter": [[1, "x"]]}}', "a term"),
+                     (b'{"sessions": {"filter": [["a", "x"]] }}'.replace(b'"x"', b'"' + b"x" * 300 + b'"'),
+                      "a term"),
+                     (b'{"sessions": {"filter": ' + json.dumps([["a", "x"]] * 17).encode() + b"}}",
+                      "at most 16")):
+        with pytest.raises(wire.WireError, match=why):
+            wire.parse_stats_request(bad)
+
+
+def test_the_stats_socket_answers_a_query_refuses_nonsense_and_serves_a_silent_client(tmp_path):
+    import socket as sockets
+
+    def silent(path) -> dict:
+        """An older client: connects and reads, sends nothing."""
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return json.loads(data)
+
+    def raw(path, line: bytes) -> dict:
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            try:
+                sock.sendall(line)
+                sock.shutdown(sockets.SHUT_WR)
+            except OSError:
+                pass                      # the worker may refuse before reading it all
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return json.loads(data)
+
+    async def main():
+        services = services_with_sessions(3, 30)
+        services.loop = asyncio.get_running_loop()
+        path = wire.stats_path(tmp_path, services.name)
+        server = await stats.serve(services, str(path))
+        query = wire.SessionQuery(sort="started", reverse=True, terms=((None, "imaps"),),
+                                  limit=4)
+        try:
+            page = await asyncio.to_thread(wire.read_snapshot, path, 5.0, query)
+            with pytest.raises(wire.WireError, match="refused the request: sessions.sort"):
+                await asyncio.to_thread(wire.read_stats_json, path, 5.0,
+                                        dataclasses.replace(query, sort="secret"))
+            long = await asyncio.to_thread(raw, path, b"{" + b" " * 10000 + b"}\n")
+            old = await asyncio.to_thread(silent, path)
+            after = await asyncio.to_thread(wire.read_snapshot, path, 5.0, query)
+        finally:
+            server.close()
+        return services, page, long, old, after
+
+    services, page, long, old, after = asyncio.run(main())
+    everything = stats.snapshot(services).sessions
+    assert page.sessions == query_page(everything) and len(page.sessions) == 4
+    assert page.sessions_matched == 8 and page.open_sessions == 30
+    assert long == {"error": f"request: longer than {wire.STATS_MAX_REQUEST} bytes"}
+    assert len(old["sessions"]) == 30                 # everything, as before
+    assert after.sessions == page.sessions            # the worker goes on serving
+
+
+def query_page(everything):
+    q = wire.SessionQuery(sort="started", reverse=True, terms=((None, "imaps"),), limit=4)
+    return q.page(q.matching(everything))

@@ -1,0 +1,105 @@
+"""Instructions per IMAPS or POP3S session in a carbotui worker, counted by callgrind.
+
+    flock /tmp/carbotui-callgrind.lock .venv/bin/python bench/instructions_tls.py \
+        [imaps|pop3s] [--sessions 200] [--tree DIR] [--keep DIR]
+
+bench/instructions.py for the implicit-TLS listeners: the same worker (bench/quiet_worker.py
+under valgrind with bench/carbotui-bench.toml, its own memcached on the bench's port, 50
+sessions to warm the route cache, then N counted), the same sessions (bench/loadgen.py:
+connect, greeting, LOGIN, SELECT INBOX, LOGOUT; POP3: USER, PASS, STAT, QUIT) over TLS
+(TLS 1.3, ECDHE, the demo's ECDSA P-256 certificate). The count includes OpenSSL's
+handshake, the same for every proxy glue. --tree DIR counts the carbotui package found in
+DIR instead (e.g. `git archive <commit> carbotui | tar -x -C DIR`), to compare commits.
+Needs the lock: it uses the bench's fixed ports, as instructions.py does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from run import MEMCACHED, PY, wait_port  # noqa: E402
+
+PORTS = {"imaps": 12993, "pop3s": 12995}
+
+
+def sessions(proto: str, count: int) -> dict:
+    spec = [PY, str(BENCH / "loadgen.py"), "sessions", "--proto", proto.rstrip("s"), "--tls",
+            "--port", str(PORTS[proto]), "--seconds", "900", "--concurrency", "4", "--max",
+            str(count), "--users", "all"]
+    out = subprocess.run(spec, input="go\n", capture_output=True, text=True, timeout=1200)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")][-1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("proto", nargs="?", default="imaps", choices=sorted(PORTS))
+    p.add_argument("--sessions", type=int, default=200)
+    p.add_argument("--tree", type=Path, help="count the carbotui package in this directory")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="copy the counted callgrind dump into DIR (for callgrind_annotate)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="carbotui-callgrind-") as tmp:
+        tmp = Path(tmp)
+        worker_py = BENCH / "quiet_worker.py"
+        if args.tree:
+            # quiet_worker.py puts its own checkout first on sys.path
+            (tmp / "tree/bench").mkdir(parents=True)
+            (tmp / "tree/carbotui").symlink_to(args.tree.resolve() / "carbotui")
+            worker_py = tmp / "tree/bench/quiet_worker.py"
+            shutil.copyfile(BENCH / "quiet_worker.py", worker_py)
+        config = tmp / "bench.toml"
+        config.write_text(f'include = "{BENCH / "carbotui-bench.toml"}"\n'
+                          f'[node]\nvar_dir = "{REPO / "var/bench/carbotui"}"\n'
+                          '[web]\nhealth_interval = 100000\n')
+        memcached = subprocess.Popen(["memcached", "-u", "memcache", "-l", MEMCACHED[0], "-p",
+                                      str(MEMCACHED[1]), "-U", "0"])
+        out = tmp / "callgrind.out"
+        worker = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY, str(worker_py),
+             "--config", str(config), "--worker", "0"], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "worker.log", "wb"))
+        try:
+            wait_port(*MEMCACHED)
+            wait_port("127.0.0.1", PORTS[args.proto], timeout=120)
+            sessions(args.proto, 50)                     # routes cached, code warm
+            subprocess.run(["callgrind_control", "-z", str(worker.pid)], check=True,
+                           capture_output=True)
+            result = sessions(args.proto, args.sessions)
+            subprocess.run(["callgrind_control", "-d", str(worker.pid)], check=True,
+                           capture_output=True)
+            time.sleep(0.5)
+            dumps = sorted(tmp.glob("callgrind.out.*"))
+            total = next(int(line.split()[1]) for line in dumps[-1].read_text().splitlines()
+                         if line.startswith(("summary:", "totals:")))
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                kept = args.keep / f"callgrind.out.{args.proto}"
+                shutil.copyfile(dumps[-1], kept)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            memcached.terminate()
+            memcached.wait(10)
+    if result["errors"]:
+        print(f"{result['errors']} sessions failed: {result['first_error']}", file=sys.stderr)
+        return 1
+    print(f"{args.proto}{' (' + str(args.tree) + ')' if args.tree else ''}: "
+          f"{total / result['n']:,.0f} instructions per session ({result['n']} sessions, "
+          f"user space, callgrind)")
+    if args.keep:
+        print(f"kept {kept}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
