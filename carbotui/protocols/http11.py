@@ -906,8 +906,8 @@ _SAFE_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
 _SAFE_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
-def _b(value: bytes | str) -> bytes:
-    return value.encode("latin-1") if isinstance(value, str) else value
+def _b(value: bytes | bytearray | str) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
 # What a serialised head may hold besides its CRLFs: HTAB, SP to "~", and 0x80-0xFF.
