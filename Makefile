@@ -6,6 +6,7 @@
 #   make screenshots  regenerate screenshots/ (every dashboard screen, SVG)
 #   make test    make up, then pytest (PYTEST_ARGS="-k certs" to pass arguments)
 #   make venv    just .venv (no root)
+#   make compiled  rebuild the mypyc-compiled modules whose .py changed (setup.py)
 #   make cluster make up, then two more nodes (127.0.0.11/.12) behind HAProxy (127.0.0.1:20143…)
 #   make install    a production node in the system's places (/opt/carbotui, /etc/carbotui, a
 #                   supervisor program file and systemd units); a second run changes nothing
@@ -45,8 +46,18 @@ demo: up
 screenshots: venv
 	$(PY) scripts/screenshots.py
 
-test: up
+test: up compiled
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the modules setup.py compiles with mypyc, rebuilt in place when a source is newer than
+# the last build (carbotui/core/compiled.py runs them as Python meanwhile); no mypyc in
+# .venv, or CARBOTUI_PURE=1: nothing is compiled and the .py files run
+MYPYC_SRC := $(shell sed -n 's/^    "\(carbotui\/[a-z0-9_/]*\.py\)",$$/\1/p' setup.py)
+.PHONY: compiled
+compiled: build/mypyc.stamp
+build/mypyc.stamp: $(MYPYC_SRC) setup.py mypyc.ini | venv
+	$(PY) setup.py -q build_ext --inplace
+	@mkdir -p build && touch $@
 
 cluster: up
 	$(CTL) start haproxy 'node1:*' 'node2:*'

@@ -200,7 +200,7 @@ class AuditLog:
         # file, as nginx's logs do on USR1 (access.log and sessions.log).
         self.follow = follow
         self._fd = -1
-        self._ino = None
+        self._ino: int | None = None
         self._checked = 0.0
         self._complained = -math.inf
         self.written = 0

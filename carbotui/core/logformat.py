@@ -61,7 +61,7 @@ def escape(raw: bytes | str, limit: int, *, space: bool = False) -> str:
     most ``limit`` characters; ``-`` when empty."""
     if not raw:
         return "-"
-    if raw.__class__ is str:
+    if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     if len(raw) <= limit and (_PLAIN_WORD if space else _PLAIN).fullmatch(raw):
         return raw.decode("ascii")                # the usual case: nothing to escape or cut

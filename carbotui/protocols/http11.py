@@ -724,8 +724,14 @@ class ResponseParser(_MessageParser):
     """Parses an upstream's responses. It must know the request method each
     response answers (HEAD and CONNECT change the framing)."""
 
-    def __init__(self, request_method: bytes = b"GET", **limits) -> None:
-        super().__init__(**limits)
+    # The limits spelled out, not forwarded as **limits: mypyc (the compiled build) passes
+    # a forwarded **kwargs to keyword-only parameters with defaults wrongly.
+    def __init__(self, request_method: bytes = b"GET", *, max_start_line: int = 8192,
+                 max_header_bytes: int = 16 * 1024, max_headers: int = 100,
+                 max_body: int | None = None, max_chunk_line: int = 4096) -> None:
+        super().__init__(max_start_line=max_start_line, max_header_bytes=max_header_bytes,
+                         max_headers=max_headers, max_body=max_body,
+                         max_chunk_line=max_chunk_line)
         self.request_method = request_method
 
     def start_next(self, request_method: bytes = b"GET") -> list[Event]:
@@ -923,8 +929,8 @@ _SAFE_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
 _SAFE_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
-def _b(value: bytes | str) -> bytes:
-    return value.encode("latin-1") if isinstance(value, str) else value
+def _b(value: bytes | bytearray | str) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
 # What a serialised head may hold besides its CRLFs: HTAB, SP to "~", and 0x80-0xFF.

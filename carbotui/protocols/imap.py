@@ -21,6 +21,7 @@ import enum
 import re
 from itertools import repeat
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from carbotui.protocols.events import (
     Authenticate, BackendFailed, ClientId, LoginOK, LoginRejected, MailLimits, Send,
@@ -112,10 +113,11 @@ _GREETINGS: dict[tuple[int, bool], tuple[MailLimits, bytes]] = {}
 class ImapClientSide(ClientSide):
     """The proxy as IMAP server, before login. See the module docstring."""
 
-    TEMPORARY_CODE, FAILED_CODE = b"UNAVAILABLE", b"AUTHENTICATIONFAILED"
-    CLOSING = b"* BYE"
-    IDLE_TIMEOUT = b"* BYE Autologout; idle for too long\r\n"
-    SHUTTING_DOWN = b"* BYE Server shutting down, please reconnect\r\n"
+    TEMPORARY_CODE: ClassVar[bytes] = b"UNAVAILABLE"
+    FAILED_CODE: ClassVar[bytes] = b"AUTHENTICATIONFAILED"
+    CLOSING: ClassVar[bytes] = b"* BYE"
+    IDLE_TIMEOUT: ClassVar[bytes] = b"* BYE Autologout; idle for too long\r\n"
+    SHUTTING_DOWN: ClassVar[bytes] = b"* BYE Server shutting down, please reconnect\r\n"
 
     # (tag, mechanism) of the command waiting for its SASL line or auth result; at class
     # level, so a session sets it only when it has one.
@@ -165,7 +167,7 @@ class ImapClientSide(ClientSide):
         Returns the events and the bytes the client pipelined after its login
         command, which the relay must pass on to the backend."""
         self._expect(WAIT_AUTH, "auth_succeeded")
-        tag, _ = self._pending
+        tag, _ = self._pending  # type: ignore[misc]  # set in this state
         self._pending = None
         leftover = self._buf.peek_all()
         self._buf.clear()
@@ -178,7 +180,7 @@ class ImapClientSide(ClientSide):
             raise RuntimeError("ImapClientSide.throttled() after auth_succeeded()")
         out: list[Event] = [Send(b"* BYE " + safe_text(message).encode() + CRLF)]
         if self._state is WAIT_AUTH:
-            tag, mechanism = self._pending
+            tag, mechanism = self._pending  # type: ignore[misc]  # set in this state
             command = b"LOGIN" if mechanism == "LOGIN" else b"AUTHENTICATE"
             out.append(Send(_reply(tag, b"NO", command + b" failed")))
         self._close(out, "throttled")
@@ -187,7 +189,7 @@ class ImapClientSide(ClientSide):
     # ---------------------------------------------------------- machinery
 
     def _auth_failed_reply(self, text: bytes) -> Event:
-        tag, _ = self._pending
+        tag, _ = self._pending  # type: ignore[misc]  # set in this state
         self._pending = None
         return Send(_reply(tag, b"NO", text))
 
@@ -498,7 +500,7 @@ class ImapClientSide(ClientSide):
         self._state = AUTH_LINE
 
     def _auth_line(self, line: bytes, out: list[Event]) -> None:
-        tag, _ = self._pending
+        tag, _ = self._pending  # type: ignore[misc]  # set in this state
         self._pending = None
         self._state = COMMAND
         if line == b"*":
@@ -512,8 +514,8 @@ class ImapClientSide(ClientSide):
         except AuthzidRefused as e:             # RFC 4616 §2, RFC 5530
             out.append(Send(_reply(tag, b"NO", b"[AUTHORIZATIONFAILED] " + str(e).encode())))
             return
-        except AuthDataError as e:
-            out.append(Send(_reply(tag, b"BAD", str(e).encode())))
+        except AuthDataError as err:            # not e: mypyc would type it as the clause above
+            out.append(Send(_reply(tag, b"BAD", str(err).encode())))
             return
         self._pending = (tag, "PLAIN")
         self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
@@ -591,7 +593,8 @@ class ImapBackendLogin(BackendLogin):
     credentials. ``feed`` returns Sends for the server followed, once, by
     LoginOK, LoginRejected or BackendFailed."""
 
-    GREETING, DONE = _GREETING, _DONE
+    GREETING: ClassVar[enum.Enum] = _GREETING
+    DONE: ClassVar[enum.Enum] = _DONE
 
     def __init__(self, username: str, password: str, *, client_ip: str, client_port: int,
                  local_ip: str, local_port: int, client_ua: str = "", send_id: bool = True):
@@ -689,16 +692,16 @@ class ImapBackendLogin(BackendLogin):
                 out.append(LoginOK(rest))
             elif status == b"NO":
                 code = _RESP_CODE_RE.match(rest)
-                temporary = bool(code) and code.group(1).upper() in _TEMPORARY_CODES
+                temporary = code is not None and code.group(1).upper() in _TEMPORARY_CODES
                 out.append(LoginRejected(rest, temporary=temporary))
             else:
                 out.append(BackendFailed(f"backend answered LOGIN with: {describe(rest)}"))
 
     def _after_capabilities(self, out: list[Event]) -> None:
-        if b"LOGINDISABLED" in self._caps:
+        if b"LOGINDISABLED" in self._caps:  # type: ignore[operator]
             self._fail(out, "backend refuses LOGIN on this connection (LOGINDISABLED): "
                             "enable TLS to the backend or allow plaintext logins there")
-        elif self._send_id and b"ID" in self._caps:
+        elif self._send_id and b"ID" in self._caps:  # type: ignore[operator]
             self._command(out, b"ID (" + self._id_args() + b")")
             self._step = _ID
             if not self._login_waits_for_continuation():
@@ -718,7 +721,7 @@ class ImapBackendLogin(BackendLogin):
                     _id_value(via)))
 
     def _literal_plus(self, value: bytes) -> bool:
-        caps = self._caps
+        caps = self._caps or set()          # read after CAPABILITY: always set
         return b"LITERAL+" in caps or (b"LITERAL-" in caps and len(value) <= _LITERAL_MINUS_MAX)
 
     def _quotable(self) -> tuple[bool, bool]:

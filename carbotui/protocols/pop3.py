@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import ClassVar
 
 from carbotui.protocols.events import (
     Authenticate, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
@@ -40,10 +41,11 @@ def _err(text: bytes) -> Send:
 class Pop3ClientSide(ClientSide):
     """The proxy as POP3 server, before login. See the module docstring."""
 
-    TEMPORARY_CODE, FAILED_CODE = b"SYS/TEMP", b"AUTH"
-    CLOSING = b"-ERR"
-    IDLE_TIMEOUT = b"-ERR Disconnected for inactivity.\r\n"
-    SHUTTING_DOWN = b"-ERR Server shutting down\r\n"
+    TEMPORARY_CODE: ClassVar[bytes] = b"SYS/TEMP"
+    FAILED_CODE: ClassVar[bytes] = b"AUTH"
+    CLOSING: ClassVar[bytes] = b"-ERR"
+    IDLE_TIMEOUT: ClassVar[bytes] = b"-ERR Disconnected for inactivity.\r\n"
+    SHUTTING_DOWN: ClassVar[bytes] = b"-ERR Server shutting down\r\n"
 
     # Defaults at class level: a session sets them only when they change.
     _user: str | None = None               # from USER, waiting for PASS
@@ -249,8 +251,8 @@ class Pop3ClientSide(ClientSide):
         except AuthzidRefused as e:             # RFC 4616 §2, RFC 3206
             out.append(_err(b"[AUTH] " + str(e).encode() + b"."))
             return
-        except AuthDataError as e:
-            out.append(_err(str(e).encode() + b"."))
+        except AuthDataError as err:            # not e: mypyc would type it as the clause above
+            out.append(_err(str(err).encode() + b"."))
             return
         self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
                                       mechanism="PLAIN"), out)
@@ -302,7 +304,8 @@ class Pop3BackendLogin(BackendLogin):
     credentials. ``feed`` returns Sends for the server followed, once, by
     LoginOK, LoginRejected or BackendFailed."""
 
-    GREETING, DONE = _GREETING, _DONE
+    GREETING: ClassVar[enum.Enum] = _GREETING
+    DONE: ClassVar[enum.Enum] = _DONE
 
     def __init__(self, username: str, password: str, *, client_ip: str, client_port: int,
                  local_ip: str = "", local_port: int = 0, send_xoip: bool = True,
@@ -376,7 +379,7 @@ class Pop3BackendLogin(BackendLogin):
         elif status == b"-ERR":
             self._step = _DONE
             code = _RESP_CODE_RE.match(line)
-            temporary = bool(code) and code.group(1).upper() in _TEMPORARY_CODES
+            temporary = code is not None and code.group(1).upper() in _TEMPORARY_CODES
             out.append(LoginRejected(line, temporary=temporary))
         else:
             self._fail(out, f"unexpected reply to login: {describe(line)}")

@@ -13,6 +13,7 @@ and its steps.
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
 
 from carbotui.protocols.events import Authenticate, BackendFailed, Close, MailLimits
 from carbotui.protocols.sasl import Event, LineBuffer, LineTooLong, coalesce, safe_text
@@ -50,15 +51,18 @@ class ClientSide:
     """The proxy as mail server before login; subclasses speak the protocol."""
 
     # Response codes of a refused login (RFC 5530 for IMAP, RFC 3206 for POP3).
-    TEMPORARY_CODE = b""
-    FAILED_CODE = b""
+    TEMPORARY_CODE: ClassVar[bytes] = b""
+    FAILED_CODE: ClassVar[bytes] = b""
     # What the glue writes before it closes a session itself, whole lines: the protocol
     # gives the word that starts a closing line, IDLE_TIMEOUT (no login within
     # preauth_timeout) and SHUTTING_DOWN (the worker is stopping); the refusals of a new
     # connection (the worker at max_connections, the address at max_connections_per_ip)
     # are the same words in both, after TEMPORARY_CODE.
-    CLOSING = b""
-    IDLE_TIMEOUT = SHUTTING_DOWN = BUSY = TOO_MANY_FROM_ADDRESS = b""
+    CLOSING: ClassVar[bytes] = b""
+    IDLE_TIMEOUT: ClassVar[bytes] = b""
+    SHUTTING_DOWN: ClassVar[bytes] = b""
+    BUSY: ClassVar[bytes] = b""
+    TOO_MANY_FROM_ADDRESS: ClassVar[bytes] = b""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -175,8 +179,8 @@ class BackendLogin:
     """The proxy logging in to a mailbox server; subclasses speak the protocol and set
     ``GREETING``/``DONE`` to their first and last steps."""
 
-    GREETING: enum.Enum
-    DONE: enum.Enum
+    GREETING: ClassVar[enum.Enum]
+    DONE: ClassVar[enum.Enum]
 
     def __init__(self) -> None:
         self._buf = LineBuffer()

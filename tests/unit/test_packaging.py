@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata as md
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -53,9 +54,12 @@ def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    # the product's content, so pure Python (CARBOTUI_PURE=1): no mypyc build of setup.py's
+    # modules, nor their in-place builds (*.so) copied from the checkout
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc", "*.so")
     for entry in ROOT.iterdir():
-        if entry.name in NOT_SOURCE or entry.name.endswith(".egg-info"):
+        if (entry.name in NOT_SOURCE or entry.name.endswith((".egg-info", ".so"))
+                or entry.name.startswith(".venv")):
             continue
         if entry.is_dir():
             shutil.copytree(entry, src / entry.name, ignore=ignore, symlinks=True)
@@ -64,7 +68,8 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp / "dist"
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                         "--no-index", "-q", "-w", str(out), str(src)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "CARBOTUI_PURE": "1"})
     if "invalid command 'bdist_wheel'" in p.stdout + p.stderr:
         pytest.fail(f"this venv's setuptools {md.version('setuptools')} cannot build a wheel "
                     "(needs >= 70.1, the [test] extra): run `make venv`")
