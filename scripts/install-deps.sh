@@ -16,6 +16,8 @@ PACKAGES+=(nghttp2-client)
 # setfacl/getfacl: a checkout under a private (0700) folder gets ACL entries for the demo's
 # users instead of `chmod o+x` (demo/stack.py, reach_checkout)
 PACKAGES+=(acl)
+# a C compiler and Python's headers: mypyc compiles the per-session modules (setup.py)
+PACKAGES+=(gcc libc6-dev python3-dev)
 SERVICES=(memcached slapd dovecot haproxy fetchmail)   # what those packages would start at install and boot
 MAIL_USER=carbotui-mail              # owns var/mbox*/mail; Dovecot's userdb uses it
 STAMP=.venv/.carbotui-installed      # newer than pyproject.toml = dependencies are current
