@@ -40,6 +40,50 @@ def sessions(proto: str, count: int) -> dict:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")][-1]
 
 
+def counted(program: list, port: int, warm, measure, keep: Path | None = None,
+            cwd: Path | None = None) -> tuple[int, object]:
+    """The bench's memcached and ``program`` (a Python program and its arguments, None
+    standing for the bench config) under callgrind; once ``port`` answers, ``warm()``,
+    the counters zeroed, ``result = measure()``, the counters dumped. -> (user-space
+    instructions counted, result); ``keep``: where to copy the counted dump.
+    Shared by instructions_tls.py and instructions_https.py."""
+    with tempfile.TemporaryDirectory(prefix="carbotui-callgrind-") as tmp:
+        tmp = Path(tmp)
+        config = tmp / "bench.toml"
+        config.write_text(f'include = "{BENCH / "carbotui-bench.toml"}"\n'
+                          f'[node]\nvar_dir = "{REPO / "var/bench/carbotui"}"\n'
+                          '[web]\nhealth_interval = 100000\n')
+        memcached = subprocess.Popen(["memcached", "-u", "memcache", "-l", MEMCACHED[0], "-p",
+                                      str(MEMCACHED[1]), "-U", "0"])
+        out = tmp / "callgrind.out"
+        program = [str(config) if arg is None else str(arg) for arg in program]
+        worker = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY, *program],
+            cwd=cwd, stdout=subprocess.DEVNULL, stderr=open(tmp / "worker.log", "wb"))
+        try:
+            wait_port(*MEMCACHED)
+            wait_port("127.0.0.1", port, timeout=120)
+            warm()
+            subprocess.run(["callgrind_control", "-z", str(worker.pid)], check=True,
+                           capture_output=True)
+            result = measure()
+            subprocess.run(["callgrind_control", "-d", str(worker.pid)], check=True,
+                           capture_output=True)
+            time.sleep(0.5)                  # callgrind writes the dump after it answers
+            dumps = sorted(tmp.glob("callgrind.out.*"))
+            total = next(int(line.split()[1]) for line in dumps[-1].read_text().splitlines()
+                         if line.startswith(("summary:", "totals:")))
+            if keep is not None:
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(dumps[-1], keep)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            memcached.terminate()
+            memcached.wait(10)
+    return total, result
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("proto", nargs="?", default="imap", choices=sorted(PORTS))
@@ -50,51 +94,21 @@ def main() -> int:
     args = p.parse_args()
     if args.bare and args.proto != "imap":
         p.error("--bare speaks IMAP only")
-    program = [str(BENCH / "bare_proxy.py")] if args.bare else [
-        str(BENCH / "quiet_worker.py"), "--config", None, "--worker", "0"]
-    with tempfile.TemporaryDirectory(prefix="carbotui-callgrind-") as tmp:
-        tmp = Path(tmp)
-        config = tmp / "bench.toml"
-        config.write_text(f'include = "{BENCH / "carbotui-bench.toml"}"\n'
-                          f'[node]\nvar_dir = "{REPO / "var/bench/carbotui"}"\n'
-                          '[web]\nhealth_interval = 100000\n')
-        memcached = subprocess.Popen(["memcached", "-u", "memcache", "-l", MEMCACHED[0], "-p",
-                                      str(MEMCACHED[1]), "-U", "0"])
-        out = tmp / "callgrind.out"
-        program = [str(config) if arg is None else arg for arg in program]
-        worker = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY, *program],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "worker.log", "wb"))
-        try:
-            wait_port(*MEMCACHED)
-            wait_port("127.0.0.1", PORTS[args.proto], timeout=120)
-            sessions(args.proto, 50)                     # routes cached, code warm
-            subprocess.run(["callgrind_control", "-z", str(worker.pid)], check=True,
-                           capture_output=True)
-            result = sessions(args.proto, args.sessions)
-            subprocess.run(["callgrind_control", "-d", str(worker.pid)], check=True,
-                           capture_output=True)
-            time.sleep(0.5)
-            dumps = sorted(tmp.glob("callgrind.out.*"))
-            total = next(int(line.split()[1]) for line in dumps[-1].read_text().splitlines()
-                         if line.startswith(("summary:", "totals:")))
-            if args.keep:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                kept = args.keep / f"callgrind.out.{'bare' if args.bare else args.proto}"
-                shutil.copyfile(dumps[-1], kept)
-        finally:
-            worker.terminate()
-            worker.wait(60)
-            memcached.terminate()
-            memcached.wait(10)
+    program = [BENCH / "bare_proxy.py"] if args.bare else [
+        BENCH / "quiet_worker.py", "--config", None, "--worker", "0"]
+    what = "bare_proxy" if args.bare else args.proto
+    keep = args.keep / f"callgrind.out.{'bare' if args.bare else args.proto}" if args.keep \
+        else None
+    total, result = counted(program, PORTS[args.proto],
+                            lambda: sessions(args.proto, 50),      # routes cached, code warm
+                            lambda: sessions(args.proto, args.sessions), keep)
     if result["errors"]:
         print(f"{result['errors']} sessions failed: {result['first_error']}", file=sys.stderr)
         return 1
-    what = "bare_proxy" if args.bare else args.proto
     print(f"{what}: {total / result['n']:,.0f} instructions per session "
           f"({result['n']} sessions, user space, callgrind)")
-    if args.keep:
-        print(f"kept {kept}")
+    if keep is not None:
+        print(f"kept {keep}")
     return 0
 
 

@@ -6,11 +6,11 @@ As bench/instructions.py (the same quiet worker, bench config and memcached; the
 stack's web1/web2 upstream): 4 keep-alive TLS connections, one request at a time each,
 50 requests each to warm up, then N each (default 250) counted.
 """
-import socket, ssl, subprocess, sys, tempfile, time, threading
+import socket, ssl, sys, time, threading
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import instructions as ins
-from run import MEMCACHED, PY, wait_port, REPO
+from run import REPO
 
 BENCH = ins.BENCH
 PORT = 12443
@@ -45,43 +45,24 @@ def run(conns, n):
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 250
-    with tempfile.TemporaryDirectory(prefix="carbotui-callgrind-") as tmp:
-        tmp = Path(tmp)
-        config = tmp / "bench.toml"
-        config.write_text(f'include = "{BENCH / "carbotui-bench.toml"}"\n'
-                          f'[node]\nvar_dir = "{REPO / "var/bench/carbotui"}"\n'
-                          '[web]\nhealth_interval = 100000\n')
-        memcached = subprocess.Popen(["memcached", "-u", "memcache", "-l", MEMCACHED[0], "-p",
-                                      str(MEMCACHED[1]), "-U", "0"])
-        out = tmp / "callgrind.out"
-        worker = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY,
-             str(BENCH / "quiet_worker.py"), "--config", str(config), "--worker", "0"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "worker.log", "wb"))
-        try:
-            wait_port(*MEMCACHED)
-            wait_port("127.0.0.1", PORT, timeout=120)
-            deadline = time.monotonic() + 120     # the cluster settings are applied after listen
-            while True:
-                s = conn()
-                try:
-                    one(s); s.close(); break
-                except AssertionError:
-                    s.close()
-                    if time.monotonic() > deadline: raise
-                    time.sleep(1)
-            conns = [conn() for _ in range(4)]
-            run(conns, 50)
-            subprocess.run(["callgrind_control", "-z", str(worker.pid)], check=True, capture_output=True)
-            run(conns, n)
-            subprocess.run(["callgrind_control", "-d", str(worker.pid)], check=True, capture_output=True)
-            time.sleep(0.5)
-            dumps = sorted(tmp.glob("callgrind.out.*"))
-            total = next(int(line.split()[1]) for line in dumps[-1].read_text().splitlines()
-                         if line.startswith(("summary:", "totals:")))
-            for s in conns: s.close()
-        finally:
-            worker.terminate(); worker.wait(60); memcached.terminate(); memcached.wait(10)
+    conns = []
+
+    def warm():
+        deadline = time.monotonic() + 120     # the cluster settings are applied after listen
+        while True:
+            s = conn()
+            try:
+                one(s); s.close(); break
+            except AssertionError:
+                s.close()
+                if time.monotonic() > deadline: raise
+                time.sleep(1)
+        conns.extend(conn() for _ in range(4))
+        run(conns, 50)
+
+    total, _ = ins.counted([BENCH / "quiet_worker.py", "--config", None, "--worker", "0"],
+                           PORT, warm, lambda: run(conns, n))
+    for s in conns: s.close()
     print(f"https keep-alive: {total / (4 * n):,.0f} instructions per request ({4 * n} requests, callgrind)")
 
 main()

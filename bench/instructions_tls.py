@@ -20,14 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from run import MEMCACHED, PY, wait_port  # noqa: E402
+from instructions import counted  # noqa: E402
+from run import PY  # noqa: E402
 
 PORTS = {"imaps": 12993, "pop3s": 12995}
 
@@ -48,56 +48,28 @@ def main() -> int:
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="copy the counted callgrind dump into DIR (for callgrind_annotate)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="carbotui-callgrind-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="carbotui-tree-") as tmp:
         worker_py = BENCH / "quiet_worker.py"
         if args.tree:
             # quiet_worker.py puts its own checkout first on sys.path
+            tmp = Path(tmp)
             (tmp / "tree/bench").mkdir(parents=True)
             (tmp / "tree/carbotui").symlink_to(args.tree.resolve() / "carbotui")
             worker_py = tmp / "tree/bench/quiet_worker.py"
             shutil.copyfile(BENCH / "quiet_worker.py", worker_py)
-        config = tmp / "bench.toml"
-        config.write_text(f'include = "{BENCH / "carbotui-bench.toml"}"\n'
-                          f'[node]\nvar_dir = "{REPO / "var/bench/carbotui"}"\n'
-                          '[web]\nhealth_interval = 100000\n')
-        memcached = subprocess.Popen(["memcached", "-u", "memcache", "-l", MEMCACHED[0], "-p",
-                                      str(MEMCACHED[1]), "-U", "0"])
-        out = tmp / "callgrind.out"
-        worker = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY, str(worker_py),
-             "--config", str(config), "--worker", "0"], cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "worker.log", "wb"))
-        try:
-            wait_port(*MEMCACHED)
-            wait_port("127.0.0.1", PORTS[args.proto], timeout=120)
-            sessions(args.proto, 50)                     # routes cached, code warm
-            subprocess.run(["callgrind_control", "-z", str(worker.pid)], check=True,
-                           capture_output=True)
-            result = sessions(args.proto, args.sessions)
-            subprocess.run(["callgrind_control", "-d", str(worker.pid)], check=True,
-                           capture_output=True)
-            time.sleep(0.5)
-            dumps = sorted(tmp.glob("callgrind.out.*"))
-            total = next(int(line.split()[1]) for line in dumps[-1].read_text().splitlines()
-                         if line.startswith(("summary:", "totals:")))
-            if args.keep:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                kept = args.keep / f"callgrind.out.{args.proto}"
-                shutil.copyfile(dumps[-1], kept)
-        finally:
-            worker.terminate()
-            worker.wait(60)
-            memcached.terminate()
-            memcached.wait(10)
+        keep = args.keep / f"callgrind.out.{args.proto}" if args.keep else None
+        total, result = counted([worker_py, "--config", None, "--worker", "0"],
+                                PORTS[args.proto],
+                                lambda: sessions(args.proto, 50),  # routes cached, code warm
+                                lambda: sessions(args.proto, args.sessions), keep, cwd=REPO)
     if result["errors"]:
         print(f"{result['errors']} sessions failed: {result['first_error']}", file=sys.stderr)
         return 1
     print(f"{args.proto}{' (' + str(args.tree) + ')' if args.tree else ''}: "
           f"{total / result['n']:,.0f} instructions per session ({result['n']} sessions, "
           f"user space, callgrind)")
-    if args.keep:
-        print(f"kept {kept}")
+    if keep is not None:
+        print(f"kept {keep}")
     return 0
 
 
