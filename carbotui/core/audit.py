@@ -110,29 +110,21 @@ def format_line(timestamp: float, thread: str, proxy_ip: str, client_ip: str,
     """One audit line. A function of plain values, so the login path (thousands a second)
     does not build an AuditEvent for each."""
     seconds, millis = divmod(round(timestamp * 1000), 1000)
-    if _NEEDS_ENCODING.search(f"{proxy_ip}{client_ip}{user_agent}{account}{protocol}") is None:
-        # the usual line: one scan of all the values, then none needs encode_value
-        context = f"ip={proxy_ip};oip={client_ip};"
-        if client_port:
-            context += f"oport={client_port};"
-        if user_agent:
-            context += f"ua={user_agent};"
-        body = f"cmd={cmd}; account={account}; protocol={protocol};"
-        if error:
-            body += f" error={encode_value(error)};"
-        return (f"{_local_time(seconds)},{MILLIS[millis]} {'WARN ' if error else 'INFO '} "
-                f"[{thread}] [{context}] security - {body}\n")
-    context = f"ip={encode_value(proxy_ip)};oip={encode_value(client_ip)};"
+    if _NEEDS_ENCODING.search(f"{proxy_ip}{client_ip}{user_agent}{account}{protocol}"):
+        # rare (hostile or broken clients): one scan of all the values decides, as
+        # encode_value leaves a clean value as it is
+        proxy_ip, client_ip, user_agent, account, protocol = map(
+            encode_value, (proxy_ip, client_ip, user_agent, account, protocol))
+    context = f"ip={proxy_ip};oip={client_ip};"
     if client_port:
         context += f"oport={client_port};"
     if user_agent:
-        context += f"ua={encode_value(user_agent)};"
-    body = f"cmd={cmd}; account={encode_value(account)}; protocol={encode_value(protocol)};"
+        context += f"ua={user_agent};"
+    body = f"cmd={cmd}; account={account}; protocol={protocol};"
     if error:
         body += f" error={encode_value(error)};"
-    level = "WARN " if error else "INFO "
-    return (f"{_local_time(seconds)},{MILLIS[millis]} {level} [{thread}] "
-            f"[{context}] security - {body}\n")
+    return (f"{_local_time(seconds)},{MILLIS[millis]} {'WARN ' if error else 'INFO '} "
+            f"[{thread}] [{context}] security - {body}\n")
 
 
 _stamp_cache: tuple[int, str] = (-1, "")
