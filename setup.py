@@ -16,11 +16,10 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# On the per-session path and compiled as they are (mypyc.ini: how they are checked).
-# Not compiled: webheaders (HeaderSet subclasses tuple: mypyc refuses it), imapstream
-# (tests/unit/test_imapstream.py subclasses its framers in Python, which a compiled class
-# refuses), settings and
-# everything that does I/O (asyncio glue, services): they gain little and use dynamic code.
+# On the per-session path and compiled as they are (mypyc.ini: how they are checked), and
+# the asyncio glue every mail session runs (mail, relay: its protocols stay asyncio.Protocol
+# subclasses). Not compiled: webheaders (HeaderSet subclasses tuple: mypyc refuses it),
+# settings and the rest of the I/O (services, the web path): they use dynamic code.
 MYPYC_MODULES = [
     "carbotui/core/audit.py",
     "carbotui/core/lines.py",
@@ -28,10 +27,13 @@ MYPYC_MODULES = [
     "carbotui/protocols/events.py",
     "carbotui/protocols/http11.py",
     "carbotui/protocols/imap.py",
+    "carbotui/protocols/imapstream.py",
     "carbotui/protocols/pop3.py",
     "carbotui/protocols/preauth.py",
     "carbotui/protocols/sasl.py",
     "carbotui/protocols/webrules.py",
+    "carbotui/proxy/mail.py",
+    "carbotui/proxy/relay.py",
 ]
 
 

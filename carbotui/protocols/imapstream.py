@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import re
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["ImapStream"]
 
 # The end of a line that announces a literal: {n}, {n+} (RFC 7888) or ~{n} (RFC 3516).
@@ -41,6 +43,9 @@ _BYE = re.compile(rb"\* BYE[ \r\n]", re.IGNORECASE)
 TAIL = 32           # bytes of a line's end kept (enough for "{" 20 digits "+}\r\n")
 
 
+# Compiled by mypyc (setup.py); tests/unit/test_imapstream.py subclasses the framers in
+# Python (the line loop alone, without the fast paths), which a native class allows only so.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _Framer:
     """One direction, cut into lines and literals; ``_line`` sees each line's start
     (its first ``HEAD`` bytes) unless the line goes on after a literal."""
@@ -113,6 +118,7 @@ class _Framer:
         raise NotImplementedError
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _ServerSide(_Framer):
     __slots__ = ("bye",)
 
@@ -144,6 +150,7 @@ class _ServerSide(_Framer):
             self.bye = True
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class _ClientSide(_Framer):
     __slots__ = ("logout", "compress")
     HEAD = 256         # a tag may be long; "tag LOGOUT" must fit

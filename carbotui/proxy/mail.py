@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from carbotui.core import audit
 from carbotui.services.routes import Route, RouteError
@@ -109,19 +109,24 @@ class _LoginDeadline:
 class BackendProtocol(SpliceEnd):
     """The proxy's connection to a mailbox server: login first, then relay."""
 
-    def __init__(self, machine, loop: asyncio.AbstractEventLoop):
+    machine: Any
+    result: asyncio.Future
+    session: MailSession | None
+
+    def __init__(self, machine: Any, loop: asyncio.AbstractEventLoop):
         self.machine = machine
-        self.transport: asyncio.Transport | None = None
-        self.result: asyncio.Future = loop.create_future()
-        self.splice: Splice | None = None
-        self.session: MailSession | None = None
+        self.transport = None
+        self.result = loop.create_future()
+        self.splice = None
+        self.session = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.splice is not None:
-            self.splice.from_backend(data)
+        splice = self.splice
+        if splice is not None:
+            splice.from_backend(data)
             return
         for event in self.machine.feed(data):
             if type(event) is ev.Send:
@@ -132,10 +137,10 @@ class BackendProtocol(SpliceEnd):
                 # for the splice before reading on.
                 self.transport.pause_reading()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False              # close our side too
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if not self.result.done():
             self.result.set_result(ev.BackendFailed(f"closed during login ({exc or 'EOF'})"))
         elif self.session is not None:
@@ -144,24 +149,34 @@ class BackendProtocol(SpliceEnd):
 
 
 class MailSession(SpliceEnd):
-    # Defaults at class level: a session sets only what differs (each instance
-    # attribute set in __init__ costs every login).
-    transport: asyncio.Transport | None = None
-    machine = None
-    splice: Splice | None = None
+    # Defaults at class level: a session sets only what differs (compiled, mypyc sets
+    # them in its constructor; transport and splice: SpliceEnd's).
+    machine: Any = None               # ImapClientSide | Pop3ClientSide
     backend: BackendProtocol | None = None
-    client_ip = local_ip = ""
-    client_port = local_port = 0
-    account = server = user_agent = ""
-    state = "preauth"
-    _timer: asyncio.TimerHandle | None = None
-    _last_input = 0.0
-    _task: asyncio.Task | None = None
-    _ip_counted = False               # holds a place in services.connections_per_ip
-    _counters: BackendCounters | None = None     # the mailbox server's, once relayed
+    client_ip: str = ""
+    local_ip: str = ""
+    client_port: int = 0
+    local_port: int = 0
+    account: str = ""
+    server: str = ""
+    user_agent: str = ""
+    state: str = "preauth"
+    _timer: Any = None                # asyncio.TimerHandle
+    _last_input: float = 0.0
+    _task: Any = None                 # asyncio.Task
+    _ip_counted: bool = False         # holds a place in services.connections_per_ip
+    _counters: Any = None             # the mailbox server's BackendCounters, once relayed
+    services: Any                     # SessionServices (Any: no type check per read of it)
+    addresses: Any
+    kind: str
+    proto: str
+    tls: bool
+    thread: str
+    id: int
+    started: float
 
     def __init__(self, services: SessionServices, kind: str, proto: str, implicit_tls: bool,
-                 thread: str, addresses=None):
+                 thread: str, addresses: Any = None):
         self.services = services
         self.addresses = addresses        # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                  # listener: imap | imaps | pop3 | pop3s
@@ -180,7 +195,7 @@ class MailSession(SpliceEnd):
         return self.splice.bytes_out if self.splice else 0
 
     # -- connection ---------------------------------------------------------
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
@@ -207,7 +222,7 @@ class MailSession(SpliceEnd):
                 transport.close()
                 return
             self._ip_counted = True
-        w.sessions[self.id] = self
+        w.sessions[self.id] = self          # type: ignore[assignment]  # a LiveSession
         self._start_timer()
         if exempt:
             transport.write(self.machine.greeting())
@@ -251,16 +266,17 @@ class MailSession(SpliceEnd):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.splice is not None:
-            self.splice.from_client(data)
+        splice = self.splice
+        if splice is not None:
+            splice.from_client(data)
             return
         self._last_input = self.services.loop.time()
         self._run(self.machine.feed(data))
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         return False
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if self.splice is None or self.splice.closed:
             self.services.session_ended(self.id)
         # else splice.close below ends the session (_ended): once, not twice
@@ -313,8 +329,9 @@ class MailSession(SpliceEnd):
 
     async def _start_tls(self) -> None:
         loop = self.services.loop
+        contexts: Any = self.services.tls       # TlsContexts: set where STARTTLS is offered
         try:
-            self.transport = await loop.start_tls(self.transport, self, self.services.tls.front,
+            self.transport = await loop.start_tls(self.transport, self, contexts.front,
                                                   server_side=True, ssl_handshake_timeout=10)
         except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
             log.info("STARTTLS with %s failed: %s", self.client_ip, exc)
@@ -348,9 +365,9 @@ class MailSession(SpliceEnd):
                                       settings.connect_timeout)
             try:
                 try:
-                    route = (w.router.recent_mail_route(login, self.route_proto, self.local_ip)
-                             or await self._route(login))
-                    self._check_route(route)
+                    route = self._check_route(
+                        w.router.recent_mail_route(login, self.route_proto, self.local_ip)
+                        or await self._route(login))
                     if throttled and route.account != login:
                         # an alias, a bare name: the account's own counter decides
                         reject = await w.throttle.check_user(route.account, ip=self.client_ip)
@@ -396,26 +413,29 @@ class MailSession(SpliceEnd):
         except RouteError as exc:
             raise LoginFailure(f"no route: {exc}", temporary=True) from None
 
-    def _check_route(self, route: Route | None) -> None:
+    def _check_route(self, route: Route | None) -> Route:
         if route is None:
             raise LoginFailure("account not found", temporary=False)
         if self.services.in_maintenance(route.server.hostname):
             raise LoginFailure(f"mailbox server {route.server.hostname} is in maintenance",
                                temporary=True)
+        return route
 
-    def _backend_machine(self, route: Route, auth: ev.Authenticate):
+    def _backend_machine(self, route: Route, auth: ev.Authenticate) -> Any:
         s = self.services.settings.mail
-        common = dict(client_ip=self.client_ip, client_port=self.client_port,
-                      local_ip=self.local_ip, local_port=self.local_port)
         if self.proto == "imap":
             return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
-                                    send_id=s.send_imap_id, **common)
+                                    send_id=s.send_imap_id, client_ip=self.client_ip,
+                                    client_port=self.client_port, local_ip=self.local_ip,
+                                    local_port=self.local_port)
         known = self.services.pop3_server_capa.get((route.address, route.port))
         capabilities = known[1] if known and known[0] > self.services.loop.time() else None
         return Pop3BackendLogin(route.account, auth.password, send_xoip=s.send_pop3_xoip,
-                                capabilities=capabilities, **common)
+                                capabilities=capabilities, client_ip=self.client_ip,
+                                client_port=self.client_port, local_ip=self.local_ip,
+                                local_port=self.local_port)
 
-    def _learn_capabilities(self, route: Route, machine, ok: bool) -> None:
+    def _learn_capabilities(self, route: Route, machine: Any, ok: bool) -> None:
         if self.proto != "pop3":
             return
         memory = self.services.pop3_server_capa
@@ -439,23 +459,24 @@ class MailSession(SpliceEnd):
             started = time.monotonic()
             tls = self.services.mail_upstream_tls
             deadline.limit(s.connect_timeout)
+            failed = ""        # (no `continue` in the try: mypyc has none inside a finally)
             try:
                 await loop.create_connection(
                     lambda: protocol, route.address, route.port, ssl=tls,
                     server_hostname=route.server.hostname if tls else None)
             except OSError as exc:
-                stats.errors += 1
-                last_error = f"connect to {route.server.hostname}: {exc}"
-                continue
+                failed = f"connect to {route.server.hostname}: {exc}"
             except asyncio.CancelledError:
                 if not deadline.expired or deadline.login_expired():
                     raise
                 deadline.absorb()           # this attempt's connect_timeout, not the login's
-                stats.errors += 1
-                last_error = f"connect to {route.server.hostname}: timeout"
-                continue
+                failed = f"connect to {route.server.hostname}: timeout"
             finally:
                 deadline.restore()
+            if failed:
+                stats.errors += 1
+                last_error = failed
+                continue
             try:
                 result = await protocol.result
             except asyncio.CancelledError:
@@ -536,23 +557,26 @@ class MailSession(SpliceEnd):
         gets one (POP3 has no untagged line: its client just sees the close), and only
         while the server has not said BYE, the client has not asked for LOGOUT or
         COMPRESS, and the server's stream is between two responses (imapstream.py)."""
-        watch = self.splice.watch
+        splice = self.splice
+        watch = splice.watch if splice is not None else None
         return line if watch is not None and watch.may_add_line() else b""
 
-    def backend_closed(self, exc) -> None:
+    def backend_closed(self, exc: Exception | None) -> None:
         """The mailbox server went away: tell the client, if the transparency rule lets."""
-        if self.splice is None or self.splice.closed:
+        splice = self.splice
+        if splice is None or splice.closed:
             return
         farewell = self._farewell(b"* BYE [UNAVAILABLE] Mailbox server connection lost\r\n")
         if exc is not None:
             self._counters.errors += 1
-        self.splice.close("mailbox server closed", farewell=farewell)
+        splice.close("mailbox server closed", farewell=farewell)
 
     def _ended(self, reason: str) -> None:
         self._counters.active -= 1
         self.services.session_ended(self.id)
-        if self.services.logs is not None:        # sessions.log, carbotui_sessions_ended
-            watch = self.splice.watch
+        splice = self.splice
+        if self.services.logs is not None and splice is not None:  # sessions.log, ..._ended
+            watch: Any = splice.watch
             self.services.logs.mail_session_ended(
                 self, reason, watch.client.logout if self.proto == "imap" else watch.quit)
 

@@ -19,35 +19,51 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Any, Callable
 
 _monotonic = time.monotonic
 
 
-class SpliceEnd(asyncio.Protocol):
+class SpliceEnd:
     """An asyncio protocol at one end of a Splice, once there is one: asyncio's flow
-    control of its transport pauses and resumes reading the other end."""
+    control of its transport pauses and resumes reading the other end.
 
-    transport: asyncio.Transport | None = None
+    A protocol by duck typing, not an asyncio.Protocol subclass: compiled by mypyc
+    (setup.py), a native class over a Python base gets a __dict__ and weak references,
+    and mypyc 2.4 crashes freeing one a weak reference points to. uvloop, asyncio's
+    start_tls and tlsbio only call the protocol's methods (and take one without
+    get_buffer for a plain, not buffered, protocol); its subclasses define all six."""
+
+    transport: Any = None          # asyncio.Transport, or tlsbio.TlsServer
     splice: Splice | None = None
 
     def pause_writing(self) -> None:
-        if self.splice:
-            self.splice.write_paused(self.transport)
+        splice = self.splice
+        if splice is not None:
+            splice.write_paused(self.transport)
 
     def resume_writing(self) -> None:
-        if self.splice:
-            self.splice.write_resumed(self.transport)
+        splice = self.splice
+        if splice is not None:
+            splice.write_resumed(self.transport)
 
 
 class Splice:
     __slots__ = ("client", "backend", "idle_timeout", "last", "bytes_in", "bytes_out",
                  "_timer", "_loop", "_on_close", "closed", "watch", "_watch_client", "_watch_server")
 
-    def __init__(self, client: asyncio.Transport, backend: asyncio.Transport, *,
+    client: Any
+    backend: Any
+    _on_close: Callable[[str], None] | None
+    watch: Any
+    _watch_client: Any
+    _watch_server: Any
+    _timer: Any
+
+    def __init__(self, client: Any, backend: Any, *,
                  idle_timeout: float, on_close: Callable[[str], None],
                  loop: asyncio.AbstractEventLoop | None = None, own_timer: bool = True,
-                 watch=None):
+                 watch: Any = None):
         self.client = client
         self.backend = backend
         self.idle_timeout = idle_timeout
@@ -117,4 +133,5 @@ class Splice:
         self.client.close()
         self.backend.close()
         on_close, self._on_close = self._on_close, None    # no cycle through the session
-        on_close(reason)
+        if on_close is not None:
+            on_close(reason)
