@@ -109,11 +109,12 @@ class _LoginDeadline:
 class BackendProtocol(SpliceEnd):
     """The proxy's connection to a mailbox server: login first, then relay."""
 
-    machine: Any
+    machine: ImapBackendLogin | Pop3BackendLogin
     result: asyncio.Future
     session: MailSession | None
 
-    def __init__(self, machine: Any, loop: asyncio.AbstractEventLoop):
+    def __init__(self, machine: ImapBackendLogin | Pop3BackendLogin,
+                 loop: asyncio.AbstractEventLoop):
         self.machine = machine
         self.transport = None
         self.result = loop.create_future()
@@ -151,7 +152,7 @@ class BackendProtocol(SpliceEnd):
 class MailSession(SpliceEnd):
     # Defaults at class level: a session sets only what differs (compiled, mypyc sets
     # them in its constructor; transport and splice: SpliceEnd's).
-    machine: Any = None               # ImapClientSide | Pop3ClientSide
+    machine: ImapClientSide | Pop3ClientSide     # from connection_made on (a native call)
     backend: BackendProtocol | None = None
     client_ip: str = ""
     local_ip: str = ""
@@ -203,13 +204,17 @@ class MailSession(SpliceEnd):
         w.stats.connections[self.kind] += 1
         mail = w.settings.mail
         limits = mail.limits
-        cls = ImapClientSide if self.proto == "imap" else Pop3ClientSide
-        self.machine = cls(limits, tls=self.tls)
+        machine: ImapClientSide | Pop3ClientSide
+        if self.proto == "imap":
+            machine = ImapClientSide(limits, tls=self.tls)
+        else:
+            machine = Pop3ClientSide(limits, tls=self.tls)
+        self.machine = machine
         # A connection accepted while draining is still served: refusing it would
         # turn a graceful restart into a failed login.
         if len(w.sessions) >= mail.max_connections:
             w.stats.rejected_busy += 1
-            transport.write(self.machine.BUSY)
+            transport.write(machine.BUSY)
             transport.close()
             return
         exempt = w.throttle.exempt(self.client_ip)
@@ -219,14 +224,14 @@ class MailSession(SpliceEnd):
             if not w.connections_per_ip.acquire("mail", self.client_ip,
                                                 mail.max_connections_per_ip):
                 w.stats.rejected_busy += 1
-                transport.write(self.machine.TOO_MANY_FROM_ADDRESS)
+                transport.write(machine.TOO_MANY_FROM_ADDRESS)
                 transport.close()
                 return
             self._ip_counted = True
         w.sessions[self.id] = self          # type: ignore[assignment]  # a LiveSession
         self._start_timer()
         if exempt:
-            transport.write(self.machine.greeting())
+            transport.write(machine.greeting())
         else:
             # The IP throttle (and blocks) first, as Carbonio's nginx: no greeting yet.
             transport.pause_reading()
@@ -423,7 +428,8 @@ class MailSession(SpliceEnd):
                                temporary=True)
         return route
 
-    def _backend_machine(self, route: Route, auth: ev.Authenticate) -> Any:
+    def _backend_machine(self, route: Route,
+                         auth: ev.Authenticate) -> ImapBackendLogin | Pop3BackendLogin:
         s = self.services.settings.mail
         if self.proto == "imap":
             return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
