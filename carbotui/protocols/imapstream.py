@@ -164,7 +164,7 @@ class _ClientSide(_Framer):
         # received between two lines: it is its own head.
         if (data[-1:] == b"\n" and len(data) <= self.HEAD
                 and not (self._partial or self._literal or self._continues)
-                and data.find(b"\n") == len(data) - 1 and data.find(b"}") < 0):
+                and _one_line_without_brace(data)):
             self._line(data)
             return
         _Framer.feed(self, data)
@@ -176,6 +176,16 @@ class _ClientSide(_Framer):
                 self.logout = True
             else:
                 self.compress = True
+
+
+def _one_line_without_brace(data: bytes) -> bool:
+    """For a chunk that ends in LF: data.find(b"\\n") == len(data) - 1 and data.find(b"}") < 0,
+    byte by byte: compiled, cheaper for a command-sized chunk than two method calls."""
+    for i in range(len(data) - 1):
+        c = data[i]
+        if c == 10 or c == 125:
+            return False
+    return True
 
 
 class ImapStream:

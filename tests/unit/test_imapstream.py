@@ -185,3 +185,12 @@ def test_fast_paths_are_taken_for_whole_lines():
     s = Counting()
     s.feed(b"* 3 EXISTS\r\n* 0 RECENT\r\n* BYE over\r\na1 OK done\r\n")
     assert s.bye and s.at_boundary and getattr(s, "lines", 0) == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"}", b"{", b"\n", b"\r", b" ", b"\x00", b"\xff"]),
+                max_size=40))
+def test_one_line_without_brace_is_the_two_finds(pieces):
+    data = b"".join(pieces) + b"\n"              # the fast path asks only of a chunk ending in LF
+    assert imapstream._one_line_without_brace(data) == (
+        data.find(b"\n") == len(data) - 1 and data.find(b"}") < 0)
