@@ -21,7 +21,7 @@ import enum
 import re
 from itertools import repeat
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from carbotui.protocols.events import (
     Authenticate, BackendFailed, ClientId, LoginOK, LoginRejected, MailLimits, Send,
@@ -38,12 +38,13 @@ from carbotui.protocols.sasl import (
 
 __all__ = ["ImapClientSide", "ImapBackendLogin"]
 
-CRLF = b"\r\n"
+# Final: mypyc keeps these in C statics, not one globals-dict lookup per use.
+CRLF: Final = b"\r\n"
 
 # ------------------------------------------------------------------ syntax
 
 # A literal announcement at the end of a line: {n} or {n+}.
-_LITERAL_RE = re.compile(rb"\{(\d+)(\+?)\}\Z")
+_LITERAL_RE: Final = re.compile(rb"\{(\d+)(\+?)\}\Z")
 # tag = 1*<ASTRING-CHAR except "+"> (RFC 3501 section 9), 7-bit only.
 _TAG_RE = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
 # A command name is an atom.
@@ -72,18 +73,21 @@ def _table(allowed: bytes) -> bytes:
     return bytes(c if c in allowed else c ^ 1 for c in range(256))
 
 
-_ALL = bytes(range(256))
+_ALL: Final = bytes(range(256))
 # What _TAG_RE, an atom of _TOKEN_RE, and a quoted string without escapes (nor NUL,
 # which the strict parser refuses in a command) take, byte by byte.
-_TAG_TABLE = _table(bytes(c for c in _ALL if 0x20 < c < 0x7f and c not in b'(){%*"\\+'))
-_ATOM_TABLE = _table(bytes(c for c in _ALL if c > 0x20 and c != 0x7f and c not in b'(){"\\'))
-_PLAIN_QUOTED_TABLE = _table(bytes(c for c in _ALL if c and c not in b'"\\'))
-_NO_ESCAPE_TABLE = _table(bytes(c for c in _ALL if c not in b'"\\'))
+_TAG_TABLE: Final = _table(bytes(c for c in _ALL if 0x20 < c < 0x7f and c not in b'(){%*"\\+'))
+_ATOM_TABLE: Final = _table(bytes(c for c in _ALL if c > 0x20 and c != 0x7f and c not in b'(){"\\'))
+_PLAIN_QUOTED_TABLE: Final = _table(bytes(c for c in _ALL if c and c not in b'"\\'))
+_NO_ESCAPE_TABLE: Final = _table(bytes(c for c in _ALL if c not in b'"\\'))
 # Printable ASCII (_QUOTABLE_RE) kept, anything else "?": the ID values' rule.
-_PRINTABLE_OR_QMARK = bytes(c if 0x20 <= c <= 0x7e else 0x3F for c in range(256))
+_PRINTABLE_OR_QMARK: Final = bytes(c if 0x20 <= c <= 0x7e else 0x3F for c in range(256))
 
 # Token kinds. Quoted strings and literals are both STRING.
-ATOM, STRING, OPEN, CLOSE = "atom", "string", "(", ")"
+ATOM: Final = "atom"
+STRING: Final = "string"
+OPEN: Final = "("
+CLOSE: Final = ")"
 Token = tuple[str, bytes]
 
 # RFC 2971 limits for the client's ID.
@@ -660,13 +664,13 @@ def _parse_id(args: list[Token]) -> dict[str, str | None]:
 
 # ----------------------------------------------------------- backend side
 
-_MAX_BACKEND_LITERAL = 64 * 1024
-_CAPS_CODE_RE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
+_MAX_BACKEND_LITERAL: Final = 64 * 1024
+_CAPS_CODE_RE: Final = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _RESP_CODE_RE = re.compile(rb"[A-Za-z]+ \[([^\] ]+)")
 # Refusals after which a later retry may succeed (RFC 5530).
 _TEMPORARY_CODES = frozenset({b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE"})
 # LITERAL- (RFC 7888) allows non-synchronising literals up to this size.
-_LITERAL_MINUS_MAX = 4096
+_LITERAL_MINUS_MAX: Final = 4096
 
 
 class _Step(enum.Enum):
@@ -678,7 +682,11 @@ class _Step(enum.Enum):
 
 
 # Module constants rather than attributes of _Step: see carbotui/protocols/preauth.py (Enum cost).
-_GREETING, _CAPABILITY, _ID, _LOGIN, _DONE = _Step
+_GREETING: Final = _Step.GREETING
+_CAPABILITY: Final = _Step.CAPABILITY
+_ID: Final = _Step.ID
+_LOGIN: Final = _Step.LOGIN
+_DONE: Final = _Step.DONE
 
 
 _NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
@@ -705,8 +713,9 @@ class _Caps:
 
 # A server's greeting is the same line at every login: its line -> its _Caps, parsed once
 # (bounded: a server whose greeting changes only refills it).
-_GREETING_CAPS: dict[bytes, _Caps] = {}
-_GREETING_CAPS_MAX, _GREETING_CAPS_LINE = 64, 4096
+_GREETING_CAPS: Final[dict[bytes, _Caps]] = {}
+_GREETING_CAPS_MAX: Final = 64
+_GREETING_CAPS_LINE: Final = 4096
 
 
 def _greeting_caps(line: bytes) -> _Caps | None:

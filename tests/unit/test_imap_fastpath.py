@@ -329,3 +329,115 @@ def test_backend_capability_step_reads_the_untagged_and_the_code():
 def test_backend_quoted_and_literal_credentials(user, password, caps, sent):
     make = lambda: ImapBackendLogin(user, password, **ARGS)           # noqa: E731
     assert login_bytewise(make, b"* OK [CAPABILITY " + caps + b"] x\r\n")[0] == sent
+
+
+# ------------------------------------------------------------------ LineBuffer
+
+class _OldLineBuffer:
+    """LineBuffer as it was (one bytearray), for comparison."""
+
+    def __init__(self):
+        self._buf, self._scanned = bytearray(), 0
+
+    def __len__(self):
+        return len(self._buf)
+
+    def append(self, data):
+        self._buf += data
+
+    def next_line(self, limit):
+        buf = self._buf
+        if not buf:
+            return None
+        end = buf.find(b"\n", self._scanned)
+        if end < 0:
+            self._scanned = len(buf)
+            if len(buf) > limit and not (len(buf) == limit + 1 and buf[-1] == 13):
+                raise _sasl.LineTooLong
+            return None
+        cut = end - 1 if end and buf[end - 1] == 13 else end
+        if cut > limit:
+            raise _sasl.LineTooLong
+        line = bytes(buf[:cut])
+        del buf[:end + 1]
+        self._scanned = 0
+        return line
+
+    def take(self, n):
+        if len(self._buf) < n:
+            return None
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        self._scanned = max(0, self._scanned - n)
+        return data
+
+    def discard(self, n):
+        n = min(n, len(self._buf))
+        del self._buf[:n]
+        self._scanned = max(0, self._scanned - n)
+        return n
+
+    def peek(self, n):
+        return bytes(self._buf[:n])
+
+    def peek_all(self):
+        return bytes(self._buf)
+
+    def clear(self):
+        self._buf.clear()
+        self._scanned = 0
+
+    def skip_line(self, keep=32):
+        buf = self._buf
+        end = buf.find(b"\n")
+        self._scanned = 0
+        if end < 0:
+            del buf[:-keep]
+            return None
+        tail = bytes(buf[max(0, end + 1 - keep):end + 1])
+        del buf[:end + 1]
+        return tail
+
+
+_op = st.one_of(
+    st.tuples(st.just("append"), st.lists(st.sampled_from(
+        [b"a", b"\n", b"\r", b"\r\n", b"xyz", b"line\r\n", b"\n\n", b"0123456789"]),
+        max_size=5).map(b"".join)),
+    st.tuples(st.just("next_line"), st.integers(0, 12)),
+    st.tuples(st.sampled_from(["take", "discard", "peek", "skip_line"]), st.integers(0, 6)),
+    st.tuples(st.sampled_from(["peek_all", "clear", "len"]), st.none()),
+)
+
+
+def _apply(buf, op, arg):
+    try:
+        if op == "len":
+            return len(buf)
+        if op == "skip_line":
+            return buf.skip_line(arg + 1)
+        return getattr(buf, op)() if arg is None else getattr(buf, op)(arg)
+    except _sasl.LineTooLong:
+        return "LineTooLong"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_op, max_size=25))
+def test_line_buffer_as_before(ops):
+    new, old = _sasl.LineBuffer(), _OldLineBuffer()
+    for op, arg in ops:
+        got, expected = _apply(new, op, arg), _apply(old, op, arg)
+        assert got == expected and type(got) is type(expected), (op, arg)
+        assert len(new) == len(old)
+
+
+def test_line_buffer_keeps_no_caller_bytearray():
+    data = bytearray(b"a\r\nb\r\n")
+    buf = _sasl.LineBuffer()
+    try:
+        buf.append(data)
+    except TypeError:               # compiled: append takes bytes only
+        assert not _sasl.__file__.endswith(".py")
+        return
+    data[:] = b"XXXXXX"
+    assert buf.next_line(10) == b"a" and buf.next_line(10) == b"b"
+    assert type(buf.peek_all()) is bytes
