@@ -916,9 +916,18 @@ class ImapBackendLogin(BackendLogin):
         ``before``: bytes that go in the same write, ahead of it (a pipelined ID)."""
         self._tags += 1
         self._tag = b"A%d" % self._tags
+        user, password = self._username, self._password
+        if (user.translate(_PRINTABLE_OR_QMARK) == user
+                and password.translate(_PRINTABLE_OR_QMARK) == password):
+            # Both printable ASCII (the usual login): two quoted strings, one write.
+            out.append(Send(b"%s%s LOGIN %s %s\r\n" % (before, self._tag, _quote(user),
+                                                       _quote(password))))
+            self._login_chunks = []
+            self._step = _LOGIN
+            return
         chunks: list[bytes] = []
         current = before + self._tag + b" LOGIN"
-        for value in (self._username, self._password):
+        for value in (user, password):
             if value.translate(_PRINTABLE_OR_QMARK) == value:     # printable ASCII
                 current += b" " + _quote(value)
             elif self._literal_plus(value):
