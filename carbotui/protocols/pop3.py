@@ -11,15 +11,15 @@ literals, so framing is just the bounded line buffer.
 from __future__ import annotations
 
 import enum
+import itertools
 import re
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from carbotui.protocols.events import (
     Authenticate, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
 )
 from carbotui.protocols.preauth import (
-    AUTH_LINE, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
-    command_table, describe,
+    AUTH_LINE, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide, describe,
 )
 from carbotui.protocols.sasl import (
     AuthDataError, AuthzidRefused, Event, LineTooLong, b64decode_strict, check_wire_safe,
@@ -29,6 +29,15 @@ from carbotui.protocols.sasl import (
 __all__ = ["Pop3ClientSide", "Pop3BackendLogin"]
 
 CRLF = b"\r\n"
+# preauth's states again, as Final names: compiled code reads them from C statics, not
+# from the module's dictionary (three or four reads per command).
+_COMMAND: Final = COMMAND
+_AUTH_LINE: Final = AUTH_LINE
+_WAIT_AUTH: Final = WAIT_AUTH
+_HANDED_OFF: Final = HANDED_OFF
+# Replies every session may get, made once. Events are not changed once made (events.py),
+# so one Send serves every session: building one costs a Python-level __init__.
+_OK_LINE: Final = Send(b"+OK" + CRLF)
 
 _PRIVACY_REFUSAL = (b"-ERR [SYS/PERM] Plaintext authentication disallowed on non-secure "
                     b"connections; use STLS first." + CRLF)
@@ -73,20 +82,28 @@ class Pop3ClientSide(ClientSide):
         return " ".join(self.capabilities)
 
     def greeting(self) -> bytes:
-        return b"+OK " + safe_text(self._limits.pop3_greeting).encode() + CRLF
+        text = self._limits.pop3_greeting
+        known = _GREETING_LINE
+        if text is not known.text:      # the node's limits are shared: once per setting
+            known.line = b"+OK " + safe_text(text).encode() + CRLF
+            known.text = text
+        return known.line
 
     def auth_succeeded(self, backend_response: bytes) -> tuple[list[Event], bytes]:
         """Pass the backend's reply (``+OK Logged in.``) to the client. Returns
         the events and the bytes the client pipelined after its login
         command, which the relay must pass on to the backend."""
-        self._expect(WAIT_AUTH, "auth_succeeded")
-        leftover = self._buf.peek_all()
-        self._buf.clear()
-        self._state = HANDED_OFF
+        self._expect(_WAIT_AUTH, "auth_succeeded")
+        buf = self._buf
+        leftover = b""
+        if len(buf):                    # a client that pipelined after its login
+            leftover = buf.peek_all()
+            buf.clear()
+        self._state = _HANDED_OFF
         return [Send(backend_response + CRLF)], leftover
 
     def throttled(self, message: str) -> list[Event]:
-        if self._state is HANDED_OFF:
+        if self._state is _HANDED_OFF:
             raise RuntimeError("Pop3ClientSide.throttled() after auth_succeeded()")
         out: list[Event] = [_err(safe_text(message).encode())]
         self._close(out, "throttled")
@@ -109,7 +126,11 @@ class Pop3ClientSide(ClientSide):
 
     def _run(self) -> list[Event]:
         out: list[Event] = []
-        while self._state in (COMMAND, AUTH_LINE):
+        limit = self._limits.max_line
+        while True:
+            state = self._state
+            if state is not _COMMAND and state is not _AUTH_LINE:
+                break
             if self._skipping:
                 if self._buf.skip_line() is None:
                     break
@@ -117,9 +138,9 @@ class Pop3ClientSide(ClientSide):
                 out.append(_err(b"Line too long."))
                 continue
             try:
-                line = self._buf.next_line(self._limits.max_line)
+                line = self._buf.next_line(limit)
             except LineTooLong:
-                if self._state is AUTH_LINE:
+                if state is _AUTH_LINE:
                     out.append(_err(b"Line too long."))
                     self._close(out, "line too long")
                     break
@@ -129,23 +150,43 @@ class Pop3ClientSide(ClientSide):
                 continue
             if line is None:
                 break
-            if self._state is AUTH_LINE:
+            if state is _AUTH_LINE:
                 self._auth_line(line, out)
             else:
                 self._command(line, out)
         return out
 
     def _command(self, line: bytes, out: list[Event]) -> None:
-        if line.find(b"\0") >= 0:
+        # Native operations only (bytes.find, .partition and .upper are Python-level
+        # method calls in compiled code): `int in bytes` is a memchr; every verb is four
+        # letters, so the verb is the first four bytes, looked up in every case spelling,
+        # followed by the end of the line or a space (as line.partition(b" ") splits it).
+        if 0 in line:
             out.append(_err(b"NUL byte in command."))
             return
-        verb, has_arg, arg = line.partition(b" ")
-        name = verb.upper().decode("ascii", "replace")
-        handler = _COMMANDS.get(name)
-        if handler is None:
+        verb = _VERBS.get(line[:_VERB_LEN], 0)
+        arg: bytes | None = None
+        if len(line) > _VERB_LEN:
+            if line[_VERB_LEN] == 0x20:
+                arg = line[_VERB_LEN + 1:]
+            else:
+                verb = 0                # a longer word: no verb of ours
+        if verb == _VERB_USER:
+            self._do_user(arg, out)
+        elif verb == _VERB_PASS:
+            self._do_pass(arg, out)
+        elif verb == _VERB_CAPA:
+            self._do_capa(arg, out)
+        elif verb == _VERB_QUIT:
+            self._do_quit(arg, out)
+        elif verb == _VERB_NOOP:
+            self._do_noop(arg, out)
+        elif verb == _VERB_STLS:
+            self._do_stls(arg, out)
+        elif verb == _VERB_AUTH:
+            self._do_auth(arg, out)
+        else:
             out.append(_err(b"Unknown command."))
-            return
-        getattr(self, handler)(arg if has_arg else None, out)
 
     # ----------------------------------------------------------- commands
     # Each gets the argument after the first space (None if no space).
@@ -164,7 +205,7 @@ class Pop3ClientSide(ClientSide):
 
     def _do_noop(self, arg: bytes | None, out: list[Event]) -> None:
         if self._no_args(arg, out):
-            out.append(Send(b"+OK" + CRLF))
+            out.append(_OK_LINE)
 
     def _do_quit(self, arg: bytes | None, out: list[Event]) -> None:
         if self._no_args(arg, out):
@@ -198,7 +239,7 @@ class Pop3ClientSide(ClientSide):
             self._user = None
             out.append(_err(str(e).encode() + b"."))
             return
-        out.append(Send(b"+OK" + CRLF))
+        out.append(_OK_LINE)
 
     def _do_pass(self, arg: bytes | None, out: list[Event]) -> None:
         if self._privacy_required:
@@ -236,10 +277,10 @@ class Pop3ClientSide(ClientSide):
             self._plain(b"" if response == b"=" else response, out)
             return
         out.append(Send(b"+ " + CRLF))
-        self._state = AUTH_LINE
+        self._state = _AUTH_LINE
 
     def _auth_line(self, line: bytes, out: list[Event]) -> None:
-        self._state = COMMAND
+        self._state = _COMMAND
         if line == b"*":
             out.append(_err(b"Authentication cancelled."))
             return
@@ -258,7 +299,40 @@ class Pop3ClientSide(ClientSide):
                                       mechanism="PLAIN"), out)
 
 
-_COMMANDS = command_table("CAPA", "NOOP", "QUIT", "STLS", "USER", "PASS", "AUTH")
+class _Greeting:
+    """The greeting line for the last greeting text (a compiled class's attributes)."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.line = b""
+
+
+_GREETING_LINE: Final = _Greeting()
+
+# The pre-auth verbs, numbered; _VERBS has every case spelling of each (RFC 1939: a
+# keyword is case-insensitive), so no bytes.upper() per command.
+_VERB_CAPA: Final = 1
+_VERB_NOOP: Final = 2
+_VERB_QUIT: Final = 3
+_VERB_STLS: Final = 4
+_VERB_USER: Final = 5
+_VERB_PASS: Final = 6
+_VERB_AUTH: Final = 7
+_VERB_LEN: Final = 4
+
+
+def _spellings(verb: bytes) -> list[bytes]:
+    return [bytes(letters) for letters in itertools.product(*[(c, c | 0x20) for c in verb])]
+
+
+_VERBS: Final[dict[bytes, int]] = {
+    spelling: number
+    for verb, number in ((b"CAPA", _VERB_CAPA), (b"NOOP", _VERB_NOOP), (b"QUIT", _VERB_QUIT),
+                         (b"STLS", _VERB_STLS), (b"USER", _VERB_USER), (b"PASS", _VERB_PASS),
+                         (b"AUTH", _VERB_AUTH))
+    for spelling in _spellings(verb)
+}
+assert all(len(verb) == _VERB_LEN for verb in _VERBS)
 
 
 # ----------------------------------------------------------- backend side
@@ -283,14 +357,29 @@ class _Step(enum.Enum):
     DONE = enum.auto()
 
 
-# Module constants rather than attributes of _Step: see carbotui/protocols/preauth.py (Enum cost).
-_GREETING, _CAPA, _CAPA_LIST, _XOIP, _AUTH, _USER, _PASS, _DONE = _Step
+# Module constants rather than attributes of _Step: see carbotui/protocols/preauth.py (Enum
+# cost); Final, so that compiled code reads C statics, not the module's dictionary.
+_GREETING: Final = _Step.GREETING
+_CAPA_STEP: Final = _Step.CAPA
+_CAPA_LIST: Final = _Step.CAPA_LIST
+_XOIP: Final = _Step.XOIP
+_AUTH: Final = _Step.AUTH
+_USER_STEP: Final = _Step.USER
+_PASS_STEP: Final = _Step.PASS
+_DONE: Final = _Step.DONE
+_CAPA_COMMAND: Final = Send(b"CAPA" + CRLF)
 
 
 def _status(line: bytes) -> bytes:
-    """+OK, -ERR, + (continuation) or b"" for anything else."""
-    word = line.split(b" ", 1)[0]
-    return word if word in (b"+OK", b"-ERR", b"+") else b""
+    """+OK, -ERR, + (continuation) or b"" for anything else: the first word, up to the
+    first space (as line.split(b" ", 1)[0]), by native prefix tests."""
+    if line.startswith(b"+OK"):
+        return b"+OK" if len(line) == 3 or line[3] == 0x20 else b""
+    if line.startswith(b"-ERR"):
+        return b"-ERR" if len(line) == 4 or line[4] == 0x20 else b""
+    if line.startswith(b"+"):
+        return b"+" if len(line) == 1 or line[1] == 0x20 else b""
+    return b""
 
 
 def _address(ip: str) -> bytes:
@@ -351,9 +440,9 @@ class Pop3BackendLogin(BackendLogin):
             if self.remembered:
                 self._after_capa(out)
                 return
-            out.append(Send(b"CAPA" + CRLF))
-            self._step = _CAPA
-        elif step is _CAPA:
+            out.append(_CAPA_COMMAND)
+            self._step = _CAPA_STEP
+        elif step is _CAPA_STEP:
             if status == b"+OK":
                 self._step = _CAPA_LIST
             elif status == b"-ERR":             # a server without CAPA: plain USER/PASS
@@ -370,9 +459,9 @@ class Pop3BackendLogin(BackendLogin):
         elif step is _AUTH and status == b"+" and self._auth_response is not None:
             out.append(Send(self._auth_response + CRLF))
             self._auth_response = None
-        elif step is _USER and status == b"+OK":
+        elif step is _USER_STEP and status == b"+OK":
             out.append(Send(b"PASS " + self._password.encode("utf-8") + CRLF))
-            self._step = _PASS
+            self._step = _PASS_STEP
         elif status == b"+OK":
             self._step = _DONE
             out.append(LoginOK(line))
@@ -408,4 +497,4 @@ class Pop3BackendLogin(BackendLogin):
             self._step = _AUTH
         else:
             out.append(Send(b"USER " + self._username.encode("utf-8") + CRLF))
-            self._step = _USER
+            self._step = _USER_STEP
