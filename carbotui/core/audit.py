@@ -207,6 +207,20 @@ def failure(login: str, reason: str) -> str:
     return f"authentication failed for [{login}], {reason}"
 
 
+# Final: compiled code calls them from C statics (not a module attribute lookup a line)
+_write: Final = os.write
+_monotonic: Final = time.monotonic
+
+
+def _encoded(line: str) -> bytes:
+    """``line.encode("utf-8", "replace")``; the strict encoder first, which compiled code
+    calls directly (an errors argument goes through the codec lookup)."""
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:          # lone surrogates
+        return line.encode("utf-8", "replace")
+
+
 class AuditLog:
     """Appends lines (audit.log, and access.log and sessions.log through
     carbotui/proxy/logs.py); notices rotation (a new file at the path) by itself within
@@ -271,14 +285,14 @@ class AuditLog:
         if not self.follow and self._fd >= 0:
             # access.log, sessions.log: no look at the path, only reopen() moves on
             try:
-                os.write(self._fd, line.encode("utf-8", "replace"))
+                _write(self._fd, _encoded(line))
             except OSError as exc:
                 self.dropped += 1
                 self._complain(f"cannot write to {self.path}: {exc}")
                 return
             self.written += 1
             return
-        now = time.monotonic()
+        now = _monotonic()
         every = self.CHECK_EVERY if self.follow else math.inf
         if self._fd < 0 or (now - self._checked > every and self._rotated()):
             self._open()
@@ -287,9 +301,9 @@ class AuditLog:
         if self._fd < 0:
             self.dropped += 1
             return
-        data = line.encode("utf-8", "replace")
+        data = _encoded(line)
         try:
-            os.write(self._fd, data)   # one write per line: atomic append
+            _write(self._fd, data)     # one write per line: atomic append
         except OSError as exc:         # a full disk: the session goes on
             self.dropped += 1
             self._complain(f"cannot write to {self.path}: {exc}")

@@ -339,15 +339,17 @@ def _fixed3(number: float) -> str:
         if frac < 0.4999 or frac > 0.5001:
             if frac > 0.5:
                 whole += 1
-            return str(whole // 1000) + "." + _MILLIS[whole % 1000]
+            return f"{whole // 1000}.{_MILLIS[whole % 1000]}"
     return f"{number:.3f}"
 
 
-def session_line(*, timestamp: float, protocol: str, client_ip: str, client_port: int,
+def session_line(timestamp: float, protocol: str, client_ip: str, client_port: int,
                  account: str, server: str, duration: float, bytes_in: int, bytes_out: int,
                  reason: str, worker: str, session: int) -> str:
     """One sessions.log line (with its newline). ``bytes_in``: client to mailbox
-    server; ``bytes_out``: mailbox server to client."""
+    server; ``bytes_out``: mailbox server to client. (Positional or keyword: the worker
+    calls it positionally, once per session, which spares the compiled function's
+    keyword matching.)"""
     # value(), inlined for the values seen before. One f-string without a format spec:
     # mypyc builds it in one native call (a spec anywhere makes every piece a
     # str.format call).

@@ -258,7 +258,9 @@ class Pop3ClientSide(ClientSide):
         except AuthDataError as e:
             out.append(_err(str(e).encode() + b"."))
             return
-        self._begin_auth(Authenticate(user, password, mechanism="USER"), out)
+        # positionally (username, password, authzid, mechanism): keywords to the events'
+        # Python-level __init__ cost a dict per login
+        self._begin_auth(Authenticate(user, password, "", "USER"), out)
 
     def _do_auth(self, arg: bytes | None, out: list[Event]) -> None:
         if self._privacy_required:
@@ -296,7 +298,7 @@ class Pop3ClientSide(ClientSide):
             out.append(_err(str(err).encode() + b"."))
             return
         self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
-                                      mechanism="PLAIN"), out)
+                                      "PLAIN"), out)
 
 
 class _Greeting:
@@ -488,12 +490,12 @@ class Pop3BackendLogin(BackendLogin):
     def _authenticate(self, out: list[Event]) -> None:
         if b"PLAIN" in self._caps.get(b"SASL", ()):
             response = encode_plain(self._username, self._password)
-            command = b"AUTH PLAIN " + response
-            if len(command) + 2 > _MAX_AUTH_LINE:
+            command = b"AUTH PLAIN " + response + CRLF
+            if len(command) > _MAX_AUTH_LINE:
                 out.append(Send(b"AUTH PLAIN" + CRLF))
                 self._auth_response = response
             else:
-                out.append(Send(command + CRLF))
+                out.append(Send(command))
             self._step = _AUTH
         else:
             out.append(Send(b"USER " + self._username.encode("utf-8") + CRLF))
