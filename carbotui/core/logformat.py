@@ -205,8 +205,8 @@ class _IsoStamp:
 _ISO: Final = _IsoStamp()
 
 
-def iso_time(timestamp: float) -> str:
-    """``2026-12-01T12:40:03.512+00:00``: local time with milliseconds and the offset."""
+def _iso_millis(timestamp: float) -> str:
+    """The milliseconds of iso_time; _ISO made current for the second."""
     stamp = _ISO
     second = int(timestamp)
     if stamp.second != second:
@@ -216,8 +216,13 @@ def iso_time(timestamp: float) -> str:
         stamp.zone = f"{zone[:3]}:{zone[3:]}"
         stamp.second = second
     millis = min(999, int((timestamp - second) * 1000))
-    text = _MILLIS[millis] if millis >= 0 else f"{millis:03d}"     # < 0: before 1970
-    return f"{stamp.text}.{text}{stamp.zone}"
+    return _MILLIS[millis] if millis >= 0 else f"{millis:03d}"     # < 0: before 1970
+
+
+def iso_time(timestamp: float) -> str:
+    """``2026-12-01T12:40:03.512+00:00``: local time with milliseconds and the offset."""
+    millis = _iso_millis(timestamp)
+    return f"{_ISO.text}.{millis}{_ISO.zone}"
 
 
 # --- access.log -----------------------------------------------------------------------------
@@ -307,7 +312,7 @@ def value(text: str, limit: int = VALUE_MAX) -> str:
 
 # Why a session ended: Splice.close's reason (carbotui/proxy/relay.py and its callers)
 # -> the word in sessions.log. Anything else is "other".
-END_REASONS = {
+END_REASONS: Final = {
     "client closed": "client_closed",
     "mailbox server closed": "server_closed",
     "idle timeout": "idle_timeout",
@@ -367,7 +372,9 @@ def session_line(timestamp: float, protocol: str, client_ip: str, client_port: i
         reason = value(reason, 32)
     if worker not in known:
         worker = value(worker, 32)
-    return (f"{iso_time(timestamp)} protocol={protocol} client={client}:{client_port} "
-            f"account={account} server={server} duration={_fixed3(max(0.0, duration))} "
-            f"bytes_in={bytes_in} bytes_out={bytes_out} reason={reason} worker={worker} "
-            f"session={session}\n")
+    millis = _iso_millis(timestamp)            # iso_time's pieces, in the line's one build
+    stamp = _ISO
+    return (f"{stamp.text}.{millis}{stamp.zone} protocol={protocol} "
+            f"client={client}:{client_port} account={account} server={server} "
+            f"duration={_fixed3(max(0.0, duration))} bytes_in={bytes_in} "
+            f"bytes_out={bytes_out} reason={reason} worker={worker} session={session}\n")
