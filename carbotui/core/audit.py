@@ -122,6 +122,12 @@ class AuditEvent:
                            self.protocol, self.error)
 
 
+# Values found plain before (the node's addresses, accounts, protocols, User-Agents): set
+# lookups instead of a scan per line. Only texts _plain() passed; bounded: emptied when full.
+_KNOWN_PLAIN: Final[set[str]] = set()
+KNOWN_PLAIN_MAX = 4096
+
+
 def format_line(timestamp: float, thread: str, proxy_ip: str, client_ip: str,
                 client_port: int, user_agent: str, cmd: str, account: str, protocol: str,
                 error: str) -> str:
@@ -136,21 +142,30 @@ def format_line(timestamp: float, thread: str, proxy_ip: str, client_ip: str,
         stamp = round(scaled)
     seconds = stamp // 1000
     millis = stamp - seconds * 1000
-    if not _plain(f"{proxy_ip}{client_ip}{user_agent}{account}{protocol}"):
-        # rare (hostile or broken clients, non-ASCII names): encode_value leaves a clean
-        # value as it is
-        proxy_ip = encode_value(proxy_ip)
-        client_ip = encode_value(client_ip)
-        user_agent = encode_value(user_agent)
-        account = encode_value(account)
-        protocol = encode_value(protocol)
-    # one native string build for the line (a few more only for the optional parts)
-    port = f"oport={client_port};" if client_port else ""
-    agent = f"ua={user_agent};" if user_agent else ""
+    known = _KNOWN_PLAIN
+    if not (proxy_ip in known and client_ip in known and account in known
+            and protocol in known and (not user_agent or user_agent in known)):
+        if _plain(f"{proxy_ip}{client_ip}{user_agent}{account}{protocol}"):
+            if len(known) >= KNOWN_PLAIN_MAX:
+                known.clear()
+            known.update((proxy_ip, client_ip, user_agent, account, protocol))
+        else:
+            # rare (hostile or broken clients, non-ASCII names): encode_value leaves a
+            # clean value as it is
+            proxy_ip = encode_value(proxy_ip)
+            client_ip = encode_value(client_ip)
+            user_agent = encode_value(user_agent)
+            account = encode_value(account)
+            protocol = encode_value(protocol)
+    # one native string build for the line: the optional pairs as pieces of it
+    port = str(client_port) if client_port else ""
+    port_key, port_end = ("oport=", ";") if client_port else ("", "")
+    agent_key, agent_end = ("ua=", ";") if user_agent else ("", "")
     level = "WARN " if error else "INFO "
     why = f" error={encode_value(error)};" if error else ""
     return (f"{_local_time(seconds)},{MILLIS[millis]} {level} [{thread}] "
-            f"[ip={proxy_ip};oip={client_ip};{port}{agent}] security - "
+            f"[ip={proxy_ip};oip={client_ip};{port_key}{port}{port_end}"
+            f"{agent_key}{user_agent}{agent_end}] security - "
             f"cmd={cmd}; account={account}; protocol={protocol};{why}\n")
 
 

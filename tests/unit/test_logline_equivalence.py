@@ -152,10 +152,24 @@ def test_an_audit_line_is_the_rules_line_whatever_a_value_holds(field):
                 account="user01@demo.test", protocol="pop3", error="")
     for text in HOSTILE:
         args = dict(base, **{field: text})
-        line = audit.format_line(**args)
-        assert line == audit_reference(**args), (field, text)
-        assert line.count("\n") == 1 and not any(c in line[:-1] for c in audit.LINE_BREAKS)
-        assert audit.parse_line(line) is not None or "\udcff" in text or "\ud800" in text
+        for _ in range(2):                     # the second time: the known-plain values
+            line = audit.format_line(**args)
+            assert line == audit_reference(**args), (field, text)
+            assert line.count("\n") == 1 and not any(c in line[:-1] for c in audit.LINE_BREAKS)
+            assert audit.parse_line(line) is not None or "\udcff" in text or "\ud800" in text
+    assert all(audit._plain(known) for known in audit._KNOWN_PLAIN)
+
+
+def test_the_known_plain_values_are_bounded_and_only_plain():
+    for i in range(audit.KNOWN_PLAIN_MAX + 10):
+        audit.format_line(0.0, "t", "127.0.0.1", "192.0.2.1", 0, "", "Auth",
+                          f"user{i}@demo.test", "imap", "")
+    assert 0 < len(audit._KNOWN_PLAIN) <= audit.KNOWN_PLAIN_MAX
+    for text in HOSTILE:
+        audit.format_line(0.0, "t", "127.0.0.1", "192.0.2.1", 0, text, "Auth", text, "imap",
+                          "")
+    assert all(audit._plain(known) for known in audit._KNOWN_PLAIN)
+    assert "a;b" not in audit._KNOWN_PLAIN and "x\r\ny" not in audit._KNOWN_PLAIN
 
 
 def test_audit_times_round_as_round_does():
