@@ -144,3 +144,44 @@ def test_a_plain_balanced_hint_is_shared_and_equal():
     # Basic credentials give their own hint, never the shared one
     basic = webrules.route_hint(b"/x", [(b"Authorization", b"Basic dXNlcjpwYXNz")])
     assert basic is not plain and basic.basic is not None and basic.basic.typed == "user"
+
+
+def test_the_event_makers_know_which_build_runs():
+    # compiled: native stores into a new object; as Python: the constructors (both
+    # builds run this file, so both ways are compared with the constructors above)
+    assert http11._COMPILED == (not http11.__file__.endswith(".py"))
+    ev = http11._end([])
+    assert ev == http11.EndOfMessage([]) and type(ev) is http11.EndOfMessage
+
+
+@pytest.mark.parametrize("line", [b"HTTP/1.1 200 OK", b"HTTP/1.0 404 Not Found", b"HTTP/1.1 204",
+                                  b"HTTP/1.1 200 ", b"HTTP/1.1 099 Low", b"HTTP/2.0 200 OK",
+                                  b"HTTP/1.1 20 OK", b"HTTP/1.1 200 O\x00K", b"http/1.1 200 OK",
+                                  b"HTTP/1.1 200 " + b"r" * 80, b"HTTP/1.1  200 OK"])
+def test_a_status_line_read_twice_reads_the_same(line):
+    head = line + b"\r\nContent-Length: 0\r\n\r\n"
+    first = parse_both_ways(head, http11.ResponseParser)
+    second = parse_both_ways(head, http11.ResponseParser)
+    assert second == first
+    if isinstance(first[0], http11.ParseError):
+        assert line not in http11._STATUS_LINES and first[0].status == 502
+    else:
+        assert (line in http11._STATUS_LINES) == (len(line) <= 64)
+
+
+def test_the_status_lines_are_bounded():
+    for i in range(http11._STATUS_LINES_MAX * 2 + 3):
+        http11.ResponseParser().feed(b"HTTP/1.1 200 R%d\r\nContent-Length: 0\r\n\r\n" % i)
+    assert 0 < len(http11._STATUS_LINES) <= http11._STATUS_LINES_MAX
+
+
+def test_lower_names_are_bytes_lower():
+    rng = random.Random(7)
+    names = [bytes(rng.choice(b"aZ-_09xX") for _ in range(rng.randint(1, 10)))
+             for _ in range(500)]
+    for name in names:
+        http11._parse_fields(name + b": v\r\n")           # remembered (a token)
+        assert http11._lower(name) == name.lower()
+    assert http11._lower(b"Never-Seen-Before-Q") == b"never-seen-before-q"
+    assert all(low == name.lower() for name, low in http11._LOWER.items())
+    assert len(http11._LOWER) <= http11._GOOD_NAMES_MAX
