@@ -185,3 +185,38 @@ def test_lower_names_are_bytes_lower():
     assert http11._lower(b"Never-Seen-Before-Q") == b"never-seen-before-q"
     assert all(low == name.lower() for name, low in http11._LOWER.items())
     assert len(http11._LOWER) <= http11._GOOD_NAMES_MAX
+
+
+def test_the_connection_compiled_or_not_serves_python_subclasses():
+    # WebSession and the HTTP/2 streams subclass HttpConnection in Python (compiled:
+    # allow_interpreted_subclasses); its own code calls the module functions directly,
+    # a subclass still has the methods.
+    import asyncio
+    from carbotui.proxy import httpconn
+
+    class Stream(httpconn.HttpConnection):
+        def __init__(self):
+            super().__init__(http11.RequestParser())
+            self.out = []
+
+        def write(self, data):
+            self.out.append(data)
+
+    async def main():
+        conn = Stream()
+        loop = asyncio.get_running_loop()
+        waiter = conn._waiter = loop.create_future()
+        conn._wake()                                     # the method, as h2conn calls it
+        assert waiter.done()
+        conn._waiter = None
+        conn.write(b"x")
+        with pytest.raises(asyncio.TimeoutError):
+            await conn._wait(0)
+        with pytest.raises(asyncio.TimeoutError):
+            await conn.next_event(0.001)                 # nothing came
+        loop.call_soon(conn.data_received, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = await conn.next_event(5)
+        assert isinstance(first, http11.Request) and conn._waiter is None
+        assert conn.next_ready(http11.EndOfMessage) == http11.EndOfMessage([])
+        return conn.out
+    assert asyncio.run(main()) == [b"x"]
