@@ -1041,6 +1041,8 @@ _SAFE_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
 def _b(value: bytes | bytearray | str) -> bytes:
+    if value.__class__ is bytes:         # the usual case: bytes(value) is value itself
+        return value                     # type: ignore[return-value]
     return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
@@ -1062,7 +1064,11 @@ def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
         for name, value in headers:
             if name not in good:
                 break
-            parts += (name, b": ", value, b"\r\n")
+            # four appends, not a tuple and an extend (native list operations compiled)
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         else:
             head = b"".join(parts)
     except TypeError:                    # an unhashable name, a str value
@@ -1088,11 +1094,17 @@ def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
     return b"".join((head, checked, _CRLF)) if checked else head + _CRLF
 
 
+# Methods known to be tokens (a set lookup instead of the regex for these)
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+                      b"PROPFIND", b"PROPPATCH", b"REPORT", b"MKCOL", b"MKCALENDAR", b"MOVE",
+                      b"COPY", b"LOCK", b"UNLOCK"})
+
+
 def serialize_request_head(method: bytes | str, target: bytes | str, headers,
                            version: bytes = b"1.1") -> bytes:
     """Request line and headers, ending with the empty line."""
     method, target = _b(method), _b(target)
-    if not _TOKEN_RE.fullmatch(method) or not target or (
+    if not (method in _METHODS or _TOKEN_RE.fullmatch(method)) or not target or (
             target.translate(None, _TARGET_CHARS) if len(target) > _SHORT
             else not _SAFE_TARGET.fullmatch(target)):
         raise ValueError(f"refusing to serialise request line {method!r} {target!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 
 import pytest
 
@@ -220,3 +221,20 @@ def test_the_connection_compiled_or_not_serves_python_subclasses():
         assert conn.next_ready(http11.EndOfMessage) == http11.EndOfMessage([])
         return conn.out
     assert asyncio.run(main()) == [b"x"]
+
+
+@pytest.mark.parametrize("method", sorted(http11._METHODS) + [b"G(T", b"", b"GET ", b"get",
+                                                             "GET"])
+def test_request_heads_with_known_and_odd_methods(method):
+    ok = bool(re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+",
+                           method.encode("latin-1") if isinstance(method, str) else bytes(method)))
+    assert ok == (method not in (b"G(T", b"", b"GET "))
+    if not ok:
+        with pytest.raises(ValueError):
+            http11.serialize_request_head(method, b"/", [(b"Host", b"h")])
+        return
+    head = http11.serialize_request_head(method, b"/", [(b"Host", b"h"), (b"X-A", "v")])
+    name = method.encode() if isinstance(method, str) else bytes(method)
+    assert head == name + b" / HTTP/1.1\r\nHost: h\r\nX-A: v\r\n\r\n"
+    assert http11._b(b"x") == b"x" and http11._b(bytearray(b"x")) == b"x" and \
+        type(http11._b(bytearray(b"x"))) is bytes and http11._b("\xe9") == b"\xe9"
