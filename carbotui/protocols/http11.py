@@ -742,6 +742,13 @@ class _MessageParser:
             self._line_start = lf + 1
 
 
+# Short request lines accepted before -> (method, target, version): a client repeats
+# its polls and assets ("POST /service/soap/NoOpRequest HTTP/1.1"). Never one with a
+# query (it may carry a token); at most _REQUEST_LINES_MAX of them (emptied when full).
+_REQUEST_LINES: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+_REQUEST_LINES_MAX = 1024
+
+
 class RequestParser(_MessageParser):
     """Parses requests from a client, one at a time (pipelining via start_next)."""
 
@@ -753,19 +760,27 @@ class RequestParser(_MessageParser):
     def _on_head(self, events: list[Event], start_line: bytes, headers: Headers) -> bool:
         # As _REQUEST_LINE.fullmatch, with C-level checks for a long target (neither a
         # token nor a target holds a space: exactly three parts).
-        parts = start_line.split(b" ") if len(start_line) > _SHORT else ()
-        if len(parts) == 3 and parts[0] and parts[1] \
-                and parts[2][:5] == b"HTTP/" and _TOKEN_RE.fullmatch(parts[0]) \
-                and not parts[1].translate(None, _TARGET_CHARS) \
-                and parts[2][5:] in _SUPPORTED_VERSIONS:
-            method, target, version = parts[0], parts[1], parts[2][5:]
+        seen = _REQUEST_LINES.get(start_line)
+        if seen is not None:             # a request line accepted before
+            method, target, version = seen
         else:
-            m = _REQUEST_LINE.fullmatch(start_line)
-            if m is None:
-                return self._fail(events, 400, "malformed request line")
-            method, target, version = m.groups()
-        if version not in _SUPPORTED_VERSIONS:
-            return self._fail(events, 505, "HTTP version not supported")
+            parts = start_line.split(b" ") if len(start_line) > _SHORT else ()
+            if len(parts) == 3 and parts[0] and parts[1] \
+                    and parts[2][:5] == b"HTTP/" and _TOKEN_RE.fullmatch(parts[0]) \
+                    and not parts[1].translate(None, _TARGET_CHARS) \
+                    and parts[2][5:] in _SUPPORTED_VERSIONS:
+                method, target, version = parts[0], parts[1], parts[2][5:]
+            else:
+                m = _REQUEST_LINE.fullmatch(start_line)
+                if m is None:
+                    return self._fail(events, 400, "malformed request line")
+                method, target, version = m.groups()
+            if version not in _SUPPORTED_VERSIONS:
+                return self._fail(events, 505, "HTTP version not supported")
+            if len(start_line) <= _SHORT and target.find(b"?") < 0:
+                if len(_REQUEST_LINES) >= _REQUEST_LINES_MAX:
+                    _REQUEST_LINES.clear()
+                _REQUEST_LINES[start_line] = (method, target, version)
 
         fields = _framing_fields(headers)
         hosts = fields.get(b"host", [])

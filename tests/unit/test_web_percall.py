@@ -238,3 +238,26 @@ def test_request_heads_with_known_and_odd_methods(method):
     assert head == name + b" / HTTP/1.1\r\nHost: h\r\nX-A: v\r\n\r\n"
     assert http11._b(b"x") == b"x" and http11._b(bytearray(b"x")) == b"x" and \
         type(http11._b(bytearray(b"x"))) is bytes and http11._b("\xe9") == b"\xe9"
+
+
+@pytest.mark.parametrize("line", [b"GET /health HTTP/1.1", b"POST /service/soap/NoOpRequest HTTP/1.1",
+                                  b"GET /x?zauthtoken=secret HTTP/1.1", b"GET / HTTP/1.0",
+                                  b"GET / HTTP/2.0", b"GET  / HTTP/1.1", b"G(T / HTTP/1.1",
+                                  b"GET /\x7f HTTP/1.1", b"GET / http/1.1", b"GET /" + b"a" * 80
+                                  + b" HTTP/1.1", b"M-SEARCH * HTTP/1.1", b"GET / HTTP/1.1 "])
+def test_a_request_line_read_twice_reads_the_same(line):
+    head = line + b"\r\nHost: h\r\n\r\n"
+    first = parse_both_ways(head)
+    assert parse_both_ways(head) == first
+    remembered = line in http11._REQUEST_LINES
+    if isinstance(first[0], http11.ParseError):
+        assert not remembered and first[0].status in (400, 505)
+    else:
+        assert remembered == (len(line) <= http11._SHORT and b"?" not in line)
+        assert first[0].method + b" " + first[0].target + b" HTTP/" + first[0].version == line
+
+
+def test_the_request_lines_are_bounded():
+    for i in range(http11._REQUEST_LINES_MAX * 2 + 3):
+        http11.RequestParser().feed(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+    assert 0 < len(http11._REQUEST_LINES) <= http11._REQUEST_LINES_MAX
