@@ -10,7 +10,12 @@ they replace, on hostile and odd input:
   still frozen, `dataclasses.replace` works);
 * `webrules._plain_path` is one regex search for what were five substring tests;
 * `webrules.without_underscored` one search over the names joined;
-* `webrules.route_hint` gives one shared RouteHint for a plain balanced request.
+* `webrules.route_hint` gives one shared RouteHint for a plain balanced request;
+* status lines and short request lines accepted before (`_STATUS_LINES`,
+  `_REQUEST_LINES`) read the same the second time, whole and byte by byte, bad ones
+  and queries are never kept, both are bounded; `_lower` is ``bytes.lower``;
+* `serialize_request_head` with known and odd methods;
+* `httpconn.HttpConnection` (compiled, or not) serves a Python subclass.
 """
 from __future__ import annotations
 
