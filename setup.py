@@ -34,6 +34,7 @@ MYPYC_MODULES = [
     "carbotui/protocols/webrules.py",
     "carbotui/proxy/mail.py",
     "carbotui/proxy/relay.py",
+    "carbotui/proxy/httpconn.py",
 ]
 
 
