@@ -11,7 +11,8 @@ one they negotiated.
 The implicit-TLS mail listeners (IMAPS, POP3S) run their handshakes through
 carbotui/proxy/tlsbio.py (listeners.implicit_tls), STARTTLS and the web listeners through
 uvloop's own TLS (loop.start_tls, create_server(ssl=...)); both use these contexts and
-the same SNI callback (it gets the connection's ssl.SSLObject either way).
+the same SNI callback (it gets uvloop's ssl.SSLObject, or tlsbio's _ssl._SSLSocket, the
+C object beneath one: both have the ``context`` setter it uses).
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class TlsContexts:
         """The context of a TLS listener: ``web`` for https and admin, else ``front``."""
         return self.web if kind in ("https", "admin") else self.front
 
-    def _pick(self, sslobj: ssl.SSLObject, server_name: str | None, ctx) -> None:
+    def _pick(self, sslobj, server_name: str | None, ctx) -> None:
         if server_name:
             table = self.web_by_name if ctx is self.web else self.by_name
             picked = table.get(server_name.lower())

@@ -69,7 +69,13 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
         self._tcp: asyncio.Transport | None = None
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._sslobj = context.wrap_bio(self._in, self._out, server_side=True)
+        # The C object itself (_ssl._SSLSocket), not ssl.SSLObject's Python wrapper around
+        # it: no Python frames per call and ~160 bytes less per session (the wrapper, its
+        # __dict__ and the owner weakref). Without an owner, the SNI callback gets this
+        # object (it has the ``context`` setter the callbacks use); get_extra_info
+        # ("ssl_object") wraps it in an ssl.SSLObject when asked.
+        self._sslobj = context._wrap_bio(self._in, self._out, True, None, owner=None,
+                                         session=None)
         self._state = _HANDSHAKE
         self._timer: asyncio.TimerHandle | float | None = handshake_timeout
         self._app_paused = False
@@ -160,8 +166,12 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
         self._app.connection_made(self)
         if self._write_paused and self._state == _OPEN:
             self._app.pause_writing()
-        if self._state == _OPEN and not self._app_paused:
-            self._deliver()                 # records that came with the client's Finished
+        # Records that came with the client's Finished, if any: OpenSSL (no read-ahead)
+        # leaves them in the incoming BIO. Nothing there (the usual case): no read, which
+        # would only raise SSLWantReadError.
+        if (self._state == _OPEN and not self._app_paused
+                and (self._in.pending or self._sslobj.pending())):
+            self._deliver()
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -174,7 +184,7 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def _decrypt(self, got: int) -> tuple[int, object]:
         """Records from the incoming BIO into the plaintext buffer from ``got`` on, until
         it wants more or the buffer is full. -> (bytes in the buffer, None | "eof" | exc)"""
-        sslobj = self._sslobj._sslobj       # the C object: no Python frame per call
+        sslobj = self._sslobj
         read = sslobj.read
         incoming = self._in
         try:
@@ -247,15 +257,14 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def write(self, data) -> None:
         if self._state != _OPEN:
             return                              # closing: dropped, as asyncio does
-        write = self._sslobj._sslobj.write
+        write = self._sslobj.write
         out = self._out
-        tcp_write = self._tcp.write
-        view = memoryview(data)
         try:
-            if len(view) <= RECORD:
-                write(view)
-                tcp_write(out.read())
+            if len(data) <= RECORD:
+                write(data)
+                self._tcp.write(out.read())
                 return
+            view = memoryview(data)
             # One record at a time out of the BIO, so it never holds more than one; all
             # of them to the TCP transport in one call (one send, not one per record).
             read = out.read
@@ -283,7 +292,7 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
         if self._state == _OPEN:
             self._state = _CLOSING
             try:
-                self._sslobj.unwrap()
+                self._sslobj.shutdown()       # what SSLObject.unwrap() calls
             except (ssl.SSLError, ValueError):
                 pass                          # WantRead: our close_notify is out anyway
             self._flush()
@@ -342,7 +351,11 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def get_extra_info(self, name: str, default=None):
         sslobj = self._sslobj
         if name == "ssl_object":
-            return sslobj
+            # asyncio's contract: an ssl.SSLObject (what SSLObject._create makes, around
+            # the C object this connection already has; a new wrapper per call)
+            wrapper = ssl.SSLObject.__new__(ssl.SSLObject)
+            wrapper._sslobj = sslobj
+            return wrapper
         if sslobj is not None:
             if name == "sslcontext":
                 return sslobj.context
