@@ -32,6 +32,7 @@ MYPYC_MODULES = [
     "carbotui/protocols/preauth.py",
     "carbotui/protocols/sasl.py",
     "carbotui/protocols/webrules.py",
+    "carbotui/proxy/tlsbio.py",
 ]
 
 

@@ -36,54 +36,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Any, Final
 
 log = logging.getLogger("carbotui.proxy.tlsbio")
 
-RECORD = 16384                 # the largest TLS plaintext record (RFC 8446 5.1)
-READ_SIZE = 256 * 1024         # one socket read (as uvloop's SSL_READ_MAX_SIZE)
+RECORD: Final = 16384          # the largest TLS plaintext record (RFC 8446 5.1)
+READ_SIZE: Final = 256 * 1024  # one socket read (as uvloop's SSL_READ_MAX_SIZE)
 # Written into the incoming BIO at most this much at a time: the BIO keeps the largest
 # buffer it ever held, so big uploads leave ~20 KiB in it, not the whole read.
-FEED = 4096
+FEED: Final = 4096
 
 # Shared by every connection of the process (see the module's docstring). The plaintext
 # buffer holds what one socket read decrypts to (less than what was read) plus a record.
-_cipher = bytearray(READ_SIZE)
-_cipher_view = memoryview(_cipher)
-_plain = bytearray(READ_SIZE + 2 * RECORD)
-_plain_view = memoryview(_plain)
-_PLAIN_ROOM = len(_plain) - RECORD
+_cipher: Final = bytearray(READ_SIZE)
+_cipher_view: Final = memoryview(_cipher)
+_plain: Final = bytearray(READ_SIZE + 2 * RECORD)
+_plain_view: Final = memoryview(_plain)
+_PLAIN_ROOM: Final = READ_SIZE + RECORD         # len(_plain) - RECORD
 
 # _REFUSED: closing before the handshake completed (the application never knew of it)
-_HANDSHAKE, _OPEN, _CLOSING, _CLOSED, _REFUSED = range(5)
+_HANDSHAKE: Final = 0
+_OPEN: Final = 1
+_CLOSING: Final = 2
+_CLOSED: Final = 3
+_REFUSED: Final = 4
 
 
-class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
+class TlsServer:
     """One TLS connection: BufferedProtocol of the TCP transport, Transport of ``app``."""
 
     __slots__ = ("_app", "_tcp", "_sslobj", "_in", "_out", "_state", "_timer",
                  "_app_paused", "_write_paused", "_delivering")
 
-    def __init__(self, app: asyncio.Protocol, context: ssl.SSLContext,
+    def __init__(self, app: Any, context: ssl.SSLContext,
                  handshake_timeout: float = 10.0):
-        self._app = app
-        self._tcp: asyncio.Transport | None = None
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
+        self._app: Any = app
+        self._tcp: Any = None
+        self._in: Any = ssl.MemoryBIO()
+        self._out: Any = ssl.MemoryBIO()
         # The C object itself (_ssl._SSLSocket), not ssl.SSLObject's Python wrapper around
         # it: no Python frames per call and ~160 bytes less per session (the wrapper, its
         # __dict__ and the owner weakref). Without an owner, the SNI callback gets this
         # object (it has the ``context`` setter the callbacks use); get_extra_info
         # ("ssl_object") wraps it in an ssl.SSLObject when asked.
-        self._sslobj = context._wrap_bio(self._in, self._out, True, None, owner=None,
-                                         session=None)
-        self._state = _HANDSHAKE
-        self._timer: asyncio.TimerHandle | float | None = handshake_timeout
+        wrap = context._wrap_bio          # type: ignore[attr-defined]
+        self._sslobj: Any = wrap(self._in, self._out, True, None, owner=None, session=None)
+        self._state: int = _HANDSHAKE
+        self._timer: Any = handshake_timeout
         self._app_paused = False
         self._write_paused = False
         self._delivering = False
 
     # -- the TCP side (protocol) ------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         self._tcp = transport
         self._timer = asyncio.get_running_loop().call_later(self._timer, self._too_slow)
 
@@ -120,6 +125,20 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
                     return
         self._hand_over(got)
         self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        """What a loop that does not take this for a BufferedProtocol (asyncio's own: it
+        asks isinstance, uvloop looks for get_buffer) hands over: the same path."""
+        view = memoryview(data)
+        while len(view) > READ_SIZE:                    # (asyncio reads 256 KiB at most)
+            _cipher_view[:READ_SIZE] = view[:READ_SIZE]
+            self.buffer_updated(READ_SIZE)
+            view = view[READ_SIZE:]
+            if self._state == _CLOSED:
+                return
+        n = len(view)
+        _cipher_view[:n] = view
+        self.buffer_updated(n)
 
     def eof_received(self) -> bool:
         # A TCP FIN without close_notify (a truncation attack cannot hurt a line protocol
@@ -354,7 +373,7 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
             # asyncio's contract: an ssl.SSLObject (what SSLObject._create makes, around
             # the C object this connection already has; a new wrapper per call)
             wrapper = ssl.SSLObject.__new__(ssl.SSLObject)
-            wrapper._sslobj = sslobj
+            wrapper._sslobj = sslobj          # type: ignore[attr-defined]
             return wrapper
         if sslobj is not None:
             if name == "sslcontext":
