@@ -3,8 +3,9 @@
 uvloop's SSLProtocol mallocs a 256 KiB read buffer per connection and the socket reads
 into it, so every idle session keeps the touched pages of its own buffer (and a 256 KiB
 mapping); it also holds an application-side transport object and a few deques. Here ONE
-object is both the protocol of the plain TCP transport (asyncio.BufferedProtocol) and
-the transport the application protocol sees, and the TCP transport reads into one
+object is both the protocol of the plain TCP transport (a buffered one: uvloop takes any
+object with ``get_buffer`` for one; asyncio's own loop, which asks isinstance, calls
+``data_received``) and the transport the application protocol sees, and the TCP transport reads into one
 buffer shared by the whole process: the loop is single-threaded, and what it reads is
 copied into the connection's incoming MemoryBIO before anything else runs. Decrypted
 records are gathered in a second shared buffer and handed over as one bytes object.
@@ -30,6 +31,18 @@ proxy, 2,000 on 2 workers, 30.1 -> 24.0 KB RSS (bench/tls_idle.py proxy); a bare
 and 3,059,926 -> 3,058,268 (POP3S), bench/instructions_tls.py: CPU-neutral, OpenSSL's
 handshake is ~70 % of it. (The figures in commit f167782's message compared with an older
 tree, before other changes to the mail path.)
+
+Compiled by mypyc (setup.py MYPYC_MODULES) as a native class, hence no asyncio base
+classes (a native class cannot have them; nothing checks isinstance on this one). It keeps
+OpenSSL's C object (_ssl._SSLSocket) without ssl.SSLObject's Python wrapper, reads no
+record after the handshake unless one came with the client's Finished, and asks
+SSL_pending only after a full-size record. IMAPS per session (bench/instructions_tls.py,
+200 sessions, from main d89284c): 3,087,390 -> 3,060,223 (the C object, no read after the
+handshake) -> 3,025,610 (mypyc); idle IMAPS session 24.0 KB either way (tls_idle.py proxy).
+OpenSSL's own work per handshake is ~100k instructions less than nginx's in the bench
+(same TLS 1.3, TLS_AES_256_GCM_SHA384, X25519, ecdsa_secp256r1_sha256 and certificate;
+nginx's mail module, ``ssl_session_tickets off`` and its default ``ssl_session_cache
+none``, still sends two stateful TLS 1.3 tickets it never stores; carbotui none).
 """
 from __future__ import annotations
 
@@ -208,12 +221,15 @@ class TlsServer:
         incoming = self._in
         try:
             while got <= _PLAIN_ROOM:
-                n = read(RECORD, _plain_view[got:])
+                n: int = read(RECORD, _plain_view[got:])
                 if not n:
                     return got, "eof"               # close_notify
                 got += n
-                if not incoming.pending and not sslobj.pending():
-                    break                           # all read: no SSLWantReadError to raise
+                # All read: no SSLWantReadError to raise. A read of less than RECORD
+                # emptied its record (OpenSSL hands out one record's plaintext per read,
+                # without read-ahead), so only a full one can leave plaintext pending.
+                if not incoming.pending and (n < RECORD or not sslobj.pending()):
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
