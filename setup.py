@@ -34,6 +34,8 @@ MYPYC_MODULES = [
     "carbotui/protocols/webrules.py",
     "carbotui/proxy/mail.py",
     "carbotui/proxy/relay.py",
+    "carbotui/proxy/httpconn.py",
+    "carbotui/proxy/tlsbio.py",
 ]
 
 
@@ -73,8 +75,56 @@ def ext_modules() -> list:
         warn("mypyc is not installed")
         return []
     here = os.path.dirname(os.path.abspath(__file__))
-    return mypycify(["--config-file", os.path.join(here, "mypyc.ini"), *MYPYC_MODULES],
-                    opt_level="3")
+    extensions = mypycify(["--config-file", os.path.join(here, "mypyc.ini"), *MYPYC_MODULES],
+                          opt_level="3")
+    mend_bytes_slice("build")
+    return extensions
 
 
-setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
+# mypyc 2.4's CPyBytes_GetSlice (lib-rt/bytes_ops.c) clamps start and end to the object but
+# not end to start: b[2:1], or b[1:-1] of one byte, passes a negative size and raises
+# SystemError where Python gives b"". Every compiled bytes/bytearray slice goes through it,
+# and parsers slice at offsets that hostile input chooses: the generated C calls this
+# corrected version instead (tests/unit/test_compiled.py compiles a module to check).
+_SLICE_FIX = """
+/* carbotui setup.py: mypyc's CPyBytes_GetSlice with the end clamped to the start */
+static PyObject *carbotui_bytes_slice(PyObject *obj, CPyTagged start, CPyTagged end) {
+    if (CPyTagged_CheckShort(start) && CPyTagged_CheckShort(end)) {
+        Py_ssize_t len = Py_SIZE(obj);
+        Py_ssize_t s = CPyTagged_ShortAsSsize_t(start), e = CPyTagged_ShortAsSsize_t(end);
+        if (s < 0) s += len;
+        if (e < 0) e += len;
+        if (s < 0) s = 0;
+        if (s > len) s = len;
+        if (e < s) {
+            return PyBytes_Check(obj) ? PyBytes_FromStringAndSize(NULL, 0)
+                                      : PyByteArray_FromStringAndSize(NULL, 0);
+        }
+    }
+    return CPyBytes_GetSlice(obj, start, end);
+}
+#define CPyBytes_GetSlice carbotui_bytes_slice
+"""
+
+
+def mend_bytes_slice(build_dir: str) -> int:
+    """Make the generated C in ``build_dir`` call carbotui_bytes_slice. -> files changed."""
+    import glob
+    changed = 0
+    for path in glob.glob(os.path.join(build_dir, "__native*.c")):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if "carbotui_bytes_slice" in text:
+            continue
+        lines = text.split("\n")
+        # after the last #include: the runtime (which defines the original) comes before
+        last = max(i for i, line in enumerate(lines) if line.startswith("#include"))
+        lines.insert(last + 1, _SLICE_FIX)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines))
+        changed += 1
+    return changed
+
+
+if __name__ == "__main__":
+    setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

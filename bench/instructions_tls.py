@@ -9,7 +9,8 @@ sessions to warm the route cache, then N counted), the same sessions (bench/load
 connect, greeting, LOGIN, SELECT INBOX, LOGOUT; POP3: USER, PASS, STAT, QUIT) over TLS
 (TLS 1.3, ECDHE, the demo's ECDSA P-256 certificate). The count includes OpenSSL's
 handshake, the same for every proxy glue. --tree DIR counts the carbotui package found in
-DIR instead (e.g. `git archive <commit> carbotui | tar -x -C DIR`), to compare commits.
+DIR instead (e.g. `git archive <commit> carbotui | tar -x -C DIR`), to compare commits; a
+checkout built with `make compiled` runs compiled (its mypyc library is linked in too).
 Needs the lock: it uses the bench's fixed ports, as instructions.py does.
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ def main() -> int:
             tmp = Path(tmp)
             (tmp / "tree/bench").mkdir(parents=True)
             (tmp / "tree/carbotui").symlink_to(args.tree.resolve() / "carbotui")
+            # a compiled tree: mypyc's shared library sits beside the package, not in it
+            for lib in args.tree.resolve().glob("*__mypyc.*.so"):
+                (tmp / "tree" / lib.name).symlink_to(lib)
             worker_py = tmp / "tree/bench/quiet_worker.py"
             shutil.copyfile(BENCH / "quiet_worker.py", worker_py)
         keep = args.keep / f"callgrind.out.{args.proto}" if args.keep else None

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Final
 
 # Characters some reader of the log takes for the end of a line: str.splitlines()
 # breaks on all of these (CR, LF, VT, FF, FS/GS/RS, NEL, LINE and PARAGRAPH
@@ -35,10 +36,27 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NEEDS_ENCODING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029;]")
 
 
+# Every byte but printable ASCII other than ";" maps to another byte: bytes.translate
+# (native in compiled code) gives back the very object it was given only for a text that
+# needs no encoding (a regex search costs ~3,000 instructions a call there).
+_PLAIN_TABLE: Final = bytes([b if 0x20 <= b < 0x7f and b != 0x3b else (0 if b else 1)
+                             for b in range(256)])
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII without ``;``: nothing in it for encode_value to change. False
+    for anything else, encodable or not (those take the regex's word)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:          # lone surrogates
+        return False
+    return data.translate(_PLAIN_TABLE) is data
+
+
 def encode_value(value: str) -> str:
     """A value as it may stand in an audit line: no line break any reader knows, no
     control character, ``;`` doubled (the pair separator)."""
-    if not _NEEDS_ENCODING.search(value):
+    if _plain(value) or not _NEEDS_ENCODING.search(value):
         return value                     # the usual case: one scan, no copies
     if _UNSAFE.search(value):            # rare: only hostile or broken clients
         value = value.translate(_REPLACE)
@@ -104,43 +122,75 @@ class AuditEvent:
                            self.protocol, self.error)
 
 
+# Values found plain before (the node's addresses, accounts, protocols, User-Agents): set
+# lookups instead of a scan per line. Only texts _plain() passed; bounded: emptied when full.
+_KNOWN_PLAIN: Final[set[str]] = set()
+KNOWN_PLAIN_MAX = 4096
+
+
 def format_line(timestamp: float, thread: str, proxy_ip: str, client_ip: str,
                 client_port: int, user_agent: str, cmd: str, account: str, protocol: str,
                 error: str) -> str:
     """One audit line. A function of plain values, so the login path (thousands a second)
     does not build an AuditEvent for each."""
-    seconds, millis = divmod(round(timestamp * 1000), 1000)
-    if _NEEDS_ENCODING.search(f"{proxy_ip}{client_ip}{user_agent}{account}{protocol}"):
-        # rare (hostile or broken clients): one scan of all the values decides, as
-        # encode_value leaves a clean value as it is
-        proxy_ip, client_ip, user_agent, account, protocol = map(
-            encode_value, (proxy_ip, client_ip, user_agent, account, protocol))
-    context = f"ip={proxy_ip};oip={client_ip};"
-    if client_port:
-        context += f"oport={client_port};"
-    if user_agent:
-        context += f"ua={user_agent};"
-    body = f"cmd={cmd}; account={account}; protocol={protocol};"
-    if error:
-        body += f" error={encode_value(error)};"
-    return (f"{_local_time(seconds)},{MILLIS[millis]} {'WARN ' if error else 'INFO '} "
-            f"[{thread}] [{context}] security - {body}\n")
+    scaled = timestamp * 1000
+    if 0.0 <= scaled < 4503599627370496.0:          # 2**52: scaled + 0.5 is exact
+        stamp = int(scaled + 0.5)
+        if stamp & 1 and stamp - scaled == 0.5:     # a tie: round() goes to the even one
+            stamp -= 1
+    else:                                           # before 1970, NaN, inf: round() says
+        stamp = round(scaled)
+    seconds = stamp // 1000
+    millis = stamp - seconds * 1000
+    known = _KNOWN_PLAIN
+    if not (proxy_ip in known and client_ip in known and account in known
+            and protocol in known and (not user_agent or user_agent in known)):
+        if _plain(f"{proxy_ip}{client_ip}{user_agent}{account}{protocol}"):
+            if len(known) >= KNOWN_PLAIN_MAX:
+                known.clear()
+            known.update((proxy_ip, client_ip, user_agent, account, protocol))
+        else:
+            # rare (hostile or broken clients, non-ASCII names): encode_value leaves a
+            # clean value as it is
+            proxy_ip = encode_value(proxy_ip)
+            client_ip = encode_value(client_ip)
+            user_agent = encode_value(user_agent)
+            account = encode_value(account)
+            protocol = encode_value(protocol)
+    # one native string build for the line: the optional pairs as pieces of it
+    port = str(client_port) if client_port else ""
+    port_key, port_end = ("oport=", ";") if client_port else ("", "")
+    agent_key, agent_end = ("ua=", ";") if user_agent else ("", "")
+    level = "WARN " if error else "INFO "
+    why = f" error={encode_value(error)};" if error else ""
+    return (f"{_local_time(seconds)},{MILLIS[millis]} {level} [{thread}] "
+            f"[ip={proxy_ip};oip={client_ip};{port_key}{port}{port_end}"
+            f"{agent_key}{user_agent}{agent_end}] security - "
+            f"cmd={cmd}; account={account}; protocol={protocol};{why}\n")
 
 
-_stamp_cache: tuple[int, str] = (-1, "")
+class _Stamp:
+    """_local_time's text for the current second (attributes of a compiled class: no
+    module-dictionary lookups per line)."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+
+_STAMP: Final = _Stamp()
 # "000".."999": a line's milliseconds by index (an f-string's :03d costs a format call)
-MILLIS = tuple(f"{i:03d}" for i in range(1000))
+MILLIS: Final = tuple([f"{i:03d}" for i in range(1000)])
 
 
 def _local_time(seconds: int) -> str:
     """'YYYY-mm-dd HH:MM:SS' in local time; remembered for the current second, since a
     busy worker writes many lines per second and strftime is the dearest part."""
-    global _stamp_cache
-    cached_second, text = _stamp_cache
-    if seconds != cached_second:
-        text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
-        _stamp_cache = (seconds, text)
-    return text
+    stamp = _STAMP
+    if seconds != stamp.second:
+        stamp.text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+        stamp.second = seconds
+    return stamp.text
 
 
 _LINE = re.compile(
@@ -170,6 +220,20 @@ def parse_line(line: str) -> AuditEvent | None:
 def failure(login: str, reason: str) -> str:
     """Zimbra's failure text: 'authentication failed for [<login>], <reason>'."""
     return f"authentication failed for [{login}], {reason}"
+
+
+# Final: compiled code calls them from C statics (not a module attribute lookup a line)
+_write: Final = os.write
+_monotonic: Final = time.monotonic
+
+
+def _encoded(line: str) -> bytes:
+    """``line.encode("utf-8", "replace")``; the strict encoder first, which compiled code
+    calls directly (an errors argument goes through the codec lookup)."""
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:          # lone surrogates
+        return line.encode("utf-8", "replace")
 
 
 class AuditLog:
@@ -236,14 +300,14 @@ class AuditLog:
         if not self.follow and self._fd >= 0:
             # access.log, sessions.log: no look at the path, only reopen() moves on
             try:
-                os.write(self._fd, line.encode("utf-8", "replace"))
+                _write(self._fd, _encoded(line))
             except OSError as exc:
                 self.dropped += 1
                 self._complain(f"cannot write to {self.path}: {exc}")
                 return
             self.written += 1
             return
-        now = time.monotonic()
+        now = _monotonic()
         every = self.CHECK_EVERY if self.follow else math.inf
         if self._fd < 0 or (now - self._checked > every and self._rotated()):
             self._open()
@@ -252,9 +316,9 @@ class AuditLog:
         if self._fd < 0:
             self.dropped += 1
             return
-        data = line.encode("utf-8", "replace")
+        data = _encoded(line)
         try:
-            os.write(self._fd, data)   # one write per line: atomic append
+            _write(self._fd, data)     # one write per line: atomic append
         except OSError as exc:         # a full disk: the session goes on
             self.dropped += 1
             self._complain(f"cannot write to {self.path}: {exc}")

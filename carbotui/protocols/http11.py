@@ -154,6 +154,60 @@ class ParseError:
 
 Event = Request | Response | Data | EndOfMessage | ParseError
 
+# The parsers make their events here rather than through the dataclasses' generated
+# __init__: that one stays interpreted in the compiled build, where a frozen one sets
+# every field with object.__setattr__ from Python (~7k instructions for a Request).
+# Compiled, the assignments below are stores into the new object's fields (mypyc
+# writes native attributes directly; ~1k instructions with the __new__ call); as
+# Python, where they would raise FrozenInstanceError, the constructor runs. The same
+# objects either way (test_web_percall).
+
+
+def _request(method: bytes, target: bytes, version: bytes, headers: Headers,
+             body_mode: BodyMode) -> Request:
+    if not _COMPILED:
+        return Request(method, target, version, headers, body_mode)
+    event = Request.__new__(Request)
+    event.method = method               # type: ignore[misc]
+    event.target = target               # type: ignore[misc]
+    event.version = version             # type: ignore[misc]
+    event.headers = headers             # type: ignore[misc]
+    event.body_mode = body_mode         # type: ignore[misc]
+    return event
+
+
+def _response(status: int, reason: bytes, version: bytes, headers: Headers,
+              body_mode: BodyMode) -> Response:
+    if not _COMPILED:
+        return Response(status, reason, version, headers, body_mode)
+    event = Response.__new__(Response)
+    event.status = status               # type: ignore[misc]
+    event.reason = reason               # type: ignore[misc]
+    event.version = version             # type: ignore[misc]
+    event.headers = headers             # type: ignore[misc]
+    event.body_mode = body_mode         # type: ignore[misc]
+    return event
+
+
+def _data(data: bytes) -> Data:
+    if not _COMPILED:
+        return Data(data)
+    event = Data.__new__(Data)
+    event.data = data                   # type: ignore[misc]
+    return event
+
+
+def _end(trailers: Headers) -> EndOfMessage:
+    if not _COMPILED:
+        return EndOfMessage(trailers)
+    event = EndOfMessage.__new__(EndOfMessage)
+    event.trailers = trailers           # type: ignore[misc]
+    return event
+
+
+# mypyc's functions carry no Python code object
+_COMPILED: bool = not hasattr(_end, "__code__")
+
 
 # ------------------------------------------------------------------- grammar
 
@@ -215,6 +269,40 @@ def _good_name(name: bytes) -> None:
     """Remember a header name checked to be a token (a set lookup from then on)."""
     if len(name) <= 64 and len(_GOOD_NAMES) < _GOOD_NAMES_MAX and name.__class__ is bytes:
         _GOOD_NAMES.add(name)
+        _LOWER[name] = name.lower()
+
+
+# The lower-cased form of each name in _GOOD_NAMES (filled with it, as bounded): framing
+# and forwarding look a name up here instead of calling bytes.lower (a method call in
+# the compiled build) for every header of every message.
+_LOWER: dict[bytes, bytes] = {}
+
+
+def _lower(name: bytes) -> bytes:
+    """``name.lower()`` of a header name from a parsed message (bytes)."""
+    low = _LOWER.get(name)
+    return low if low is not None else name.lower()
+
+
+# Field lines already parsed by _parse_fields' fast loop -> their (name, value): a
+# client sends the same Host, User-Agent, Accept ... lines on every request of a
+# connection, an upstream the same Server, Content-Type ... lines. Lines up to
+# _GOOD_LINE_MAX bytes, at most _GOOD_LINES_MAX of them (emptied when full: ~1 MB at
+# most); never a line whose header carries credentials (_UNREMEMBERED).
+_GOOD_LINES: dict[bytes, tuple[bytes, bytes]] = {}
+_GOOD_LINES_MAX = 2048
+_GOOD_LINE_MAX = 256
+_UNREMEMBERED = frozenset({b"authorization", b"proxy-authorization", b"cookie",
+                           b"set-cookie"})
+
+
+def _good_line(line: bytes, field: tuple[bytes, bytes]) -> None:
+    """Remember a field line the fast loop accepted, and what it parsed to."""
+    if len(line) <= _GOOD_LINE_MAX and line.__class__ is bytes \
+            and field[0].lower() not in _UNREMEMBERED:
+        if len(_GOOD_LINES) >= _GOOD_LINES_MAX:
+            _GOOD_LINES.clear()
+        _GOOD_LINES[line] = field
 
 
 def _parse_fields(block: bytes) -> tuple[Headers, str | None]:
@@ -227,8 +315,15 @@ def _parse_fields(block: bytes) -> tuple[Headers, str | None]:
     # a token.
     if block.translate(None, _FIELD_TEXT) == b"\r\n" * len(lines):
         good = _GOOD_NAMES
+        seen = _GOOD_LINES
         fields: Headers = []
         for line in lines:
+            # A line this loop accepted before (its bytes were checked as this block's
+            # are): the same (name, value), a dict lookup instead of two method calls.
+            field = seen.get(line)
+            if field is not None:
+                fields.append(field)
+                continue
             name, colon, value = line.partition(b":")
             if not colon:
                 break
@@ -236,7 +331,9 @@ def _parse_fields(block: bytes) -> tuple[Headers, str | None]:
                 if not _TOKEN_RE.fullmatch(name):
                     break
                 _good_name(name)
-            fields.append((name, value.strip(b" \t")))
+            field = (name, value.strip(b" \t"))
+            fields.append(field)
+            _good_line(line, field)
         else:
             return fields, None
     fields = []
@@ -321,7 +418,7 @@ class _MessageParser:
         state = self._state
         if state == _UNTIL_CLOSE:
             if self._buf:
-                events.append(Data(self._take(len(self._buf))))
+                events.append(_data(self._take(len(self._buf))))
             self._finish(events, [])
             self._keep_alive = False
         elif state == _HEAD and not self._buf and self._start_end < 0:
@@ -386,7 +483,7 @@ class _MessageParser:
                 progressed = self._parse_trailers(events)
             elif state == _UNTIL_CLOSE:
                 if self._buf:
-                    events.append(Data(self._take(len(self._buf))))
+                    events.append(_data(self._take(len(self._buf))))
                 return
             else:
                 return
@@ -413,7 +510,7 @@ class _MessageParser:
         return out
 
     def _finish(self, events: list[Event], trailers: Headers) -> None:
-        events.append(EndOfMessage(trailers))
+        events.append(_end(trailers))
         self._state = _DONE
 
     # head ------------------------------------------------------------------
@@ -549,14 +646,14 @@ class _MessageParser:
     def _pass_body_through(self, data: bytes, events: list[Event]) -> bytes:
         """Emit body bytes directly from the input; return what is left."""
         if self._state == _UNTIL_CLOSE:
-            events.append(Data(data))
+            events.append(_data(data))
             return b""
         n = self._remaining
         if len(data) <= n:
-            events.append(Data(data))
+            events.append(_data(data))
             self._body_consumed(events, len(data))
             return b""
-        events.append(Data(data[:n]))
+        events.append(_data(data[:n]))
         self._body_consumed(events, n)
         return data[n:]
 
@@ -564,7 +661,7 @@ class _MessageParser:
         n = min(len(self._buf), self._remaining)
         if n == 0:
             return False
-        events.append(Data(self._take(n)))
+        events.append(_data(self._take(n)))
         self._body_consumed(events, n)
         return True
 
@@ -645,6 +742,13 @@ class _MessageParser:
             self._line_start = lf + 1
 
 
+# Short request lines accepted before -> (method, target, version): a client repeats
+# its polls and assets ("POST /service/soap/NoOpRequest HTTP/1.1"). Never one with a
+# query (it may carry a token); at most _REQUEST_LINES_MAX of them (emptied when full).
+_REQUEST_LINES: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+_REQUEST_LINES_MAX = 1024
+
+
 class RequestParser(_MessageParser):
     """Parses requests from a client, one at a time (pipelining via start_next)."""
 
@@ -656,19 +760,27 @@ class RequestParser(_MessageParser):
     def _on_head(self, events: list[Event], start_line: bytes, headers: Headers) -> bool:
         # As _REQUEST_LINE.fullmatch, with C-level checks for a long target (neither a
         # token nor a target holds a space: exactly three parts).
-        parts = start_line.split(b" ") if len(start_line) > _SHORT else ()
-        if len(parts) == 3 and parts[0] and parts[1] \
-                and parts[2][:5] == b"HTTP/" and _TOKEN_RE.fullmatch(parts[0]) \
-                and not parts[1].translate(None, _TARGET_CHARS) \
-                and parts[2][5:] in _SUPPORTED_VERSIONS:
-            method, target, version = parts[0], parts[1], parts[2][5:]
+        seen = _REQUEST_LINES.get(start_line)
+        if seen is not None:             # a request line accepted before
+            method, target, version = seen
         else:
-            m = _REQUEST_LINE.fullmatch(start_line)
-            if m is None:
-                return self._fail(events, 400, "malformed request line")
-            method, target, version = m.groups()
-        if version not in _SUPPORTED_VERSIONS:
-            return self._fail(events, 505, "HTTP version not supported")
+            parts = start_line.split(b" ") if len(start_line) > _SHORT else ()
+            if len(parts) == 3 and parts[0] and parts[1] \
+                    and parts[2][:5] == b"HTTP/" and _TOKEN_RE.fullmatch(parts[0]) \
+                    and not parts[1].translate(None, _TARGET_CHARS) \
+                    and parts[2][5:] in _SUPPORTED_VERSIONS:
+                method, target, version = parts[0], parts[1], parts[2][5:]
+            else:
+                m = _REQUEST_LINE.fullmatch(start_line)
+                if m is None:
+                    return self._fail(events, 400, "malformed request line")
+                method, target, version = m.groups()
+            if version not in _SUPPORTED_VERSIONS:
+                return self._fail(events, 505, "HTTP version not supported")
+            if len(start_line) <= _SHORT and target.find(b"?") < 0:
+                if len(_REQUEST_LINES) >= _REQUEST_LINES_MAX:
+                    _REQUEST_LINES.clear()
+                _REQUEST_LINES[start_line] = (method, target, version)
 
         fields = _framing_fields(headers)
         hosts = fields.get(b"host", [])
@@ -716,8 +828,14 @@ class RequestParser(_MessageParser):
             # request; the proxy drops Upgrade as hop-by-hop, so the upstream
             # never switches protocols under a half-read body.
             mode = UPGRADE
-        events.append(Request(method, target, version, headers, mode))
+        events.append(_request(method, target, version, headers, mode))
         return self._start_body(events, mode)
+
+
+# Status lines accepted before -> (version, status, reason): an upstream answers with
+# a few of them; at most _STATUS_LINES_MAX of up to 64 bytes (emptied when full).
+_STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
+_STATUS_LINES_MAX = 256
 
 
 class ResponseParser(_MessageParser):
@@ -743,14 +861,22 @@ class ResponseParser(_MessageParser):
         return super()._fail(events, 502, f"upstream: {reason}")
 
     def _on_head(self, events: list[Event], start_line: bytes, headers: Headers) -> bool:
-        m = _STATUS_LINE.fullmatch(start_line)
-        if m is None:
-            return self._fail(events, 502, "malformed status line")
-        version, status_digits, reason = m.groups()
-        status = int(status_digits)
-        if version not in _SUPPORTED_VERSIONS or status < 100:
-            return self._fail(events, 502, "unsupported version or status")
-        reason = reason or b""
+        seen = _STATUS_LINES.get(start_line)
+        if seen is not None:             # a status line read before ("HTTP/1.1 200 OK")
+            version, status, reason = seen
+        else:
+            m = _STATUS_LINE.fullmatch(start_line)
+            if m is None:
+                return self._fail(events, 502, "malformed status line")
+            version, status_digits, given = m.groups()
+            status = int(status_digits)
+            if version not in _SUPPORTED_VERSIONS or status < 100:
+                return self._fail(events, 502, "unsupported version or status")
+            reason = given or b""        # (None when the line has no reason at all)
+            if len(start_line) <= 64:
+                if len(_STATUS_LINES) >= _STATUS_LINES_MAX:
+                    _STATUS_LINES.clear()
+                _STATUS_LINES[start_line] = (version, status, reason)
 
         fields = _framing_fields(headers)
         transfer = fields.get(b"transfer-encoding")
@@ -772,7 +898,7 @@ class ResponseParser(_MessageParser):
         method = self.request_method
         if 100 <= status < 200 and status != 101:
             # Informational: no body, and the final response follows.
-            events.append(Response(status, reason, version, headers, NO_BODY))
+            events.append(_response(status, reason, version, headers, NO_BODY))
             return True
         if status == 101 or (method == b"CONNECT" and 200 <= status < 300):
             mode = UPGRADE
@@ -795,7 +921,7 @@ class ResponseParser(_MessageParser):
             mode = _length_mode(length)
         else:
             mode = UNTIL_CLOSE
-        events.append(Response(status, reason, version, headers, mode))
+        events.append(_response(status, reason, version, headers, mode))
         return self._start_body(events, mode)
 
 
@@ -807,7 +933,7 @@ def _framing_fields(headers: Headers) -> dict[bytes, list[bytes]]:
     """The headers that decide framing and connection reuse, in one pass."""
     found: dict[bytes, list[bytes]] = {}
     for key, value in headers:
-        key = key.lower()
+        key = _lower(key)
         if key in _FRAMING_NAMES:
             found.setdefault(key, []).append(value)
     return found
@@ -903,7 +1029,7 @@ def forwardable(headers: Headers, drop: frozenset[bytes] = frozenset()
     """``remove_headers(remove_hop_by_hop(headers), *drop)`` in one pass (``drop``
     lower-cased), and the kept headers' lower-cased names, in order (what the
     caller would compute next: each name is lowered once)."""
-    lows = [key.lower() for key, _ in headers]
+    lows = [key.lower() if key.__class__ is not bytes else _lower(key) for key, _ in headers]
     gone = HOP_BY_HOP | drop if drop else HOP_BY_HOP
     if b"connection" in lows:
         gone = gone | connection_named(headers, lows)
@@ -930,6 +1056,8 @@ _SAFE_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
 def _b(value: bytes | bytearray | str) -> bytes:
+    if value.__class__ is bytes:         # the usual case: bytes(value) is value itself
+        return value                     # type: ignore[return-value]
     return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
@@ -951,7 +1079,11 @@ def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
         for name, value in headers:
             if name not in good:
                 break
-            parts += (name, b": ", value, b"\r\n")
+            # four appends, not a tuple and an extend (native list operations compiled)
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         else:
             head = b"".join(parts)
     except TypeError:                    # an unhashable name, a str value
@@ -977,11 +1109,17 @@ def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
     return b"".join((head, checked, _CRLF)) if checked else head + _CRLF
 
 
+# Methods known to be tokens (a set lookup instead of the regex for these)
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+                      b"PROPFIND", b"PROPPATCH", b"REPORT", b"MKCOL", b"MKCALENDAR", b"MOVE",
+                      b"COPY", b"LOCK", b"UNLOCK"})
+
+
 def serialize_request_head(method: bytes | str, target: bytes | str, headers,
                            version: bytes = b"1.1") -> bytes:
     """Request line and headers, ending with the empty line."""
     method, target = _b(method), _b(target)
-    if not _TOKEN_RE.fullmatch(method) or not target or (
+    if not (method in _METHODS or _TOKEN_RE.fullmatch(method)) or not target or (
             target.translate(None, _TARGET_CHARS) if len(target) > _SHORT
             else not _SAFE_TARGET.fullmatch(target)):
         raise ValueError(f"refusing to serialise request line {method!r} {target!r}")

@@ -20,8 +20,8 @@ from __future__ import annotations
 import enum
 import re
 from itertools import repeat
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Final
 
 from carbotui.protocols.events import (
     Authenticate, BackendFailed, ClientId, LoginOK, LoginRejected, MailLimits, Send,
@@ -38,12 +38,13 @@ from carbotui.protocols.sasl import (
 
 __all__ = ["ImapClientSide", "ImapBackendLogin"]
 
-CRLF = b"\r\n"
+# Final: mypyc keeps these in C statics, not one globals-dict lookup per use.
+CRLF: Final = b"\r\n"
 
 # ------------------------------------------------------------------ syntax
 
 # A literal announcement at the end of a line: {n} or {n+}.
-_LITERAL_RE = re.compile(rb"\{(\d+)(\+?)\}\Z")
+_LITERAL_RE: Final = re.compile(rb"\{(\d+)(\+?)\}\Z")
 # tag = 1*<ASTRING-CHAR except "+"> (RFC 3501 section 9), 7-bit only.
 _TAG_RE = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
 # A command name is an atom.
@@ -63,8 +64,30 @@ _ATOM_ARGS_RE = re.compile(rb'(?:\x20+[^\x00-\x20\x7f(){"\\]+)+\x20*')
 # goes as a literal.
 _QUOTABLE_RE = re.compile(rb"[\x20-\x7e]*")
 
+
+
+def _table(allowed: bytes) -> bytes:
+    """A bytes.translate table that keeps the ``allowed`` bytes and changes every other
+    one (c -> c ^ 1): ``value.translate(t) == value`` says all of value is allowed.
+    translate is compiled by mypyc, and returns value itself when nothing changed."""
+    return bytes(c if c in allowed else c ^ 1 for c in range(256))
+
+
+_ALL: Final = bytes(range(256))
+# What _TAG_RE, an atom of _TOKEN_RE, and a quoted string without escapes (nor NUL,
+# which the strict parser refuses in a command) take, byte by byte.
+_TAG_TABLE: Final = _table(bytes(c for c in _ALL if 0x20 < c < 0x7f and c not in b'(){%*"\\+'))
+_ATOM_TABLE: Final = _table(bytes(c for c in _ALL if c > 0x20 and c != 0x7f and c not in b'(){"\\'))
+_PLAIN_QUOTED_TABLE: Final = _table(bytes(c for c in _ALL if c and c not in b'"\\'))
+_NO_ESCAPE_TABLE: Final = _table(bytes(c for c in _ALL if c not in b'"\\'))
+# Printable ASCII (_QUOTABLE_RE) kept, anything else "?": the ID values' rule.
+_PRINTABLE_OR_QMARK: Final = bytes(c if 0x20 <= c <= 0x7e else 0x3F for c in range(256))
+
 # Token kinds. Quoted strings and literals are both STRING.
-ATOM, STRING, OPEN, CLOSE = "atom", "string", "(", ")"
+ATOM: Final = "atom"
+STRING: Final = "string"
+OPEN: Final = "("
+CLOSE: Final = ")"
 Token = tuple[str, bytes]
 
 # RFC 2971 limits for the client's ID.
@@ -72,6 +95,8 @@ _ID_MAX_PAIRS, _ID_MAX_KEY, _ID_MAX_VALUE = 30, 30, 1024
 
 
 def _quote(value: bytes) -> bytes:
+    if value.translate(_NO_ESCAPE_TABLE) == value:    # nothing to escape: the usual value
+        return b'"' + value + b'"'
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
@@ -91,19 +116,32 @@ class _SyntaxError(Exception):
 
 # ------------------------------------------------------------ client side
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Command:
-    """One command being framed: its lines and the literals between them."""
-    tag: bytes | None = None            # None until parsed (stays None if unparseable)
-    name: str = ""
-    args: list[Token] = field(default_factory=list)
-    error: bytes | None = None          # set: the command is refused; send this when framed
-    started: bool = False               # first line seen
-    need_sep: bool = False              # the last token needs a space or ")" after it
-    text_size: int = 0                  # bytes of line text so far
-    literal_size: int = 0               # bytes of literals so far
-    literal_need: int | None = None     # bytes of the current literal still to come
-    skipping: bool = False              # dropping the rest of a line over max_line
+    """One command being framed: its lines and the literals between them. (A written
+    __init__: the generated one is interpreted even when compiled; see events.py.)"""
+    tag: bytes | None                   # None until parsed (stays None if unparseable)
+    name: str
+    args: list[Token]
+    error: bytes | None                 # set: the command is refused; send this when framed
+    started: bool                       # first line seen
+    need_sep: bool                      # the last token needs a space or ")" after it
+    text_size: int                      # bytes of line text so far
+    literal_size: int                   # bytes of literals so far
+    literal_need: int | None            # bytes of the current literal still to come
+    skipping: bool                      # dropping the rest of a line over max_line
+
+    def __init__(self) -> None:
+        self.tag = None
+        self.name = ""
+        self.args = []
+        self.error = None
+        self.started = False
+        self.need_sep = False
+        self.text_size = 0
+        self.literal_size = 0
+        self.literal_need = None
+        self.skipping = False
 
 
 # (id(limits), tls) -> (limits, greeting): the limits object is kept, so its id stays its own.
@@ -167,12 +205,14 @@ class ImapClientSide(ClientSide):
         Returns the events and the bytes the client pipelined after its login
         command, which the relay must pass on to the backend."""
         self._expect(WAIT_AUTH, "auth_succeeded")
-        tag, _ = self._pending  # type: ignore[misc]  # set in this state
+        pending = self._pending
+        assert pending is not None                      # set in this state
+        tag: bytes = pending[0]
         self._pending = None
         leftover = self._buf.peek_all()
         self._buf.clear()
         self._state = HANDED_OFF
-        return [Send(tag + b" " + backend_response + CRLF)], leftover
+        return [Send(b"%s %s\r\n" % (tag, backend_response))], leftover
 
     def throttled(self, message: str) -> list[Event]:
         """Refuse the user (or, before any login, the connection) and close."""
@@ -286,6 +326,8 @@ class ImapClientSide(ClientSide):
 
     def _command_line(self, cmd: _Command, line: bytes, out: list[Event], *,
                       counted: bool = True) -> None:
+        if _PLAIN_LOGIN and not cmd.started and counted and self._plain_login(line, out):
+            return
         limits = self._limits
         marker = _LITERAL_RE.search(line) if line[-1:] == b"}" else None
         if counted:
@@ -330,6 +372,36 @@ class ImapClientSide(ClientSide):
         cmd.literal_need = size
         if sync:
             out.append(Send(b"+ OK" + CRLF))
+
+    def _plain_login(self, line: bytes, out: list[Event]) -> bool:
+        """The usual login line, ``tag LOGIN user password`` with single spaces, each
+        argument an atom or a quoted string without escapes: run it as the strict path
+        (_parse_text, _tokenize, _execute) would, with a handful of compiled bytes
+        operations instead of a dozen regex and method calls. False, having done
+        nothing, for any other line: the strict path judges it.
+        tests/unit/test_imap_fastpath.py feeds odd lines to both and compares."""
+        if line.endswith(b"}"):                  # a literal may follow: the strict path
+            return False
+        parts = line.split(b" ")
+        if len(parts) != 4:
+            return False
+        tag, name, user, password = parts
+        if name != b"LOGIN" and name != b"login":
+            return False
+        if not tag or tag.translate(_TAG_TABLE) != tag:
+            return False
+        raw_user = _plain_astring(user)
+        if raw_user is None:
+            return False
+        raw_password = _plain_astring(password)
+        if raw_password is None:
+            return False
+        refusal = self._refusal(tag, "LOGIN")
+        if refusal is not None:
+            out.append(Send(refusal))
+        else:
+            self._login(tag, raw_user, raw_password, out)
+        return True
 
     def _parse_text(self, cmd: _Command, text: bytes, *, has_literal: bool) -> bytes | None:
         """Parse one line of a command (without its literal marker) into
@@ -417,7 +489,26 @@ class ImapClientSide(ClientSide):
     # ----------------------------------------------------------- commands
 
     def _execute(self, cmd: _Command, out: list[Event]) -> None:
-        getattr(self, _COMMANDS[cmd.name])(cmd.tag, cmd.args, out)
+        # The names of _COMMANDS (_refusal let no other through), called directly:
+        # compiled calls, not a getattr and a bound method per command.
+        name, tag, args = cmd.name, cmd.tag, cmd.args
+        assert tag is not None                          # parsed: the command has a tag
+        if name == "LOGIN":
+            self._do_login(tag, args, out)
+        elif name == "CAPABILITY":
+            self._do_capability(tag, args, out)
+        elif name == "NOOP":
+            self._do_noop(tag, args, out)
+        elif name == "LOGOUT":
+            self._do_logout(tag, args, out)
+        elif name == "ID":
+            self._do_id(tag, args, out)
+        elif name == "STARTTLS":
+            self._do_starttls(tag, args, out)
+        elif name == "AUTHENTICATE":
+            self._do_authenticate(tag, args, out)
+        else:
+            getattr(self, _COMMANDS[name])(tag, args, out)
 
     def _do_capability(self, tag: bytes, args: list[Token], out: list[Event]) -> None:
         if args:
@@ -474,9 +565,13 @@ class ImapClientSide(ClientSide):
         if len(args) != 2 or any(kind not in (ATOM, STRING) for kind, _ in args):
             out.append(Send(_reply(tag, b"BAD", b"LOGIN expects a username and a password")))
             return
+        self._login(tag, args[0][1], args[1][1], out)
+
+    def _login(self, tag: bytes, raw_user: bytes, raw_password: bytes,
+               out: list[Event]) -> None:
         try:
-            username = decode_username(args[0][1])
-            password = decode_password(args[1][1])
+            username = decode_username(raw_user)
+            password = decode_password(raw_password)
         except AuthDataError as e:
             out.append(Send(_reply(tag, b"BAD", str(e).encode())))
             return
@@ -522,8 +617,25 @@ class ImapClientSide(ClientSide):
                                       mechanism="PLAIN"), out)
 
 
+# Whether _command_line tries ImapClientSide._plain_login first (tests turn it off to
+# compare it with the strict path).
+_PLAIN_LOGIN = True
+
 _COMMANDS = command_table("CAPABILITY", "NOOP", "LOGOUT", "ID", "STARTTLS", "LOGIN",
                           "AUTHENTICATE")
+
+
+def _plain_astring(part: bytes) -> bytes | None:
+    """An argument of ImapClientSide._plain_login: an atom, or a quoted string without
+    backslash, NUL or inner quote, as its value; None for anything else."""
+    if part.startswith(b'"'):
+        if len(part) < 2 or not part.endswith(b'"'):
+            return None
+        inner = part[1:len(part) - 1]   # not [1:-1]: mypyc 2.4 fails it on b'"' (SystemError)
+        return inner if inner.translate(_PLAIN_QUOTED_TABLE) == inner else None
+    if part and part.translate(_ATOM_TABLE) == part:
+        return part
+    return None
 
 
 def _parse_id(args: list[Token]) -> dict[str, str | None]:
@@ -552,13 +664,13 @@ def _parse_id(args: list[Token]) -> dict[str, str | None]:
 
 # ----------------------------------------------------------- backend side
 
-_MAX_BACKEND_LITERAL = 64 * 1024
-_CAPS_CODE_RE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
+_MAX_BACKEND_LITERAL: Final = 64 * 1024
+_CAPS_CODE_RE: Final = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _RESP_CODE_RE = re.compile(rb"[A-Za-z]+ \[([^\] ]+)")
 # Refusals after which a later retry may succeed (RFC 5530).
 _TEMPORARY_CODES = frozenset({b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE"})
 # LITERAL- (RFC 7888) allows non-synchronising literals up to this size.
-_LITERAL_MINUS_MAX = 4096
+_LITERAL_MINUS_MAX: Final = 4096
 
 
 class _Step(enum.Enum):
@@ -570,7 +682,11 @@ class _Step(enum.Enum):
 
 
 # Module constants rather than attributes of _Step: see carbotui/protocols/preauth.py (Enum cost).
-_GREETING, _CAPABILITY, _ID, _LOGIN, _DONE = _Step
+_GREETING: Final = _Step.GREETING
+_CAPABILITY: Final = _Step.CAPABILITY
+_ID: Final = _Step.ID
+_LOGIN: Final = _Step.LOGIN
+_DONE: Final = _Step.DONE
 
 
 _NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
@@ -578,14 +694,62 @@ _NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
 
 def _id_value(text: str, limit: int = 200) -> bytes:
     # Printable ASCII only: values may come from the client (its ID name),
-    # and every IMAP server accepts them in a quoted string.
-    text = text[:limit]
-    if not (text.isascii() and text.isprintable()):     # for ASCII: all in \x20-\x7e
-        text = _NOT_PRINTABLE_RE.sub("?", text)
-    value = text.encode("ascii")
-    if value.find(b'"') >= 0 or value.find(b"\\") >= 0:
-        return _quote(value)
-    return b'"' + value + b'"'
+    # and every IMAP server accepts them in a quoted string. What
+    # _NOT_PRINTABLE_RE.sub("?", text) gives, with compiled operations: "replace" makes
+    # each non-ASCII character (a surrogate too) one "?", the table the ASCII controls.
+    return _quote(text[:limit].encode("ascii", "replace").translate(_PRINTABLE_OR_QMARK))
+
+
+class _Caps:
+    """What the login needs of a server's capabilities (the words, upper-cased)."""
+    __slots__ = ("login_disabled", "id", "literal_plus", "literal_minus")
+
+    def __init__(self, words: list[bytes]) -> None:
+        self.login_disabled = b"LOGINDISABLED" in words
+        self.id = b"ID" in words
+        self.literal_plus = b"LITERAL+" in words
+        self.literal_minus = b"LITERAL-" in words
+
+
+# A server's greeting is the same line at every login: its line -> its _Caps, parsed once
+# (bounded: a server whose greeting changes only refills it).
+_GREETING_CAPS: Final[dict[bytes, _Caps]] = {}
+_GREETING_CAPS_MAX: Final = 64
+_GREETING_CAPS_LINE: Final = 4096
+
+
+def _greeting_caps(line: bytes) -> _Caps | None:
+    """The [CAPABILITY ...] of a greeting already checked to start with "* OK"."""
+    known = _GREETING_CAPS.get(line)
+    if known is not None:
+        return known
+    caps = _CAPS_CODE_RE.search(line)
+    if caps is None:
+        return None
+    known = _Caps(caps.group(1).upper().split())
+    if len(line) <= _GREETING_CAPS_LINE:
+        if len(_GREETING_CAPS) >= _GREETING_CAPS_MAX:
+            _GREETING_CAPS.clear()
+        _GREETING_CAPS[line] = known
+    return known
+
+
+def _after_tag(line: bytes, tag: bytes | None) -> bytes | None:
+    """The rest of ``line`` after ``tag`` and a space, or None: line.partition(b" ")
+    when the tag is the one expected (a tag of ours holds no space)."""
+    if tag is None:
+        return None
+    n = len(tag)
+    if line.startswith(tag) and line[n:n + 1] == b" ":
+        return line[n + 1:]
+    return None
+
+
+def _status(rest: bytes) -> bytes:
+    """The status word of a tagged reply, upper-cased."""
+    if rest.startswith(b"OK ") or rest == b"OK":
+        return b"OK"
+    return rest.split(b" ", 1)[0].upper()
 
 
 class ImapBackendLogin(BackendLogin):
@@ -608,25 +772,24 @@ class ImapBackendLogin(BackendLogin):
         BackendLogin.__init__(self)
         self._tag = b""
         self._tags = 0
-        self._caps: set[bytes] | None = None
+        self._caps: _Caps | None = None
         self._login_chunks: list[bytes] = []   # LOGIN parts waiting for "+" (sync literals)
         self._first_line: bytes | None = None  # a response interrupted by a literal
-        self._quotable_pair: tuple[bool, bool] | None = None   # see _quotable
 
     def __repr__(self) -> str:
         return f"<ImapBackendLogin step={self._step.name} tag={self._tag!r}>"
 
     # ------------------------------------------------------------------
 
-    def _command(self, out: list[Event], command: bytes) -> None:
+    def _command(self, command: bytes) -> bytes:
         self._tags += 1
         self._tag = b"A%d" % self._tags
-        out.append(Send(self._tag + b" " + command + CRLF))
+        return self._tag + b" " + command + CRLF
 
     def _line(self, line: bytes, out: list[Event]) -> None:
         if self._first_line is None:
             self._first_line = line
-        marker = _LITERAL_RE.search(line) if line[-1:] == b"}" else None
+        marker = _LITERAL_RE.search(line) if line.endswith(b"}") else None
         if marker:
             # Untagged data (an ID value, say) may carry a literal: skip
             # it (feed drops self._skip bytes), the response goes on after it.
@@ -639,55 +802,66 @@ class ImapBackendLogin(BackendLogin):
         line, self._first_line = self._first_line, None
         step = self._step
         if step is _GREETING:
-            if line[:5].upper() not in (b"* OK ", b"* OK"):
+            head = line[:5]
+            if (head != b"* OK " and head != b"* OK"
+                    and head.upper() not in (b"* OK ", b"* OK")):     # "* OKAY" is not
                 self._fail(out, f"unexpected greeting from backend: {describe(line)}")
                 return
-            caps = _CAPS_CODE_RE.search(line)
+            caps = _greeting_caps(line)
             if caps is None:
-                self._command(out, b"CAPABILITY")
+                out.append(Send(self._command(b"CAPABILITY")))
                 self._step = _CAPABILITY
             else:
-                self._caps = set(caps.group(1).upper().split())
+                self._caps = caps
                 self._after_capabilities(out)
             return
-        if line[:1] == b"+":
+        if line.startswith(b"+"):
             if step is _LOGIN and self._login_chunks:
                 out.append(Send(self._login_chunks.pop(0)))
             else:
                 self._fail(out, "backend sent an unexpected continuation request")
             return
-        if line[:1] == b"*":
+        if line.startswith(b"*"):
+            if len(line) > 2:
+                c = line[2]
+                if c > 0x20 and c != 0x42 and c != 0x62 and c != 0x43 and c != 0x63:
+                    return      # the word after "* " is no BYE nor CAPABILITY (* ID, say)
             words = line[2:].split(None, 1)
             keyword = words[0].upper() if words else b""
             if keyword == b"BYE":
                 self._fail(out, f"backend closed the session: {describe(line)}")
             elif keyword == b"CAPABILITY" and step is _CAPABILITY:
-                self._caps = set(line[2:].upper().split()[1:])
+                self._caps = _Caps(line[2:].upper().split()[1:])
             return                     # other untagged data is of no use before login
-        tag, _, rest = line.partition(b" ")
-        if tag == self._id_tag:
+        if _after_tag(line, self._id_tag) is not None:
             # The answer to a pipelined ID, whatever it is (some servers say BAD:
             # Zimbra bug 68678); the LOGIN answer follows.
             self._id_tag = None
             return
-        if tag != self._tag:
-            self._fail(out, f"backend reply with unexpected tag: {describe(line)}")
-            return
-        status = rest.split(b" ", 1)[0].upper()
+        rest = _after_tag(line, self._tag)
+        if rest is None:
+            tag, _, rest = line.partition(b" ")
+            if tag == self._id_tag:
+                self._id_tag = None
+                return
+            if tag != self._tag:
+                self._fail(out, f"backend reply with unexpected tag: {describe(line)}")
+                return
         if step is _CAPABILITY:
-            if status != b"OK":
+            if _status(rest) != b"OK":
                 self._fail(out, f"backend refused CAPABILITY: {describe(line)}")
                 return
             if self._caps is None:
-                caps = _CAPS_CODE_RE.search(rest)
-                self._caps = set(caps.group(1).upper().split()) if caps else set()
+                code = _CAPS_CODE_RE.search(rest)
+                self._caps = _Caps(code.group(1).upper().split() if code else [])
             self._after_capabilities(out)
         elif step is _ID:
             # Whatever the answer: some servers answer ID with BAD (Zimbra
             # bug 68678), which must not stop the login.
-            self._login(out)
+            self._login(out, b"")
         elif step is _LOGIN:
             self._step = _DONE
+            status = _status(rest)
             if status == b"OK":
                 out.append(LoginOK(rest))
             elif status == b"NO":
@@ -698,55 +872,63 @@ class ImapBackendLogin(BackendLogin):
                 out.append(BackendFailed(f"backend answered LOGIN with: {describe(rest)}"))
 
     def _after_capabilities(self, out: list[Event]) -> None:
-        if b"LOGINDISABLED" in self._caps:  # type: ignore[operator]
+        caps = self._caps
+        assert caps is not None
+        if caps.login_disabled:
             self._fail(out, "backend refuses LOGIN on this connection (LOGINDISABLED): "
                             "enable TLS to the backend or allow plaintext logins there")
-        elif self._send_id and b"ID" in self._caps:  # type: ignore[operator]
-            self._command(out, b"ID (" + self._id_args() + b")")
+        elif self._send_id and caps.id:
+            command = self._command(b"ID (" + self._id_args() + b")")
             self._step = _ID
-            if not self._login_waits_for_continuation():
+            if self._login_waits_for_continuation():
+                out.append(Send(command))
+            else:
                 # Pipelined: LOGIN goes in the same write, saving a round trip per
                 # session; the ID's own tagged answer is then skipped (see _line).
                 self._id_tag = self._tag
-                self._login(out)
+                self._login(out, command)
         else:
-            self._login(out)
+            self._login(out, b"")
 
     def _id_args(self) -> bytes:
         client_ip, client_port, local_ip, local_port, client_ua = self._id_fields
-        via = f"{client_ua},carbotui" if client_ua else "carbotui"
+        via = client_ua + ",carbotui" if client_ua else "carbotui"
         return (b'"X-ORIGINATING-IP" %s "X-ORIGINATING-PORT" "%d" '
                 b'"X-CONNECTED-IP" %s "X-CONNECTED-PORT" "%d" "X-VIA" %s' % (
                     _id_value(client_ip), client_port, _id_value(local_ip), local_port,
                     _id_value(via)))
 
     def _literal_plus(self, value: bytes) -> bool:
-        caps = self._caps or set()          # read after CAPABILITY: always set
-        return b"LITERAL+" in caps or (b"LITERAL-" in caps and len(value) <= _LITERAL_MINUS_MAX)
-
-    def _quotable(self) -> tuple[bool, bool]:
-        """Whether the username and the password may go as quoted strings (asked by
-        _login_waits_for_continuation and by _login: looked at once)."""
-        if self._quotable_pair is None:
-            self._quotable_pair = (_QUOTABLE_RE.fullmatch(self._username) is not None,
-                                   _QUOTABLE_RE.fullmatch(self._password) is not None)
-        return self._quotable_pair
+        caps = self._caps               # read after CAPABILITY: always set
+        if caps is None:
+            return False
+        return caps.literal_plus or (caps.literal_minus and len(value) <= _LITERAL_MINUS_MAX)
 
     def _login_waits_for_continuation(self) -> bool:
-        user_ok, password_ok = self._quotable()
-        return ((not user_ok and not self._literal_plus(self._username))
-                or (not password_ok and not self._literal_plus(self._password)))
+        user, password = self._username, self._password
+        return ((user.translate(_PRINTABLE_OR_QMARK) != user and not self._literal_plus(user))
+                or (password.translate(_PRINTABLE_OR_QMARK) != password
+                    and not self._literal_plus(password)))
 
-    def _login(self, out: list[Event]) -> None:
+    def _login(self, out: list[Event], before: bytes) -> None:
         """LOGIN with quoted strings where possible, else literals; a
-        synchronising literal splits the command where we must wait for "+"."""
+        synchronising literal splits the command where we must wait for "+".
+        ``before``: bytes that go in the same write, ahead of it (a pipelined ID)."""
         self._tags += 1
         self._tag = b"A%d" % self._tags
-        caps = self._caps
+        user, password = self._username, self._password
+        if (user.translate(_PRINTABLE_OR_QMARK) == user
+                and password.translate(_PRINTABLE_OR_QMARK) == password):
+            # Both printable ASCII (the usual login): two quoted strings, one write.
+            out.append(Send(b"%s%s LOGIN %s %s\r\n" % (before, self._tag, _quote(user),
+                                                       _quote(password))))
+            self._login_chunks = []
+            self._step = _LOGIN
+            return
         chunks: list[bytes] = []
-        current = self._tag + b" LOGIN"
-        for value, quotable in zip((self._username, self._password), self._quotable()):
-            if quotable:
+        current = before + self._tag + b" LOGIN"
+        for value in (user, password):
+            if value.translate(_PRINTABLE_OR_QMARK) == value:     # printable ASCII
                 current += b" " + _quote(value)
             elif self._literal_plus(value):
                 current += b" {%d+}\r\n" % len(value) + value

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from carbotui.protocols.events import (
     Authenticate, LoginOK, LoginRejected, MailLimits, Send, StartTLS,
 )
 from carbotui.protocols.preauth import (
-    AUTH_LINE, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide,
-    command_table, describe,
+    AUTH_LINE, COMMAND, HANDED_OFF, WAIT_AUTH, WAIT_TLS, BackendLogin, ClientSide, describe,
 )
 from carbotui.protocols.sasl import (
     AuthDataError, AuthzidRefused, Event, LineTooLong, b64decode_strict, check_wire_safe,
@@ -29,6 +28,15 @@ from carbotui.protocols.sasl import (
 __all__ = ["Pop3ClientSide", "Pop3BackendLogin"]
 
 CRLF = b"\r\n"
+# preauth's states again, as Final names: compiled code reads them from C statics, not
+# from the module's dictionary (three or four reads per command).
+_COMMAND: Final = COMMAND
+_AUTH_LINE: Final = AUTH_LINE
+_WAIT_AUTH: Final = WAIT_AUTH
+_HANDED_OFF: Final = HANDED_OFF
+# Replies every session may get, made once. Events are not changed once made (events.py),
+# so one Send serves every session: building one costs a Python-level __init__.
+_OK_LINE: Final = Send(b"+OK" + CRLF)
 
 _PRIVACY_REFUSAL = (b"-ERR [SYS/PERM] Plaintext authentication disallowed on non-secure "
                     b"connections; use STLS first." + CRLF)
@@ -73,20 +81,28 @@ class Pop3ClientSide(ClientSide):
         return " ".join(self.capabilities)
 
     def greeting(self) -> bytes:
-        return b"+OK " + safe_text(self._limits.pop3_greeting).encode() + CRLF
+        text = self._limits.pop3_greeting
+        known = _GREETING_LINE
+        if text is not known.text:      # the node's limits are shared: once per setting
+            known.line = b"+OK " + safe_text(text).encode() + CRLF
+            known.text = text
+        return known.line
 
     def auth_succeeded(self, backend_response: bytes) -> tuple[list[Event], bytes]:
         """Pass the backend's reply (``+OK Logged in.``) to the client. Returns
         the events and the bytes the client pipelined after its login
         command, which the relay must pass on to the backend."""
-        self._expect(WAIT_AUTH, "auth_succeeded")
-        leftover = self._buf.peek_all()
-        self._buf.clear()
-        self._state = HANDED_OFF
+        self._expect(_WAIT_AUTH, "auth_succeeded")
+        buf = self._buf
+        leftover = b""
+        if len(buf):                    # a client that pipelined after its login
+            leftover = buf.peek_all()
+            buf.clear()
+        self._state = _HANDED_OFF
         return [Send(backend_response + CRLF)], leftover
 
     def throttled(self, message: str) -> list[Event]:
-        if self._state is HANDED_OFF:
+        if self._state is _HANDED_OFF:
             raise RuntimeError("Pop3ClientSide.throttled() after auth_succeeded()")
         out: list[Event] = [_err(safe_text(message).encode())]
         self._close(out, "throttled")
@@ -109,7 +125,11 @@ class Pop3ClientSide(ClientSide):
 
     def _run(self) -> list[Event]:
         out: list[Event] = []
-        while self._state in (COMMAND, AUTH_LINE):
+        limit = self._limits.max_line
+        while True:
+            state = self._state
+            if state is not _COMMAND and state is not _AUTH_LINE:
+                break
             if self._skipping:
                 if self._buf.skip_line() is None:
                     break
@@ -117,9 +137,9 @@ class Pop3ClientSide(ClientSide):
                 out.append(_err(b"Line too long."))
                 continue
             try:
-                line = self._buf.next_line(self._limits.max_line)
+                line = self._buf.next_line(limit)
             except LineTooLong:
-                if self._state is AUTH_LINE:
+                if state is _AUTH_LINE:
                     out.append(_err(b"Line too long."))
                     self._close(out, "line too long")
                     break
@@ -129,23 +149,44 @@ class Pop3ClientSide(ClientSide):
                 continue
             if line is None:
                 break
-            if self._state is AUTH_LINE:
+            if state is _AUTH_LINE:
                 self._auth_line(line, out)
             else:
                 self._command(line, out)
         return out
 
     def _command(self, line: bytes, out: list[Event]) -> None:
-        if line.find(b"\0") >= 0:
+        # Native operations only (bytes.find, .partition and .upper are Python-level
+        # method calls in compiled code): `int in bytes` is a memchr; every verb is four
+        # letters, so a verb is four bytes followed by the end of the line or a space (as
+        # line.partition(b" ") splits it), and its _key() names it in any case.
+        if 0 in line:
             out.append(_err(b"NUL byte in command."))
             return
-        verb, has_arg, arg = line.partition(b" ")
-        name = verb.upper().decode("ascii", "replace")
-        handler = _COMMANDS.get(name)
-        if handler is None:
+        verb = 0
+        arg: bytes | None = None
+        n = len(line)
+        if n == 4 or (n > 4 and line[4] == 0x20):
+            verb = ((line[0] | 0x20) << 24 | (line[1] | 0x20) << 16 | (line[2] | 0x20) << 8
+                    | (line[3] | 0x20))
+            if n > 4:
+                arg = line[5:]
+        if verb == _VERB_USER:
+            self._do_user(arg, out)
+        elif verb == _VERB_PASS:
+            self._do_pass(arg, out)
+        elif verb == _VERB_CAPA:
+            self._do_capa(arg, out)
+        elif verb == _VERB_QUIT:
+            self._do_quit(arg, out)
+        elif verb == _VERB_NOOP:
+            self._do_noop(arg, out)
+        elif verb == _VERB_STLS:
+            self._do_stls(arg, out)
+        elif verb == _VERB_AUTH:
+            self._do_auth(arg, out)
+        else:
             out.append(_err(b"Unknown command."))
-            return
-        getattr(self, handler)(arg if has_arg else None, out)
 
     # ----------------------------------------------------------- commands
     # Each gets the argument after the first space (None if no space).
@@ -164,7 +205,7 @@ class Pop3ClientSide(ClientSide):
 
     def _do_noop(self, arg: bytes | None, out: list[Event]) -> None:
         if self._no_args(arg, out):
-            out.append(Send(b"+OK" + CRLF))
+            out.append(_OK_LINE)
 
     def _do_quit(self, arg: bytes | None, out: list[Event]) -> None:
         if self._no_args(arg, out):
@@ -198,7 +239,7 @@ class Pop3ClientSide(ClientSide):
             self._user = None
             out.append(_err(str(e).encode() + b"."))
             return
-        out.append(Send(b"+OK" + CRLF))
+        out.append(_OK_LINE)
 
     def _do_pass(self, arg: bytes | None, out: list[Event]) -> None:
         if self._privacy_required:
@@ -217,7 +258,9 @@ class Pop3ClientSide(ClientSide):
         except AuthDataError as e:
             out.append(_err(str(e).encode() + b"."))
             return
-        self._begin_auth(Authenticate(user, password, mechanism="USER"), out)
+        # positionally (username, password, authzid, mechanism): keywords to the events'
+        # Python-level __init__ cost a dict per login
+        self._begin_auth(Authenticate(user, password, "", "USER"), out)
 
     def _do_auth(self, arg: bytes | None, out: list[Event]) -> None:
         if self._privacy_required:
@@ -236,10 +279,10 @@ class Pop3ClientSide(ClientSide):
             self._plain(b"" if response == b"=" else response, out)
             return
         out.append(Send(b"+ " + CRLF))
-        self._state = AUTH_LINE
+        self._state = _AUTH_LINE
 
     def _auth_line(self, line: bytes, out: list[Event]) -> None:
-        self._state = COMMAND
+        self._state = _COMMAND
         if line == b"*":
             out.append(_err(b"Authentication cancelled."))
             return
@@ -255,10 +298,34 @@ class Pop3ClientSide(ClientSide):
             out.append(_err(str(err).encode() + b"."))
             return
         self._begin_auth(Authenticate(creds.username, creds.password, creds.authzid,
-                                      mechanism="PLAIN"), out)
+                                      "PLAIN"), out)
 
 
-_COMMANDS = command_table("CAPA", "NOOP", "QUIT", "STLS", "USER", "PASS", "AUTH")
+class _Greeting:
+    """The greeting line for the last greeting text (a compiled class's attributes)."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.line = b""
+
+
+_GREETING_LINE: Final = _Greeting()
+
+# The pre-auth verbs by _key(): the four bytes with 0x20 set in each, which folds the case
+# of a letter (RFC 1939: keywords are case-insensitive) and of nothing else that could
+# match: b | 0x20 is a lower-case letter only when b is that letter in either case.
+def _key(verb: bytes) -> int:
+    return (verb[0] | 0x20) << 24 | (verb[1] | 0x20) << 16 | (verb[2] | 0x20) << 8 \
+        | (verb[3] | 0x20)
+
+
+_VERB_CAPA: Final = _key(b"CAPA")
+_VERB_NOOP: Final = _key(b"NOOP")
+_VERB_QUIT: Final = _key(b"QUIT")
+_VERB_STLS: Final = _key(b"STLS")
+_VERB_USER: Final = _key(b"USER")
+_VERB_PASS: Final = _key(b"PASS")
+_VERB_AUTH: Final = _key(b"AUTH")
 
 
 # ----------------------------------------------------------- backend side
@@ -283,14 +350,29 @@ class _Step(enum.Enum):
     DONE = enum.auto()
 
 
-# Module constants rather than attributes of _Step: see carbotui/protocols/preauth.py (Enum cost).
-_GREETING, _CAPA, _CAPA_LIST, _XOIP, _AUTH, _USER, _PASS, _DONE = _Step
+# Module constants rather than attributes of _Step: see carbotui/protocols/preauth.py (Enum
+# cost); Final, so that compiled code reads C statics, not the module's dictionary.
+_GREETING: Final = _Step.GREETING
+_CAPA_STEP: Final = _Step.CAPA
+_CAPA_LIST: Final = _Step.CAPA_LIST
+_XOIP: Final = _Step.XOIP
+_AUTH: Final = _Step.AUTH
+_USER_STEP: Final = _Step.USER
+_PASS_STEP: Final = _Step.PASS
+_DONE: Final = _Step.DONE
+_CAPA_COMMAND: Final = Send(b"CAPA" + CRLF)
 
 
 def _status(line: bytes) -> bytes:
-    """+OK, -ERR, + (continuation) or b"" for anything else."""
-    word = line.split(b" ", 1)[0]
-    return word if word in (b"+OK", b"-ERR", b"+") else b""
+    """+OK, -ERR, + (continuation) or b"" for anything else: the first word, up to the
+    first space (as line.split(b" ", 1)[0]), by native prefix tests."""
+    if line.startswith(b"+OK"):
+        return b"+OK" if len(line) == 3 or line[3] == 0x20 else b""
+    if line.startswith(b"-ERR"):
+        return b"-ERR" if len(line) == 4 or line[4] == 0x20 else b""
+    if line.startswith(b"+"):
+        return b"+" if len(line) == 1 or line[1] == 0x20 else b""
+    return b""
 
 
 def _address(ip: str) -> bytes:
@@ -307,11 +389,13 @@ class Pop3BackendLogin(BackendLogin):
     GREETING: ClassVar[enum.Enum] = _GREETING
     DONE: ClassVar[enum.Enum] = _DONE
 
-    def __init__(self, username: str, password: str, *, client_ip: str, client_port: int,
+    def __init__(self, username: str, password: str, client_ip: str, client_port: int,
                  local_ip: str = "", local_port: int = 0, send_xoip: bool = True,
                  capabilities: dict[bytes, list[bytes]] | None = None):
         """``capabilities``: this server's CAPA answer from an earlier login, if the
-        glue remembers one; the login then skips CAPA (one round trip less)."""
+        glue remembers one; the login then skips CAPA (one round trip less).
+        Positional or keyword: compiled, each keyword costs the constructor ~700
+        instructions of matching (a string made from C and a dictionary lookup)."""
         check_wire_safe(username, password)
         self._username = username
         self._password = password
@@ -351,9 +435,9 @@ class Pop3BackendLogin(BackendLogin):
             if self.remembered:
                 self._after_capa(out)
                 return
-            out.append(Send(b"CAPA" + CRLF))
-            self._step = _CAPA
-        elif step is _CAPA:
+            out.append(_CAPA_COMMAND)
+            self._step = _CAPA_STEP
+        elif step is _CAPA_STEP:
             if status == b"+OK":
                 self._step = _CAPA_LIST
             elif status == b"-ERR":             # a server without CAPA: plain USER/PASS
@@ -370,9 +454,9 @@ class Pop3BackendLogin(BackendLogin):
         elif step is _AUTH and status == b"+" and self._auth_response is not None:
             out.append(Send(self._auth_response + CRLF))
             self._auth_response = None
-        elif step is _USER and status == b"+OK":
+        elif step is _USER_STEP and status == b"+OK":
             out.append(Send(b"PASS " + self._password.encode("utf-8") + CRLF))
-            self._step = _PASS
+            self._step = _PASS_STEP
         elif status == b"+OK":
             self._step = _DONE
             out.append(LoginOK(line))
@@ -399,13 +483,13 @@ class Pop3BackendLogin(BackendLogin):
     def _authenticate(self, out: list[Event]) -> None:
         if b"PLAIN" in self._caps.get(b"SASL", ()):
             response = encode_plain(self._username, self._password)
-            command = b"AUTH PLAIN " + response
-            if len(command) + 2 > _MAX_AUTH_LINE:
+            command = b"AUTH PLAIN " + response + CRLF
+            if len(command) > _MAX_AUTH_LINE:
                 out.append(Send(b"AUTH PLAIN" + CRLF))
                 self._auth_response = response
             else:
-                out.append(Send(command + CRLF))
+                out.append(Send(command))
             self._step = _AUTH
         else:
             out.append(Send(b"USER " + self._username.encode("utf-8") + CRLF))
-            self._step = _USER
+            self._step = _USER_STEP

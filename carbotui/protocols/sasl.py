@@ -15,7 +15,7 @@ import binascii
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Final, Union
 
 from carbotui.protocols.events import (
     Authenticate, BackendFailed, ClientId, Close, LoginOK, LoginRejected, Send, StartTLS,
@@ -69,6 +69,10 @@ def decode_username(raw: bytes, what: str = "Username") -> str:
     throttle on the canonical form (audit.canonical_login)."""
     if not raw:
         raise AuthDataError(f"Empty {what.lower()}")
+    if raw.translate(_PRINTABLE_ASCII) == raw:
+        # Printable ASCII (the usual name): valid UTF-8, no control nor invisible
+        # character; one compiled table pass instead of the regex and isascii calls.
+        return raw.decode("ascii")
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -79,6 +83,10 @@ def decode_username(raw: bytes, what: str = "Username") -> str:
 
 
 _INVISIBLE = frozenset(("Cc", "Cf", "Zl", "Zp"))
+# bytes.translate tables (compiled by mypyc; the value itself comes back when nothing
+# changed): these keep the bytes a check lets through and change every other one.
+_PRINTABLE_ASCII: Final = bytes(c if 0x20 <= c <= 0x7e else c ^ 1 for c in range(256))
+_NOT_NUL_CR_LF: Final = bytes(c ^ 1 if c in (0, 13, 10) else c for c in range(256))
 
 
 def _has_invisible(name: str) -> bool:
@@ -95,7 +103,7 @@ def decode_password(raw: bytes) -> str:
         password = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise AuthDataError("Password is not valid UTF-8") from None
-    if _PASSWORD_FORBIDDEN.search(password):
+    if raw.translate(_NOT_NUL_CR_LF) != raw and _PASSWORD_FORBIDDEN.search(password):
         raise AuthDataError("Password contains NUL, CR or LF")
     return password
 
@@ -128,9 +136,10 @@ def encode_plain(username: str, password: str, authzid: str = "") -> bytes:
 def check_wire_safe(username: str, password: str) -> None:
     """Refuse credentials that would let a value break out of a command line
     upstream (CR/LF injection) or that no mechanism can carry (NUL)."""
-    if _PASSWORD_FORBIDDEN.search(username):
+    # `in` on str is compiled (PyUnicode_Contains); the regex search is a method call.
+    if "\0" in username or "\r" in username or "\n" in username:
         raise ValueError("username contains NUL, CR or LF")
-    if _PASSWORD_FORBIDDEN.search(password):
+    if "\0" in password or "\r" in password or "\n" in password:
         raise ValueError("password contains NUL, CR or LF")
 
 
@@ -144,6 +153,14 @@ def coalesce(events: list[Event]) -> list[Event]:
     """Merge runs of adjacent Send events, so the glue does one write per run."""
     if len(events) < 2:
         return events
+    after_send = False
+    for event in events:
+        is_send = type(event) is Send
+        if is_send and after_send:
+            break
+        after_send = is_send
+    else:
+        return events               # no two Sends side by side: nothing to merge
     out: list[Event] = []
     run: list[bytes] = []
     for event in events:
@@ -170,24 +187,60 @@ class LineBuffer:
     and Dovecot do). The search for LF resumes where the last one stopped, so
     bytes arriving one at a time cost O(n) in total, not O(n^2); deleting from
     the front of a bytearray is amortised O(1) in CPython.
+
+    The usual read (whole lines into an empty buffer) is kept as the bytes object it
+    came as, lines cut from it by compiled slicing (``_data`` from ``_pos``), not copied
+    into the bytearray and out again; anything else (a partial line, a literal, a peek)
+    first moves what is left of it into the bytearray (``_spill``).
     """
 
-    __slots__ = ("_buf", "_scanned")
+    __slots__ = ("_buf", "_scanned", "_data", "_pos")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._scanned = 0             # bytes already known to hold no LF
+        self._data = b""              # the bytes of the last read, if _buf was empty then
+        self._pos = 0                 # where the unread part of _data starts
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + len(self._data) - self._pos
 
     def append(self, data: bytes) -> None:
+        if self._pos < len(self._data):
+            self._spill()
+        elif len(self._buf) == 0 and type(data) is bytes:     # not a caller's bytearray
+            self._data = data
+            self._pos = 0
+            self._scanned = 0
+            return
         self._buf += data
+
+    def _spill(self) -> None:
+        """What is left of _data, into the (then empty) bytearray."""
+        if self._pos < len(self._data):
+            self._buf += self._data[self._pos:]
+        self._data = b""
+        self._pos = 0
 
     def next_line(self, limit: int) -> bytes | None:
         """Remove and return the next line without its line end, or None if
         it is not complete yet. Raise LineTooLong if the line (without CRLF)
         is, or is bound to become, longer than ``limit`` bytes."""
+        data, pos = self._data, self._pos
+        if pos < len(data):
+            end = data.find(b"\n") if pos == 0 else data.find(b"\n", pos)   # 1 arg: cheaper
+            if end >= 0:
+                cut = end - 1 if end > pos and data[end - 1] == 13 else end
+                if cut - pos > limit:
+                    raise LineTooLong
+                line = data[pos:cut]
+                if end + 1 < len(data):
+                    self._pos = end + 1
+                else:
+                    self._data = b""
+                    self._pos = 0
+                return line
+            self._spill()                 # a partial line: the bytearray's way below
         buf = self._buf
         if not buf:                   # the usual last call of a feed: all lines taken
             return None               # (_scanned is 0: it never exceeds len(buf))
@@ -208,6 +261,7 @@ class LineBuffer:
 
     def take(self, n: int) -> bytes | None:
         """Remove and return exactly ``n`` bytes, or None if fewer are here."""
+        self._spill()
         if len(self._buf) < n:
             return None
         data = bytes(self._buf[:n])
@@ -217,25 +271,33 @@ class LineBuffer:
 
     def discard(self, n: int) -> int:
         """Drop up to ``n`` bytes; return how many were dropped."""
+        self._spill()
         n = min(n, len(self._buf))
         del self._buf[:n]
         self._scanned = max(0, self._scanned - n)
         return n
 
     def peek(self, n: int) -> bytes:
+        self._spill()
         return bytes(self._buf[:n])
 
     def peek_all(self) -> bytes:
+        if len(self._buf) == 0:     # the usual case (a login's leftover): no copy
+            return self._data[self._pos:]
         return bytes(self._buf)
 
     def clear(self) -> None:
-        self._buf.clear()
+        if len(self._buf):
+            self._buf.clear()
         self._scanned = 0
+        self._data = b""
+        self._pos = 0
 
     def skip_line(self, keep: int = 32) -> bytes | None:
         """Drop the rest of a line that is too long to keep, up to and including its LF.
         Return its last ``keep`` bytes (line end included), or None while the LF has not
         come: then all but the last ``keep`` bytes are dropped, so memory stays bounded."""
+        self._spill()
         buf = self._buf
         end = buf.find(b"\n")
         self._scanned = 0

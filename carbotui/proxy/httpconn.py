@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any, Final
 
 from carbotui.protocols import http11
 
-MAX_QUEUED_EVENTS = 32
-MAX_QUEUED_BYTES = 256 * 1024    # body bytes in queued Data events
-MAX_BUFFERED = 256 * 1024
+try:                         # where setup.py compiles this module (mypyc brings it)
+    from mypy_extensions import mypyc_attr
+except ImportError:          # pure Python: the decorator means nothing
+    def mypyc_attr(*_args: Any, **_kwargs: Any) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
+MAX_QUEUED_EVENTS: Final = 32
+MAX_QUEUED_BYTES: Final = 256 * 1024    # body bytes in queued Data events
+MAX_BUFFERED: Final = 256 * 1024
 
 
 def _expire(waiter: asyncio.Future) -> None:
@@ -30,15 +37,17 @@ class SendTimeout(Exception):
     """The peer accepted no data for the send timeout (it stopped reading)."""
 
 
+# Compiled by mypyc (setup.py); web.WebSession and tests subclass it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HttpConnection(asyncio.Protocol):
-    def __init__(self, parser):
-        self.parser = parser
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, parser: Any) -> None:
+        self.parser: Any = parser
+        self.transport: Any = None       # the asyncio.Transport, once connected
         self.events: deque = deque()
         self.closed = False
         self.eof = False
-        self.splice = None               # set after an upgrade: raw bytes from then on
-        self.on_splice_data = None
+        self.splice: Any = None          # set after an upgrade: raw bytes from then on
+        self.on_splice_data: Any = None
         self._waiter: asyncio.Future | None = None
         self._paused = False
         self._writable = asyncio.Event()
@@ -58,24 +67,24 @@ class HttpConnection(asyncio.Protocol):
             return
         events = self.parser.feed(data)
         if events:
-            self._queue(events)
-            self._wake()
+            _queue(self, events)
+            _wake(self)
         elif self._want_bytes:
-            self._wake()
+            _wake(self)
         if (self.queued > MAX_QUEUED_BYTES or len(self.events) > MAX_QUEUED_EVENTS
                 or self.parser.buffered > MAX_BUFFERED):
-            self._pause()
+            _pause(self)
 
     def eof_received(self):
         self.eof = True
-        self._queue(self.parser.feed_eof())
-        self._wake()
+        _queue(self, self.parser.feed_eof())
+        _wake(self)
         return False
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self._writable.set()             # let a blocked drain() see the close
-        self._wake()
+        _wake(self)
         if self.splice is not None:
             self.splice.close("peer closed")
 
@@ -90,54 +99,38 @@ class HttpConnection(asyncio.Protocol):
             self.splice.write_resumed(self.transport)
 
     # -- for the coroutine --------------------------------------------------
+    # The methods delegate to module functions, which this module's own code calls:
+    # compiled, a method call on an instance of a Python subclass (WebSession) goes
+    # through a Python lookup, a module function is a direct call.
     def _queue(self, events) -> None:
-        for event in events:
-            if type(event) is http11.Data:
-                self.queued += len(event.data)
-        self.events.extend(events)
+        _queue(self, events)
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        _wake(self)
 
     def _pause(self) -> None:
-        if not self._paused and self.transport and not self.transport.is_closing():
-            self._paused = True
-            self.transport.pause_reading()
+        _pause(self)
 
     def _maybe_resume(self) -> None:
-        if (self._paused and len(self.events) <= MAX_QUEUED_EVENTS // 2
-                and self.queued <= MAX_QUEUED_BYTES // 2
-                and self.parser.buffered <= MAX_BUFFERED // 2 and not self.closed):
-            self._paused = False
-            self.transport.resume_reading()
+        _maybe_resume(self)
 
     async def _wait(self, timeout: float) -> None:
         """Until _wake() (or the close) resolves ``_waiter``; TimeoutError after
         ``timeout``. One future and one timer: what ``asyncio.wait_for`` costs without
         its extra future, callbacks and task bookkeeping (a wait per request)."""
-        if timeout <= 0:
-            raise asyncio.TimeoutError
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+        await _wait(self, timeout)
 
     async def next_event(self, timeout: float):
         """The next parser event; None when the peer has gone. Raises TimeoutError."""
         while not self.events:
             if self.closed or self.eof:
                 return None
-            self._maybe_resume()
-            await self._wait(timeout)
+            _maybe_resume(self)
+            await _wait(self, timeout)
         event = self.events.popleft()
         if type(event) is http11.Data:
             self.queued -= len(event.data)
-        self._maybe_resume()
+        _maybe_resume(self)
         return event
 
     def next_ready(self, kind):
@@ -149,7 +142,7 @@ class HttpConnection(asyncio.Protocol):
         event = events.popleft()
         if kind is http11.Data:
             self.queued -= len(event.data)
-        self._maybe_resume()
+        _maybe_resume(self)
         return event
 
     async def wait_readable(self, timeout: float) -> None:
@@ -158,17 +151,17 @@ class HttpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not (self.events or self.parser.buffered or self.closed or self.eof):
-            self._maybe_resume()
+            _maybe_resume(self)
             self._want_bytes = True
             try:
-                await self._wait(deadline - loop.time())
+                await _wait(self, deadline - loop.time())
             finally:
                 self._want_bytes = False
 
     def start_next(self, *args) -> None:
         """Parse the next message on this connection (keep-alive)."""
-        self._queue(self.parser.start_next(*args))
-        self._maybe_resume()
+        _queue(self, self.parser.start_next(*args))
+        _maybe_resume(self)
 
     def write(self, data: bytes) -> None:
         if not self.closed and not self.transport.is_closing():
@@ -210,3 +203,44 @@ class HttpConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         return not self.closed and not self.eof and self.transport is not None \
             and not self.transport.is_closing()
+
+
+def _queue(conn: HttpConnection, events) -> None:
+    for event in events:
+        if type(event) is http11.Data:
+            conn.queued += len(event.data)
+    conn.events.extend(events)
+
+
+def _wake(conn: HttpConnection) -> None:
+    waiter = conn._waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _pause(conn: HttpConnection) -> None:
+    if not conn._paused and conn.transport and not conn.transport.is_closing():
+        conn._paused = True
+        conn.transport.pause_reading()
+
+
+def _maybe_resume(conn: HttpConnection) -> None:
+    if (conn._paused and len(conn.events) <= MAX_QUEUED_EVENTS // 2
+            and conn.queued <= MAX_QUEUED_BYTES // 2
+            and conn.parser.buffered <= MAX_BUFFERED // 2 and not conn.closed):
+        conn._paused = False
+        conn.transport.resume_reading()
+
+
+async def _wait(conn: HttpConnection, timeout: float) -> None:
+    """HttpConnection._wait."""
+    if timeout <= 0:
+        raise asyncio.TimeoutError
+    loop = asyncio.get_running_loop()
+    conn._waiter = waiter = loop.create_future()
+    timer = loop.call_later(timeout, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        conn._waiter = None

@@ -90,9 +90,10 @@ class NodeLogs:
         word = logformat.end_reason(reason, logged_out)
         self.services.stats.sessions_ended[session.kind, word] += 1
         now = time.time()
+        # positionally, in session_line's order: timestamp, protocol, client_ip,
+        # client_port, account, server, duration, bytes_in, bytes_out, reason, worker,
+        # session (keywords cost the compiled function ~1,000 instructions to match)
         self.sessions.write_line(logformat.session_line(
-            timestamp=now, protocol=session.kind, client_ip=session.client_ip,
-            client_port=session.client_port, account=session.account, server=session.server,
-            duration=now - session.started, bytes_in=session.bytes_in,
-            bytes_out=session.bytes_out, reason=word, worker=self.services.name,
-            session=session.id))
+            now, session.kind, session.client_ip, session.client_port, session.account,
+            session.server, now - session.started, session.bytes_in, session.bytes_out, word,
+            self.services.name, session.id))

@@ -11,7 +11,8 @@ one they negotiated.
 The implicit-TLS mail listeners (IMAPS, POP3S) run their handshakes through
 carbotui/proxy/tlsbio.py (listeners.implicit_tls), STARTTLS and the web listeners through
 uvloop's own TLS (loop.start_tls, create_server(ssl=...)); both use these contexts and
-the same SNI callback (it gets the connection's ssl.SSLObject either way).
+the same SNI callback (it gets uvloop's ssl.SSLObject, or tlsbio's _ssl._SSLSocket, the
+C object beneath one: both have the ``context`` setter it uses).
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def _server_context(settings: Settings) -> ssl.SSLContext:
     # No resumption: workers share no ticket key and no session cache, so a reconnecting
     # client would rarely land where its session is. OP_NO_TICKET alone still sends two
     # TLS 1.3 tickets per handshake (kept in a per-worker cache): -12% IMAPS CPU without.
+    # nginx's mail module (bench/run.py: ssl_session_tickets off, its default
+    # ssl_session_cache none) does send those two, never stored: its handshake costs ~100k
+    # instructions more than ours, with the same version, cipher, group (X25519, the
+    # client's key share), signature scheme and certificate (openssl s_client -trace).
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0
     return ctx
@@ -72,7 +77,7 @@ class TlsContexts:
         """The context of a TLS listener: ``web`` for https and admin, else ``front``."""
         return self.web if kind in ("https", "admin") else self.front
 
-    def _pick(self, sslobj: ssl.SSLObject, server_name: str | None, ctx) -> None:
+    def _pick(self, sslobj, server_name: str | None, ctx) -> None:
         if server_name:
             table = self.web_by_name if ctx is self.web else self.by_name
             picked = table.get(server_name.lower())

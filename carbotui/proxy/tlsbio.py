@@ -3,8 +3,9 @@
 uvloop's SSLProtocol mallocs a 256 KiB read buffer per connection and the socket reads
 into it, so every idle session keeps the touched pages of its own buffer (and a 256 KiB
 mapping); it also holds an application-side transport object and a few deques. Here ONE
-object is both the protocol of the plain TCP transport (asyncio.BufferedProtocol) and
-the transport the application protocol sees, and the TCP transport reads into one
+object is both the protocol of the plain TCP transport (a buffered one: uvloop takes any
+object with ``get_buffer`` for one; asyncio's own loop, which asks isinstance, calls
+``data_received``) and the transport the application protocol sees, and the TCP transport reads into one
 buffer shared by the whole process: the loop is single-threaded, and what it reads is
 copied into the connection's incoming MemoryBIO before anything else runs. Decrypted
 records are gathered in a second shared buffer and handed over as one bytes object.
@@ -30,54 +31,77 @@ proxy, 2,000 on 2 workers, 30.1 -> 24.0 KB RSS (bench/tls_idle.py proxy); a bare
 and 3,059,926 -> 3,058,268 (POP3S), bench/instructions_tls.py: CPU-neutral, OpenSSL's
 handshake is ~70 % of it. (The figures in commit f167782's message compared with an older
 tree, before other changes to the mail path.)
+
+Compiled by mypyc (setup.py MYPYC_MODULES) as a native class, hence no asyncio base
+classes (a native class cannot have them; nothing checks isinstance on this one). It keeps
+OpenSSL's C object (_ssl._SSLSocket) without ssl.SSLObject's Python wrapper, reads no
+record after the handshake unless one came with the client's Finished, and asks
+SSL_pending only after a full-size record. IMAPS per session (bench/instructions_tls.py,
+200 sessions, from main d89284c): 3,087,390 -> 3,060,223 (the C object, no read after the
+handshake) -> 3,025,610 (mypyc); idle IMAPS session 24.0 KB either way (tls_idle.py proxy).
+OpenSSL's own work per handshake is ~100k instructions less than nginx's in the bench
+(same TLS 1.3, TLS_AES_256_GCM_SHA384, X25519, ecdsa_secp256r1_sha256 and certificate;
+nginx's mail module, ``ssl_session_tickets off`` and its default ``ssl_session_cache
+none``, still sends two stateful TLS 1.3 tickets it never stores; carbotui none).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+from typing import Any, Final
 
 log = logging.getLogger("carbotui.proxy.tlsbio")
 
-RECORD = 16384                 # the largest TLS plaintext record (RFC 8446 5.1)
-READ_SIZE = 256 * 1024         # one socket read (as uvloop's SSL_READ_MAX_SIZE)
+RECORD: Final = 16384          # the largest TLS plaintext record (RFC 8446 5.1)
+READ_SIZE: Final = 256 * 1024  # one socket read (as uvloop's SSL_READ_MAX_SIZE)
 # Written into the incoming BIO at most this much at a time: the BIO keeps the largest
 # buffer it ever held, so big uploads leave ~20 KiB in it, not the whole read.
-FEED = 4096
+FEED: Final = 4096
 
 # Shared by every connection of the process (see the module's docstring). The plaintext
 # buffer holds what one socket read decrypts to (less than what was read) plus a record.
-_cipher = bytearray(READ_SIZE)
-_cipher_view = memoryview(_cipher)
-_plain = bytearray(READ_SIZE + 2 * RECORD)
-_plain_view = memoryview(_plain)
-_PLAIN_ROOM = len(_plain) - RECORD
+_cipher: Final = bytearray(READ_SIZE)
+_cipher_view: Final = memoryview(_cipher)
+_plain: Final = bytearray(READ_SIZE + 2 * RECORD)
+_plain_view: Final = memoryview(_plain)
+_PLAIN_ROOM: Final = READ_SIZE + RECORD         # len(_plain) - RECORD
 
 # _REFUSED: closing before the handshake completed (the application never knew of it)
-_HANDSHAKE, _OPEN, _CLOSING, _CLOSED, _REFUSED = range(5)
+_HANDSHAKE: Final = 0
+_OPEN: Final = 1
+_CLOSING: Final = 2
+_CLOSED: Final = 3
+_REFUSED: Final = 4
 
 
-class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
+class TlsServer:
     """One TLS connection: BufferedProtocol of the TCP transport, Transport of ``app``."""
 
     __slots__ = ("_app", "_tcp", "_sslobj", "_in", "_out", "_state", "_timer",
                  "_app_paused", "_write_paused", "_delivering")
 
-    def __init__(self, app: asyncio.Protocol, context: ssl.SSLContext,
+    def __init__(self, app: Any, context: ssl.SSLContext,
                  handshake_timeout: float = 10.0):
-        self._app = app
-        self._tcp: asyncio.Transport | None = None
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._sslobj = context.wrap_bio(self._in, self._out, server_side=True)
-        self._state = _HANDSHAKE
-        self._timer: asyncio.TimerHandle | float | None = handshake_timeout
+        self._app: Any = app
+        self._tcp: Any = None
+        self._in: Any = ssl.MemoryBIO()
+        self._out: Any = ssl.MemoryBIO()
+        # The C object itself (_ssl._SSLSocket), not ssl.SSLObject's Python wrapper around
+        # it: no Python frames per call and ~160 bytes less per session (the wrapper, its
+        # __dict__ and the owner weakref). Without an owner, the SNI callback gets this
+        # object (it has the ``context`` setter the callbacks use); get_extra_info
+        # ("ssl_object") wraps it in an ssl.SSLObject when asked.
+        wrap = context._wrap_bio          # type: ignore[attr-defined]
+        self._sslobj: Any = wrap(self._in, self._out, True, None, owner=None, session=None)
+        self._state: int = _HANDSHAKE
+        self._timer: Any = handshake_timeout
         self._app_paused = False
         self._write_paused = False
         self._delivering = False
 
     # -- the TCP side (protocol) ------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         self._tcp = transport
         self._timer = asyncio.get_running_loop().call_later(self._timer, self._too_slow)
 
@@ -114,6 +138,20 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
                     return
         self._hand_over(got)
         self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        """What a loop that does not take this for a BufferedProtocol (asyncio's own: it
+        asks isinstance, uvloop looks for get_buffer) hands over: the same path."""
+        view = memoryview(data)
+        while len(view) > READ_SIZE:                    # (asyncio reads 256 KiB at most)
+            _cipher_view[:READ_SIZE] = view[:READ_SIZE]
+            self.buffer_updated(READ_SIZE)
+            view = view[READ_SIZE:]
+            if self._state == _CLOSED:
+                return
+        n = len(view)
+        _cipher_view[:n] = view
+        self.buffer_updated(n)
 
     def eof_received(self) -> bool:
         # A TCP FIN without close_notify (a truncation attack cannot hurt a line protocol
@@ -160,8 +198,12 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
         self._app.connection_made(self)
         if self._write_paused and self._state == _OPEN:
             self._app.pause_writing()
-        if self._state == _OPEN and not self._app_paused:
-            self._deliver()                 # records that came with the client's Finished
+        # Records that came with the client's Finished, if any: OpenSSL (no read-ahead)
+        # leaves them in the incoming BIO. Nothing there (the usual case): no read, which
+        # would only raise SSLWantReadError.
+        if (self._state == _OPEN and not self._app_paused
+                and (self._in.pending or self._sslobj.pending())):
+            self._deliver()
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -174,17 +216,20 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def _decrypt(self, got: int) -> tuple[int, object]:
         """Records from the incoming BIO into the plaintext buffer from ``got`` on, until
         it wants more or the buffer is full. -> (bytes in the buffer, None | "eof" | exc)"""
-        sslobj = self._sslobj._sslobj       # the C object: no Python frame per call
+        sslobj = self._sslobj
         read = sslobj.read
         incoming = self._in
         try:
             while got <= _PLAIN_ROOM:
-                n = read(RECORD, _plain_view[got:])
+                n: int = read(RECORD, _plain_view[got:])
                 if not n:
                     return got, "eof"               # close_notify
                 got += n
-                if not incoming.pending and not sslobj.pending():
-                    break                           # all read: no SSLWantReadError to raise
+                # All read: no SSLWantReadError to raise. A read of less than RECORD
+                # emptied its record (OpenSSL hands out one record's plaintext per read,
+                # without read-ahead), so only a full one can leave plaintext pending.
+                if not incoming.pending and (n < RECORD or not sslobj.pending()):
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
@@ -247,15 +292,14 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def write(self, data) -> None:
         if self._state != _OPEN:
             return                              # closing: dropped, as asyncio does
-        write = self._sslobj._sslobj.write
+        write = self._sslobj.write
         out = self._out
-        tcp_write = self._tcp.write
-        view = memoryview(data)
         try:
-            if len(view) <= RECORD:
-                write(view)
-                tcp_write(out.read())
+            if len(data) <= RECORD:
+                write(data)
+                self._tcp.write(out.read())
                 return
+            view = memoryview(data)
             # One record at a time out of the BIO, so it never holds more than one; all
             # of them to the TCP transport in one call (one send, not one per record).
             read = out.read
@@ -283,7 +327,7 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
         if self._state == _OPEN:
             self._state = _CLOSING
             try:
-                self._sslobj.unwrap()
+                self._sslobj.shutdown()       # what SSLObject.unwrap() calls
             except (ssl.SSLError, ValueError):
                 pass                          # WantRead: our close_notify is out anyway
             self._flush()
@@ -342,7 +386,11 @@ class TlsServer(asyncio.BufferedProtocol, asyncio.Transport):
     def get_extra_info(self, name: str, default=None):
         sslobj = self._sslobj
         if name == "ssl_object":
-            return sslobj
+            # asyncio's contract: an ssl.SSLObject (what SSLObject._create makes, around
+            # the C object this connection already has; a new wrapper per call)
+            wrapper = ssl.SSLObject.__new__(ssl.SSLObject)
+            wrapper._sslobj = sslobj          # type: ignore[attr-defined]
+            return wrapper
         if sslobj is not None:
             if name == "sslcontext":
                 return sslobj.context

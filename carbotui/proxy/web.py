@@ -345,7 +345,12 @@ class WebSession(HttpConnection):
         if login is None and hint.basic is not None:
             login = self._basic_login(req, hint.basic)
         try:
-            upstream, routed = await self._choose(req, login, hint)
+            if login is None and not hint.user and not hint.zimbra_id:
+                # balanced, as _choose would decide it, without a coroutine per request
+                upstream, routed = w.upstreams_for(self.kind).pick(self.client_ip,
+                                                                   web.balance), False
+            else:
+                upstream, routed = await self._choose(req, login, hint)
         except Throttled as reject:
             self.send(self._page(403, f"{reject}."))
             return False
@@ -592,9 +597,10 @@ class WebSession(HttpConnection):
         host = http11.get_header(req.headers, b"host") or self.local_ip.encode()
         return self.scheme.encode() + b"://" + host + (m.group(3) or b"/")
 
-    async def _connect(self, upstream: Upstream, method: bytes) -> HttpConnection:
-        """A connection to the upstream whose parser expects the answer to ``method``
-        (a HEAD answer has no body whatever its headers say, RFC 9110 §9.3.2)."""
+    @staticmethod
+    def _idle_connection(upstream: Upstream, method: bytes) -> HttpConnection | None:
+        """A kept-alive connection to the upstream, restarted for the answer to
+        ``method``; None when there is none (then _connect makes one)."""
         while upstream.idle:
             conn = upstream.idle.pop()
             # An idle connection that has sent anything since is not in step any more.
@@ -602,6 +608,14 @@ class WebSession(HttpConnection):
                 conn.start_next(method)
                 return conn
             conn.close()
+        return None
+
+    async def _connect(self, upstream: Upstream, method: bytes) -> HttpConnection:
+        """A connection to the upstream whose parser expects the answer to ``method``
+        (a HEAD answer has no body whatever its headers say, RFC 9110 §9.3.2)."""
+        conn = self._idle_connection(upstream, method)
+        if conn is not None:
+            return conn
         loop = self.services.loop
         conn = HttpConnection(http11.ResponseParser(method))
         tls = self.services.web_upstream_tls
@@ -616,7 +630,10 @@ class WebSession(HttpConnection):
         w = self.services
         web = w.settings.web
         try:
-            up = await self._connect(upstream, req.method)
+            # a kept-alive connection without the coroutine _connect costs
+            up = self._idle_connection(upstream, req.method)
+            if up is None:
+                up = await self._connect(upstream, req.method)
         except (OSError, asyncio.TimeoutError):
             upstream.failed(web.fail_timeout)
             retry = None if routed else w.upstreams_for(self.kind).pick(self.client_ip,
