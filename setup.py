@@ -38,6 +38,8 @@ MYPYC_MODULES = [
     "carbotui/proxy/tlsbio.py",
 ]
 
+GROUP = "carbotui_compiled"       # the shared library: carbotui_compiled__mypyc.<suffix>
+
 
 def warn(text: str) -> None:
     print(f"carbotui setup.py: {text}; carbotui is installed as pure Python", file=sys.stderr)
@@ -75,8 +77,11 @@ def ext_modules() -> list:
         warn("mypyc is not installed")
         return []
     here = os.path.dirname(os.path.abspath(__file__))
+    # One name for the shared library whatever the list holds (mypyc names it by a hash of
+    # the list otherwise): an editable install's finder maps that name once, and a changed
+    # list leaves no old library beside the new one.
     extensions = mypycify(["--config-file", os.path.join(here, "mypyc.ini"), *MYPYC_MODULES],
-                          opt_level="3")
+                          opt_level="3", group_name=GROUP)
     mend_bytes_slice("build")
     return extensions
 
