@@ -35,6 +35,7 @@ MYPYC_MODULES = [
     "carbotui/proxy/mail.py",
     "carbotui/proxy/relay.py",
     "carbotui/proxy/httpconn.py",
+    "carbotui/proxy/logs.py",
     "carbotui/proxy/tlsbio.py",
 ]
 
