@@ -37,6 +37,7 @@ MYPYC_MODULES = [
     "carbotui/proxy/httpconn.py",
     "carbotui/proxy/logs.py",
     "carbotui/proxy/tlsbio.py",
+    "carbotui/proxy/web.py",
 ]
 
 

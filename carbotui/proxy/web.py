@@ -42,7 +42,7 @@ import re
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from carbotui.core import audit
 from carbotui.services.routes import RouteError
@@ -59,6 +59,12 @@ from carbotui.protocols.webrules import FORM, BodyDeadline, CredentialCache, Log
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
+
+try:                         # where setup.py compiles this module (mypyc brings it)
+    from mypy_extensions import mypyc_attr
+except ImportError:          # pure Python: the decorator means nothing
+    def mypyc_attr(*_args: Any, **_kwargs: Any) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
 
 log = logging.getLogger("carbotui.proxy.web")
 
@@ -119,6 +125,9 @@ def cookie(headers, name: bytes) -> bytes | None:
     return webrules.cookie_value(headers, name)
 
 
+# Compiled by mypyc (setup.py); h2conn's AlpnWebSession, H2Session and H2Stream subclass
+# it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WebSession(HttpConnection):
     """One client connection to an HTTP, HTTPS or admin listener."""
 
@@ -129,8 +138,8 @@ class WebSession(HttpConnection):
     def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
         super().__init__(http11.RequestParser(
             max_header_bytes=services.settings.web.max_header_bytes))
-        self.services = services
-        self.addresses = addresses      # ((client ip, port), (local ip, port)) from PROXY
+        self.services: Any = services     # (Any: no type check of it per use)
+        self.addresses: Any = addresses      # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                # http | https | admin
         self.scheme = "https" if tls else "http"
         self.id = services.next_session_id()
@@ -145,7 +154,8 @@ class WebSession(HttpConnection):
         # per request
         self._method = b"GET"
         self._head_sent = False           # the response head went out: no error page now
-        self._bad_body = False            # the request body broke off (None: client gone)
+        # the request body broke off (a ParseError; None: client gone)
+        self._bad_body: Any = False
         self._body_done = False           # its EndOfMessage was taken
         self._body: BodyDeadline | None = None
         self._idle = False                # between requests (a drain may close it now)
@@ -254,15 +264,20 @@ class WebSession(HttpConnection):
                         # the first byte of a head on, header_timeout applies to the whole
                         # head, as for the first request (no slow head on a kept-alive
                         # connection).
+                        # (no break inside the try/finally: mypyc has none)
+                        stop = False
                         self._idle = True
                         try:
                             if self.services.draining:
-                                break
-                            await self.wait_readable(web.keepalive_timeout)
+                                stop = True
+                            else:
+                                await self.wait_readable(web.keepalive_timeout)
                         except asyncio.TimeoutError:
-                            break
+                            stop = True
                         finally:
                             self._idle = False
+                        if stop:
+                            break
                     event = await self.next_event(web.header_timeout)
                 except asyncio.TimeoutError:
                     if self.parser.buffered:       # a head started but never finished
@@ -387,7 +402,8 @@ class WebSession(HttpConnection):
         False when there is more. None when the client was answered (or is gone)."""
         limit = self.services.settings.web.login_body_limit
         mode = req.body_mode
-        if kind == FORM and mode.kind == "length" and mode.length > limit:
+        if kind == FORM and mode.kind == "length" and mode.length is not None \
+                and mode.length > limit:
             self.send(self._page(413, "The login request is too large."))
             if not http11.expects_continue(req.headers):   # (those never send it)
                 await self._discard_body()
@@ -656,7 +672,7 @@ class WebSession(HttpConnection):
         websocket = webrules.websocket_request(req)
         read_whole = body is not None and whole
         head = self._request_head(req, upstream, expect=body is None, websocket=websocket,
-                                  length=len(body) if read_whole else None)
+                                  length=len(body) if body is not None and whole else None)
         if read_whole or (body is None and req.body_mode.kind in ("none", "upgrade")):
             up.write(head + body if body else head)      # one write
             if body is None:
