@@ -82,10 +82,17 @@ class NodeLogs:
                     bytes_sent: int, upstream: Any) -> None:
         """One answered request of a WebSession (``req`` None: no head could be parsed;
         ``status`` 0: nothing was answered; ``upstream``: the Upstream it went to)."""
+        self.web_line(session.kind, session.client_ip, session.client_port, session.scheme,
+                      session.local_ip, session.local_port, req, status, bytes_sent, upstream)
+
+    def web_line(self, kind: str, client_ip: str, client_port: int, scheme: str,
+                 local_ip: str, local_port: int, req: http11.Request | None, status: int,
+                 bytes_sent: int, upstream: Any) -> None:
+        """web_request with the session's fields as values (WebSession reads them
+        natively; here each would be a Python attribute lookup)."""
         status = status or NO_RESPONSE
         self.services.stats.web_responses[
-            session.kind, upstream.name if upstream is not None else "-",
-            status_class(status)] += 1
+            kind, upstream.name if upstream is not None else "-", status_class(status)] += 1
         host = referer = agent = user = b""
         if req is None:
             method: bytes | None = None
@@ -94,20 +101,20 @@ class NodeLogs:
             method, target, version = req.method, req.target, req.version
             # the first of each, as get_header gives it, in one pass over the headers
             authorization: bytes | None = None
-            seen = 0                    # bit 1 << kind: that header was met
+            seen = 0                    # bit 1 << field: that header was met
             for key, value in req.headers:
-                kind = _name_kind(key)
-                if kind == _OTHER:
+                field = _name_kind(key)
+                if field == _OTHER:
                     continue
-                bit = 1 << kind
+                bit = 1 << field
                 if seen & bit:
                     continue
                 seen |= bit
-                if kind == _HOST:
+                if field == _HOST:
                     host = value
-                elif kind == _REFERER:
+                elif field == _REFERER:
                     referer = value
-                elif kind == _AGENT:
+                elif field == _AGENT:
                     agent = value
                 else:
                     authorization = value
@@ -118,11 +125,10 @@ class NodeLogs:
         # user_agent, upstream, server_ip, server_port (keywords cost the compiled
         # function ~1,500 instructions to match)
         self.access.write_line(logformat.access_line(
-            time.time(), session.client_ip, session.client_port, user, method,
-            session.scheme, host or session.local_ip.encode(), target, version, status,
-            bytes_sent, referer, agent,
+            time.time(), client_ip, client_port, user, method, scheme,
+            host or local_ip.encode(), target, version, status, bytes_sent, referer, agent,
             f"{upstream.address}:{upstream.port}" if upstream is not None else "",
-            session.local_ip, session.local_port))
+            local_ip, local_port))
 
     # -- mail -----------------------------------------------------------------
     def mail_session_ended(self, session, reason: str, logged_out: bool) -> None:
