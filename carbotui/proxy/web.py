@@ -762,8 +762,9 @@ async def _ws_handle(self: WebSession, req: http11.Request) -> bool:
     return await _ws_proxy(self, req, upstream, routed, body, whole, login)
 
 
-def _ws_request_head(self: WebSession, req: http11.Request, upstream: Upstream, *, expect: bool = True,
-                  length: int | None = None, websocket: bool = False) -> bytes:
+def _ws_request_head(self: WebSession, req: http11.Request, upstream: Upstream, *,
+                     expect: bool = True, length: int | None = None,
+                     websocket: bool = False) -> bytes:
     """The head for the mailbox server. ``length``: the body was read whole and
     goes with that Content-Length, whatever framing the client used."""
     # we answered 100-continue ourselves; the body goes with its own length
@@ -785,7 +786,7 @@ def _ws_request_head(self: WebSession, req: http11.Request, upstream: Upstream, 
 
 
 def _ws_response_head(self: WebSession, resp: http11.Response, req: http11.Request,
-                   upstream: Upstream) -> tuple[bytes, bool]:
+                      upstream: Upstream) -> tuple[bytes, bool]:
     """Headers for the client, and whether the body is re-chunked."""
     headers, lows = http11.forwardable(resp.headers, RESPONSE_DROP)
     if b"location" in lows:
@@ -830,7 +831,7 @@ def _ws_idle_connection(upstream: Upstream, method: bytes) -> HttpConnection | N
 
 
 async def _ws_proxy(self: WebSession, req: http11.Request, upstream: Upstream, routed: bool,
-                 body: bytes | None, whole: bool, login: Login | None) -> bool:
+                    body: bytes | None, whole: bool, login: Login | None) -> bool:
     w = self.services
     web = w.settings.web
     try:
@@ -919,7 +920,7 @@ def _ws_take_end(self: WebSession) -> None:
 
 
 async def _ws_relay_response(self: WebSession, req, up: HttpConnection, upstream: Upstream,
-                          body_task, login: Login | None, websocket: bool) -> bool:
+                             body_task, login: Login | None, websocket: bool) -> bool:
     web = self.services.settings.web
     # One timer for the whole wait, however long the path's timeout (a long poll
     # costs no more than an idle session).
