@@ -18,8 +18,10 @@ from setuptools.command.build_ext import build_ext
 
 # On the per-session path and compiled as they are (mypyc.ini: how they are checked), and
 # the asyncio glue every mail session runs (mail, relay: its protocols stay asyncio.Protocol
-# subclasses). Not compiled: webheaders (HeaderSet subclasses tuple: mypyc refuses it),
-# settings and the rest of the I/O (services, the web path): they use dynamic code.
+# subclasses), and the web request path (httpconn, web, logs; h2conn's sessions subclass
+# web.WebSession in Python). Not compiled: webheaders (HeaderSet subclasses tuple: mypyc
+# refuses it), settings and the rest of the I/O (services, upstreams, h2conn): they use
+# dynamic code.
 MYPYC_MODULES = [
     "carbotui/core/audit.py",
     "carbotui/core/lines.py",
@@ -35,7 +37,9 @@ MYPYC_MODULES = [
     "carbotui/proxy/mail.py",
     "carbotui/proxy/relay.py",
     "carbotui/proxy/httpconn.py",
+    "carbotui/proxy/logs.py",
     "carbotui/proxy/tlsbio.py",
+    "carbotui/proxy/web.py",
 ]
 
 GROUP = "carbotui_compiled"       # the shared library: carbotui_compiled__mypyc.<suffix>

@@ -174,22 +174,34 @@ def basic_user(authorization: bytes | None) -> bytes:
 # --- time stamps ----------------------------------------------------------------------------
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_local_cache: tuple[int, str] = (-1, "")
 # "000".."999" by index (an f-string's :03d costs a format call per line)
 _MILLIS: Final = tuple([f"{i:03d}" for i in range(1000)])
+
+
+class _LocalStamp:
+    """time_local's text for the current second (a compiled object's attributes: no
+    module-dictionary lookup, no tuple to unpack per line)."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""          # 01/Dec/2026:12:40:03 +0000
+
+
+_LOCAL: Final = _LocalStamp()
 
 
 def time_local(timestamp: float) -> str:
     """nginx's $time_local: ``01/Dec/2026:12:40:03 +0000`` (English month names whatever
     the locale), remembered for the current second."""
-    global _local_cache
+    stamp = _LOCAL
     second = int(timestamp)
-    if _local_cache[0] != second:
+    if stamp.second != second:
         t = time.localtime(second)
-        _local_cache = (second, f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
-                                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} "
-                                f"{time.strftime('%z', t)}")
-    return _local_cache[1]
+        stamp.text = (f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+                      f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} "
+                      f"{time.strftime('%z', t)}")
+        stamp.second = second
+    return stamp.text
 
 
 class _IsoStamp:
@@ -227,42 +239,74 @@ def iso_time(timestamp: float) -> str:
 
 # --- access.log -----------------------------------------------------------------------------
 
-def access_line(*, timestamp: float, client_ip: str, client_port: int, remote_user: bytes,
+# Escaped texts of fields that repeat from request to request (methods, versions, Host
+# values, User-Agents): a dict lookup instead of escaping per line. Each is a pure function
+# of its key (escape() of it, as the strict path writes it); keys no longer than the
+# field's budget, at most _TEXTS_MAX of each (emptied when full: ~2 MB at most). Targets
+# and Referers are not kept (they vary, and may hold secrets before clean_target).
+_METHODS: Final[dict[bytes, str]] = {}
+_VERSIONS: Final[dict[bytes, str]] = {}
+_HOSTS: Final[dict[bytes, str]] = {}
+_AGENTS: Final[dict[bytes, str]] = {}
+_TEXTS_MAX: Final = 1024
+# A request target made only of these (and starting with "/") has nothing to redact, cut
+# from or escape: printable ASCII but " and \, and none of ? ; # (query, path parameter,
+# fragment)
+_PLAIN_PATH: Final = bytes(b for b in _PLAIN_BYTES if b not in b"?;#")
+
+
+def _kept(cache: dict[bytes, str], raw: bytes, limit: int) -> str:
+    """escape(raw, limit), from ``cache`` when it was made before."""
+    text = cache.get(raw)
+    if text is None:
+        text = escape(raw, limit)
+        if len(raw) <= limit:
+            if len(cache) >= _TEXTS_MAX:
+                cache.clear()
+            cache[raw] = text
+    return text
+
+
+def _host_text(authority: bytes) -> str:
+    """escape(host_name(authority), HOST_MAX), from _HOSTS when it was made before."""
+    text = _HOSTS.get(authority)
+    if text is None:
+        text = escape(host_name(authority), HOST_MAX)
+        if len(authority) <= HOST_MAX:
+            if len(_HOSTS) >= _TEXTS_MAX:
+                _HOSTS.clear()
+            _HOSTS[authority] = text
+    return text
+
+
+def access_line(timestamp: float, client_ip: str, client_port: int, remote_user: bytes,
                 method: bytes | None, scheme: str, host: bytes, target: bytes, version: bytes,
                 status: int, bytes_sent: int, referer: bytes, user_agent: bytes,
                 upstream: str, server_ip: str, server_port: int) -> str:
     """One access.log line (with its newline). ``method`` None: no request could be
-    parsed (a 400 or 408 before a whole head), and the request field is ``"-"``."""
-    referer = clean_url(referer)
-    user = escape(remote_user, USER_MAX, space=True) if remote_user else "-"
+    parsed (a 400 or 408 before a whole head), and the request field is ``"-"``.
+    (Positional or keyword: the worker calls it positionally, once per request, which
+    spares the compiled function's keyword matching.)
+
+    Every client field is ``escape()``d with its budget: the method, version, Host and
+    User-Agent from bounded caches of those texts, a target with nothing to redact or
+    escape as it is (one C pass judges it), any other through clean_target."""
     if method is None:
         request = "-"
-        plain = (len(referer) <= REFERER_MAX and len(user_agent) <= USER_AGENT_MAX
-                 and not (referer + user_agent).translate(None, _PLAIN_BYTES))
     else:
-        authority, uri = clean_target(target)
-        host = host_name(authority or host)
-        # The usual case: every field short and plain, judged by one C pass over all of
-        # them (not a regex call per field); else each is escaped and cut by itself.
-        plain = (len(method) <= METHOD_MAX and len(host) <= HOST_MAX and len(uri) <= URI_MAX
-                 and len(version) <= 8 and len(referer) <= REFERER_MAX
-                 and len(user_agent) <= USER_AGENT_MAX
-                 and not b"".join((method, host, uri, version, referer, user_agent)).translate(
-                     None, _PLAIN_BYTES))
-        if plain:
-            request = (f"{method.decode() if method else '-'} {scheme}://"
-                       f"{host.decode() if host else '-'}{uri.decode() if uri else '-'} "
-                       f"HTTP/{version.decode() if version else '-'}")
+        if target[:1] == b"/" and len(target) <= URI_MAX \
+                and not target.translate(None, _PLAIN_PATH):
+            uri = target.decode("ascii")          # what clean_target and escape give it
+            host_text = _host_text(host)
         else:
-            request = (f"{escape(method, METHOD_MAX)} {scheme}://"
-                       f"{escape(host, HOST_MAX)}{escape(uri, URI_MAX)} "
-                       f"HTTP/{escape(version, 8)}")
-    if plain:
-        referer_text = referer.decode() if referer else "-"
-        agent_text = user_agent.decode() if user_agent else "-"
-    else:
-        referer_text = escape(referer, REFERER_MAX)
-        agent_text = escape(user_agent, USER_AGENT_MAX)
+            authority, clean = clean_target(target)
+            host_text = _host_text(authority or host)
+            uri = escape(clean, URI_MAX)
+        request = (f"{_kept(_METHODS, method, METHOD_MAX)} {scheme}://{host_text}{uri} "
+                   f"HTTP/{_kept(_VERSIONS, version, 8)}")
+    user = escape(remote_user, USER_MAX, space=True) if remote_user else "-"
+    referer_text = escape(clean_url(referer), REFERER_MAX) if referer else "-"
+    agent_text = _kept(_AGENTS, user_agent, USER_AGENT_MAX) if user_agent else "-"
     return (f"{_address(client_ip)}:{client_port} - {user} "
             f"[{time_local(timestamp)}] \"{request}\" {status} {bytes_sent} "
             f"\"{referer_text}\" \"{agent_text}\" "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from carbotui.core import logformat
 from carbotui.core.audit import AuditLog
@@ -26,6 +26,31 @@ log = logging.getLogger("carbotui.proxy.logs")
 NO_RESPONSE = 499          # nginx's code for a client that went away before the answer
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _LOGGED = frozenset({b"host", b"referer", b"user-agent", b"authorization"})
+# What a header name, as sent, is to the access log: _HOST, _REFERER, _AGENT, _AUTH (the
+# four of _LOGGED, case-insensitively) or _OTHER. Names seen before are a dict lookup
+# instead of a bytes.lower call per header (a method call in the compiled build); at most
+# _NAMES_MAX names of at most 64 bytes (emptied when full).
+_OTHER: Final = 0
+_HOST: Final = 1
+_REFERER: Final = 2
+_AGENT: Final = 3
+_AUTH: Final = 4
+_KINDS: Final = {b"host": _HOST, b"referer": _REFERER, b"user-agent": _AGENT,
+                 b"authorization": _AUTH}
+_NAMES: Final[dict[bytes, int]] = {}
+_NAMES_MAX: Final = 4096
+
+
+def _name_kind(name: bytes) -> int:
+    """_KINDS of ``name.lower()`` (_OTHER for any other name), remembered."""
+    kind = _NAMES.get(name)
+    if kind is None:
+        kind = _KINDS.get(name.lower(), _OTHER)
+        if len(name) <= 64:
+            if len(_NAMES) >= _NAMES_MAX:
+                _NAMES.clear()
+            _NAMES[name] = kind
+    return kind
 
 
 def status_class(status: int) -> str:
@@ -35,7 +60,7 @@ def status_class(status: int) -> str:
 class NodeLogs:
     def __init__(self, services: SessionServices):
         settings = services.settings
-        self.services = services
+        self.services: Any = services     # (Any: no type check of it per use)
         # As nginx's: a new file only on SIGUSR1 (no stat of the path per request).
         # audit.log also follows a rotation by itself within a second (auditwatch).
         self.access = AuditLog(settings.access_log, follow=False)
@@ -53,36 +78,57 @@ class NodeLogs:
         self.sessions.close()
 
     # -- web ------------------------------------------------------------------
-    def web_request(self, session, req: http11.Request | None, status: int, bytes_sent: int,
-                    upstream) -> None:
+    def web_request(self, session: Any, req: http11.Request | None, status: int,
+                    bytes_sent: int, upstream: Any) -> None:
         """One answered request of a WebSession (``req`` None: no head could be parsed;
         ``status`` 0: nothing was answered; ``upstream``: the Upstream it went to)."""
+        self.web_line(session.kind, session.client_ip, session.client_port, session.scheme,
+                      session.local_ip, session.local_port, req, status, bytes_sent, upstream)
+
+    def web_line(self, kind: str, client_ip: str, client_port: int, scheme: str,
+                 local_ip: str, local_port: int, req: http11.Request | None, status: int,
+                 bytes_sent: int, upstream: Any) -> None:
+        """web_request with the session's fields as values (WebSession reads them
+        natively; here each would be a Python attribute lookup)."""
         status = status or NO_RESPONSE
         self.services.stats.web_responses[
-            session.kind, upstream.name if upstream is not None else "-",
-            status_class(status)] += 1
+            kind, upstream.name if upstream is not None else "-", status_class(status)] += 1
+        host = referer = agent = user = b""
         if req is None:
-            method = target = version = host = referer = agent = user = b""
+            method: bytes | None = None
+            target = version = b""
         else:
             method, target, version = req.method, req.target, req.version
             # the first of each, as get_header gives it, in one pass over the headers
-            found: dict[bytes, bytes] = {}
+            authorization: bytes | None = None
+            seen = 0                    # bit 1 << field: that header was met
             for key, value in req.headers:
-                key = key.lower()
-                if key in _LOGGED and key not in found:
-                    found[key] = value
-            host = found.get(b"host", b"")
-            referer = found.get(b"referer", b"")
-            agent = found.get(b"user-agent", b"")
-            user = logformat.basic_user(found.get(b"authorization"))
+                field = _name_kind(key)
+                if field == _OTHER:
+                    continue
+                bit = 1 << field
+                if seen & bit:
+                    continue
+                seen |= bit
+                if field == _HOST:
+                    host = value
+                elif field == _REFERER:
+                    referer = value
+                elif field == _AGENT:
+                    agent = value
+                else:
+                    authorization = value
+            if authorization is not None:
+                user = logformat.basic_user(authorization)
+        # positionally, in access_line's order: timestamp, client_ip, client_port,
+        # remote_user, method, scheme, host, target, version, status, bytes_sent, referer,
+        # user_agent, upstream, server_ip, server_port (keywords cost the compiled
+        # function ~1,500 instructions to match)
         self.access.write_line(logformat.access_line(
-            timestamp=time.time(), client_ip=session.client_ip, client_port=session.client_port,
-            remote_user=user, method=method if req is not None else None,
-            scheme=session.scheme, host=host or session.local_ip.encode(), target=target,
-            version=version, status=status, bytes_sent=bytes_sent, referer=referer,
-            user_agent=agent,
-            upstream=f"{upstream.address}:{upstream.port}" if upstream is not None else "",
-            server_ip=session.local_ip, server_port=session.local_port))
+            time.time(), client_ip, client_port, user, method, scheme,
+            host or local_ip.encode(), target, version, status, bytes_sent, referer, agent,
+            f"{upstream.address}:{upstream.port}" if upstream is not None else "",
+            local_ip, local_port))
 
     # -- mail -----------------------------------------------------------------
     def mail_session_ended(self, session, reason: str, logged_out: bool) -> None:

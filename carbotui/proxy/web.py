@@ -42,7 +42,7 @@ import re
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from carbotui.core import audit
 from carbotui.services.routes import RouteError
@@ -60,6 +60,12 @@ from carbotui.protocols.webrules import FORM, BodyDeadline, CredentialCache, Log
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
 
+try:                         # where setup.py compiles this module (mypyc brings it)
+    from mypy_extensions import mypyc_attr
+except ImportError:          # pure Python: the decorator means nothing
+    def mypyc_attr(*_args: Any, **_kwargs: Any) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 log = logging.getLogger("carbotui.proxy.web")
 
 BASIC = "basic"                    # a Login from Authorization: Basic (ActiveSync, DAV, REST)
@@ -67,6 +73,23 @@ BASIC = "basic"                    # a Login from Authorization: Basic (ActiveSy
 # a phone sends them on every request; it is audited and counted once per login.
 _RECENT_CREDENTIALS = CredentialCache(os.urandom(32))
 _HOST = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
+# Host values _HOST matched before: a set lookup instead of a regex call per request.
+# Only values it matched (at most 259 bytes each), at most _GOOD_HOSTS_MAX (emptied when
+# full); any other value is judged by _HOST every time.
+_GOOD_HOSTS: Final[set[bytes]] = set()
+_GOOD_HOSTS_MAX: Final = 1024
+
+
+def _good_host(host: bytes) -> bool:
+    """Whether ``_HOST.match(host)`` matches, remembered for the values it matched."""
+    if host in _GOOD_HOSTS:
+        return True
+    if _HOST.match(host) is None:
+        return False
+    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(host)
+    return True
 RESPONSE_DROP = frozenset({b"server", b"x-powered-by"})
 # request headers dropped by (expect answered here, body length ours)
 _DROP_BY_CASE = {(False, False): frozenset(), (True, False): frozenset({b"expect"}),
@@ -75,6 +98,26 @@ _DROP_BY_CASE = {(False, False): frozenset(), (True, False): frozenset({b"expect
 COALESCE_LIMIT = 64 * 1024         # body bytes sent in one write with the response head
 DISCARD_LIMIT = 1024 * 1024        # body bytes read and dropped before closing after a refusal
 ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+
+
+class _Pumped:
+    """The body pump of a request with nothing to pump: as a future that finished with
+    True (what _relay_response and _proxy ask of it), without a future per request."""
+
+    def done(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def result(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
+
+
+_PUMPED = _Pumped()
 
 
 class Throttled(Exception):
@@ -119,6 +162,9 @@ def cookie(headers, name: bytes) -> bytes | None:
     return webrules.cookie_value(headers, name)
 
 
+# Compiled by mypyc (setup.py); h2conn's AlpnWebSession, H2Session and H2Stream subclass
+# it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WebSession(HttpConnection):
     """One client connection to an HTTP, HTTPS or admin listener."""
 
@@ -129,8 +175,8 @@ class WebSession(HttpConnection):
     def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
         super().__init__(http11.RequestParser(
             max_header_bytes=services.settings.web.max_header_bytes))
-        self.services = services
-        self.addresses = addresses      # ((client ip, port), (local ip, port)) from PROXY
+        self.services: Any = services     # (Any: no type check of it per use)
+        self.addresses: Any = addresses      # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                # http | https | admin
         self.scheme = "https" if tls else "http"
         self.id = services.next_session_id()
@@ -145,7 +191,8 @@ class WebSession(HttpConnection):
         # per request
         self._method = b"GET"
         self._head_sent = False           # the response head went out: no error page now
-        self._bad_body = False            # the request body broke off (None: client gone)
+        # the request body broke off (a ParseError; None: client gone)
+        self._bad_body: Any = False
         self._body_done = False           # its EndOfMessage was taken
         self._body: BodyDeadline | None = None
         self._idle = False                # between requests (a drain may close it now)
@@ -221,12 +268,8 @@ class WebSession(HttpConnection):
         self.write(data)
 
     def _request_done(self, req: http11.Request | None) -> None:
-        """One line in access.log and the web metrics per request, answered or not
-        (``req`` None: no head could be parsed); then the next request starts afresh."""
-        if self.services.logs is not None:
-            self.services.logs.web_request(self, req, self._status,
-                                           self.bytes_out - self._sent_before, self._upstream)
-        self._status, self._sent_before, self._upstream = 0, self.bytes_out, None
+        """_ws_request_done (a module function: compiled code calls it natively)."""
+        return _ws_request_done(self, req)
 
     def _page(self, status: int, text: str, *, close: bool = True, extra=()) -> bytes:
         return error_page(status, text, close=close, head_only=self._method == b"HEAD",
@@ -254,33 +297,38 @@ class WebSession(HttpConnection):
                         # the first byte of a head on, header_timeout applies to the whole
                         # head, as for the first request (no slow head on a kept-alive
                         # connection).
+                        # (no break inside the try/finally: mypyc has none)
+                        stop = False
                         self._idle = True
                         try:
                             if self.services.draining:
-                                break
-                            await self.wait_readable(web.keepalive_timeout)
+                                stop = True
+                            else:
+                                await self.wait_readable(web.keepalive_timeout)
                         except asyncio.TimeoutError:
-                            break
+                            stop = True
                         finally:
                             self._idle = False
+                        if stop:
+                            break
                     event = await self.next_event(web.header_timeout)
                 except asyncio.TimeoutError:
                     if self.parser.buffered:       # a head started but never finished
                         self.send(error_page(408, "The request took too long to arrive."))
-                        self._request_done(None)
+                        _ws_request_done(self, None)
                     break
                 if event is None:
                     break
                 if isinstance(event, http11.ParseError):
                     self.send(error_page(event.status, "The request could not be understood."))
-                    self._request_done(None)
+                    _ws_request_done(self, None)
                     break
                 if not isinstance(event, http11.Request):
                     break
                 try:
-                    keep = await self._handle(event)
+                    keep = await _ws_handle(self, event)
                 finally:
-                    self._request_done(event)
+                    _ws_request_done(self, event)
                 if not keep or not self.parser.keep_alive or self.closed \
                         or self.services.draining:
                     break
@@ -294,77 +342,8 @@ class WebSession(HttpConnection):
             self.services.session_ended(self.id)
 
     async def _handle(self, req: http11.Request) -> bool:
-        w = self.services
-        web = w.settings.web
-        w.stats.web_requests[self.kind] += 1
-        req = webrules.without_underscored(req)
-        self._method = req.method
-        self._head_sent = False
-        self._bad_body = False
-        self._body_done = False
-        self._body = BodyDeadline(w.loop.time(), web.body_timeout, web.body_min_rate)
-        host = http11.get_header(req.headers, b"host") or b""
-        if host and not _HOST.match(host):
-            self.send(self._page(400, "Bad Host header."))
-            return False
-        if self.kind == "http":
-            return await self._plain_http(req, host)
-        self._added_headers = w.live.response_headers.for_host(host)     # HTTPS only
-        if req.method == b"CONNECT":
-            # RFC 9110 §9.3.6: CONNECT asks a forward proxy for a tunnel; this is not one.
-            return await self._refuse(405, "CONNECT is not supported here.",
-                                      extra=[(b"Allow", ALLOW)])
-        kind = webrules.login_kind(req.method, req.target) if self.kind != "admin" else None
-        body: bytes | None = None
-        whole = True
-        login = None
-        if kind is not None:
-            got = await self._read_login_body(req, kind)
-            if got is None:
-                return False
-            body, whole = got
-            problem = None
-            if whole:
-                try:
-                    name = webrules.login_name(kind, body)
-                except webrules.BadLogin as exc:
-                    problem = str(exc)
-                else:
-                    if name is not None:
-                        login = Login(kind, name, audit.canonical_login(name))
-            elif kind == FORM or webrules.has_login_marker(body):
-                log.info("client %s: login body over %d bytes refused", self.client_ip,
-                         web.login_body_limit)
-                return await self._refuse(413, "The login request is too large.")
-            else:
-                problem = webrules.soap_body_problem(body[:512])
-            if problem:
-                log.info("client %s: login request refused: %s", self.client_ip, problem)
-                return await self._refuse(400, "The login request could not be understood.")
-        hint = webrules.route_hint(req.target, req.headers, admin=self.kind == "admin")
-        if login is None and hint.basic is not None:
-            login = self._basic_login(req, hint.basic)
-        try:
-            if login is None and not hint.user and not hint.zimbra_id:
-                # balanced, as _choose would decide it, without a coroutine per request
-                upstream, routed = w.upstreams_for(self.kind).pick(self.client_ip,
-                                                                   web.balance), False
-            else:
-                upstream, routed = await self._choose(req, login, hint)
-        except Throttled as reject:
-            self.send(self._page(403, f"{reject}."))
-            return False
-        except RouteError:
-            return await self._refuse(503, "The mail service is temporarily unavailable. "
-                                           "Please try again in a moment.",
-                                      extra=[(b"Retry-After", b"10")])
-        if upstream is None:
-            return await self._refuse(503 if routed else 502,
-                                      "Your mailbox is temporarily unavailable. Please try "
-                                      "again in a moment." if routed else
-                                      "The mail service is temporarily unavailable.",
-                                      extra=[(b"Retry-After", b"10")])
-        return await self._proxy(req, upstream, routed, body, whole, login)
+        """_ws_handle (a module function: compiled code calls it natively)."""
+        return await _ws_handle(self, req)
 
     async def _body_event(self):
         """The next event of the request body within its deadline (BodyDeadline);
@@ -387,7 +366,8 @@ class WebSession(HttpConnection):
         False when there is more. None when the client was answered (or is gone)."""
         limit = self.services.settings.web.login_body_limit
         mode = req.body_mode
-        if kind == FORM and mode.kind == "length" and mode.length > limit:
+        if kind == FORM and mode.kind == "length" and mode.length is not None \
+                and mode.length > limit:
             self.send(self._page(413, "The login request is too large."))
             if not http11.expects_continue(req.headers):   # (those never send it)
                 await self._discard_body()
@@ -531,55 +511,14 @@ class WebSession(HttpConnection):
     # -- proxying -----------------------------------------------------------
     def _request_head(self, req: http11.Request, upstream: Upstream, *, expect: bool = True,
                       length: int | None = None, websocket: bool = False) -> bytes:
-        """The head for the mailbox server. ``length``: the body was read whole and
-        goes with that Content-Length, whatever framing the client used."""
-        # we answered 100-continue ourselves; the body goes with its own length
-        drop = _DROP_BY_CASE[(not expect, length is not None)]
-        headers, has_host = webrules.forward_request_headers(
-            req.headers, client_ip=self.client_ip, scheme=self.scheme,
-            extend_forwarded_for=self.addresses is not None
-            and self.services.settings.web.extend_forwarded_for, drop=drop)
-        if not has_host:
-            headers.append((b"Host", upstream.server.hostname.encode()))
-        if length is not None:
-            headers.append((b"Content-Length", b"%d" % length))
-        elif req.body_mode.kind == "chunked":
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        if websocket:
-            headers.append((b"Connection", b"upgrade"))
-            headers.append((b"Upgrade", b"websocket"))
-        return http11.serialize_request_head(req.method, req.target, headers)
+        """_ws_request_head (a module function: compiled code calls it natively)."""
+        return _ws_request_head(self, req, upstream, expect=expect, length=length,
+                                websocket=websocket)
 
     def _response_head(self, resp: http11.Response, req: http11.Request,
                        upstream: Upstream) -> tuple[bytes, bool]:
-        """Headers for the client, and whether the body is re-chunked."""
-        headers, lows = http11.forwardable(resp.headers, RESPONSE_DROP)
-        if b"location" in lows:
-            location = headers[lows.index(b"location")][1]
-            fixed = self._public_location(location, req, upstream)
-            if fixed != location:
-                headers = [(k, fixed if low == b"location" else v)
-                           for (k, v), low in zip(headers, lows)]
-        rechunk = False
-        if not self.parser.keep_alive or self.services.draining:
-            headers.append((b"Connection", b"close"))       # the client asked, or we stop
-            lows.append(b"connection")
-        if resp.status == 101:
-            headers.append((b"Connection", b"upgrade"))
-            headers.append((b"Upgrade", b"websocket"))      # the only one let through
-        elif resp.body_mode.kind in ("chunked", "until-close"):
-            if req.version == b"1.1":
-                headers.append((b"Transfer-Encoding", b"chunked"))
-                lows.append(b"transfer-encoding")
-                rechunk = True
-            else:
-                headers.append((b"Connection", b"close"))
-                lows.append(b"connection")
-        # the server's own headers win; ours were checked when their set was made
-        added = webheaders.missing_lines(headers, self._added_headers, lows) \
-            if resp.status != 101 else b""
-        return http11.serialize_response_head(resp.status, resp.reason, headers,
-                                              checked=added), rechunk
+        """_ws_response_head (a module function: compiled code calls it natively)."""
+        return _ws_response_head(self, resp, req, upstream)
 
     def _public_location(self, location: bytes, req, upstream: Upstream) -> bytes:
         """A redirect to a backend address becomes one to the public host."""
@@ -599,21 +538,13 @@ class WebSession(HttpConnection):
 
     @staticmethod
     def _idle_connection(upstream: Upstream, method: bytes) -> HttpConnection | None:
-        """A kept-alive connection to the upstream, restarted for the answer to
-        ``method``; None when there is none (then _connect makes one)."""
-        while upstream.idle:
-            conn = upstream.idle.pop()
-            # An idle connection that has sent anything since is not in step any more.
-            if conn.reusable and not conn.events and not conn.parser.buffered:
-                conn.start_next(method)
-                return conn
-            conn.close()
-        return None
+        """_ws_idle_connection (a module function: compiled code calls it natively)."""
+        return _ws_idle_connection(upstream, method)
 
     async def _connect(self, upstream: Upstream, method: bytes) -> HttpConnection:
         """A connection to the upstream whose parser expects the answer to ``method``
         (a HEAD answer has no body whatever its headers say, RFC 9110 §9.3.2)."""
-        conn = self._idle_connection(upstream, method)
+        conn = _ws_idle_connection(upstream, method)
         if conn is not None:
             return conn
         loop = self.services.loop
@@ -627,91 +558,12 @@ class WebSession(HttpConnection):
 
     async def _proxy(self, req: http11.Request, upstream: Upstream, routed: bool,
                      body: bytes | None, whole: bool, login: Login | None) -> bool:
-        w = self.services
-        web = w.settings.web
-        try:
-            # a kept-alive connection without the coroutine _connect costs
-            up = self._idle_connection(upstream, req.method)
-            if up is None:
-                up = await self._connect(upstream, req.method)
-        except (OSError, asyncio.TimeoutError):
-            upstream.failed(web.fail_timeout)
-            retry = None if routed else w.upstreams_for(self.kind).pick(self.client_ip,
-                                                                         web.balance)
-            if retry is None:
-                return await self._refuse(503 if routed else 502,
-                                          "Your mailbox is temporarily unavailable." if routed
-                                          else "The mail service is temporarily unavailable.")
-            upstream = retry
-            try:
-                up = await self._connect(upstream, req.method)
-            except (OSError, asyncio.TimeoutError):
-                upstream.failed(web.fail_timeout)
-                return await self._refuse(502, "The mail service is temporarily unavailable.")
-        self.server = upstream.name
-        self._upstream = upstream
-        upstream.active += 1
-        upstream.requests += 1
-        self._up = up
-        websocket = webrules.websocket_request(req)
-        read_whole = body is not None and whole
-        head = self._request_head(req, upstream, expect=body is None, websocket=websocket,
-                                  length=len(body) if read_whole else None)
-        if read_whole or (body is None and req.body_mode.kind in ("none", "upgrade")):
-            up.write(head + body if body else head)      # one write
-            if body is None:
-                self._take_end()
-            body_task = w.loop.create_future()           # nothing left to pump
-            body_task.set_result(True)
-        else:
-            up.write(head)
-            scan = None
-            if body is not None:           # a large SOAP body: its start, then the rest
-                scan = LoginMarkerScan(body)
-                self._scanned = True
-                up.write(http11.chunk(body) if req.body_mode.kind == "chunked" else body)
-            body_task = w.loop.create_task(self._pump_body(req, up, scan))
-        try:
-            keep = await self._relay_response(req, up, upstream, body_task, login, websocket)
-        except SendTimeout as exc:
-            log.info("client %s: %s; closed", self.client_ip, exc)
-            up.close()
-            self.abort()
-            keep = False
-        except (asyncio.TimeoutError, ConnectionError, OSError):
-            up.close()
-            keep = False
-            if not body_task.done():
-                if not self._scanned:
-                    body_task.cancel()
-                # else a large SOAP body's scan decides the answer (our 413 when it
-                # spells a login): let it run to the marker or the body's end (bounded
-                # by the body timeouts); the upstream is gone, nothing more reaches it
-                await asyncio.wait([body_task])
-            bad = self._bad_body
-            if self._head_sent:
-                pass                   # cut short: closing says so; a page would be garbage
-            elif isinstance(bad, http11.ParseError):
-                self.send(self._page(bad.status, "The request body could not be accepted."))
-                if bad.status == 413:
-                    await self._discard_body()
-            elif bad is False:
-                self.send(self._page(504, "The mail service did not answer in time."))
-        finally:
-            self._up = None
-            self._scanned = False
-            upstream.active -= 1
-            if not body_task.done():
-                body_task.cancel()
-                keep = False
-        return keep
+        """_ws_proxy (a module function: compiled code calls it natively)."""
+        return await _ws_proxy(self, req, upstream, routed, body, whole, login)
 
     def _take_end(self) -> None:
-        """The parser emits a body-less request's end with its head: take it, or the
-        request loop would read it as the next message."""
-        if self.events and type(self.events[0]) is http11.EndOfMessage:
-            self.events.popleft()
-            self._body_done = True
+        """_ws_take_end (a module function: compiled code calls it natively)."""
+        return _ws_take_end(self)
 
     async def _pump_body(self, req, up: HttpConnection, scan: LoginMarkerScan | None) -> bool:
         """Client body -> upstream, re-framed, with backpressure both ways. With
@@ -719,7 +571,7 @@ class WebSession(HttpConnection):
         before the end of the body, so it never acts on it (413 to the client)."""
         kind = req.body_mode.kind
         if kind in ("none", "upgrade"):
-            self._take_end()
+            _ws_take_end(self)
             return True
         while True:
             try:
@@ -746,93 +598,8 @@ class WebSession(HttpConnection):
 
     async def _relay_response(self, req, up: HttpConnection, upstream: Upstream,
                               body_task, login: Login | None, websocket: bool) -> bool:
-        web = self.services.settings.web
-        # One timer for the whole wait, however long the path's timeout (a long poll
-        # costs no more than an idle session).
-        timeout = webrules.path_timeout(req.target, web.path_timeouts, web.read_timeout,
-                                        web.polling_timeout)
-        while True:
-            event = await up.next_event(timeout)
-            if event is None:
-                raise ConnectionError("upstream closed before answering")
-            if isinstance(event, http11.ParseError):
-                up.close()
-                self.send(self._page(502, "The mail service sent an invalid answer."))
-                return False
-            if isinstance(event, http11.Response):
-                if event.informational:
-                    # RFC 9110 §15.2: a server MUST NOT send a 1xx response to an
-                    # HTTP/1.0 client.
-                    if req.version != b"1.0":
-                        self.send(http11.serialize_response_head(
-                            event.status, event.reason, http11.remove_hop_by_hop(event.headers)))
-                    continue
-                resp = event
-                break
-        if self._scanned and not body_task.done():
-            # A large SOAP body is still being scanned: its verdict comes first (one
-            # that spells a login is our 413, whatever the server answered before its
-            # end, which it never got).
-            await asyncio.wait([body_task])
-        if self._scanned and isinstance(self._bad_body, http11.ParseError):
-            raise ConnectionError("request body refused")
-        if resp.status == 101 and not (websocket and webrules.websocket_accepted(resp)):
-            up.close()
-            log.warning("upstream %s switched protocols unasked (%r); refused", upstream.name,
-                        http11.get_header(resp.headers, b"upgrade"))
-            self.send(self._page(502, "The mail service sent an invalid answer."))
-            return False
-        head, rechunk = self._response_head(resp, req, upstream)
-        if login is not None:
-            self._audit_web_login(req, resp, login)
-        self._head_sent = True
-        if resp.status == 101:
-            self.send(head)
-            return await self._splice(up)
-        send_timeout = web.send_timeout
-        # The body bytes already read go out with the head: a small response is one
-        # write, one TLS record and one send, not two.
-        out = [head]
-        size = 0
-        while size < COALESCE_LIMIT:
-            event = up.next_ready(http11.Data)
-            if event is None:
-                break
-            size += len(event.data)
-            out.append(http11.chunk(event.data) if rechunk else event.data)
-        ended = size < COALESCE_LIMIT and up.next_ready(http11.EndOfMessage) is not None
-        if ended and rechunk:
-            out.append(http11.LAST_CHUNK)
-        self.send(b"".join(out) if len(out) > 1 else head)
-        if size:
-            await self.drain(send_timeout)
-            if self.closed:
-                up.close()
-                return False
-        while not ended:
-            event = await up.next_event(timeout)
-            if event is None or isinstance(event, http11.ParseError):
-                # Cut short: the client must not take a partial body for a whole one.
-                up.close()
-                return False
-            if type(event) is http11.Data:
-                self.send(http11.chunk(event.data) if rechunk else event.data)
-                await self.drain(send_timeout)
-                if self.closed:
-                    up.close()
-                    return False
-            elif type(event) is http11.EndOfMessage:
-                if rechunk:
-                    self.send(http11.LAST_CHUNK)
-                ended = True
-        body_ok = body_task.done() and not body_task.cancelled() and body_task.result()
-        if up.parser.keep_alive and up.reusable and body_ok \
-                and len(upstream.idle) < web.upstream_keepalive:
-            upstream.idle.append(up)          # _connect restarts its parser for the method
-        else:
-            up.close()
-        # A body framed by closing (HTTP/1.0 client, not re-chunked) ends the connection.
-        return bool(body_ok) and (rechunk or resp.body_mode.kind in ("length", "none"))
+        """_ws_relay_response (a module function: compiled code calls it natively)."""
+        return await _ws_relay_response(self, req, up, upstream, body_task, login, websocket)
 
     async def _splice(self, up: HttpConnection) -> bool:
         """After 101: raw bytes both ways until either side closes."""
@@ -901,3 +668,343 @@ class WebSession(HttpConnection):
             proxy_ip=self.local_ip, error=error,
             user_agent=safe_text(user_agent, 120),       # C0/C1 controls never reach a log
             thread=f"{'Admin' if self.kind == 'admin' else 'Https'}Server-{self.services.index}"))
+
+
+# -- the per-request path, as module functions -----------------------------------
+# WebSession's methods of the same names call these; so does the compiled code itself: a
+# method call on an instance of a Python subclass (h2conn's AlpnWebSession, H2Stream) goes
+# through a Python lookup and argument parsing, a module function is a direct C call.
+# (Only methods no subclass overrides.)
+
+def _ws_request_done(self: WebSession, req: http11.Request | None) -> None:
+    """One line in access.log and the web metrics per request, answered or not
+    (``req`` None: no head could be parsed); then the next request starts afresh."""
+    logs = self.services.logs
+    if logs is not None:
+        # the session's fields read here (native attributes), not by logs.web_request
+        logs.web_line(self.kind, self.client_ip, self.client_port, self.scheme,
+                      self.local_ip, self.local_port, req, self._status,
+                      self.bytes_out - self._sent_before, self._upstream)
+    self._status, self._sent_before, self._upstream = 0, self.bytes_out, None
+
+
+async def _ws_handle(self: WebSession, req: http11.Request) -> bool:
+    w = self.services
+    web = w.settings.web
+    w.stats.web_requests[self.kind] += 1
+    req = webrules.without_underscored(req)
+    self._method = req.method
+    self._head_sent = False
+    self._bad_body = False
+    self._body_done = False
+    self._body = BodyDeadline(w.loop.time(), web.body_timeout, web.body_min_rate)
+    host = http11.get_header(req.headers, b"host") or b""
+    if host and not _good_host(host):
+        self.send(self._page(400, "Bad Host header."))
+        return False
+    if self.kind == "http":
+        return await self._plain_http(req, host)
+    self._added_headers = w.live.response_headers.for_host(host)     # HTTPS only
+    if req.method == b"CONNECT":
+        # RFC 9110 §9.3.6: CONNECT asks a forward proxy for a tunnel; this is not one.
+        return await self._refuse(405, "CONNECT is not supported here.",
+                                  extra=[(b"Allow", ALLOW)])
+    kind = webrules.login_kind(req.method, req.target) if self.kind != "admin" else None
+    body: bytes | None = None
+    whole = True
+    login = None
+    if kind is not None:
+        got = await self._read_login_body(req, kind)
+        if got is None:
+            return False
+        body, whole = got
+        problem = None
+        if whole:
+            try:
+                name = webrules.login_name(kind, body)
+            except webrules.BadLogin as exc:
+                problem = str(exc)
+            else:
+                if name is not None:
+                    login = Login(kind, name, audit.canonical_login(name))
+        elif kind == FORM or webrules.has_login_marker(body):
+            log.info("client %s: login body over %d bytes refused", self.client_ip,
+                     web.login_body_limit)
+            return await self._refuse(413, "The login request is too large.")
+        else:
+            problem = webrules.soap_body_problem(body[:512])
+        if problem:
+            log.info("client %s: login request refused: %s", self.client_ip, problem)
+            return await self._refuse(400, "The login request could not be understood.")
+    hint = webrules.route_hint(req.target, req.headers, admin=self.kind == "admin")
+    if login is None and hint.basic is not None:
+        login = self._basic_login(req, hint.basic)
+    try:
+        if login is None and not hint.user and not hint.zimbra_id:
+            # balanced, as _choose would decide it, without a coroutine per request
+            upstream, routed = w.upstreams_for(self.kind).pick(self.client_ip,
+                                                               web.balance), False
+        else:
+            upstream, routed = await self._choose(req, login, hint)
+    except Throttled as reject:
+        self.send(self._page(403, f"{reject}."))
+        return False
+    except RouteError:
+        return await self._refuse(503, "The mail service is temporarily unavailable. "
+                                       "Please try again in a moment.",
+                                  extra=[(b"Retry-After", b"10")])
+    if upstream is None:
+        return await self._refuse(503 if routed else 502,
+                                  "Your mailbox is temporarily unavailable. Please try "
+                                  "again in a moment." if routed else
+                                  "The mail service is temporarily unavailable.",
+                                  extra=[(b"Retry-After", b"10")])
+    return await _ws_proxy(self, req, upstream, routed, body, whole, login)
+
+
+def _ws_request_head(self: WebSession, req: http11.Request, upstream: Upstream, *,
+                     expect: bool = True, length: int | None = None,
+                     websocket: bool = False) -> bytes:
+    """The head for the mailbox server. ``length``: the body was read whole and
+    goes with that Content-Length, whatever framing the client used."""
+    # we answered 100-continue ourselves; the body goes with its own length
+    drop = _DROP_BY_CASE[(not expect, length is not None)]
+    headers, has_host = webrules.forward_request_headers(
+        req.headers, client_ip=self.client_ip, scheme=self.scheme,
+        extend_forwarded_for=self.addresses is not None
+        and self.services.settings.web.extend_forwarded_for, drop=drop)
+    if not has_host:
+        headers.append((b"Host", upstream.server.hostname.encode()))
+    if length is not None:
+        headers.append((b"Content-Length", b"%d" % length))
+    elif req.body_mode.kind == "chunked":
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    if websocket:
+        headers.append((b"Connection", b"upgrade"))
+        headers.append((b"Upgrade", b"websocket"))
+    return http11.serialize_request_head(req.method, req.target, headers)
+
+
+def _ws_response_head(self: WebSession, resp: http11.Response, req: http11.Request,
+                      upstream: Upstream) -> tuple[bytes, bool]:
+    """Headers for the client, and whether the body is re-chunked."""
+    headers, lows = http11.forwardable(resp.headers, RESPONSE_DROP)
+    if b"location" in lows:
+        location = headers[lows.index(b"location")][1]
+        fixed = self._public_location(location, req, upstream)
+        if fixed != location:
+            headers = [(k, fixed if low == b"location" else v)
+                       for (k, v), low in zip(headers, lows)]
+    rechunk = False
+    if not self.parser.keep_alive or self.services.draining:
+        headers.append((b"Connection", b"close"))       # the client asked, or we stop
+        lows.append(b"connection")
+    if resp.status == 101:
+        headers.append((b"Connection", b"upgrade"))
+        headers.append((b"Upgrade", b"websocket"))      # the only one let through
+    elif resp.body_mode.kind in ("chunked", "until-close"):
+        if req.version == b"1.1":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            lows.append(b"transfer-encoding")
+            rechunk = True
+        else:
+            headers.append((b"Connection", b"close"))
+            lows.append(b"connection")
+    # the server's own headers win; ours were checked when their set was made
+    added = webheaders.missing_lines(headers, self._added_headers, lows) \
+        if resp.status != 101 else b""
+    return http11.serialize_response_head(resp.status, resp.reason, headers,
+                                          checked=added), rechunk
+
+
+def _ws_idle_connection(upstream: Upstream, method: bytes) -> HttpConnection | None:
+    """A kept-alive connection to the upstream, restarted for the answer to
+    ``method``; None when there is none (then _connect makes one)."""
+    while upstream.idle:
+        conn = upstream.idle.pop()
+        # An idle connection that has sent anything since is not in step any more.
+        if conn.reusable and not conn.events and not conn.parser.buffered:
+            conn.start_next(method)
+            return conn
+        conn.close()
+    return None
+
+
+async def _ws_proxy(self: WebSession, req: http11.Request, upstream: Upstream, routed: bool,
+                    body: bytes | None, whole: bool, login: Login | None) -> bool:
+    w = self.services
+    web = w.settings.web
+    try:
+        # a kept-alive connection without the coroutine _connect costs
+        up = _ws_idle_connection(upstream, req.method)
+        if up is None:
+            up = await self._connect(upstream, req.method)
+    except (OSError, asyncio.TimeoutError):
+        upstream.failed(web.fail_timeout)
+        retry = None if routed else w.upstreams_for(self.kind).pick(self.client_ip,
+                                                                     web.balance)
+        if retry is None:
+            return await self._refuse(503 if routed else 502,
+                                      "Your mailbox is temporarily unavailable." if routed
+                                      else "The mail service is temporarily unavailable.")
+        upstream = retry
+        try:
+            up = await self._connect(upstream, req.method)
+        except (OSError, asyncio.TimeoutError):
+            upstream.failed(web.fail_timeout)
+            return await self._refuse(502, "The mail service is temporarily unavailable.")
+    self.server = upstream.name
+    self._upstream = upstream
+    upstream.active += 1
+    upstream.requests += 1
+    self._up = up
+    websocket = webrules.websocket_request(req)
+    read_whole = body is not None and whole
+    head = _ws_request_head(self, req, upstream, expect=body is None, websocket=websocket,
+                            length=len(body) if body is not None and whole else None)
+    if read_whole or (body is None and req.body_mode.kind in ("none", "upgrade")):
+        up.write(head + body if body else head)      # one write
+        if body is None:
+            _ws_take_end(self)
+        body_task: Any = _PUMPED                     # nothing left to pump
+    else:
+        up.write(head)
+        scan = None
+        if body is not None:           # a large SOAP body: its start, then the rest
+            scan = LoginMarkerScan(body)
+            self._scanned = True
+            up.write(http11.chunk(body) if req.body_mode.kind == "chunked" else body)
+        body_task = w.loop.create_task(self._pump_body(req, up, scan))
+    try:
+        keep = await _ws_relay_response(self, req, up, upstream, body_task, login, websocket)
+    except SendTimeout as exc:
+        log.info("client %s: %s; closed", self.client_ip, exc)
+        up.close()
+        self.abort()
+        keep = False
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        up.close()
+        keep = False
+        if not body_task.done():
+            if not self._scanned:
+                body_task.cancel()
+            # else a large SOAP body's scan decides the answer (our 413 when it
+            # spells a login): let it run to the marker or the body's end (bounded
+            # by the body timeouts); the upstream is gone, nothing more reaches it
+            await asyncio.wait([body_task])
+        bad = self._bad_body
+        if self._head_sent:
+            pass                   # cut short: closing says so; a page would be garbage
+        elif isinstance(bad, http11.ParseError):
+            self.send(self._page(bad.status, "The request body could not be accepted."))
+            if bad.status == 413:
+                await self._discard_body()
+        elif bad is False:
+            self.send(self._page(504, "The mail service did not answer in time."))
+    finally:
+        self._up = None
+        self._scanned = False
+        upstream.active -= 1
+        if not body_task.done():
+            body_task.cancel()
+            keep = False
+    return keep
+
+
+def _ws_take_end(self: WebSession) -> None:
+    """The parser emits a body-less request's end with its head: take it, or the
+    request loop would read it as the next message."""
+    if self.events and type(self.events[0]) is http11.EndOfMessage:
+        self.events.popleft()
+        self._body_done = True
+
+
+async def _ws_relay_response(self: WebSession, req, up: HttpConnection, upstream: Upstream,
+                             body_task, login: Login | None, websocket: bool) -> bool:
+    web = self.services.settings.web
+    # One timer for the whole wait, however long the path's timeout (a long poll
+    # costs no more than an idle session).
+    timeout = webrules.path_timeout(req.target, web.path_timeouts, web.read_timeout,
+                                    web.polling_timeout)
+    while True:
+        event = await up.next_event(timeout)
+        if event is None:
+            raise ConnectionError("upstream closed before answering")
+        if isinstance(event, http11.ParseError):
+            up.close()
+            self.send(self._page(502, "The mail service sent an invalid answer."))
+            return False
+        if isinstance(event, http11.Response):
+            if event.informational:
+                # RFC 9110 §15.2: a server MUST NOT send a 1xx response to an
+                # HTTP/1.0 client.
+                if req.version != b"1.0":
+                    self.send(http11.serialize_response_head(
+                        event.status, event.reason, http11.remove_hop_by_hop(event.headers)))
+                continue
+            resp = event
+            break
+    if self._scanned and not body_task.done():
+        # A large SOAP body is still being scanned: its verdict comes first (one
+        # that spells a login is our 413, whatever the server answered before its
+        # end, which it never got).
+        await asyncio.wait([body_task])
+    if self._scanned and isinstance(self._bad_body, http11.ParseError):
+        raise ConnectionError("request body refused")
+    if resp.status == 101 and not (websocket and webrules.websocket_accepted(resp)):
+        up.close()
+        log.warning("upstream %s switched protocols unasked (%r); refused", upstream.name,
+                    http11.get_header(resp.headers, b"upgrade"))
+        self.send(self._page(502, "The mail service sent an invalid answer."))
+        return False
+    head, rechunk = _ws_response_head(self, resp, req, upstream)
+    if login is not None:
+        self._audit_web_login(req, resp, login)
+    self._head_sent = True
+    if resp.status == 101:
+        self.send(head)
+        return await self._splice(up)
+    send_timeout = web.send_timeout
+    # The body bytes already read go out with the head: a small response is one
+    # write, one TLS record and one send, not two.
+    out = [head]
+    size = 0
+    while size < COALESCE_LIMIT:
+        event = up.next_ready(http11.Data)
+        if event is None:
+            break
+        size += len(event.data)
+        out.append(http11.chunk(event.data) if rechunk else event.data)
+    ended = size < COALESCE_LIMIT and up.next_ready(http11.EndOfMessage) is not None
+    if ended and rechunk:
+        out.append(http11.LAST_CHUNK)
+    self.send(b"".join(out) if len(out) > 1 else head)
+    if size:
+        await self.drain(send_timeout)
+        if self.closed:
+            up.close()
+            return False
+    while not ended:
+        event = await up.next_event(timeout)
+        if event is None or isinstance(event, http11.ParseError):
+            # Cut short: the client must not take a partial body for a whole one.
+            up.close()
+            return False
+        if type(event) is http11.Data:
+            self.send(http11.chunk(event.data) if rechunk else event.data)
+            await self.drain(send_timeout)
+            if self.closed:
+                up.close()
+                return False
+        elif type(event) is http11.EndOfMessage:
+            if rechunk:
+                self.send(http11.LAST_CHUNK)
+            ended = True
+    body_ok = body_task.done() and not body_task.cancelled() and body_task.result()
+    if up.parser.keep_alive and up.reusable and body_ok \
+            and len(upstream.idle) < web.upstream_keepalive:
+        upstream.idle.append(up)          # _connect restarts its parser for the method
+    else:
+        up.close()
+    # A body framed by closing (HTTP/1.0 client, not re-chunked) ends the connection.
+    return bool(body_ok) and (rechunk or resp.body_mode.kind in ("length", "none"))
