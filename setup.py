@@ -36,6 +36,10 @@ MYPYC_MODULES = [
     "carbotui/proxy/relay.py",
     "carbotui/proxy/httpconn.py",
     "carbotui/proxy/tlsbio.py",
+    "carbotui/proxy/listeners.py",
+    "carbotui/proxy/ipcount.py",
+    "carbotui/services/routes.py",
+    "carbotui/services/throttle.py",
 ]
 
 
