@@ -54,8 +54,8 @@ test: up compiled
 # .venv, or CARBOTUI_PURE=1: nothing is compiled and the .py files run
 MYPYC_SRC := $(shell sed -n 's/^    "\(carbotui\/[a-z0-9_/]*\.py\)",$$/\1/p' setup.py)
 # interpreted modules whose declared types compiled code checks values against
-# (proxy/mail.py's Route and MailServer reads)
-MYPYC_TYPES := carbotui/services/routes.py carbotui/backends/directory.py
+# (mail.py and routes.py: MailServer, Account; routes.py, throttle.py: Memcache, ThrottleSettings)
+MYPYC_TYPES := carbotui/backends/directory.py carbotui/backends/memcache.py carbotui/core/settings.py
 .PHONY: compiled
 compiled: build/mypyc.stamp
 build/mypyc.stamp: $(MYPYC_SRC) $(MYPYC_TYPES) setup.py mypyc.ini | venv

@@ -40,6 +40,10 @@ MYPYC_MODULES = [
     "carbotui/proxy/logs.py",
     "carbotui/proxy/tlsbio.py",
     "carbotui/proxy/web.py",
+    "carbotui/proxy/listeners.py",
+    "carbotui/proxy/ipcount.py",
+    "carbotui/services/routes.py",
+    "carbotui/services/throttle.py",
 ]
 
 GROUP = "carbotui_compiled"       # the shared library: carbotui_compiled__mypyc.<suffix>

@@ -18,7 +18,7 @@ import os
 import sys
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBPACKAGES = ("core", "protocols", "proxy")     # where setup.py's MYPYC_MODULES live
+SUBPACKAGES = ("core", "protocols", "proxy", "services")     # where setup.py's MYPYC_MODULES live
 
 
 def compiled_modules() -> dict[str, tuple[str, str]]:

@@ -8,6 +8,7 @@ instead of resetting them, so a restart refuses nobody.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from carbotui.core.settings import Endpoint
 from carbotui.proxy import tlsbio
@@ -39,12 +40,23 @@ def plain_ip(ip: str) -> str:
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
-def session_addresses(transport, addresses=None) -> tuple[str, int, str, int]:
+_NO_ADDRESS = ("", 0)
+
+
+def session_addresses(transport: Any, addresses: Any = None) -> tuple[str, int, str, int]:
     """(client ip, client port, local ip, local port) of a new session: from the PROXY
-    header when there was one (``addresses``), else from the socket."""
-    peer, local = addresses or (transport.get_extra_info("peername") or ("", 0),
-                                transport.get_extra_info("sockname") or ("", 0))
-    return plain_ip(peer[0]), peer[1], plain_ip(local[0]), local[1]
+    header when there was one (``addresses``), else from the socket. Compiled (mypyc):
+    a client ip that is no str, or a port that is no int, raises TypeError."""
+    if addresses:
+        peer, local = addresses
+    else:
+        peer = transport.get_extra_info("peername") or _NO_ADDRESS
+        local = transport.get_extra_info("sockname") or _NO_ADDRESS
+    client_ip: str = peer[0]
+    local_ip: str = local[0]
+    client_port: int = peer[1]
+    local_port: int = local[1]
+    return plain_ip(client_ip), client_port, plain_ip(local_ip), local_port
 
 
 def implicit_tls(factory, context, handshake_timeout: float = HANDSHAKE_TIMEOUT):

@@ -16,6 +16,9 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from carbotui.backends.directory import Account, Directory, DirectoryUnavailable, MailServer
 from carbotui.backends.memcache import Memcache
@@ -51,6 +54,7 @@ def alias_key(login: str, ip: str) -> bytes:
     return _key(f"alias:user={escape(login)};ip={escape(ip)}")
 
 
+@mypyc_attr(native_class=False)          # compiled (mypyc): a builtin exception's subclass
 class RouteError(RuntimeError):
     """No usable route right now (temporary): LDAP down, unknown mailbox server."""
 
@@ -70,7 +74,8 @@ class Router:
     # that reconnects (mobile clients, POP3 polling, a burst of IMAP connections)
     # costs no memcached round trip. Short, so a flushCache or a moved mailbox is
     # seen within seconds; a failed login forgets it at once.
-    LOCAL_TTL = 5.0
+    # A class attribute even when compiled: bench/quiet_worker.py sets Router.LOCAL_TTL.
+    LOCAL_TTL: ClassVar[float] = 5.0
     LOCAL_MAX = 10000
     # A name (or zimbraId) LDAP just found no account for is answered "no such account"
     # from memory for a few seconds, so an unauthenticated client repeating it costs no

@@ -53,6 +53,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from carbotui.core.audit import canonical_login
 from carbotui.backends.memcache import Memcache
 from carbotui.services.routes import _key, escape  # _key: the same >250-byte MD5 rule as routes
@@ -141,6 +143,7 @@ class Block:
             return cls(ip=ip, reason="(unreadable block entry)", since=0.0, until=0.0)
 
 
+@mypyc_attr(native_class=False)          # compiled (mypyc): a builtin exception's subclass
 class ThrottleUnavailable(RuntimeError):
     """memcached did not store a block (it is down): say so to the admin."""
 
