@@ -3,9 +3,8 @@
 The pure, annotated, sans-IO modules that every IMAP/POP3 session or web request runs
 (MYPYC_MODULES) are compiled to C extensions by mypyc when the build has it (pyproject's
 build requirements and the [test] extra name it), as black and mypy ship themselves.
-callgrind, one bench worker (bench/instructions.py, bench/instructions_https.py), main of
-16:00 UTC: IMAP session 491k -> 436k instructions, POP3 376k -> 350k, HTTPS keep-alive
-GET /health 513k -> 424k per request; the compile takes 25-110 s on 2 cores. The .py ship too, and
+callgrind, one bench worker (bench/instructions.py, bench/instructions_https.py): see the
+README's Performance section for the figures; the compile takes about 2 minutes on 2 cores. The .py ship too, and
 are what runs where there is no compiler: a build without mypyc, with CARBOTUI_PURE=1,
 or whose C compile fails, installs pure Python (a warning says so). carbotui/__init__.py
 ignores compiled modules older than their source (a stale .so never shadows an edit).
@@ -16,12 +15,13 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# On the per-session path and compiled as they are (mypyc.ini: how they are checked), and
-# the asyncio glue every mail session runs (mail, relay: its protocols stay asyncio.Protocol
-# subclasses), and the web request path (httpconn, web, logs; h2conn's sessions subclass
-# web.WebSession in Python). Not compiled: webheaders (HeaderSet subclasses tuple: mypyc
-# refuses it), settings and the rest of the I/O (services, upstreams, h2conn): they use
-# dynamic code.
+# Everything a mail session or a web request runs per connection: the sans-IO machines
+# (core, protocols), the asyncio glue (proxy: mail, relay, tlsbio, httpconn, web, logs,
+# listeners, ipcount; their protocols are plain classes, asyncio calls them by duck typing)
+# and the login path's services (routes, throttle). mypyc.ini: how they are checked.
+# Classes that tests or h2conn subclass in Python allow it (mypyc_attr). Not compiled:
+# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings, context and stats
+# (dynamic code, or types mypyc rejects), upstreams, h2conn and the rest of the I/O.
 MYPYC_MODULES = [
     "carbotui/core/audit.py",
     "carbotui/core/lines.py",
