@@ -102,7 +102,8 @@ pip() {
 source_id() {
     {
         "$PYTHON" -V 2>&1
-        find pyproject.toml README.md carbotui -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+        find pyproject.toml setup.py mypyc.ini README.md carbotui -type f \
+            ! -path '*/__pycache__/*' ! -name '*.pyc' ! -name '*.so' \
             -print0 | sort -z | xargs -0 sha256sum
     } | sha256sum | cut -d' ' -f1
 }
@@ -117,8 +118,12 @@ if [[ ! -x $VENV/bin/python || ! -e $STAMP || $(cat "$STAMP") != "$want" ]]; the
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
     # A wheel from a copy of the tree: nothing is written into the checkout (build/, egg-info).
-    cp -a pyproject.toml README.md carbotui "$build/"
+    # setup.py and mypyc.ini: the build compiles the per-session modules with mypyc (pure
+    # Python without a compiler, or with CARBOTUI_PURE=1); a checkout's own in-place build
+    # (*.so) is left behind, the wheel's are built from the sources.
+    cp -a pyproject.toml setup.py mypyc.ini README.md carbotui "$build/"
     find "$build" -name __pycache__ -prune -exec rm -rf {} +
+    find "$build" -name '*.so' -delete
     log "building the wheel and installing it into $VENV"
     pip wheel --no-deps -w "$build/dist" "$build"
     wheel=$(ls "$build"/dist/carbotui-*.whl)
