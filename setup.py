@@ -44,6 +44,7 @@ MYPYC_MODULES = [
     "carbotui/proxy/ipcount.py",
     "carbotui/services/routes.py",
     "carbotui/services/throttle.py",
+    "carbotui/proxy/uvtrack.py",
 ]
 
 GROUP = "carbotui_compiled"       # the shared library: carbotui_compiled__mypyc.<suffix>

@@ -18,7 +18,7 @@ import signal
 import sys
 
 from carbotui.core import settings as config
-from carbotui.proxy import privileges
+from carbotui.proxy import privileges, uvtrack
 
 log = logging.getLogger("carbotui.proxy")
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"carbotui worker: cannot run as {args.user}: {exc}", file=sys.stderr)
         return 1
     try:
-        from uvloop import run
+        run = uvtrack.import_uvloop().run
     except ImportError:      # pragma: no cover - uvloop is a dependency
         run = asyncio.run
     try:
