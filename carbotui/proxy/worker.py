@@ -8,8 +8,10 @@ PROXY-protocol accept loops. Sessions themselves live in mail.py and web.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from typing import Any, Callable
 
 from carbotui.core import settings as config_mod
 from carbotui.backends import worker_sockets
@@ -89,19 +91,19 @@ class Worker:
         self.control_server = await control.serve(services, self.control_path)
         for kind, endpoints in self.settings.listen.items():
             for endpoint in endpoints:
+                # The protocol factories: partials (C), not closures, so a connection
+                # costs no interpreted call before the (compiled) session's own code;
+                # called as factory() or factory(addresses=...) (PROXY listeners).
+                factory: Callable[..., Any]
                 if kind in MAIL_KINDS:
                     proto, tls, thread = MAIL_KINDS[kind]
-
-                    def factory(kind=kind, proto=proto, tls=tls, thread=thread, addresses=None):
-                        return MailSession(services, kind, proto, tls, f"{thread}-{self.index}",
-                                           addresses)
+                    factory = functools.partial(MailSession, services, kind, proto, tls,
+                                                f"{thread}-{self.index}")
                 else:
                     tls = WEB_KINDS[kind]
-
-                    def factory(kind=kind, tls=tls, addresses=None):
-                        # TLS: ALPN may pick HTTP/2 (h2conn), else HTTP/1.1 as on port 80
-                        return (AlpnWebSession if tls else WebSession)(services, kind, tls,
-                                                                       addresses)
+                    # TLS: ALPN may pick HTTP/2 (h2conn), else HTTP/1.1 as on port 80
+                    factory = functools.partial(AlpnWebSession if tls else WebSession,
+                                                services, kind, tls)
                 sock = listeners.bind(endpoint)
                 ssl_ctx = services.tls.for_listener(kind) if tls else None
                 if ssl_ctx is not None and kind in MAIL_KINDS:
