@@ -1,6 +1,6 @@
 """Instructions per HTTPS keep-alive GET /health in one carbotui worker, by callgrind.
 
-    flock /tmp/carbotui-callgrind.lock .venv/bin/python bench/instructions_https.py [N]
+    flock /tmp/carbotui-callgrind.lock .venv/bin/python bench/instructions_https.py [N [KEEPDIR]]
 
 As bench/instructions.py (the same quiet worker, bench config and memcached; the demo
 stack's web1/web2 upstream): 4 keep-alive TLS connections, one request at a time each,
@@ -61,7 +61,8 @@ def main():
         run(conns, 50)
 
     total, _ = ins.counted([BENCH / "quiet_worker.py", "--config", None, "--worker", "0"],
-                           PORT, warm, lambda: run(conns, n))
+                           PORT, warm, lambda: run(conns, n),
+                           Path(sys.argv[2]) / "callgrind.out.https" if len(sys.argv) > 2 else None)
     for s in conns: s.close()
     print(f"https keep-alive: {total / (4 * n):,.0f} instructions per request ({4 * n} requests, callgrind)")
 
