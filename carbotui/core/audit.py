@@ -29,11 +29,11 @@ from typing import Final
 # breaks on all of these (CR, LF, VT, FF, FS/GS/RS, NEL, LINE and PARAGRAPH
 # SEPARATOR), byte-oriented tools on the ASCII ones. Each becomes a space, as
 # Zimbra does for CR/LF. Every other C0 and C1 control and DEL becomes "?".
-LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-_REPLACE = {c: "?" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]}
+LINE_BREAKS: Final = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_REPLACE: Final = {c: "?" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)]}
 _REPLACE.update({ord(c): " " for c in LINE_BREAKS})
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_NEEDS_ENCODING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029;]")
+_UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NEEDS_ENCODING: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029;]")
 
 
 # Every byte but printable ASCII other than ";" maps to another byte: bytes.translate
@@ -125,7 +125,7 @@ class AuditEvent:
 # Values found plain before (the node's addresses, accounts, protocols, User-Agents): set
 # lookups instead of a scan per line. Only texts _plain() passed; bounded: emptied when full.
 _KNOWN_PLAIN: Final[set[str]] = set()
-KNOWN_PLAIN_MAX = 4096
+KNOWN_PLAIN_MAX: Final = 4096
 
 
 def format_line(timestamp: float, thread: str, proxy_ip: str, client_ip: str,
@@ -193,7 +193,7 @@ def _local_time(seconds: int) -> str:
     return stamp.text
 
 
-_LINE = re.compile(
+_LINE: Final = re.compile(
     r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(?P<ms>\d{3}) (?P<level>[A-Z]+) +"
     r"\[(?P<thread>[^\]]*)\] \[(?P<context>.*?)\] security - (?P<body>.*)$")
 

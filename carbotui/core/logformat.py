@@ -39,21 +39,21 @@ PIPE_BUF = 4096          # POSIX: a write this size or smaller to a pipe is atom
 
 # Field budgets (characters after escaping). Their sum plus the fixed part of a line stays
 # below PIPE_BUF, whatever a client sends.
-METHOD_MAX = 20
-HOST_MAX = 260
-URI_MAX = 1600
-REFERER_MAX = 600
-USER_AGENT_MAX = 600
-USER_MAX = 100
-VALUE_MAX = 330          # a sessions.log value (an address is at most 320 characters)
-CUT = "..."
+METHOD_MAX: Final = 20
+HOST_MAX: Final = 260
+URI_MAX: Final = 1600
+REFERER_MAX: Final = 600
+USER_AGENT_MAX: Final = 600
+USER_MAX: Final = 100
+VALUE_MAX: Final = 330          # a sessions.log value (an address is at most 320 characters)
+CUT: Final = "..."
 
-_ESCAPE = [f"\\x{b:02X}" if b < 0x20 or b > 0x7e or b in (0x22, 0x5c) else chr(b)
+_ESCAPE: Final = [f"\\x{b:02X}" if b < 0x20 or b > 0x7e or b in (0x22, 0x5c) else chr(b)
            for b in range(256)]
-_ESCAPE_SPACE = [*_ESCAPE[:0x20], "\\x20", *_ESCAPE[0x21:]]
-_PLAIN = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")      # printable ASCII but " and \
-_PLAIN_WORD = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")      # ... and no space
-_PLAIN_BYTES = bytes(b for b in range(0x20, 0x7f) if b not in (0x22, 0x5c))   # as _PLAIN
+_ESCAPE_SPACE: Final = [*_ESCAPE[:0x20], "\\x20", *_ESCAPE[0x21:]]
+_PLAIN: Final = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")      # printable ASCII but " and \
+_PLAIN_WORD: Final = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")      # ... and no space
+_PLAIN_BYTES: Final = bytes(b for b in range(0x20, 0x7f) if b not in (0x22, 0x5c))   # as _PLAIN
 
 
 def escape(raw: bytes | str, limit: int, *, space: bool = False) -> str:
@@ -83,15 +83,15 @@ def escape(raw: bytes | str, limit: int, *, space: bool = False) -> str:
 
 # --- secrets in a request target ------------------------------------------------------------
 
-_SECRET_PART = re.compile(rb"token|auth|passw|secret|sess|jwt|credential|signature|apikey|"
+_SECRET_PART: Final = re.compile(rb"token|auth|passw|secret|sess|jwt|credential|signature|apikey|"
                           rb"api_key|ticket|otp")
-_SECRET_NAMES = {b"pw", b"pwd", b"pass", b"key", b"sig", b"code", b"sid", b"csrf"}
+_SECRET_NAMES: Final = {b"pw", b"pwd", b"pass", b"key", b"sig", b"code", b"sid", b"csrf"}
 # Could any parameter of this (not percent-encoded) text be a secret one? Cheap first look.
-_MAYBE_SECRET = re.compile(rb"(?i)token|auth|passw|secret|sess|jwt|credential|signature|"
+_MAYBE_SECRET: Final = re.compile(rb"(?i)token|auth|passw|secret|sess|jwt|credential|signature|"
                            rb"apikey|api_key|ticket|otp|(?:^|[?&;/])(?:pw|pwd|pass|key|sig|code|"
                            rb"sid|csrf)(?:=|$)")
-_ABSOLUTE = re.compile(rb"(?i)([a-z][a-z0-9+.-]*://)([^/?#]*)")
-REDACTED = b"-"
+_ABSOLUTE: Final = re.compile(rb"(?i)([a-z][a-z0-9+.-]*://)([^/?#]*)")
+REDACTED: Final = b"-"
 
 
 def secret_name(name: bytes) -> bool:
@@ -173,7 +173,7 @@ def basic_user(authorization: bytes | None) -> bytes:
 
 # --- time stamps ----------------------------------------------------------------------------
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # "000".."999" by index (an f-string's :03d costs a format call per line)
 _MILLIS: Final = tuple([f"{i:03d}" for i in range(1000)])
 
@@ -328,13 +328,13 @@ def _address(ip: str) -> str:
 
 # --- sessions.log ---------------------------------------------------------------------------
 
-_BARE = re.compile(r"[A-Za-z0-9._@:+/\[\]\-]{1,%d}" % VALUE_MAX)
+_BARE: Final = re.compile(r"[A-Za-z0-9._@:+/\[\]\-]{1,%d}" % VALUE_MAX)
 
 
 # Values already found bare (protocols, reasons, workers, the node's accounts and
 # servers): a set lookup instead of a regex per field per line. Bounded: emptied when full.
 _KNOWN_BARE: Final[set[str]] = set()
-KNOWN_BARE_MAX = 4096
+KNOWN_BARE_MAX: Final = 4096
 
 
 def value(text: str, limit: int = VALUE_MAX) -> str:
@@ -363,7 +363,7 @@ END_REASONS: Final = {
     "worker stopping": "shutdown",
     "kicked by an administrator": "kicked",
 }
-LOGOUT = "logout"
+LOGOUT: Final = "logout"
 
 
 def end_reason(reason: str, logged_out: bool) -> str:

@@ -64,6 +64,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -89,8 +90,8 @@ class BodyMode:
 
 # BodyMode is frozen: the modes of small lengths are made once and shared (a response's
 # Content-Length is mostly one of a few small values), at most _LENGTH_MODES_MAX of them.
-_LENGTH_MODES: dict[int, BodyMode] = {}
-_LENGTH_MODES_MAX = 4096
+_LENGTH_MODES: Final[dict[int, BodyMode]] = {}
+_LENGTH_MODES_MAX: Final = 4096
 
 
 def _length_mode(n: int) -> BodyMode:
@@ -105,10 +106,10 @@ def _length_mode(n: int) -> BodyMode:
         return f"length({self.length})" if self.kind == "length" else self.kind
 
 
-NO_BODY = BodyMode("none")
-CHUNKED = BodyMode("chunked")
-UNTIL_CLOSE = BodyMode("until-close")
-UPGRADE = BodyMode("upgrade")
+NO_BODY: Final = BodyMode("none")
+CHUNKED: Final = BodyMode("chunked")
+UNTIL_CLOSE: Final = BodyMode("until-close")
+UPGRADE: Final = BodyMode("upgrade")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,32 +207,42 @@ def _end(trailers: Headers) -> EndOfMessage:
 
 
 # mypyc's functions carry no Python code object
-_COMPILED: bool = not hasattr(_end, "__code__")
+_COMPILED: Final[bool] = not hasattr(_end, "__code__")
 
 
 # ------------------------------------------------------------------- grammar
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_TOKEN_RE = re.compile(_TOKEN)
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN_RE: Final = re.compile(_TOKEN)
 # A field line, after the CRLF is gone. The value excludes NUL, CR, LF and the
 # other controls except HTAB; surrounding whitespace is stripped afterwards
 # (a greedy class + strip is linear, a lazy regex would not be).
-_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([^\x00-\x08\x0a-\x1f\x7f]*)")
-_REQUEST_LINE = re.compile(
+_FIELD_LINE: Final = re.compile(rb"(" + _TOKEN + rb"):([^\x00-\x08\x0a-\x1f\x7f]*)")
+_REQUEST_LINE: Final = re.compile(
     rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9]+(?:\.[0-9]+)?)")
-_STATUS_LINE = re.compile(
+_STATUS_LINE: Final = re.compile(
     rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t !-~\x80-\xff])*"'
-_CHUNK_LINE = re.compile(
+_QUOTED: Final = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t !-~\x80-\xff])*"'
+_CHUNK_LINE: Final = re.compile(
     rb"([0-9A-Fa-f]+)"
     rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*")
-_MAX_CHUNK_DIGITS = 16          # 64-bit sizes; longer is an overflow attempt
-_MAX_LENGTH_DIGITS = 18         # < 2**63, whatever the peer's integer type
-_SUPPORTED_VERSIONS = (b"1.0", b"1.1")
+_MAX_CHUNK_DIGITS: Final = 16          # 64-bit sizes; longer is an overflow attempt
+_MAX_LENGTH_DIGITS: Final = 18         # < 2**63, whatever the peer's integer type
+_SUPPORTED_VERSIONS: Final = (b"1.0", b"1.1")
 
 # parser states
-_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, \
-    _DONE, _SWITCHED, _FAILED, _CLOSED = range(11)
+# (Final int literals: compiled code compares them as C integers, no global lookup)
+_HEAD: Final = 0
+_BODY: Final = 1
+_CHUNK_SIZE: Final = 2
+_CHUNK_DATA: Final = 3
+_CHUNK_END: Final = 4
+_TRAILERS: Final = 5
+_UNTIL_CLOSE: Final = 6
+_DONE: Final = 7
+_SWITCHED: Final = 8
+_FAILED: Final = 9
+_CLOSED: Final = 10
 
 
 def _why_bad_field(line: bytes) -> str:
@@ -256,13 +267,13 @@ def _why_bad_field(line: bytes) -> str:
 # Byte classes for C-level checks (bytes.translate deletes the allowed bytes; what is
 # left is what breaks the rule): sre matches a character class at ~50 instructions a
 # byte, translate at a few, and a head is checked byte by byte on every message.
-_SHORT = 64                 # below this, one sre call costs less than translate's set-up
-_FIELD_TEXT = bytes([0x09, *range(0x20, 0x7f), *range(0x80, 0x100)])   # HTAB, SP-~, obs-text
-_TARGET_CHARS = bytes([*range(0x21, 0x7f), *range(0x80, 0x100)])      # no SP, no controls
+_SHORT: Final = 64                 # below this, one sre call costs less than translate's set-up
+_FIELD_TEXT: Final = bytes([0x09, *range(0x20, 0x7f), *range(0x80, 0x100)])   # HTAB, SP-~, obs-text
+_TARGET_CHARS: Final = bytes([*range(0x21, 0x7f), *range(0x80, 0x100)])      # no SP, no controls
 
 
-_GOOD_NAMES: set[bytes] = set()          # header names already checked to be tokens
-_GOOD_NAMES_MAX = 4096                   # of at most 64 bytes each: 300 KB at most
+_GOOD_NAMES: Final[set[bytes]] = set()          # header names already checked to be tokens
+_GOOD_NAMES_MAX: Final = 4096                   # of at most 64 bytes each: 300 KB at most
 
 
 def _good_name(name: bytes) -> None:
@@ -275,7 +286,7 @@ def _good_name(name: bytes) -> None:
 # The lower-cased form of each name in _GOOD_NAMES (filled with it, as bounded): framing
 # and forwarding look a name up here instead of calling bytes.lower (a method call in
 # the compiled build) for every header of every message.
-_LOWER: dict[bytes, bytes] = {}
+_LOWER: Final[dict[bytes, bytes]] = {}
 
 
 def _lower(name: bytes) -> bytes:
@@ -289,10 +300,10 @@ def _lower(name: bytes) -> bytes:
 # connection, an upstream the same Server, Content-Type ... lines. Lines up to
 # _GOOD_LINE_MAX bytes, at most _GOOD_LINES_MAX of them (emptied when full: ~1 MB at
 # most); never a line whose header carries credentials (_UNREMEMBERED).
-_GOOD_LINES: dict[bytes, tuple[bytes, bytes]] = {}
-_GOOD_LINES_MAX = 2048
-_GOOD_LINE_MAX = 256
-_UNREMEMBERED = frozenset({b"authorization", b"proxy-authorization", b"cookie",
+_GOOD_LINES: Final[dict[bytes, tuple[bytes, bytes]]] = {}
+_GOOD_LINES_MAX: Final = 2048
+_GOOD_LINE_MAX: Final = 256
+_UNREMEMBERED: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie",
                            b"set-cookie"})
 
 
@@ -745,8 +756,8 @@ class _MessageParser:
 # Short request lines accepted before -> (method, target, version): a client repeats
 # its polls and assets ("POST /service/soap/NoOpRequest HTTP/1.1"). Never one with a
 # query (it may carry a token); at most _REQUEST_LINES_MAX of them (emptied when full).
-_REQUEST_LINES: dict[bytes, tuple[bytes, bytes, bytes]] = {}
-_REQUEST_LINES_MAX = 1024
+_REQUEST_LINES: Final[dict[bytes, tuple[bytes, bytes, bytes]]] = {}
+_REQUEST_LINES_MAX: Final = 1024
 
 
 class RequestParser(_MessageParser):
@@ -834,8 +845,8 @@ class RequestParser(_MessageParser):
 
 # Status lines accepted before -> (version, status, reason): an upstream answers with
 # a few of them; at most _STATUS_LINES_MAX of up to 64 bytes (emptied when full).
-_STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
-_STATUS_LINES_MAX = 256
+_STATUS_LINES: Final[dict[bytes, tuple[bytes, int, bytes]]] = {}
+_STATUS_LINES_MAX: Final = 256
 
 
 class ResponseParser(_MessageParser):
@@ -925,7 +936,7 @@ class ResponseParser(_MessageParser):
         return self._start_body(events, mode)
 
 
-_FRAMING_NAMES = frozenset({b"host", b"transfer-encoding", b"content-length",
+_FRAMING_NAMES: Final = frozenset({b"host", b"transfer-encoding", b"content-length",
                             b"connection", b"upgrade"})
 
 
@@ -1000,13 +1011,13 @@ def expects_continue(headers: Headers) -> bool:
                for value in get_all(headers, b"expect"))
 
 
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
 })
 # Connection may name extra hop-by-hop headers, but never these: dropping the
 # body length or the Host while relaying would change what the upstream parses.
-_NEVER_HOP_BY_HOP = frozenset({b"content-length", b"host"})
+_NEVER_HOP_BY_HOP: Final = frozenset({b"content-length", b"host"})
 
 
 def remove_hop_by_hop(headers: Headers) -> Headers:
@@ -1050,9 +1061,9 @@ def remove_headers(headers: Headers, *names: bytes) -> Headers:
 
 # ------------------------------------------------------------- serialisation
 
-_SAFE_TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
-_SAFE_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
-_SAFE_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_SAFE_TARGET: Final = re.compile(rb"[^\x00-\x20\x7f]+")
+_SAFE_VALUE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
+_SAFE_REASON: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
 def _b(value: bytes | bytearray | str) -> bytes:
@@ -1062,8 +1073,8 @@ def _b(value: bytes | bytearray | str) -> bytes:
 
 
 # What a serialised head may hold besides its CRLFs: HTAB, SP to "~", and 0x80-0xFF.
-_HEAD_TEXT = bytes([0x09, *range(0x20, 0x7f), *range(0x80, 0x100)])
-_CRLF = b"\r\n"
+_HEAD_TEXT: Final = bytes([0x09, *range(0x20, 0x7f), *range(0x80, 0x100)])
+_CRLF: Final = b"\r\n"
 
 
 def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
@@ -1110,7 +1121,7 @@ def _head_lines(parts: list[bytes], headers, checked: bytes = b"") -> bytes:
 
 
 # Methods known to be tokens (a set lookup instead of the regex for these)
-_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
                       b"PROPFIND", b"PROPPATCH", b"REPORT", b"MKCOL", b"MKCALENDAR", b"MOVE",
                       b"COPY", b"LOCK", b"UNLOCK"})
 
@@ -1142,7 +1153,7 @@ def serialize_response_head(status: int, reason: bytes | str | None, headers,
     return _head_lines([b"HTTP/", version, b" %d " % status, reason, b"\r\n"], headers, checked)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:

@@ -46,20 +46,20 @@ CRLF: Final = b"\r\n"
 # A literal announcement at the end of a line: {n} or {n+}.
 _LITERAL_RE: Final = re.compile(rb"\{(\d+)(\+?)\}\Z")
 # tag = 1*<ASTRING-CHAR except "+"> (RFC 3501 section 9), 7-bit only.
-_TAG_RE = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
+_TAG_RE: Final = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+')
 # A command name is an atom.
-_NAME_RE = re.compile(rb'[^\x00-\x20\x7f(){"\\]+')
-_TOKEN_RE = re.compile(rb'''
+_NAME_RE: Final = re.compile(rb'[^\x00-\x20\x7f(){"\\]+')
+_TOKEN_RE: Final = re.compile(rb'''
     (?P<sp>\x20+)
   | (?P<open>\()
   | (?P<close>\))
   | "(?P<quoted>(?:[^"\\]|\\["\\])*)"
   | (?P<atom>[^\x00-\x20\x7f(){"\\]+)
 ''', re.VERBOSE)
-_UNESCAPE_RE = re.compile(rb'\\(["\\])')
+_UNESCAPE_RE: Final = re.compile(rb'\\(["\\])')
 # The usual arguments (LOGIN user password, SELECT INBOX): atoms, each after spaces, as
 # _TOKEN_RE would read them token by token (sp, atom, sp, atom...).
-_ATOM_ARGS_RE = re.compile(rb'(?:\x20+[^\x00-\x20\x7f(){"\\]+)+\x20*')
+_ATOM_ARGS_RE: Final = re.compile(rb'(?:\x20+[^\x00-\x20\x7f(){"\\]+)+\x20*')
 # Strings we may send as a quoted string (printable ASCII); anything else
 # goes as a literal.
 _QUOTABLE_RE = re.compile(rb"[\x20-\x7e]*")
@@ -91,7 +91,9 @@ CLOSE: Final = ")"
 Token = tuple[str, bytes]
 
 # RFC 2971 limits for the client's ID.
-_ID_MAX_PAIRS, _ID_MAX_KEY, _ID_MAX_VALUE = 30, 30, 1024
+_ID_MAX_PAIRS: Final = 30
+_ID_MAX_KEY: Final = 30
+_ID_MAX_VALUE: Final = 1024
 
 
 def _quote(value: bytes) -> bytes:
@@ -145,7 +147,7 @@ class _Command:
 
 
 # (id(limits), tls) -> (limits, greeting): the limits object is kept, so its id stays its own.
-_GREETINGS: dict[tuple[int, bool], tuple[MailLimits, bytes]] = {}
+_GREETINGS: Final[dict[tuple[int, bool], tuple[MailLimits, bytes]]] = {}
 
 
 class ImapClientSide(ClientSide):
@@ -619,9 +621,9 @@ class ImapClientSide(ClientSide):
 
 # Whether _command_line tries ImapClientSide._plain_login first (tests turn it off to
 # compare it with the strict path).
-_PLAIN_LOGIN = True
+_PLAIN_LOGIN: Final = True
 
-_COMMANDS = command_table("CAPABILITY", "NOOP", "LOGOUT", "ID", "STARTTLS", "LOGIN",
+_COMMANDS: Final = command_table("CAPABILITY", "NOOP", "LOGOUT", "ID", "STARTTLS", "LOGIN",
                           "AUTHENTICATE")
 
 
@@ -666,9 +668,9 @@ def _parse_id(args: list[Token]) -> dict[str, str | None]:
 
 _MAX_BACKEND_LITERAL: Final = 64 * 1024
 _CAPS_CODE_RE: Final = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
-_RESP_CODE_RE = re.compile(rb"[A-Za-z]+ \[([^\] ]+)")
+_RESP_CODE_RE: Final = re.compile(rb"[A-Za-z]+ \[([^\] ]+)")
 # Refusals after which a later retry may succeed (RFC 5530).
-_TEMPORARY_CODES = frozenset({b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE"})
+_TEMPORARY_CODES: Final = frozenset({b"UNAVAILABLE", b"SERVERBUG", b"LIMIT", b"INUSE"})
 # LITERAL- (RFC 7888) allows non-synchronising literals up to this size.
 _LITERAL_MINUS_MAX: Final = 4096
 

@@ -25,22 +25,23 @@ that spans chunks are kept.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
 __all__ = ["ImapStream"]
 
 # The end of a line that announces a literal: {n}, {n+} (RFC 7888) or ~{n} (RFC 3516).
-_LITERAL_END = re.compile(rb"\{(\d{1,20})\+?\}\r?\n\Z")
+_LITERAL_END: Final = re.compile(rb"\{(\d{1,20})\+?\}\r?\n\Z")
 # The start of a client command line whose command matters here: tag SP name.
-_COMMAND = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\]+ (LOGOUT|COMPRESS)(?:[ \r\n]|\Z)",
+_COMMAND: Final = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\]+ (LOGOUT|COMPRESS)(?:[ \r\n]|\Z)",
                       re.IGNORECASE)
 
 # An untagged BYE, wherever it is in a chunk of whole lines (at a line's start: checked
 # after; a pattern that starts with the check, \A or a lookbehind, is tried at every byte).
-_BYE = re.compile(rb"\* BYE[ \r\n]", re.IGNORECASE)
+_BYE: Final = re.compile(rb"\* BYE[ \r\n]", re.IGNORECASE)
 
-TAIL = 32           # bytes of a line's end kept (enough for "{" 20 digits "+}\r\n")
+TAIL: Final = 32           # bytes of a line's end kept (enough for "{" 20 digits "+}\r\n")
 
 
 # Compiled by mypyc (setup.py); tests/unit/test_imapstream.py subclasses the framers in

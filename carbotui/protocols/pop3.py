@@ -27,7 +27,7 @@ from carbotui.protocols.sasl import (
 
 __all__ = ["Pop3ClientSide", "Pop3BackendLogin"]
 
-CRLF = b"\r\n"
+CRLF: Final = b"\r\n"
 # preauth's states again, as Final names: compiled code reads them from C statics, not
 # from the module's dictionary (three or four reads per command).
 _COMMAND: Final = COMMAND
@@ -38,7 +38,7 @@ _HANDED_OFF: Final = HANDED_OFF
 # so one Send serves every session: building one costs a Python-level __init__.
 _OK_LINE: Final = Send(b"+OK" + CRLF)
 
-_PRIVACY_REFUSAL = (b"-ERR [SYS/PERM] Plaintext authentication disallowed on non-secure "
+_PRIVACY_REFUSAL: Final = (b"-ERR [SYS/PERM] Plaintext authentication disallowed on non-secure "
                     b"connections; use STLS first." + CRLF)
 
 
@@ -330,13 +330,13 @@ _VERB_AUTH: Final = _key(b"AUTH")
 
 # ----------------------------------------------------------- backend side
 
-_MAX_CAPA_LINES = 100
+_MAX_CAPA_LINES: Final = 100
 # RFC 5034 section 4: an AUTH command with its initial response must fit in
 # 255 octets; longer responses go after a "+ " continuation instead.
-_MAX_AUTH_LINE = 255
-_RESP_CODE_RE = re.compile(rb"-ERR \[([^\]]+)\]", re.IGNORECASE)
+_MAX_AUTH_LINE: Final = 255
+_RESP_CODE_RE: Final = re.compile(rb"-ERR \[([^\]]+)\]", re.IGNORECASE)
 # Refusals after which a later retry may succeed (RFC 2449, RFC 3206).
-_TEMPORARY_CODES = frozenset({b"SYS/TEMP", b"IN-USE", b"LOGIN-DELAY"})
+_TEMPORARY_CODES: Final = frozenset({b"SYS/TEMP", b"IN-USE", b"LOGIN-DELAY"})
 
 
 class _Step(enum.Enum):

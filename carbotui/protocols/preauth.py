@@ -18,7 +18,7 @@ from typing import ClassVar, Final
 from carbotui.protocols.events import Authenticate, BackendFailed, Close, MailLimits
 from carbotui.protocols.sasl import Event, LineBuffer, LineTooLong, coalesce, safe_text
 
-STARTTLS_MODES = ("only", "on", "off")
+STARTTLS_MODES: Final = ("only", "on", "off")
 MAX_BACKEND_LINE: Final = 64 * 1024
 
 

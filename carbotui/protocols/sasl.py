@@ -46,10 +46,10 @@ class PlainCredentials:
 
 # C0 controls, DEL and C1 controls. C1 matters because U+009B is an 8-bit CSI
 # that some terminals honour when a name reaches a log viewer.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 # A password may hold any character except those no protocol can carry
 # (NUL is the SASL PLAIN separator; CR/LF end a POP3 PASS line).
-_PASSWORD_FORBIDDEN = re.compile("[\x00\r\n]")
+_PASSWORD_FORBIDDEN: Final = re.compile("[\x00\r\n]")
 
 
 def b64decode_strict(data: bytes) -> bytes:
@@ -82,7 +82,7 @@ def decode_username(raw: bytes, what: str = "Username") -> str:
     return name
 
 
-_INVISIBLE = frozenset(("Cc", "Cf", "Zl", "Zp"))
+_INVISIBLE: Final = frozenset(("Cc", "Cf", "Zl", "Zp"))
 # bytes.translate tables (compiled by mypyc; the value itself comes back when nothing
 # changed): these keep the bytes a check lets through and change every other one.
 _PRINTABLE_ASCII: Final = bytes(c if 0x20 <= c <= 0x7e else c ^ 1 for c in range(256))

@@ -27,20 +27,21 @@ import json
 import re
 import xml.parsers.expat
 from dataclasses import dataclass, field, replace
+from typing import Final
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from carbotui.core.authtoken import zimbra_id_from_token
 from carbotui.protocols import http11
 from carbotui.protocols.sasl import AuthDataError, decode_username
 
-FORM = "form"                 # the web login form (POST /login)
-SOAP = "soap"                 # anything a SOAP servlet may read as an AuthRequest
+FORM: Final = "form"                 # the web login form (POST /login)
+SOAP: Final = "soap"                 # anything a SOAP servlet may read as an AuthRequest
 
-MAX_FORM_FIELDS = 100         # a login form has a handful
-MAX_JSON_OBJECTS = 1000       # a JSON AuthRequest has about ten
-MAX_XML_ELEMENTS = 1000
-MAX_DEPTH = 64                # nesting of objects/arrays or elements
-XML_ENCODINGS = (b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1", b"latin1")
+MAX_FORM_FIELDS: Final = 100         # a login form has a handful
+MAX_JSON_OBJECTS: Final = 1000       # a JSON AuthRequest has about ten
+MAX_XML_ELEMENTS: Final = 1000
+MAX_DEPTH: Final = 64                # nesting of objects/arrays or elements
+XML_ENCODINGS: Final = (b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1", b"latin1")
 
 
 class BadLogin(Exception):
@@ -50,7 +51,7 @@ class BadLogin(Exception):
 
 # ------------------------------------------------------------------ targets
 
-_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
+_SCHEME: Final = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def target_path(target: bytes) -> bytes:
@@ -67,7 +68,7 @@ def target_path(target: bytes) -> bytes:
     return target.split(b"?", 1)[0].split(b"#", 1)[0]
 
 
-_NOT_PLAIN = re.compile(rb"[%\\;]|/[/.]")     # what _plain_path refuses: %, \\, ;, //, /.
+_NOT_PLAIN: Final = re.compile(rb"[%\\;]|/[/.]")     # what _plain_path refuses: %, \\, ;, //, /.
 
 
 def _plain_path(path: bytes) -> bool:
@@ -132,9 +133,9 @@ def login_kind(method: bytes, target: bytes) -> str | None:
 # escape of an ASCII letter (which could spell it in a key; no ordinary encoder
 # escapes letters), or a NUL byte (UTF-16/32 text, which does not spell it in
 # these bytes). One alternation, searched by the C engine in linear time.
-_MARKER = re.compile(rb"[Aa][Uu][Tt][Hh][Rr][Ee][Qq][Uu][Ee][Ss][Tt]"
+_MARKER: Final = re.compile(rb"[Aa][Uu][Tt][Hh][Rr][Ee][Qq][Uu][Ee][Ss][Tt]"
                      rb"|\\u00(?:4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa])|\x00")
-_MARKER_SPAN = 10             # the longest marker minus one: kept across pieces
+_MARKER_SPAN: Final = 10             # the longest marker minus one: kept across pieces
 
 
 def has_login_marker(data: bytes) -> bool:
@@ -156,8 +157,8 @@ class LoginMarkerScan:
         return hit
 
 
-_XML_DECL = re.compile(rb"<\?xml[ \t\r\n][^>]{0,300}>")
-_XML_ENCODING = re.compile(rb"encoding[ \t\r\n]*=[ \t\r\n]*[\"']([^\"']{0,40})[\"']")
+_XML_DECL: Final = re.compile(rb"<\?xml[ \t\r\n][^>]{0,300}>")
+_XML_ENCODING: Final = re.compile(rb"encoding[ \t\r\n]*=[ \t\r\n]*[\"']([^\"']{0,40})[\"']")
 
 
 def soap_body_problem(head: bytes) -> str | None:
@@ -337,7 +338,7 @@ def _xml_auth_requests(body: bytes) -> list[str] | None:
 
 # Forwarding headers a client could use to speak for the proxy (M3): removed from
 # every request; ours (X-Forwarded-For, -Proto, X-Real-IP) are then set.
-FORWARDING = frozenset({
+FORWARDING: Final = frozenset({
     b"forwarded", b"x-forwarded-for", b"x-originating-ip", b"x-client-ip",
     b"true-client-ip", b"x-real-ip", b"x-cluster-client-ip", b"client-ip",
 })
@@ -375,7 +376,7 @@ def upstream_headers(headers: http11.Headers, *, client_ip: str, scheme: str,
     return out
 
 
-_FORWARD_DROP = http11.HOP_BY_HOP | (FORWARDING - {b"x-forwarded-for"})
+_FORWARD_DROP: Final = http11.HOP_BY_HOP | (FORWARDING - {b"x-forwarded-for"})
 
 
 def forward_request_headers(headers: http11.Headers, *, client_ip: str, scheme: str,
@@ -466,22 +467,22 @@ class BodyDeadline:
 # Carbonio's order for a web request's mailbox server (its zmauth upstream logic):
 # a REST path, ActiveSync's Basic-auth user (else its User= argument), a DAV path,
 # the auth token (cookie, else zauthtoken=), else balanced (`route_hint`).
-REST = "rest"
-ACTIVESYNC = "activesync"
-DAV = "dav"
-TOKEN = "token"
-BALANCED = "balanced"
+REST: Final = "rest"
+ACTIVESYNC: Final = "activesync"
+DAV: Final = "dav"
+TOKEN: Final = "token"
+BALANCED: Final = "balanced"
 
-ACTIVESYNC_PATH = b"/microsoft-server-activesync"    # matched without case
-_REST_PREFIXES = (b"/home/", b"/service/home/")
-_DAV_PREFIXES = (b"/dav/", b"/principals/users/")
-_ACTIVESYNC_DIR = ACTIVESYNC_PATH + b"/"
-MAX_USER = 320                # RFC 5321 §4.5.3.1: 64 (local part) + "@" + 255 (domain)
-MAX_BASIC_TOKEN = 2048        # base64 of a user and a password; real ones are < 200
-MAX_QUERY_ARGS = 100
+ACTIVESYNC_PATH: Final = b"/microsoft-server-activesync"    # matched without case
+_REST_PREFIXES: Final = (b"/home/", b"/service/home/")
+_DAV_PREFIXES: Final = (b"/dav/", b"/principals/users/")
+_ACTIVESYNC_DIR: Final = ACTIVESYNC_PATH + b"/"
+MAX_USER: Final = 320                # RFC 5321 §4.5.3.1: 64 (local part) + "@" + 255 (domain)
+MAX_BASIC_TOKEN: Final = 2048        # base64 of a user and a password; real ones are < 200
+MAX_QUERY_ARGS: Final = 100
 # Never in a name we route by: path and query delimiters (a name that spells one would
 # be read as another path by the server), "%" (a second decoding), controls, spaces.
-_NOT_IN_USER = re.compile(r"[\x00-\x20\x7f-\x9f/\\?#%;&=\"<>\u2028\u2029]")
+_NOT_IN_USER: Final = re.compile(r"[\x00-\x20\x7f-\x9f/\\?#%;&=\"<>\u2028\u2029]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,7 +659,7 @@ def route_hint(target: bytes, headers: http11.Headers, *, admin: bool = False) -
 
 # The hint of most requests: frozen, so one instance serves them all (a RouteHint made
 # per request costs ~6k instructions: the dataclass __init__ is interpreted).
-_BALANCED = RouteHint(BALANCED)
+_BALANCED: Final = RouteHint(BALANCED)
 
 
 def basic_protocol(target: bytes) -> str:
@@ -711,7 +712,7 @@ class CredentialCache:
 
 # ---------------------------------------------------------------- timeouts
 
-POLLING = "polling_timeout"   # a path_timeouts value: web.polling_timeout's
+POLLING: Final = "polling_timeout"   # a path_timeouts value: web.polling_timeout's
 
 
 def path_timeout(target: bytes, table: dict[str, float | str], read_timeout: float,

@@ -8,13 +8,13 @@ instead of resetting them, so a restart refuses nobody.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Final
 
 from carbotui.core.settings import Endpoint
 from carbotui.proxy import tlsbio
 
-BACKLOG = 4096
-HANDSHAKE_TIMEOUT = 10.0      # seconds for a client's TLS handshake
+BACKLOG: Final = 4096
+HANDSHAKE_TIMEOUT: Final = 10.0      # seconds for a client's TLS handshake
 
 
 def bind(endpoint: Endpoint) -> socket.socket:
@@ -40,7 +40,7 @@ def plain_ip(ip: str) -> str:
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
-_NO_ADDRESS = ("", 0)
+_NO_ADDRESS: Final = ("", 0)
 
 
 def session_addresses(transport: Any, addresses: Any = None) -> tuple[str, int, str, int]:

@@ -21,10 +21,10 @@ from carbotui.protocols import http11
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
 
-log = logging.getLogger("carbotui.proxy.logs")
+log: Final = logging.getLogger("carbotui.proxy.logs")
 
-NO_RESPONSE = 499          # nginx's code for a client that went away before the answer
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+NO_RESPONSE: Final = 499          # nginx's code for a client that went away before the answer
+STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _LOGGED = frozenset({b"host", b"referer", b"user-agent", b"authorization"})
 # What a header name, as sent, is to the access log: _HOST, _REFERER, _AGENT, _AUTH (the
 # four of _LOGGED, case-insensitively) or _OTHER. Names seen before are a dict lookup

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
-_monotonic = time.monotonic
+_monotonic: Final = time.monotonic
 
 
 class SpliceEnd:

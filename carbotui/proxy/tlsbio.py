@@ -51,7 +51,7 @@ import logging
 import ssl
 from typing import Any, Final
 
-log = logging.getLogger("carbotui.proxy.tlsbio")
+log: Final = logging.getLogger("carbotui.proxy.tlsbio")
 
 RECORD: Final = 16384          # the largest TLS plaintext record (RFC 8446 5.1)
 READ_SIZE: Final = 256 * 1024  # one socket read (as uvloop's SSL_READ_MAX_SIZE)

@@ -66,13 +66,13 @@ except ImportError:          # pure Python: the decorator means nothing
     def mypyc_attr(*_args: Any, **_kwargs: Any) -> Any:  # type: ignore[misc]
         return lambda cls: cls
 
-log = logging.getLogger("carbotui.proxy.web")
+log: Final = logging.getLogger("carbotui.proxy.web")
 
-BASIC = "basic"                    # a Login from Authorization: Basic (ActiveSync, DAV, REST)
+BASIC: Final = "basic"                    # a Login from Authorization: Basic (ActiveSync, DAV, REST)
 # Basic credentials that logged in lately, as keyed hashes (this process's own key):
 # a phone sends them on every request; it is audited and counted once per login.
-_RECENT_CREDENTIALS = CredentialCache(os.urandom(32))
-_HOST = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
+_RECENT_CREDENTIALS: Final = CredentialCache(os.urandom(32))
+_HOST: Final = re.compile(rb"^[A-Za-z0-9.\-]{1,253}(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::\d{1,5})?$")
 # Host values _HOST matched before: a set lookup instead of a regex call per request.
 # Only values it matched (at most 259 bytes each), at most _GOOD_HOSTS_MAX (emptied when
 # full); any other value is judged by _HOST every time.
@@ -90,14 +90,14 @@ def _good_host(host: bytes) -> bool:
         _GOOD_HOSTS.clear()
     _GOOD_HOSTS.add(host)
     return True
-RESPONSE_DROP = frozenset({b"server", b"x-powered-by"})
+RESPONSE_DROP: Final = frozenset({b"server", b"x-powered-by"})
 # request headers dropped by (expect answered here, body length ours)
-_DROP_BY_CASE = {(False, False): frozenset(), (True, False): frozenset({b"expect"}),
+_DROP_BY_CASE: Final = {(False, False): frozenset(), (True, False): frozenset({b"expect"}),
                  (False, True): frozenset({b"content-length"}),
                  (True, True): frozenset({b"expect", b"content-length"})}
-COALESCE_LIMIT = 64 * 1024         # body bytes sent in one write with the response head
-DISCARD_LIMIT = 1024 * 1024        # body bytes read and dropped before closing after a refusal
-ALLOW = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+COALESCE_LIMIT: Final = 64 * 1024         # body bytes sent in one write with the response head
+DISCARD_LIMIT: Final = 1024 * 1024        # body bytes read and dropped before closing after a refusal
+ALLOW: Final = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
 
 
 class _Pumped:
@@ -117,7 +117,7 @@ class _Pumped:
         return False
 
 
-_PUMPED = _Pumped()
+_PUMPED: Final = _Pumped()
 
 
 class Throttled(Exception):

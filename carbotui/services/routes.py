@@ -16,18 +16,18 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
 from carbotui.backends.directory import Account, Directory, DirectoryUnavailable, MailServer
 from carbotui.backends.memcache import Memcache
 
-log = logging.getLogger("carbotui.services.routes")
+log: Final = logging.getLogger("carbotui.services.routes")
 
-ROUTE_PROTOCOLS = ("http", "imap", "pop3", "httpssl", "imapssl", "pop3ssl")
-_SAFE_BYTE = re.compile(rb"[^A-Za-z0-9.@_+\-]")
-MAX_KEY = 250
+ROUTE_PROTOCOLS: Final = ("http", "imap", "pop3", "httpssl", "imapssl", "pop3ssl")
+_SAFE_BYTE: Final = re.compile(rb"[^A-Za-z0-9.@_+\-]")
+MAX_KEY: Final = 250
 
 
 def escape(text: str) -> str:

@@ -52,6 +52,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -62,11 +63,11 @@ from carbotui.services.routes import _key, escape  # _key: the same >250-byte MD
 from carbotui.core.settings import (IP_REJECT, MAX_TTL, PROTO_LETTER, USER_REJECT,  # noqa: F401
                                Network, ThrottleSettings, parse_networks)
 
-log = logging.getLogger("carbotui.services.throttle")
+log: Final = logging.getLogger("carbotui.services.throttle")
 
-INDEX_KEY = b"blocks:index"
-INDEX_LOCK = b"blocks:index:lock"
-INDEX_MAX = 10000
+INDEX_KEY: Final = b"blocks:index"
+INDEX_LOCK: Final = b"blocks:index:lock"
+INDEX_MAX: Final = 10000
 
 
 # -- pure helpers --------------------------------------------------------------
