@@ -12,7 +12,7 @@ weakref_WeakValueDictionary = weakref.WeakValueDictionary`` in its stdlib.pxi), 
 the map only as ``m[fd] = transport`` and ``m[fd]`` (KeyError when there is none).
 ``import_uvloop()`` imports it with ``weakref.WeakValueDictionary`` standing for
 ``TransportRefs`` for the length of that import only: a dict of plain weak references
-(C code: no Python call per connection). A dead entry stays until its descriptor
+(compiled: no Python call per connection). A dead entry stays until its descriptor
 number is used again, so the map holds at most one entry per descriptor number the
 worker has had open at once (what the WeakValueDictionary held for live ones).
 
@@ -28,20 +28,27 @@ from typing import Any
 _ref = weakref.ref
 
 
-class TransportRefs(dict[Any, Any]):
+class TransportRefs:
     """fd -> weak reference to a transport; ``m[fd] = t`` and ``m[fd]`` as in a
-    WeakValueDictionary (the only two operations uvloop makes on it)."""
+    WeakValueDictionary (the only two operations uvloop makes on it). A class of its
+    own holding a dict, not a dict subclass: compiled, its ``__setitem__`` then stores
+    with one C call (a subclass's would go through ``dict.__setitem__`` by name)."""
 
-    __slots__ = ()
+    def __init__(self) -> None:
+        self._refs: dict[Any, Any] = {}
 
     def __setitem__(self, fd: Any, transport: Any) -> None:
-        dict.__setitem__(self, fd, _ref(transport))
+        self._refs[fd] = _ref(transport)
 
     def __getitem__(self, fd: Any) -> Any:
-        transport = dict.__getitem__(self, fd)()
+        transport = self._refs[fd]()
         if transport is None:
             raise KeyError(fd)
         return transport
+
+    def __len__(self) -> int:
+        """Entries held, dead ones included (at most one per descriptor number)."""
+        return len(self._refs)
 
 
 def import_uvloop() -> Any:
