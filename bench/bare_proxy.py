@@ -1,9 +1,14 @@
 """The floor for an asyncio mail proxy, for bench/instructions.py --bare: accept, greet, read
 one LOGIN line, connect to the demo mailbox server of that user (odd: 127.0.0.1, even:
 127.0.0.2), LOGIN there, answer, then relay. No parsing beyond lines, no checks, no audit,
-no timers, no errors handled: a measuring stick, not a proxy.
+no timers, no errors handled: a measuring stick, not a proxy. `make bench` runs two of them
+(as carbotui's two workers) on port 12144 for its `imap_floor` row; instructions.py --bare
+one, under callgrind, on 12143.
+
+    .venv/bin/python bench/bare_proxy.py [--port 12143]
 """
 import asyncio
+import sys
 
 import uvloop
 
@@ -49,11 +54,12 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc):
         if self.backend: self.backend.t.close()
 
-async def main():
+async def main(port: int):
     loop = asyncio.get_running_loop()
-    await loop.create_server(Client, "127.0.0.1", 12143, reuse_port=True)
+    await loop.create_server(Client, "127.0.0.1", port, reuse_port=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    uvloop.run(main())
+    uvloop.run(main(int(sys.argv[sys.argv.index("--port") + 1]) if "--port" in sys.argv
+                    else 12143))

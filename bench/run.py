@@ -9,6 +9,7 @@ with the mail module, wrk). Starts, and stops at the end whatever happens:
   - bench/authserver.py (nginx auth_http) 127.0.0.1:11900   routes from a fixed table
   - nginx, foreground, var/bench/nginx/   11143 11993 11110 11995 11080 11443 (+ idle 11144 11994)
   - carbotui, 2 workers                   12143 12993 12110 12995 12080 12443
+  - bench/bare_proxy.py, 2 processes      12144 (the IMAP phase: the floor for Python asyncio)
   - bench/idle_backend.py (idle phases)   127.0.0.31:7143, 127.0.0.32:7143 (4 processes,
                                           SO_REUSEPORT: 50,000 sessions need 4 x 12,500 fds)
 
@@ -64,6 +65,7 @@ IDLE_BACKEND_PROCS = 4          # each listens on both addresses (SO_REUSEPORT)
 BIG_WORKERS = 7                 # idle_50k: 50,000 sessions x 2 fds / 7 = 14,300 fds each (< 20,000)
 DIRECT = {"imap": 7143, "imaps": 7993, "pop3": 7110, "pop3s": 7995}
 WORKERS = 2
+BARE_PORT = 12144               # bench/bare_proxy.py, the imap_floor row
 
 
 # -- processes --------------------------------------------------------------------------
@@ -308,6 +310,34 @@ class Carbotui:
     def cold_side_pids(self) -> list[int]:
         """With a cold route cache the workers also ask the demo's slapd."""
         return self.side_pids() + demo_pids("slapd")
+
+
+class BareProxy:
+    """bench/bare_proxy.py in two processes (SO_REUSEPORT, as carbotui's two workers): the
+    floor for a Python asyncio mail proxy on this machine, for the imap_floor row. It speaks
+    IMAP only: greeting, one LOGIN line, LOGIN at the user's mailbox server, then relay."""
+    name = "bare"
+    ports = {"imap": BARE_PORT}
+
+    def __init__(self, procs: Procs):
+        self.procs = procs
+
+    def start(self) -> None:
+        for n in range(WORKERS):
+            self.procs.start(f"bare_{n}", [PY, str(BENCH / "bare_proxy.py"), "--port",
+                                           str(BARE_PORT)])
+        wait_port("127.0.0.1", BARE_PORT)
+        time.sleep(0.3)                 # the second process bound too
+
+    def stop(self) -> None:
+        for n in range(WORKERS):
+            self.procs.stop(f"bare_{n}")
+
+    def pids(self) -> list[int]:
+        return [p.pid for n, p in self.procs.running.items() if n.startswith("bare_")]
+
+    def side_pids(self) -> list[int]:
+        return []
 
 
 BACKENDS = ("mbox1", "mbox2", "web1", "web2")
@@ -921,6 +951,13 @@ def evaluate(rates: dict, idle: dict) -> list[dict]:
         if c is None and "carbotui" in r.get("not_available", ()):
             row["carbotui"], row["verdict"] = "not available", "not available"
         rows.append(row)
+    n, b = rates.get("imap", {}).get("nginx"), rates.get("imap", {}).get("bare")
+    if b is not None:
+        rows.append({"id": "imap_floor_cpu", "what": "IMAP CPU per session of a bare uvloop "
+                     "proxy (bench/bare_proxy.py: LOGIN relayed, no checks, logs or timers), "
+                     "the floor for Python asyncio (bare ÷ nginx)", "nginx": n and n["cpu_us"],
+                     "carbotui": b["cpu_us"], "value": ratio(b["cpu_us"], n and n["cpu_us"]),
+                     "target": "report", "verdict": "reported"})
     imap_n = idle.get("nginx", {}).get("idle_imap", {}).get("rss_kb_per_session")
     imap_c = idle.get("carbotui", {}).get("idle_imap", {}).get("rss_kb_per_session")
     v = ratio(imap_c, imap_n)
@@ -1273,9 +1310,17 @@ def main() -> int:
                 continue
             runs = {"direct": [stable(lambda: mail_sessions(proto, tls, None, args.seconds,
                                                             args.concurrency))]}
-            for t in targets:
+            order = targets
+            if key == "imap":           # the floor too: nginx, carbotui, bare, nginx, carbotui, bare
+                bare = BareProxy(procs)
+                bare.start()
+                mail_sessions(proto, tls, bare, 0.5, 4)
+                order = [nginx, carbotui, bare, nginx, carbotui, bare]
+            for t in order:
                 runs.setdefault(t.name, []).append(stable(
                     lambda: mail_sessions(proto, tls, t, args.seconds, args.concurrency)))
+            if key == "imap":
+                bare.stop()
             report["rates"][key] = {n: summarize(v, "sessions/s") for n, v in runs.items()}
             _print_rates(key, report["rates"][key])
             phase_done(key)
