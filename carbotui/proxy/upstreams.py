@@ -30,18 +30,19 @@ class Upstream:
     requests: int = 0
     errors: int = 0
     idle: list = field(default_factory=list)     # kept-alive HttpConnection objects
+    # read per request (access.log, the session's server): plain attributes, not
+    # properties (an interpreted call each); ``server`` is never replaced (update()
+    # makes a new Upstream when a server changes)
+    address: str = field(init=False)
+    name: str = field(init=False)
 
-    @property
-    def address(self) -> str:
-        return self.server.address
+    def __post_init__(self) -> None:
+        self.address = self.server.address
+        self.name = self.server.short_name
 
     @property
     def port(self) -> int:
         return self.server.ports[self.port_kind]
-
-    @property
-    def name(self) -> str:
-        return self.server.short_name
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.down_until
