@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 from carbotui.services import nodes
 
@@ -31,9 +31,21 @@ if TYPE_CHECKING:
 SOCKET_MODE = 0o660
 
 
-_BOUNDS_MS = tuple(b * 1000 for b in wire.CONNECT_BUCKETS)
+def _bounds_ms() -> tuple[float, ...]:
+    # (in a function: compiled, the module's top level may not read worker_sockets' types,
+    # which mypy infers after this module's: mypyc links core.lines and this one together)
+    return tuple(b * 1000 for b in wire.CONNECT_BUCKETS)
 
 
+_BOUNDS_MS: Final = _bounds_ms()
+
+
+def _no_connects() -> list[int]:
+    return [0] * (len(_BOUNDS_MS) + 1)
+
+
+# Both counter classes are compiled (setup.py): the sessions' compiled code calls
+# backend() and connected() natively and reads the counters as struct fields.
 @dataclass
 class BackendCounters:
     active: int = 0
@@ -41,7 +53,7 @@ class BackendCounters:
     errors: int = 0
     connect_ms: float = 0.0        # moving average of connect+greeting time
     # the same times as a histogram (wire.CONNECT_BUCKETS, then +Inf) and their sum
-    connect_counts: list = field(default_factory=lambda: [0] * (len(_BOUNDS_MS) + 1))
+    connect_counts: list[int] = field(default_factory=_no_connects)
     connect_sum_ms: float = 0.0
 
     def connected(self, ms: float) -> None:
@@ -85,7 +97,7 @@ def _bytes(n) -> int:
 # wire.SESSION_SORT, for the live sessions (MailSession, WebSession): the same keys, from
 # their own attribute names (kind is the wire's protocol, client_ip its client); the
 # start time rounded as it is sent.
-_LIVE_SORT = {
+_LIVE_SORT: dict[str, Callable[[Any], Any]] = {
     "started": lambda s: round(s.started, 3),
     "account": lambda s: s.account or "(login)",
     "client": lambda s: str(s.client_ip),
@@ -102,7 +114,7 @@ _LIVE_SORT = {
 # wire.session_fields of a live session, but the worker's own name
 _LIVE_NAMES = {"account": "account", "client": "client_ip", "protocol": "kind",
                "server": "server", "state": "state"}
-_LIVE_FIELDS = {field: attrgetter(name) for field, name in _LIVE_NAMES.items()}
+_LIVE_FIELDS = {key: attrgetter(name) for key, name in _LIVE_NAMES.items()}
 _LIVE_ALL = attrgetter(*_LIVE_NAMES.values())
 
 
@@ -171,21 +183,24 @@ def select_sessions(live: list, worker: str, query: wire.SessionQuery | None) ->
 def snapshot(services: SessionServices,
              query: wire.SessionQuery | None = None) -> wire.WorkerSnapshot:
     """The worker's stats, with the sessions ``query`` asks for (None: all of them)."""
-    r = services.router
-    st = services.stats
-    name = services.name
-    live_sessions = list(services.sessions.values())
+    # Read through Any: compiled, each read of a declared Router, Throttle... would check
+    # the value's type, and the tests hand stand-ins (SimpleNamespace) for those parts.
+    w: Any = services
+    r = w.router
+    st: Stats = w.stats
+    name = w.name
+    live_sessions = list(w.sessions.values())
     counts: dict[str, dict[str, int]] = {}
     for (kind, state), n in Counter(map(_KIND_STATE, live_sessions)).items():
         counts.setdefault(kind, {})[state] = n
     page, matched = select_sessions(live_sessions, name, query)
-    upstreams = services.all_upstreams()
-    maintenance = services.maintenance
-    in_maintenance = services.in_maintenance
-    cache, live = services.cache, services.live
+    upstreams = w.all_upstreams()
+    maintenance = w.maintenance
+    in_maintenance = w.in_maintenance
+    cache, live = w.cache, w.live
     return wire.WorkerSnapshot(
         worker=name, pid=os.getpid(), time=time.time(), started=st.started,
-        draining=services.draining,
+        draining=w.draining,
         connections=dict(st.connections),
         logins=wire.Logins(ok=dict(st.logins_ok), failed=dict(st.logins_failed),
                            temporary=dict(st.logins_temp)),
@@ -197,7 +212,7 @@ def snapshot(services: SessionServices,
         cache=wire.CacheStats(hits=r.hits, misses=r.misses, ldap_lookups=r.ldap_lookups,
                               poisoned=r.poisoned, memcached_available=cache.available,
                               memcached_errors=cache.errors),
-        ldap_searches=services.directory.searches,
+        ldap_searches=w.directory.searches,
         backends={short: wire.BackendStats(
             active=b.active, sessions=b.sessions, errors=b.errors, connect_ms=b.connect_ms,
             maintenance=any(h.split(".", 1)[0] == short for h in maintenance))
@@ -218,7 +233,7 @@ def snapshot(services: SessionServices,
                                s.bytes_out)
                   for s in page],
         metrics=wire.MetricStats(
-            blocked=getattr(services.throttle, "blocked", 0),
+            blocked=getattr(w.throttle, "blocked", 0),
             web_responses=_nested(st.web_responses),
             connect={short: wire.ConnectTimes(list(b.connect_counts),
                                               round(b.connect_sum_ms / 1000, 6))
@@ -278,7 +293,8 @@ async def serve(services: SessionServices, path: str) -> asyncio.AbstractServer:
 
 def fleet_summary(services: SessionServices) -> dict:
     """What this worker tells the other nodes about itself (`carbotui fleet`)."""
-    st, live = services.stats, services.live
+    st: Stats = services.stats
+    live = services.live
     return {
         "node": services.node_id, "worker": services.name, "pid": os.getpid(),
         "time": time.time(), "started": st.started, "sessions": len(services.sessions),
@@ -290,9 +306,11 @@ def fleet_summary(services: SessionServices) -> dict:
 
 async def publish_forever(services: SessionServices) -> None:
     while True:
+        cache = services.cache
         try:
-            await nodes.publish(services.cache, services.node_id, services.name,
-                                fleet_summary(services))
+            if cache is not None:            # (a worker always has one)
+                await nodes.publish(cache, services.node_id, services.name,
+                                    fleet_summary(services))
         except Exception:  # noqa: BLE001 - the fleet view must never hurt serving
             pass
         await asyncio.sleep(nodes.PUBLISH_EVERY)
