@@ -167,7 +167,7 @@ class MailSession(SpliceEnd):
     _last_input: float = 0.0
     _task: Any = None                 # asyncio.Task
     _ip_counted: bool = False         # holds a place in services.connections_per_ip
-    _counters: Any = None             # the mailbox server's BackendCounters, once relayed
+    _counters: Any = None             # the mailbox server's BackendCounters, once logged in there
     services: Any                     # SessionServices (Any: no type check per read of it)
     addresses: Any
     kind: str
@@ -499,6 +499,7 @@ class MailSession(SpliceEnd):
             self._learn_capabilities(route, protocol.machine, ok)
             if ok:
                 stats.connected((time.monotonic() - started) * 1000)
+                self._counters = stats               # (for _login_succeeded, _ended)
                 return protocol, result.response
             protocol.transport.close()
             if isinstance(result, ev.LoginRejected):
@@ -555,8 +556,7 @@ class MailSession(SpliceEnd):
         self.state = "proxy"
         # Open sessions per mailbox server: up here, down in _ended (every way a relay
         # ends goes through Splice.close, once).
-        all_stats: Stats = self.services.stats
-        self._counters = counters = all_stats.backend(self.server)
+        counters: BackendCounters = self._counters      # _connect_and_login's
         counters.active += 1
         extra = backend.machine.leftover()
         if extra:
