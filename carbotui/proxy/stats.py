@@ -191,7 +191,8 @@ def snapshot(services: SessionServices,
              query: wire.SessionQuery | None = None) -> wire.WorkerSnapshot:
     """The worker's stats, with the sessions ``query`` asks for (None: all of them)."""
     # Read through Any: compiled, each read of a declared Router, Throttle... would check
-    # the value's type, and the tests hand stand-ins (SimpleNamespace) for those parts.
+    # the value's type, and the tests hand stand-ins (SimpleNamespace) for those parts
+    # (nor does a change of context.py's field types need a rebuild of this module).
     w: Any = services
     r = w.router
     st: Stats = w.stats
@@ -300,24 +301,23 @@ async def serve(services: SessionServices, path: str) -> asyncio.AbstractServer:
 
 def fleet_summary(services: SessionServices) -> dict:
     """What this worker tells the other nodes about itself (`carbotui fleet`)."""
-    st: Stats = services.stats
-    live = services.live
+    w: Any = services        # (as in snapshot: no compiled check of context.py's types)
+    st: Stats = w.stats
+    live = w.live
     return {
-        "node": services.node_id, "worker": services.name, "pid": os.getpid(),
-        "time": time.time(), "started": st.started, "sessions": len(services.sessions),
+        "node": w.node_id, "worker": w.name, "pid": os.getpid(),
+        "time": time.time(), "started": st.started, "sessions": len(w.sessions),
         "logins_ok": sum(st.logins_ok.values()), "logins_failed": sum(st.logins_failed.values()),
         "config": live.version, "mail_mode": live.mail_mode,
-        "listen": sorted(str(e) for eps in services.settings.listen.values() for e in eps)[:8],
+        "listen": sorted(str(e) for eps in w.settings.listen.values() for e in eps)[:8],
     }
 
 
 async def publish_forever(services: SessionServices) -> None:
+    w: Any = services
     while True:
-        cache = services.cache
         try:
-            if cache is not None:            # (a worker always has one)
-                await nodes.publish(cache, services.node_id, services.name,
-                                    fleet_summary(services))
+            await nodes.publish(w.cache, w.node_id, w.name, fleet_summary(services))
         except Exception:  # noqa: BLE001 - the fleet view must never hurt serving
             pass
         await asyncio.sleep(nodes.PUBLISH_EVERY)

@@ -1,10 +1,17 @@
 """A worker's counters (carbotui/proxy/stats.py: Stats, BackendCounters), compiled by mypyc
 (setup.py) and run as Python with CARBOTUI_PURE=1: both must count the same."""
+import asyncio
 import bisect
 import math
+import os
+import time
 from collections import Counter
+from types import SimpleNamespace
+
+import pytest
 
 from carbotui.backends import worker_sockets as wire
+from carbotui.services import nodes
 from carbotui.proxy import stats
 from carbotui.proxy.stats import BackendCounters, Stats
 
@@ -79,3 +86,41 @@ def test_the_dataclasses_keep_their_fields_and_repr():
 def test_the_snapshot_nests_tuple_keyed_counters():
     assert stats._nested(Counter({("https", "mbox2", "2xx"): 2, ("https", "-", "4xx"): 1})) == \
         {"https": {"mbox2": {"2xx": 2}, "-": {"4xx": 1}}}
+
+
+def fleet_services(**parts):
+    """What fleet_summary and publish_forever read of a SessionServices."""
+    s = Stats(started=7.0)
+    s.logins_ok.update({"imap": 2, "pop3": 1})
+    s.logins_failed["imap"] += 4
+    fields = dict(stats=s, live=SimpleNamespace(version="v3", mail_mode="https"),
+                  node_id="node1", name="proxy_01", sessions={1: None, 2: None}, cache="memcached",
+                  settings=SimpleNamespace(listen={"imap": ["127.0.0.1:143"],
+                                                   "pop3": ["127.0.0.1:110", "[::1]:110"]}))
+    return SimpleNamespace(**{**fields, **parts})
+
+
+def test_the_fleet_summary_counts_the_workers_sessions_and_logins():
+    before = time.time()
+    summary = stats.fleet_summary(fleet_services())
+    assert before <= summary.pop("time") <= time.time()
+    assert summary == {"node": "node1", "worker": "proxy_01", "pid": os.getpid(),
+                       "started": 7.0, "sessions": 2, "logins_ok": 3, "logins_failed": 4,
+                       "config": "v3", "mail_mode": "https",
+                       "listen": ["127.0.0.1:110", "127.0.0.1:143", "[::1]:110"]}
+
+
+def test_publishing_goes_on_after_a_failure(monkeypatch):
+    calls = []
+
+    async def publish(cache, node, worker, summary):
+        calls.append((cache, node, worker, summary["sessions"]))
+        if len(calls) == 1:
+            raise OSError("memcached went away")        # the next round publishes again
+        raise asyncio.CancelledError                     # ends the test's loop
+
+    monkeypatch.setattr(nodes, "publish", publish)
+    monkeypatch.setattr(nodes, "PUBLISH_EVERY", 0)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(stats.publish_forever(fleet_services()))
+    assert calls == [("memcached", "node1", "proxy_01", 2)] * 2
