@@ -54,8 +54,10 @@ test: up compiled
 # .venv, or CARBOTUI_PURE=1: nothing is compiled and the .py files run
 MYPYC_SRC := $(shell sed -n 's/^    "\(carbotui\/[a-z0-9_/]*\.py\)",$$/\1/p' setup.py)
 # interpreted modules whose declared types compiled code checks values against
-# (mail.py and routes.py: MailServer, Account; routes.py, throttle.py: Memcache, ThrottleSettings)
-MYPYC_TYPES := carbotui/backends/directory.py carbotui/backends/memcache.py carbotui/core/settings.py
+# (mail.py and routes.py: MailServer, Account; routes.py, throttle.py: Memcache, ThrottleSettings;
+# stats.py: worker_sockets' SessionQuery and constants, nodes.PUBLISH_EVERY)
+MYPYC_TYPES := carbotui/backends/directory.py carbotui/backends/memcache.py carbotui/core/settings.py \
+	carbotui/backends/worker_sockets.py carbotui/services/nodes.py
 .PHONY: compiled
 compiled: build/mypyc.stamp
 build/mypyc.stamp: $(MYPYC_SRC) $(MYPYC_TYPES) setup.py mypyc.ini | venv

@@ -20,8 +20,9 @@ from setuptools.command.build_ext import build_ext
 # listeners, ipcount; their protocols are plain classes, asyncio calls them by duck typing)
 # and the login path's services (routes, throttle). mypyc.ini: how they are checked.
 # Classes that tests or h2conn subclass in Python allow it (mypyc_attr). Not compiled:
-# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings, context and stats
+# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings and context
 # (dynamic code, or types mypyc rejects), upstreams, h2conn and the rest of the I/O.
+# stats is: the sessions count into its Stats and BackendCounters natively.
 MYPYC_MODULES = [
     "carbotui/core/audit.py",
     "carbotui/core/lines.py",
@@ -42,6 +43,7 @@ MYPYC_MODULES = [
     "carbotui/proxy/web.py",
     "carbotui/proxy/listeners.py",
     "carbotui/proxy/ipcount.py",
+    "carbotui/proxy/stats.py",
     "carbotui/services/routes.py",
     "carbotui/services/throttle.py",
     "carbotui/proxy/uvtrack.py",

@@ -20,6 +20,7 @@ from carbotui.protocols import http11
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
+    from carbotui.proxy.stats import Stats
 
 log: Final = logging.getLogger("carbotui.proxy.logs")
 
@@ -91,7 +92,8 @@ class NodeLogs:
         """web_request with the session's fields as values (WebSession reads them
         natively; here each would be a Python attribute lookup)."""
         status = status or NO_RESPONSE
-        self.services.stats.web_responses[
+        stats: Stats = self.services.stats      # compiled: its counters read natively
+        stats.web_responses[
             kind, upstream.name if upstream is not None else "-", status_class(status)] += 1
         host = referer = agent = user = b""
         if req is None:
@@ -134,7 +136,8 @@ class NodeLogs:
     def mail_session_ended(self, session, reason: str, logged_out: bool) -> None:
         """A relayed (logged-in) MailSession ended; ``reason`` is Splice.close's."""
         word = logformat.end_reason(reason, logged_out)
-        self.services.stats.sessions_ended[session.kind, word] += 1
+        stats: Stats = self.services.stats
+        stats.sessions_ended[session.kind, word] += 1
         now = time.time()
         # positionally, in session_line's order: timestamp, protocol, client_ip,
         # client_port, account, server, duration, bytes_in, bytes_out, reason, worker,

@@ -28,7 +28,7 @@ from carbotui.proxy.relay import Splice, SpliceEnd
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
-    from carbotui.proxy.stats import BackendCounters
+    from carbotui.proxy.stats import BackendCounters, Stats
 
 log = logging.getLogger("carbotui.proxy.mail")
 
@@ -167,7 +167,7 @@ class MailSession(SpliceEnd):
     _last_input: float = 0.0
     _task: Any = None                 # asyncio.Task
     _ip_counted: bool = False         # holds a place in services.connections_per_ip
-    _counters: Any = None             # the mailbox server's BackendCounters, once relayed
+    _counters: Any = None             # the mailbox server's BackendCounters, once logged in there
     services: Any                     # SessionServices (Any: no type check per read of it)
     addresses: Any
     kind: str
@@ -202,7 +202,8 @@ class MailSession(SpliceEnd):
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.services
-        w.stats.connections[self.kind] += 1
+        stats: Stats = w.stats              # compiled: its counters read natively
+        stats.connections[self.kind] += 1
         mail = w.settings.mail
         limits = mail.limits
         machine: ImapClientSide | Pop3ClientSide
@@ -214,7 +215,7 @@ class MailSession(SpliceEnd):
         # A connection accepted while draining is still served: refusing it would
         # turn a graceful restart into a failed login.
         if len(w.sessions) >= mail.max_connections:
-            w.stats.rejected_busy += 1
+            stats.rejected_busy += 1
             transport.write(machine.BUSY)
             transport.close()
             return
@@ -224,7 +225,7 @@ class MailSession(SpliceEnd):
             # connections (the per-worker cap above is everyone's).
             if not w.connections_per_ip.acquire("mail", self.client_ip,
                                                 mail.max_connections_per_ip):
-                w.stats.rejected_busy += 1
+                stats.rejected_busy += 1
                 transport.write(machine.TOO_MANY_FROM_ADDRESS)
                 transport.close()
                 return
@@ -405,7 +406,8 @@ class MailSession(SpliceEnd):
                 self._run(self.machine.throttled(reject))
             return
         self._audit(self.account, "")
-        w.stats.logins_ok[self.proto] += 1
+        stats: Stats = w.stats
+        stats.logins_ok[self.proto] += 1
         reject = throttled and await w.throttle.count_user(self.account, success=True,
                                                            ip=self.client_ip)
         if reject:                # Carbonio's "successes" mode: too many logins
@@ -460,7 +462,8 @@ class MailSession(SpliceEnd):
         """Connect (a few tries within the login deadline) and log in upstream."""
         s = self.services.settings.mail
         loop = self.services.loop
-        stats = self.services.stats.backend(self.server)     # route.server.short_name
+        all_stats: Stats = self.services.stats
+        stats = all_stats.backend(self.server)                # route.server.short_name
         last_error = "no attempt"
         for attempt in range(max(1, s.connect_retries + 1)):
             if attempt:
@@ -496,6 +499,7 @@ class MailSession(SpliceEnd):
             self._learn_capabilities(route, protocol.machine, ok)
             if ok:
                 stats.connected((time.monotonic() - started) * 1000)
+                self._counters = stats               # (for _login_succeeded, _ended)
                 return protocol, result.response
             protocol.transport.close()
             if isinstance(result, ev.LoginRejected):
@@ -552,7 +556,7 @@ class MailSession(SpliceEnd):
         self.state = "proxy"
         # Open sessions per mailbox server: up here, down in _ended (every way a relay
         # ends goes through Splice.close, once).
-        self._counters = counters = self.services.stats.backend(self.server)
+        counters: BackendCounters = self._counters      # _connect_and_login's
         counters.active += 1
         extra = backend.machine.leftover()
         if extra:
@@ -582,7 +586,8 @@ class MailSession(SpliceEnd):
         splice.close("mailbox server closed", farewell=farewell)
 
     def _ended(self, reason: str) -> None:
-        self._counters.active -= 1
+        counters: BackendCounters = self._counters
+        counters.active -= 1
         self.services.session_ended(self.id)
         splice = self.splice
         if self.services.logs is not None and splice is not None:  # sessions.log, ..._ended

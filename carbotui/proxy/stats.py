@@ -11,14 +11,13 @@ every session: the counts by protocol and state are one pass over the sessions i
 from __future__ import annotations
 
 import asyncio
-import bisect
 import heapq
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 from carbotui.services import nodes
 
@@ -31,9 +30,21 @@ if TYPE_CHECKING:
 SOCKET_MODE = 0o660
 
 
-_BOUNDS_MS = tuple(b * 1000 for b in wire.CONNECT_BUCKETS)
+def _bounds_ms() -> tuple[float, ...]:
+    # (in a function: compiled, the module's top level may not read worker_sockets' types,
+    # which mypy infers after this module's: mypyc links core.lines and this one together)
+    return tuple(b * 1000 for b in wire.CONNECT_BUCKETS)
 
 
+_BOUNDS_MS: Final = _bounds_ms()
+
+
+def _no_connects() -> list[int]:
+    return [0] * (len(_BOUNDS_MS) + 1)
+
+
+# Both counter classes are compiled (setup.py): the sessions' compiled code calls
+# backend() and connected() natively and reads the counters as struct fields.
 @dataclass
 class BackendCounters:
     active: int = 0
@@ -41,13 +52,20 @@ class BackendCounters:
     errors: int = 0
     connect_ms: float = 0.0        # moving average of connect+greeting time
     # the same times as a histogram (wire.CONNECT_BUCKETS, then +Inf) and their sum
-    connect_counts: list = field(default_factory=lambda: [0] * (len(_BOUNDS_MS) + 1))
+    connect_counts: list[int] = field(default_factory=_no_connects)
     connect_sum_ms: float = 0.0
 
     def connected(self, ms: float) -> None:
         self.connect_ms = ms if not self.sessions else 0.8 * self.connect_ms + 0.2 * ms
         self.sessions += 1
-        self.connect_counts[bisect.bisect_left(_BOUNDS_MS, ms)] += 1
+        # bisect.bisect_left(_BOUNDS_MS, ms), without a call through the bisect module
+        # (a dozen bounds: a compiled loop over them costs less than finding and calling it)
+        i = 0
+        for bound in _BOUNDS_MS:
+            if not bound < ms:
+                break
+            i += 1
+        self.connect_counts[i] += 1
         self.connect_sum_ms += ms
 
 
@@ -69,9 +87,10 @@ class Stats:
     sessions_ended: Counter = field(default_factory=Counter)
 
     def backend(self, name: str) -> BackendCounters:
-        if name not in self.backends:
-            self.backends[name] = BackendCounters()
-        return self.backends[name]
+        counters = self.backends.get(name)          # one lookup, not two
+        if counters is None:
+            counters = self.backends[name] = BackendCounters()
+        return counters
 
 
 _KIND_STATE = attrgetter("kind", "state")
@@ -85,7 +104,7 @@ def _bytes(n) -> int:
 # wire.SESSION_SORT, for the live sessions (MailSession, WebSession): the same keys, from
 # their own attribute names (kind is the wire's protocol, client_ip its client); the
 # start time rounded as it is sent.
-_LIVE_SORT = {
+_LIVE_SORT: dict[str, Callable[[Any], Any]] = {
     "started": lambda s: round(s.started, 3),
     "account": lambda s: s.account or "(login)",
     "client": lambda s: str(s.client_ip),
@@ -102,7 +121,7 @@ _LIVE_SORT = {
 # wire.session_fields of a live session, but the worker's own name
 _LIVE_NAMES = {"account": "account", "client": "client_ip", "protocol": "kind",
                "server": "server", "state": "state"}
-_LIVE_FIELDS = {field: attrgetter(name) for field, name in _LIVE_NAMES.items()}
+_LIVE_FIELDS = {key: attrgetter(name) for key, name in _LIVE_NAMES.items()}
 _LIVE_ALL = attrgetter(*_LIVE_NAMES.values())
 
 
@@ -171,21 +190,25 @@ def select_sessions(live: list, worker: str, query: wire.SessionQuery | None) ->
 def snapshot(services: SessionServices,
              query: wire.SessionQuery | None = None) -> wire.WorkerSnapshot:
     """The worker's stats, with the sessions ``query`` asks for (None: all of them)."""
-    r = services.router
-    st = services.stats
-    name = services.name
-    live_sessions = list(services.sessions.values())
+    # Read through Any: compiled, each read of a declared Router, Throttle... would check
+    # the value's type, and the tests hand stand-ins (SimpleNamespace) for those parts
+    # (nor does a change of context.py's field types need a rebuild of this module).
+    w: Any = services
+    r = w.router
+    st: Stats = w.stats
+    name = w.name
+    live_sessions = list(w.sessions.values())
     counts: dict[str, dict[str, int]] = {}
     for (kind, state), n in Counter(map(_KIND_STATE, live_sessions)).items():
         counts.setdefault(kind, {})[state] = n
     page, matched = select_sessions(live_sessions, name, query)
-    upstreams = services.all_upstreams()
-    maintenance = services.maintenance
-    in_maintenance = services.in_maintenance
-    cache, live = services.cache, services.live
+    upstreams = w.all_upstreams()
+    maintenance = w.maintenance
+    in_maintenance = w.in_maintenance
+    cache, live = w.cache, w.live
     return wire.WorkerSnapshot(
         worker=name, pid=os.getpid(), time=time.time(), started=st.started,
-        draining=services.draining,
+        draining=w.draining,
         connections=dict(st.connections),
         logins=wire.Logins(ok=dict(st.logins_ok), failed=dict(st.logins_failed),
                            temporary=dict(st.logins_temp)),
@@ -197,7 +220,7 @@ def snapshot(services: SessionServices,
         cache=wire.CacheStats(hits=r.hits, misses=r.misses, ldap_lookups=r.ldap_lookups,
                               poisoned=r.poisoned, memcached_available=cache.available,
                               memcached_errors=cache.errors),
-        ldap_searches=services.directory.searches,
+        ldap_searches=w.directory.searches,
         backends={short: wire.BackendStats(
             active=b.active, sessions=b.sessions, errors=b.errors, connect_ms=b.connect_ms,
             maintenance=any(h.split(".", 1)[0] == short for h in maintenance))
@@ -218,7 +241,7 @@ def snapshot(services: SessionServices,
                                s.bytes_out)
                   for s in page],
         metrics=wire.MetricStats(
-            blocked=getattr(services.throttle, "blocked", 0),
+            blocked=getattr(w.throttle, "blocked", 0),
             web_responses=_nested(st.web_responses),
             connect={short: wire.ConnectTimes(list(b.connect_counts),
                                               round(b.connect_sum_ms / 1000, 6))
@@ -278,21 +301,23 @@ async def serve(services: SessionServices, path: str) -> asyncio.AbstractServer:
 
 def fleet_summary(services: SessionServices) -> dict:
     """What this worker tells the other nodes about itself (`carbotui fleet`)."""
-    st, live = services.stats, services.live
+    w: Any = services        # (as in snapshot: no compiled check of context.py's types)
+    st: Stats = w.stats
+    live = w.live
     return {
-        "node": services.node_id, "worker": services.name, "pid": os.getpid(),
-        "time": time.time(), "started": st.started, "sessions": len(services.sessions),
+        "node": w.node_id, "worker": w.name, "pid": os.getpid(),
+        "time": time.time(), "started": st.started, "sessions": len(w.sessions),
         "logins_ok": sum(st.logins_ok.values()), "logins_failed": sum(st.logins_failed.values()),
         "config": live.version, "mail_mode": live.mail_mode,
-        "listen": sorted(str(e) for eps in services.settings.listen.values() for e in eps)[:8],
+        "listen": sorted(str(e) for eps in w.settings.listen.values() for e in eps)[:8],
     }
 
 
 async def publish_forever(services: SessionServices) -> None:
+    w: Any = services
     while True:
         try:
-            await nodes.publish(services.cache, services.node_id, services.name,
-                                fleet_summary(services))
+            await nodes.publish(w.cache, w.node_id, w.name, fleet_summary(services))
         except Exception:  # noqa: BLE001 - the fleet view must never hurt serving
             pass
         await asyncio.sleep(nodes.PUBLISH_EVERY)

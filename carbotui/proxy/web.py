@@ -59,6 +59,7 @@ from carbotui.protocols.webrules import FORM, BodyDeadline, CredentialCache, Log
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
+    from carbotui.proxy.stats import Stats
 
 try:                         # where setup.py compiles this module (mypyc brings it)
     from mypy_extensions import mypyc_attr
@@ -207,11 +208,12 @@ class WebSession(HttpConnection):
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.services
-        w.stats.connections[self.kind] += 1
+        stats: Stats = w.stats              # compiled: its counters read natively
+        stats.connections[self.kind] += 1
         # A connection accepted while draining is still served: refusing it would
         # turn a graceful restart into a failed login.
         if len(w.sessions) >= w.settings.mail.max_connections:
-            w.stats.rejected_busy += 1
+            stats.rejected_busy += 1
             transport.write(error_page(503, "The service is busy. Please try again shortly.",
                                        extra=[(b"Retry-After", b"5")]))
             transport.close()
@@ -220,7 +222,7 @@ class WebSession(HttpConnection):
         if per_ip and not w.throttle.exempt(self.client_ip):
             if not w.connections_per_ip.acquire("web", self.client_ip, per_ip):
                 # nginx's limit_conn answers 503 too
-                w.stats.throttled["ip_connections"] += 1
+                stats.throttled["ip_connections"] += 1
                 transport.write(error_page(503, "Too many connections from your address. "
                                                 "Please try again shortly.",
                                            extra=[(b"Retry-After", b"5")]))
@@ -691,7 +693,8 @@ def _ws_request_done(self: WebSession, req: http11.Request | None) -> None:
 async def _ws_handle(self: WebSession, req: http11.Request) -> bool:
     w = self.services
     web = w.settings.web
-    w.stats.web_requests[self.kind] += 1
+    stats: Stats = w.stats
+    stats.web_requests[self.kind] += 1
     req = webrules.without_underscored(req)
     self._method = req.method
     self._head_sent = False
