@@ -457,7 +457,20 @@ SPLIT = [Step(s.send, s.until, s.arg, split=3) for s in SPLIT] + [
     # A line of 70 KB after login (Dovecot's limit is 64 KiB of arguments per line... for
     # NOOP it reads and ignores them): relayed as it is, in 1000-byte writes.
     Step(b"tD NOOP " + b"x" * 70000 + b"\r\n", "tag", b"tD", split=1000),
-    *[Step(s.send, s.until, s.arg, split=1) for s in logout("zz")]]
+    # LOGOUT one byte per write, but its CRLF in one. Dovecot (2.3.19) runs a command it
+    # parses no arguments for (NOOP, CAPABILITY, IDLE, LOGOUT) on the CR, without waiting for
+    # the LF: at "zz LOGOUT\r" it sends BYE and the tagged OK and closes. Over TLS straight
+    # at Dovecot, imap-login holds the connection and relays to the imap process through a
+    # socketpair; if the lone LF reaches imap-login after that close, its write fails (EPIPE)
+    # and imap-login drops both directions of the relay (iostream_fd_proxy_finished) before
+    # relaying the BYE and OK waiting on the socketpair: the client gets a TLS close_notify
+    # and a FIN, no BYE, no OK, no reset (tcpdump; a syscall trace of imap-login shows the
+    # failed write, then the close, the socketpair never read). So the reference transcript
+    # lost its last two lines in 0-11% of sessions, depending on the load. (carbotui's leg to
+    # Dovecot is plaintext, handed to the imap process itself: no relay to drop them.) With
+    # CR and LF in one write nothing reaches Dovecot after it acts on the LOGOUT. CR and LF
+    # still go in separate writes above (tB's literal, IDLE, DONE), where nothing closes.
+    Step(b"zz LOGOUT", "none", split=1), Step(b"\r\n", "tag", b"zz"), Step(until="eof")]
 
 
 @pytest.mark.parametrize("kind", IMAP_KINDS)
