@@ -17,10 +17,11 @@ from setuptools.command.build_ext import build_ext
 
 # Everything a mail session or a web request runs per connection: the sans-IO machines
 # (core, protocols), the asyncio glue (proxy: mail, relay, tlsbio, httpconn, web, logs,
-# listeners, ipcount; their protocols are plain classes, asyncio calls them by duck typing)
-# and the login path's services (routes, throttle). mypyc.ini: how they are checked.
+# listeners, ipcount; their protocols are plain classes, asyncio calls them by duck typing),
+# the worker's SessionServices they all read (context) and the login path's services
+# (routes, throttle). mypyc.ini: how they are checked.
 # Classes that tests or h2conn subclass in Python allow it (mypyc_attr). Not compiled:
-# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings, context and stats
+# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings and stats
 # (dynamic code, or types mypyc rejects), upstreams, h2conn and the rest of the I/O.
 MYPYC_MODULES = [
     "carbotui/core/audit.py",
@@ -42,6 +43,7 @@ MYPYC_MODULES = [
     "carbotui/proxy/web.py",
     "carbotui/proxy/listeners.py",
     "carbotui/proxy/ipcount.py",
+    "carbotui/proxy/context.py",
     "carbotui/services/routes.py",
     "carbotui/services/throttle.py",
 ]
