@@ -168,7 +168,7 @@ class MailSession(SpliceEnd):
     _task: Any = None                 # asyncio.Task
     _ip_counted: bool = False         # holds a place in services.connections_per_ip
     _counters: Any = None             # the mailbox server's BackendCounters, once relayed
-    services: Any                     # SessionServices (Any: no type check per read of it)
+    services: SessionServices         # a native class (context.py): its fields read in one load
     addresses: Any
     kind: str
     proto: str
@@ -583,12 +583,17 @@ class MailSession(SpliceEnd):
 
     def _ended(self, reason: str) -> None:
         self._counters.active -= 1
-        self.services.session_ended(self.id)
+        services = self.services
+        services.session_ended(self.id)
         splice = self.splice
-        if self.services.logs is not None and splice is not None:  # sessions.log, ..._ended
-            watch: Any = splice.watch
-            self.services.logs.mail_session_ended(
-                self, reason, watch.client.logout if self.proto == "imap" else watch.quit)
+        logs = services.logs
+        if logs is not None and splice is not None:    # sessions.log (mail_session_ended)
+            watch = splice.watch           # narrowed: native reads of its flag
+            logged_out = (watch.client.logout if isinstance(watch, ImapStream)
+                          else isinstance(watch, Pop3Quit) and watch.quit)
+            logs.mail_line(self.kind, self.client_ip, self.client_port, self.account,
+                           self.server, self.started, splice.bytes_in, splice.bytes_out,
+                           reason, logged_out, self.id)
 
     def _audit(self, account: str, error: str) -> None:
         self.services.audit.write_line(audit.format_line(
