@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from carbotui.core import audit
 from carbotui.services.routes import Route, RouteError
-from carbotui.protocols import events as ev
+# the event classes by name: compiled, `type(event) is Send` compares with the class itself
+# (``Send`` would be a module attribute lookup per test)
+from carbotui.protocols.events import (Authenticate, BackendFailed, ClientId, Close, LoginOK,
+                                       LoginRejected, Send, StartTLS)
 from carbotui.proxy.listeners import session_addresses
 from carbotui.protocols.imap import ImapBackendLogin, ImapClientSide
 from carbotui.protocols.imapstream import ImapStream
@@ -131,7 +134,7 @@ class BackendProtocol(SpliceEnd):
             splice.from_backend(data)
             return
         for event in self.machine.feed(data):
-            if type(event) is ev.Send:
+            if type(event) is Send:
                 self.transport.write(event.data)
             elif not self.result.done():
                 self.result.set_result(event)
@@ -144,7 +147,7 @@ class BackendProtocol(SpliceEnd):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.result.done():
-            self.result.set_result(ev.BackendFailed(f"closed during login ({exc or 'EOF'})"))
+            self.result.set_result(BackendFailed(f"closed during login ({exc or 'EOF'})"))
         elif self.session is not None:
             self.session.backend_closed(exc)
 
@@ -320,19 +323,19 @@ class MailSession(SpliceEnd):
         # type(event) is X, not isinstance: the machines emit the classes themselves (and
         # each test narrows event for mypyc: native reads of its fields)
         for event in events:
-            if type(event) is ev.Send:
+            if type(event) is Send:
                 self.transport.write(event.data)
-            elif type(event) is ev.Authenticate:
+            elif type(event) is Authenticate:
                 self.transport.pause_reading()
                 self._task = self.services.loop.create_task(self._login(event))
-            elif type(event) is ev.StartTLS:
+            elif type(event) is StartTLS:
                 self.transport.pause_reading()     # nothing more in plaintext
                 self._task = self.services.loop.create_task(self._start_tls())
-            elif type(event) is ev.ClientId:
+            elif type(event) is ClientId:
                 name = event.fields.get("name") or ""
                 version = event.fields.get("version") or ""
                 self.user_agent = f"{name}/{version}" if version else name
-            elif type(event) is ev.Close:
+            elif type(event) is Close:
                 self.transport.close()
                 return
 
@@ -355,7 +358,7 @@ class MailSession(SpliceEnd):
     def route_proto(self) -> str:
         return self.proto + ("ssl" if self.services.settings.mail.upstream_tls else "")
 
-    async def _login(self, auth: ev.Authenticate) -> None:
+    async def _login(self, auth: Authenticate) -> None:
         w = self.services
         settings = w.settings.mail
         self.state = "login"
@@ -431,7 +434,7 @@ class MailSession(SpliceEnd):
         return route
 
     def _backend_machine(self, route: Route,
-                         auth: ev.Authenticate) -> ImapBackendLogin | Pop3BackendLogin:
+                         auth: Authenticate) -> ImapBackendLogin | Pop3BackendLogin:
         s = self.services.settings.mail
         if self.proto == "imap":
             return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
@@ -455,7 +458,7 @@ class MailSession(SpliceEnd):
         elif machine.remembered and not ok:
             memory.pop((route.address, route.port), None)
 
-    async def _connect_and_login(self, route: Route, auth: ev.Authenticate,
+    async def _connect_and_login(self, route: Route, auth: Authenticate,
                                  deadline: _LoginDeadline):
         """Connect (a few tries within the login deadline) and log in upstream."""
         s = self.services.settings.mail
@@ -492,13 +495,13 @@ class MailSession(SpliceEnd):
             except asyncio.CancelledError:
                 protocol.transport.close()        # login deadline passed
                 raise
-            ok = isinstance(result, ev.LoginOK)
+            ok = isinstance(result, LoginOK)
             self._learn_capabilities(route, protocol.machine, ok)
             if ok:
                 stats.connected((time.monotonic() - started) * 1000)
                 return protocol, result.response
             protocol.transport.close()
-            if isinstance(result, ev.LoginRejected):
+            if isinstance(result, LoginRejected):
                 if result.temporary:
                     raise LoginFailure(f"mailbox server says {_text(result.response)}",
                                        temporary=True)
