@@ -63,6 +63,45 @@ def upstream_contexts(settings: Settings) -> tuple[ssl.SSLContext | None, ssl.SS
     return (ctx if mail_tls else None), (ctx if web_tls else None)
 
 
+class MailConfig:
+    """The values of [mail] (MailSettings) that a mail session reads, as native fields:
+    compiled, one load each instead of a Python attribute lookup on the interpreted
+    settings. Made from one MailSettings (``source``); SessionServices.mail_config()
+    makes a new one when the settings are replaced (SIGHUP), and a session keeps the
+    one of its start."""
+
+    source: Any
+    limits: Any                        # MailLimits: for the client-side machines
+    auth_wait: float
+    preauth_timeout: float
+    imap_idle_timeout: float
+    pop3_idle_timeout: float
+    connect_timeout: float
+    connect_retries: int
+    login_timeout: float
+    max_connections: int
+    max_connections_per_ip: int
+    upstream_tls: bool
+    send_imap_id: bool
+    send_pop3_xoip: bool
+
+    def __init__(self, mail: Any):
+        self.source = mail
+        self.limits = mail.limits
+        self.auth_wait = mail.auth_wait
+        self.preauth_timeout = mail.preauth_timeout
+        self.imap_idle_timeout = mail.imap_idle_timeout
+        self.pop3_idle_timeout = mail.pop3_idle_timeout
+        self.connect_timeout = mail.connect_timeout
+        self.connect_retries = mail.connect_retries
+        self.login_timeout = mail.login_timeout
+        self.max_connections = mail.max_connections
+        self.max_connections_per_ip = mail.max_connections_per_ip
+        self.upstream_tls = mail.upstream_tls
+        self.send_imap_id = mail.send_imap_id
+        self.send_pop3_xoip = mail.send_pop3_xoip
+
+
 # Compiled by mypyc (setup.py): a native class, whose fields compiled code (mail.py,
 # web.py) reads in one load. Typed Any: the fields a test gives a stand-in (settings,
 # router, throttle, audit log, ...), which a declared type would refuse at assignment; an
@@ -104,6 +143,7 @@ class SessionServices:
     _id_base: int = field(init=False)
     _waiting: int = field(init=False)     # sessions_gone() callers
     _all_gone: asyncio.Event = field(init=False)
+    _mail_config: MailConfig | None = field(init=False)   # of settings.mail (mail_config)
 
     def __post_init__(self) -> None:
         self.name = f"proxy_{self.index:02d}"
@@ -114,6 +154,7 @@ class SessionServices:
         self._id_base = self.index * SESSION_IDS_PER_WORKER
         self._last_id = 0
         self._waiting = 0
+        self._mail_config = None
         self._all_gone = asyncio.Event()
 
     # -- settings -------------------------------------------------------------
@@ -137,6 +178,15 @@ class SessionServices:
         self.router.servers = servers
         self.web_upstreams.update(servers)
         self.admin_upstreams.update(servers)
+
+    def mail_config(self) -> MailConfig:
+        """settings.mail's values for a new mail session: made again whenever the
+        settings hold another [mail] (configure(), or settings replaced directly)."""
+        mail = self.settings.mail
+        config = self._mail_config
+        if config is None or config.source is not mail:
+            config = self._mail_config = MailConfig(mail)
+        return config
 
     # -- sessions -------------------------------------------------------------
     def next_session_id(self) -> int:

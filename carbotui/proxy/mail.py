@@ -30,7 +30,7 @@ from carbotui.protocols.sasl import Event
 from carbotui.proxy.relay import Splice, SpliceEnd
 
 if TYPE_CHECKING:
-    from carbotui.proxy.context import SessionServices
+    from carbotui.proxy.context import MailConfig, SessionServices
     from carbotui.proxy.stats import BackendCounters
 
 log = logging.getLogger("carbotui.proxy.mail")
@@ -171,6 +171,9 @@ class MailSession(SpliceEnd):
     _task: Any = None                 # asyncio.Task
     _ip_counted: bool = False         # holds a place in services.connections_per_ip
     _counters: Any = None             # the mailbox server's BackendCounters, once relayed
+    # [mail] as this session found it at its start (a reload's settings are for the
+    # sessions after it), as native fields: one load per use
+    _mail: MailConfig
     services: SessionServices         # a native class (context.py): its fields read in one load
     addresses: Any
     kind: str
@@ -206,7 +209,7 @@ class MailSession(SpliceEnd):
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.services
         w.stats.connections[self.kind] += 1
-        mail = w.settings.mail
+        self._mail = mail = w.mail_config()
         limits = mail.limits
         machine: ImapClientSide | Pop3ClientSide
         if self.proto == "imap":
@@ -259,7 +262,7 @@ class MailSession(SpliceEnd):
         services = self.services
         loop = services.loop
         self._last_input = loop.time()
-        self._timer = loop.call_later(services.settings.mail.preauth_timeout, self._timer_fired)
+        self._timer = loop.call_later(self._mail.preauth_timeout, self._timer_fired)
 
     def _timer_fired(self) -> None:
         loop = self.services.loop
@@ -268,7 +271,7 @@ class MailSession(SpliceEnd):
             if wait is not None:
                 self._timer = loop.call_later(wait, self._timer_fired)
             return
-        remaining = self._last_input + self.services.settings.mail.preauth_timeout - loop.time()
+        remaining = self._last_input + self._mail.preauth_timeout - loop.time()
         if remaining > 0:
             self._timer = loop.call_later(remaining, self._timer_fired)
             return
@@ -356,11 +359,11 @@ class MailSession(SpliceEnd):
     # -- login --------------------------------------------------------------
     @property
     def route_proto(self) -> str:
-        return self.proto + ("ssl" if self.services.settings.mail.upstream_tls else "")
+        return self.proto + ("ssl" if self._mail.upstream_tls else "")
 
     async def _login(self, auth: Authenticate) -> None:
         w = self.services
-        settings = w.settings.mail
+        settings = self._mail
         self.state = "login"
         typed = auth.username
         # Every spelling of one name is one throttle key and one route (M1): case,
@@ -435,7 +438,7 @@ class MailSession(SpliceEnd):
 
     def _backend_machine(self, route: Route,
                          auth: Authenticate) -> ImapBackendLogin | Pop3BackendLogin:
-        s = self.services.settings.mail
+        s = self._mail
         if self.proto == "imap":
             return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
                                     send_id=s.send_imap_id, client_ip=self.client_ip,
@@ -461,7 +464,7 @@ class MailSession(SpliceEnd):
     async def _connect_and_login(self, route: Route, auth: Authenticate,
                                  deadline: _LoginDeadline):
         """Connect (a few tries within the login deadline) and log in upstream."""
-        s = self.services.settings.mail
+        s = self._mail
         loop = self.services.loop
         stats = self.services.stats.backend(self.server)     # route.server.short_name
         last_error = "no attempt"
@@ -526,7 +529,7 @@ class MailSession(SpliceEnd):
             # The route may be stale (a moved mailbox): forget it, as Carbonio does.
             await w.router.forget(login, self.route_proto, self.local_ip, self.account)
             # Tarpit: slow down password guessing; reading stays paused meanwhile.
-            await asyncio.sleep(w.settings.mail.auth_wait)
+            await asyncio.sleep(self._mail.auth_wait)
         self.account = self.server = ""
         self.state = "preauth"
         if self.transport.is_closing():
@@ -540,7 +543,7 @@ class MailSession(SpliceEnd):
             return
         events, leftover = self.machine.auth_succeeded(response)
         self._run(events)
-        s = self.services.settings.mail
+        s = self._mail
         loop = self.services.loop
         idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
