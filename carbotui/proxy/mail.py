@@ -388,7 +388,7 @@ class MailSession(SpliceEnd):
                         reject = await w.throttle.check_user(route.account, ip=self.client_ip)
                     if not reject:
                         self.account = route.account
-                        self.server = route.server.short_name
+                        self.server = route.short_name
                         backend, response = await self._connect_and_login(route, auth,
                                                                           deadline)
                 finally:

@@ -38,7 +38,8 @@ class AuditRecorder:
 class FixedRouter:
     def __init__(self, port: int):
         server = MailServer("mbox9.demo.test", "127.0.0.1", {"imap": port})
-        self.route = Route("user01@demo.test", server, "127.0.0.1", port, cached=True)
+        self.route = Route("user01@demo.test", server, "127.0.0.1", port, cached=True,
+                           short_name=server.short_name)
 
     def recent_mail_route(self, login, proto, local_ip):
         return None                    # as after LOCAL_TTL: the awaited lookup is used
