@@ -17,12 +17,13 @@ from setuptools.command.build_ext import build_ext
 
 # Everything a mail session or a web request runs per connection: the sans-IO machines
 # (core, protocols), the asyncio glue (proxy: mail, relay, tlsbio, httpconn, web, logs,
-# listeners, ipcount; their protocols are plain classes, asyncio calls them by duck typing)
-# and the login path's services (routes, throttle). mypyc.ini: how they are checked.
+# listeners, ipcount; their protocols are plain classes, asyncio calls them by duck typing),
+# the worker's SessionServices they all read (context) and the login path's services
+# (routes, throttle). mypyc.ini: how they are checked.
 # Classes that tests or h2conn subclass in Python allow it (mypyc_attr). Not compiled:
-# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings and context
-# (dynamic code, or types mypyc rejects), upstreams, h2conn and the rest of the I/O.
-# stats is: the sessions count into its Stats and BackendCounters natively.
+# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings (dynamic code),
+# upstreams, h2conn and the rest of the I/O. stats is: the sessions count into its Stats
+# and BackendCounters natively; uvtrack is uvloop's transport map (no Python per connection).
 MYPYC_MODULES = [
     "carbotui/core/audit.py",
     "carbotui/core/lines.py",
@@ -44,6 +45,7 @@ MYPYC_MODULES = [
     "carbotui/proxy/listeners.py",
     "carbotui/proxy/ipcount.py",
     "carbotui/proxy/stats.py",
+    "carbotui/proxy/context.py",
     "carbotui/services/routes.py",
     "carbotui/services/throttle.py",
     "carbotui/proxy/uvtrack.py",

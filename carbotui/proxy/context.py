@@ -15,28 +15,22 @@ a copy of their own get theirs in that one place.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from carbotui.proxy import control
 from carbotui.proxy.ipcount import ConnectionsPerIp
 from carbotui.proxy.live import LiveConfig
+from carbotui.proxy.logs import NodeLogs
 from carbotui.proxy.stats import Stats
 from carbotui.proxy.tls import upstream_context
 from carbotui.proxy.upstreams import Upstream, UpstreamSet
 
 if TYPE_CHECKING:
-    from carbotui.core.audit import AuditLog
     from carbotui.core.settings import Settings
-    from carbotui.backends.directory import Directory, MailServer
-    from carbotui.backends.memcache import Memcache
-    from carbotui.services.routes import Router
-    from carbotui.services.throttle import Throttle
-    from carbotui.proxy.logs import NodeLogs
+    from carbotui.backends.directory import MailServer
     from carbotui.proxy.relay import Splice
-    from carbotui.proxy.tls import TlsContexts
 
 SESSION_IDS_PER_WORKER = 10_000_000_000     # session ids are unique across a node's workers
 
@@ -69,18 +63,67 @@ def upstream_contexts(settings: Settings) -> tuple[ssl.SSLContext | None, ssl.SS
     return (ctx if mail_tls else None), (ctx if web_tls else None)
 
 
-@dataclass(slots=True, eq=False)
+class MailConfig:
+    """The values of [mail] (MailSettings) that a mail session reads, as native fields:
+    compiled, one load each instead of a Python attribute lookup on the interpreted
+    settings. Made from one MailSettings (``source``); SessionServices.mail_config()
+    makes a new one when the settings are replaced (SIGHUP), and a session keeps the
+    one of its start."""
+
+    source: Any
+    limits: Any                        # MailLimits: for the client-side machines
+    auth_wait: float
+    preauth_timeout: float
+    imap_idle_timeout: float
+    pop3_idle_timeout: float
+    connect_timeout: float
+    connect_retries: int
+    login_timeout: float
+    max_connections: int
+    max_connections_per_ip: int
+    upstream_tls: bool
+    send_imap_id: bool
+    send_pop3_xoip: bool
+
+    def __init__(self, mail: Any):
+        self.source = mail
+        self.limits = mail.limits
+        self.auth_wait = mail.auth_wait
+        self.preauth_timeout = mail.preauth_timeout
+        self.imap_idle_timeout = mail.imap_idle_timeout
+        self.pop3_idle_timeout = mail.pop3_idle_timeout
+        self.connect_timeout = mail.connect_timeout
+        self.connect_retries = mail.connect_retries
+        self.login_timeout = mail.login_timeout
+        self.max_connections = mail.max_connections
+        self.max_connections_per_ip = mail.max_connections_per_ip
+        self.upstream_tls = mail.upstream_tls
+        self.send_imap_id = mail.send_imap_id
+        self.send_pop3_xoip = mail.send_pop3_xoip
+
+
+# Compiled by mypyc (setup.py): a native class, whose fields compiled code (mail.py,
+# web.py) reads in one load. Typed Any: the fields a test gives a stand-in (settings,
+# router, throttle, audit log, ...), which a declared type would refuse at assignment; an
+# Any field is read natively all the same. A compiled dataclass evaluates its annotations
+# at import: only names imported for real (not under TYPE_CHECKING). mypyc leaves an
+# init=False field's default unset: __post_init__ sets them.
+@dataclass(slots=True, eq=False)      # slots: the interpreted build's one-step reads too
 class SessionServices:
-    settings: Settings
-    loop: asyncio.AbstractEventLoop        # kept: get_running_loop() costs a getpid() on 3.11
-    router: Router
-    throttle: Throttle
-    audit: AuditLog
+    settings: Any                          # Settings
+    loop: Any                              # the AbstractEventLoop (get_running_loop()
+                                           # costs a getpid() on 3.11)
+    router: Any                            # Router
+    throttle: Any                          # Throttle
+    audit: Any                             # AuditLog
     index: int = 0                         # supervisord's process_num
     node_id: str = ""                      # this node in the fleet view
-    tls: TlsContexts | None = None         # the front context (TLS listeners, STARTTLS)
-    directory: Directory | None = None     # LDAP (live.py; its search count in the stats)
-    cache: Memcache | None = None          # memcached (the fleet summary; its state in the stats)
+    tls: Any = None                        # TlsContexts: the front context (TLS listeners,
+                                           # STARTTLS)
+    directory: Any = None                  # Directory: LDAP (live.py; its search count in
+                                           # the stats)
+    cache: Any = None                      # Memcache: memcached (the fleet summary; its
+                                           # state in the stats)
     mail_upstream_tls: ssl.SSLContext | None = None   # None: plaintext to the mailbox servers
     web_upstream_tls: ssl.SSLContext | None = None
     maintenance: set[str] = field(default_factory=set)  # hostnames: no new logins there
@@ -96,10 +139,11 @@ class SessionServices:
     web_upstreams: UpstreamSet = field(init=False)
     admin_upstreams: UpstreamSet = field(init=False)
     live: LiveConfig = field(init=False)   # cluster settings from LDAP: mail mode, vhosts
-    _ids: itertools.count = field(init=False)
+    _last_id: int = field(init=False)     # the last session id given, less _id_base
     _id_base: int = field(init=False)
-    _waiting: int = field(init=False, default=0)     # sessions_gone() callers
+    _waiting: int = field(init=False)     # sessions_gone() callers
     _all_gone: asyncio.Event = field(init=False)
+    _mail_config: MailConfig | None = field(init=False)   # of settings.mail (mail_config)
 
     def __post_init__(self) -> None:
         self.name = f"proxy_{self.index:02d}"
@@ -107,8 +151,10 @@ class SessionServices:
         self.web_upstreams = UpstreamSet(web_kind, self.in_maintenance)
         self.admin_upstreams = UpstreamSet("admin", self.in_maintenance)
         self.live = LiveConfig(self)
-        self._ids = itertools.count(1)
         self._id_base = self.index * SESSION_IDS_PER_WORKER
+        self._last_id = 0
+        self._waiting = 0
+        self._mail_config = None
         self._all_gone = asyncio.Event()
 
     # -- settings -------------------------------------------------------------
@@ -133,9 +179,19 @@ class SessionServices:
         self.web_upstreams.update(servers)
         self.admin_upstreams.update(servers)
 
+    def mail_config(self) -> MailConfig:
+        """settings.mail's values for a new mail session: made again whenever the
+        settings hold another [mail] (configure(), or settings replaced directly)."""
+        mail = self.settings.mail
+        config = self._mail_config
+        if config is None or config.source is not mail:
+            config = self._mail_config = MailConfig(mail)
+        return config
+
     # -- sessions -------------------------------------------------------------
     def next_session_id(self) -> int:
-        return self._id_base + next(self._ids)
+        self._last_id += 1
+        return self._id_base + self._last_id
 
     def session_ended(self, session_id: int) -> None:
         sessions = self.sessions

@@ -59,9 +59,16 @@ def status_class(status: int) -> str:
 
 
 class NodeLogs:
-    def __init__(self, services: SessionServices):
+    services: Any
+    stats: Stats
+    name: str
+
+    def __init__(self, services: Any):     # SessionServices
         settings = services.settings
-        self.services: Any = services     # (Any: no type check of it per use)
+        self.services = services          # (Any: a test's stand-in will do)
+        # what each line reads of the worker, here: one native load each (neither changes)
+        self.stats = services.stats
+        self.name = services.name         # proxy_NN
         # As nginx's: a new file only on SIGUSR1 (no stat of the path per request).
         # audit.log also follows a rotation by itself within a second (auditwatch).
         self.access = AuditLog(settings.access_log, follow=False)
@@ -92,8 +99,7 @@ class NodeLogs:
         """web_request with the session's fields as values (WebSession reads them
         natively; here each would be a Python attribute lookup)."""
         status = status or NO_RESPONSE
-        stats: Stats = self.services.stats      # compiled: its counters read natively
-        stats.web_responses[
+        self.stats.web_responses[
             kind, upstream.name if upstream is not None else "-", status_class(status)] += 1
         host = referer = agent = user = b""
         if req is None:
@@ -133,16 +139,23 @@ class NodeLogs:
             local_ip, local_port))
 
     # -- mail -----------------------------------------------------------------
-    def mail_session_ended(self, session, reason: str, logged_out: bool) -> None:
+    def mail_session_ended(self, session: Any, reason: str, logged_out: bool) -> None:
         """A relayed (logged-in) MailSession ended; ``reason`` is Splice.close's."""
+        self.mail_line(session.kind, session.client_ip, session.client_port, session.account,
+                       session.server, session.started, session.bytes_in, session.bytes_out,
+                       reason, logged_out, session.id)
+
+    def mail_line(self, kind: str, client_ip: str, client_port: int, account: str,
+                  server: str, started: float, bytes_in: int, bytes_out: int, reason: str,
+                  logged_out: bool, session_id: int) -> None:
+        """mail_session_ended with the session's fields as values (MailSession reads them
+        natively; here each would be a Python attribute lookup)."""
         word = logformat.end_reason(reason, logged_out)
-        stats: Stats = self.services.stats
-        stats.sessions_ended[session.kind, word] += 1
+        self.stats.sessions_ended[kind, word] += 1
         now = time.time()
         # positionally, in session_line's order: timestamp, protocol, client_ip,
         # client_port, account, server, duration, bytes_in, bytes_out, reason, worker,
         # session (keywords cost the compiled function ~1,000 instructions to match)
         self.sessions.write_line(logformat.session_line(
-            now, session.kind, session.client_ip, session.client_port, session.account,
-            session.server, now - session.started, session.bytes_in, session.bytes_out, word,
-            self.services.name, session.id))
+            now, kind, client_ip, client_port, account, server, now - started, bytes_in,
+            bytes_out, word, self.name, session_id))

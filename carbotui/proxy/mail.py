@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from carbotui.core import audit
 from carbotui.services.routes import Route, RouteError
-from carbotui.protocols import events as ev
+# the event classes by name: compiled, `type(event) is Send` compares with the class itself
+# (``Send`` would be a module attribute lookup per test)
+from carbotui.protocols.events import (Authenticate, BackendFailed, ClientId, Close, LoginOK,
+                                       LoginRejected, Send, StartTLS)
 from carbotui.proxy.listeners import session_addresses
 from carbotui.protocols.imap import ImapBackendLogin, ImapClientSide
 from carbotui.protocols.imapstream import ImapStream
@@ -27,7 +30,7 @@ from carbotui.protocols.sasl import Event
 from carbotui.proxy.relay import Splice, SpliceEnd
 
 if TYPE_CHECKING:
-    from carbotui.proxy.context import SessionServices
+    from carbotui.proxy.context import MailConfig, SessionServices
     from carbotui.proxy.stats import BackendCounters, Stats
 
 log = logging.getLogger("carbotui.proxy.mail")
@@ -131,7 +134,7 @@ class BackendProtocol(SpliceEnd):
             splice.from_backend(data)
             return
         for event in self.machine.feed(data):
-            if type(event) is ev.Send:
+            if type(event) is Send:
                 self.transport.write(event.data)
             elif not self.result.done():
                 self.result.set_result(event)
@@ -144,7 +147,7 @@ class BackendProtocol(SpliceEnd):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.result.done():
-            self.result.set_result(ev.BackendFailed(f"closed during login ({exc or 'EOF'})"))
+            self.result.set_result(BackendFailed(f"closed during login ({exc or 'EOF'})"))
         elif self.session is not None:
             self.session.backend_closed(exc)
 
@@ -168,7 +171,10 @@ class MailSession(SpliceEnd):
     _task: Any = None                 # asyncio.Task
     _ip_counted: bool = False         # holds a place in services.connections_per_ip
     _counters: Any = None             # the mailbox server's BackendCounters, once logged in there
-    services: Any                     # SessionServices (Any: no type check per read of it)
+    # [mail] as this session found it at its start (a reload's settings are for the
+    # sessions after it), as native fields: one load per use
+    _mail: MailConfig
+    services: SessionServices         # a native class (context.py): its fields read in one load
     addresses: Any
     kind: str
     proto: str
@@ -202,9 +208,8 @@ class MailSession(SpliceEnd):
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.services
-        stats: Stats = w.stats              # compiled: its counters read natively
-        stats.connections[self.kind] += 1
-        mail = w.settings.mail
+        w.stats.connections[self.kind] += 1
+        self._mail = mail = w.mail_config()
         limits = mail.limits
         machine: ImapClientSide | Pop3ClientSide
         if self.proto == "imap":
@@ -257,7 +262,7 @@ class MailSession(SpliceEnd):
         services = self.services
         loop = services.loop
         self._last_input = loop.time()
-        self._timer = loop.call_later(services.settings.mail.preauth_timeout, self._timer_fired)
+        self._timer = loop.call_later(self._mail.preauth_timeout, self._timer_fired)
 
     def _timer_fired(self) -> None:
         loop = self.services.loop
@@ -266,7 +271,7 @@ class MailSession(SpliceEnd):
             if wait is not None:
                 self._timer = loop.call_later(wait, self._timer_fired)
             return
-        remaining = self._last_input + self.services.settings.mail.preauth_timeout - loop.time()
+        remaining = self._last_input + self._mail.preauth_timeout - loop.time()
         if remaining > 0:
             self._timer = loop.call_later(remaining, self._timer_fired)
             return
@@ -321,19 +326,19 @@ class MailSession(SpliceEnd):
         # type(event) is X, not isinstance: the machines emit the classes themselves (and
         # each test narrows event for mypyc: native reads of its fields)
         for event in events:
-            if type(event) is ev.Send:
+            if type(event) is Send:
                 self.transport.write(event.data)
-            elif type(event) is ev.Authenticate:
+            elif type(event) is Authenticate:
                 self.transport.pause_reading()
                 self._task = self.services.loop.create_task(self._login(event))
-            elif type(event) is ev.StartTLS:
+            elif type(event) is StartTLS:
                 self.transport.pause_reading()     # nothing more in plaintext
                 self._task = self.services.loop.create_task(self._start_tls())
-            elif type(event) is ev.ClientId:
+            elif type(event) is ClientId:
                 name = event.fields.get("name") or ""
                 version = event.fields.get("version") or ""
                 self.user_agent = f"{name}/{version}" if version else name
-            elif type(event) is ev.Close:
+            elif type(event) is Close:
                 self.transport.close()
                 return
 
@@ -354,11 +359,11 @@ class MailSession(SpliceEnd):
     # -- login --------------------------------------------------------------
     @property
     def route_proto(self) -> str:
-        return self.proto + ("ssl" if self.services.settings.mail.upstream_tls else "")
+        return self.proto + ("ssl" if self._mail.upstream_tls else "")
 
-    async def _login(self, auth: ev.Authenticate) -> None:
+    async def _login(self, auth: Authenticate) -> None:
         w = self.services
-        settings = w.settings.mail
+        settings = self._mail
         self.state = "login"
         typed = auth.username
         # Every spelling of one name is one throttle key and one route (M1): case,
@@ -383,7 +388,7 @@ class MailSession(SpliceEnd):
                         reject = await w.throttle.check_user(route.account, ip=self.client_ip)
                     if not reject:
                         self.account = route.account
-                        self.server = route.server.short_name
+                        self.server = route.short_name
                         backend, response = await self._connect_and_login(route, auth,
                                                                           deadline)
                 finally:
@@ -433,8 +438,8 @@ class MailSession(SpliceEnd):
         return route
 
     def _backend_machine(self, route: Route,
-                         auth: ev.Authenticate) -> ImapBackendLogin | Pop3BackendLogin:
-        s = self.services.settings.mail
+                         auth: Authenticate) -> ImapBackendLogin | Pop3BackendLogin:
+        s = self._mail
         if self.proto == "imap":
             return ImapBackendLogin(route.account, auth.password, client_ua=self.user_agent,
                                     send_id=s.send_imap_id, client_ip=self.client_ip,
@@ -457,10 +462,10 @@ class MailSession(SpliceEnd):
         elif machine.remembered and not ok:
             memory.pop((route.address, route.port), None)
 
-    async def _connect_and_login(self, route: Route, auth: ev.Authenticate,
+    async def _connect_and_login(self, route: Route, auth: Authenticate,
                                  deadline: _LoginDeadline):
         """Connect (a few tries within the login deadline) and log in upstream."""
-        s = self.services.settings.mail
+        s = self._mail
         loop = self.services.loop
         all_stats: Stats = self.services.stats
         stats = all_stats.backend(self.server)                # route.server.short_name
@@ -495,14 +500,14 @@ class MailSession(SpliceEnd):
             except asyncio.CancelledError:
                 protocol.transport.close()        # login deadline passed
                 raise
-            ok = isinstance(result, ev.LoginOK)
+            ok = isinstance(result, LoginOK)
             self._learn_capabilities(route, protocol.machine, ok)
             if ok:
                 stats.connected((time.monotonic() - started) * 1000)
                 self._counters = stats               # (for _login_succeeded, _ended)
                 return protocol, result.response
             protocol.transport.close()
-            if isinstance(result, ev.LoginRejected):
+            if isinstance(result, LoginRejected):
                 if result.temporary:
                     raise LoginFailure(f"mailbox server says {_text(result.response)}",
                                        temporary=True)
@@ -527,7 +532,7 @@ class MailSession(SpliceEnd):
             # The route may be stale (a moved mailbox): forget it, as Carbonio does.
             await w.router.forget(login, self.route_proto, self.local_ip, self.account)
             # Tarpit: slow down password guessing; reading stays paused meanwhile.
-            await asyncio.sleep(w.settings.mail.auth_wait)
+            await asyncio.sleep(self._mail.auth_wait)
         self.account = self.server = ""
         self.state = "preauth"
         if self.transport.is_closing():
@@ -541,7 +546,7 @@ class MailSession(SpliceEnd):
             return
         events, leftover = self.machine.auth_succeeded(response)
         self._run(events)
-        s = self.services.settings.mail
+        s = self._mail
         loop = self.services.loop
         idle = s.imap_idle_timeout if self.proto == "imap" else s.pop3_idle_timeout
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
@@ -588,12 +593,17 @@ class MailSession(SpliceEnd):
     def _ended(self, reason: str) -> None:
         counters: BackendCounters = self._counters
         counters.active -= 1
-        self.services.session_ended(self.id)
+        services = self.services
+        services.session_ended(self.id)
         splice = self.splice
-        if self.services.logs is not None and splice is not None:  # sessions.log, ..._ended
-            watch: Any = splice.watch
-            self.services.logs.mail_session_ended(
-                self, reason, watch.client.logout if self.proto == "imap" else watch.quit)
+        logs = services.logs
+        if logs is not None and splice is not None:    # sessions.log (mail_session_ended)
+            watch = splice.watch           # narrowed: native reads of its flag
+            logged_out = (watch.client.logout if isinstance(watch, ImapStream)
+                          else isinstance(watch, Pop3Quit) and watch.quit)
+            logs.mail_line(self.kind, self.client_ip, self.client_port, self.account,
+                           self.server, self.started, splice.bytes_in, splice.bytes_out,
+                           reason, logged_out, self.id)
 
     def _audit(self, account: str, error: str) -> None:
         self.services.audit.write_line(audit.format_line(

@@ -176,7 +176,7 @@ class WebSession(HttpConnection):
     def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
         super().__init__(http11.RequestParser(
             max_header_bytes=services.settings.web.max_header_bytes))
-        self.services: Any = services     # (Any: no type check of it per use)
+        self.services: SessionServices = services     # native (context.py): one load a field
         self.addresses: Any = addresses      # ((client ip, port), (local ip, port)) from PROXY
         self.kind = kind                # http | https | admin
         self.scheme = "https" if tls else "http"

@@ -66,6 +66,7 @@ class Route:
     address: str
     port: int
     cached: bool
+    short_name: str       # server.short_name (an interpreted property), read once per route
 
 
 class Router:
@@ -118,7 +119,8 @@ class Router:
         return None
 
     def _route(self, account: str, server: MailServer, proto: str, cached: bool) -> Route:
-        return Route(account, server, server.address, server.ports[proto], cached)
+        return Route(account, server, server.address, server.ports[proto], cached,
+                     server.short_name)
 
     async def _cached(self, login: str, proto: str, local_ip: str) -> Route | None:
         if not self.cache.servers:

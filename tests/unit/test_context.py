@@ -85,3 +85,32 @@ def test_the_fields_are_slots(tmp_path):
         "settings", "loop", "router", "throttle", "audit", "stats", "tls", "sessions",
         "maintenance", "connections_per_ip", "pop3_server_capa", "live", "web_upstreams",
         "admin_upstreams", "mail_upstream_tls", "web_upstream_tls"}
+
+
+def test_mail_config_holds_the_current_mail_settings_values(tmp_path):
+    """mail_config(): [mail]'s values as a mail session reads them, the same object while
+    the settings stay, a new one with the new values once a reload replaced them."""
+    first = SimpleNamespace(**vars(settings(tmp_path)))
+    first.mail = MailSettings(login_timeout=12.5, connect_retries=0, max_connections=7,
+                              upstream_tls=False, send_imap_id=False, auth_wait=0.0)
+    services = SessionServices(settings=first, loop=None, router=SimpleNamespace(),
+                               throttle=SimpleNamespace(), audit=None)
+    config = services.mail_config()
+    assert services.mail_config() is config and config.source is first.mail
+    names = ("limits", "auth_wait", "preauth_timeout", "imap_idle_timeout", "pop3_idle_timeout",
+             "connect_timeout", "connect_retries", "login_timeout", "max_connections",
+             "max_connections_per_ip", "upstream_tls", "send_imap_id", "send_pop3_xoip")
+    for name in names:
+        assert getattr(config, name) == getattr(first.mail, name), name
+    second = SimpleNamespace(**vars(first))
+    second.mail = MailSettings(login_timeout=3.0, preauth_timeout=9.0, upstream_tls=True)
+    services.configure(second)
+    renewed = services.mail_config()
+    assert renewed is not config and renewed.source is second.mail
+    assert (renewed.login_timeout, renewed.preauth_timeout, renewed.upstream_tls) == \
+        (3.0, 9.0, True)
+    assert config.login_timeout == 12.5            # a live session keeps its own
+    third = SimpleNamespace(**vars(second))
+    third.mail = MailSettings(max_connections_per_ip=2)
+    services.settings = third                     # replaced without configure(): seen too
+    assert services.mail_config().max_connections_per_ip == 2

@@ -22,6 +22,7 @@ from carbotui.backends.directory import MailServer
 from carbotui.services.routes import Route
 from carbotui.protocols.events import MailLimits
 from carbotui.proxy.context import SessionServices
+from carbotui.proxy.logs import NodeLogs
 from carbotui.proxy.mail import MailSession
 from carbotui.core.settings import MailSettings, WebSettings
 
@@ -37,7 +38,8 @@ class AuditRecorder:
 class FixedRouter:
     def __init__(self, port: int):
         server = MailServer("mbox9.demo.test", "127.0.0.1", {"imap": port})
-        self.route = Route("user01@demo.test", server, "127.0.0.1", port, cached=True)
+        self.route = Route("user01@demo.test", server, "127.0.0.1", port, cached=True,
+                           short_name=server.short_name)
 
     def recent_mail_route(self, login, proto, local_ip):
         return None                    # as after LOCAL_TTL: the awaited lookup is used
@@ -332,3 +334,78 @@ def test_a_server_lost_mid_session_gets_the_client_one_bye():
     rest, services = asyncio.run(main())
     assert rest == b"a2 OK done\r\n* BYE [UNAVAILABLE] Mailbox server connection lost\r\n"
     assert services.stats.backend("mbox9").active == 0
+
+
+async def tiny_pop3_server(reader, writer):
+    """Just enough of a POP3 mailbox server: no CAPA, USER/PASS, QUIT."""
+    writer.write(b"+OK ready\r\n")
+    while line := await reader.readline():
+        command = line.split(b" ", 1)[0].strip().upper()
+        if command == b"CAPA":
+            writer.write(b"-ERR no CAPA here\r\n")
+        elif command == b"QUIT":
+            writer.write(b"+OK bye\r\n")
+            await writer.drain()
+            break
+        else:
+            writer.write(b"+OK\r\n")
+    writer.close()
+
+
+def sessions_log_fields(path) -> list[dict[str, str]]:
+    return [dict(word.split("=", 1) for word in line.split() if "=" in word)
+            for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("proto,login,script,reason", [
+    ("imap", b"a1 LOGIN user01@demo.test demo-pass\r\n", b"a2 LOGOUT\r\n", "logout"),
+    ("imap", b"a1 LOGIN user01@demo.test demo-pass\r\n", b"a2 NOOP\r\na3 DROP\r\n",
+     "server_closed"),
+    ("pop3", b"USER user01@demo.test\r\nPASS demo-pass\r\n", b"QUIT\r\n", "logout"),
+    ("pop3", b"USER user01@demo.test\r\nPASS demo-pass\r\n", b"NOOP\r\n", "client_closed"),
+])
+def test_an_ended_relayed_session_writes_its_sessions_log_line(tmp_path, proto, login, script,
+                                                               reason):
+    """MailSession's end (_ended) hands sessions.log its fields (logs.mail_line): the
+    account, the server, the bytes each way, whether the client had said LOGOUT/QUIT,
+    the worker and the session id."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        backend = await asyncio.start_server(
+            tiny_imap_server if proto == "imap" else tiny_pop3_server, "127.0.0.1", 0)
+        services = stand_in_services(loop, backend.sockets[0].getsockname()[1])
+        services.settings.access_log = tmp_path / "access.log"
+        services.settings.sessions_log = tmp_path / "sessions.log"
+        services.logs = NodeLogs(services)
+        server = await loop.create_server(
+            lambda: MailSession(services, proto, proto, False, "Server-0"), "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        await reader.readline()
+        writer.write(login)
+        while not (line := await asyncio.wait_for(reader.readline(), 10)).startswith(
+                (b"a1 ", b"+OK Logged", b"+OK\r")):
+            assert line.startswith(b"+OK"), line
+        assert line.startswith((b"a1 OK", b"+OK")), line
+        writer.write(script)
+        if reason == "client_closed":
+            assert await asyncio.wait_for(reader.readline(), 10) == b"+OK\r\n"
+            writer.close()
+            rest = b""
+        else:
+            rest = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        await asyncio.wait_for(services.sessions_gone(), 5)
+        server.close()
+        backend.close()
+        services.logs.close()
+        return services, rest
+
+    services, rest = asyncio.run(main())
+    [line] = sessions_log_fields(tmp_path / "sessions.log")
+    assert line["protocol"] == proto and line["reason"] == reason
+    assert line["account"] == "user01@demo.test" and line["server"] == "mbox9"
+    assert line["client"].startswith("127.0.0.1:")
+    assert (line["worker"], line["session"]) == ("proxy_00", "1")
+    assert int(line["bytes_in"]) == len(script) and int(line["bytes_out"]) > 0
+    assert services.stats.sessions_ended == {(proto, reason): 1}

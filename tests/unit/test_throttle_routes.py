@@ -211,6 +211,7 @@ def test_route_then_recent_route_without_a_lookup():
     route = run(r.route_mail("Bob@Example.com", "imap", "192.0.2.1"))
     assert (route.account, route.address, route.port, route.cached) == \
         ("bob@example.com", "192.0.2.50", 143, False)
+    assert route.short_name == SERVER.short_name == SERVER.hostname.split(".")[0]
     assert r.directory.searches == 1
     again = r.recent_mail_route("BOB@example.com", "imap", "192.0.2.1")
     assert again is route and r.hits == 1
@@ -221,6 +222,7 @@ def test_route_then_recent_route_without_a_lookup():
     r2 = router(cache=r.cache)
     cached = run(r2.route_mail("bob@example.com", "imap", "192.0.2.1"))
     assert cached.cached and cached.port == 143 and r2.directory.searches == 0
+    assert cached.short_name == SERVER.short_name
     # a failed login forgets it
     run(r.forget("bob@example.com", "imap", "192.0.2.1", "bob@example.com"))
     assert r.recent_mail_route("bob@example.com", "imap", "192.0.2.1") is None
