@@ -208,7 +208,8 @@ class MailSession(SpliceEnd):
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.services
-        w.stats.connections[self.kind] += 1
+        stats = w.stats
+        stats.connections[self.kind] += 1
         self._mail = mail = w.mail_config()
         limits = mail.limits
         machine: ImapClientSide | Pop3ClientSide
