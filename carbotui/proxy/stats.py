@@ -17,15 +17,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Callable, Final
+from typing import Any, Callable, Final
 
 from carbotui.services import nodes
 
 from carbotui.backends import worker_sockets as wire
 from carbotui.proxy import privileges
 
-if TYPE_CHECKING:
-    from carbotui.proxy.context import SessionServices
+# The functions below take the worker's SessionServices as ``Any``: compiled, a declared
+# SessionServices (a native class) would be checked at each call, and tests hand in
+# stand-ins (SimpleNamespace).
 
 SOCKET_MODE = 0o660
 
@@ -187,7 +188,7 @@ def select_sessions(live: list, worker: str, query: wire.SessionQuery | None) ->
     return page, matched
 
 
-def snapshot(services: SessionServices,
+def snapshot(services: Any,
              query: wire.SessionQuery | None = None) -> wire.WorkerSnapshot:
     """The worker's stats, with the sessions ``query`` asks for (None: all of them)."""
     # Read through Any: compiled, each read of a declared Router, Throttle... would check
@@ -262,7 +263,7 @@ def _nested(counter: Counter) -> dict:
     return out
 
 
-async def serve(services: SessionServices, path: str) -> asyncio.AbstractServer:
+async def serve(services: Any, path: str) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
@@ -299,7 +300,7 @@ async def serve(services: SessionServices, path: str) -> asyncio.AbstractServer:
 # --- the fleet view (carbotui/services/nodes.py) -------------------------------------------------
 
 
-def fleet_summary(services: SessionServices) -> dict:
+def fleet_summary(services: Any) -> dict:
     """What this worker tells the other nodes about itself (`carbotui fleet`)."""
     w: Any = services        # (as in snapshot: no compiled check of context.py's types)
     st: Stats = w.stats
@@ -313,7 +314,7 @@ def fleet_summary(services: SessionServices) -> dict:
     }
 
 
-async def publish_forever(services: SessionServices) -> None:
+async def publish_forever(services: Any) -> None:
     w: Any = services
     while True:
         try:
