@@ -61,7 +61,9 @@ MYPYC_TYPES := carbotui/backends/directory.py carbotui/backends/memcache.py carb
 .PHONY: compiled
 compiled: build/mypyc.stamp
 build/mypyc.stamp: $(MYPYC_SRC) $(MYPYC_TYPES) setup.py mypyc.ini | venv
-	$(PY) setup.py -q build_ext --inplace
+	@# pip's editable install (make venv) has just built them in place: not a second time
+	@$(PY) scripts/compiled_fresh.py $(MYPYC_SRC) -- $(MYPYC_TYPES) setup.py mypyc.ini || \
+		$(PY) setup.py -q build_ext --inplace
 	@mkdir -p build && touch $@
 
 cluster: up
