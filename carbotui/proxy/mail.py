@@ -31,7 +31,7 @@ from carbotui.proxy.relay import Splice, SpliceEnd
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import MailConfig, SessionServices
-    from carbotui.proxy.stats import BackendCounters, Stats
+    from carbotui.proxy.stats import BackendCounters
 
 log = logging.getLogger("carbotui.proxy.mail")
 
@@ -412,8 +412,7 @@ class MailSession(SpliceEnd):
                 self._run(self.machine.throttled(reject))
             return
         self._audit(self.account, "")
-        stats: Stats = w.stats
-        stats.logins_ok[self.proto] += 1
+        w.stats.logins_ok[self.proto] += 1
         reject = throttled and await w.throttle.count_user(self.account, success=True,
                                                            ip=self.client_ip)
         if reject:                # Carbonio's "successes" mode: too many logins
@@ -468,8 +467,7 @@ class MailSession(SpliceEnd):
         """Connect (a few tries within the login deadline) and log in upstream."""
         s = self._mail
         loop = self.services.loop
-        all_stats: Stats = self.services.stats
-        stats = all_stats.backend(self.server)                # route.server.short_name
+        stats = self.services.stats.backend(self.server)      # route.server.short_name
         last_error = "no attempt"
         for attempt in range(max(1, s.connect_retries + 1)):
             if attempt:

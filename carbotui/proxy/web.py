@@ -59,7 +59,6 @@ from carbotui.protocols.webrules import FORM, BodyDeadline, CredentialCache, Log
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import SessionServices
-    from carbotui.proxy.stats import Stats
 
 try:                         # where setup.py compiles this module (mypyc brings it)
     from mypy_extensions import mypyc_attr
@@ -94,8 +93,8 @@ def _good_host(host: bytes) -> bool:
 RESPONSE_DROP: Final = frozenset({b"server", b"x-powered-by"})
 # request headers dropped by (expect answered here, body length ours)
 _DROP_BY_CASE: Final = {(False, False): frozenset(), (True, False): frozenset({b"expect"}),
-                 (False, True): frozenset({b"content-length"}),
-                 (True, True): frozenset({b"expect", b"content-length"})}
+                        (False, True): frozenset({b"content-length"}),
+                        (True, True): frozenset({b"expect", b"content-length"})}
 COALESCE_LIMIT: Final = 64 * 1024         # body bytes sent in one write with the response head
 DISCARD_LIMIT: Final = 1024 * 1024        # body bytes read and dropped before closing after a refusal
 ALLOW: Final = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
@@ -208,7 +207,7 @@ class WebSession(HttpConnection):
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
         w = self.services
-        stats: Stats = w.stats              # compiled: its counters read natively
+        stats = w.stats                     # compiled: its counters read natively
         stats.connections[self.kind] += 1
         # A connection accepted while draining is still served: refusing it would
         # turn a graceful restart into a failed login.
@@ -693,8 +692,7 @@ def _ws_request_done(self: WebSession, req: http11.Request | None) -> None:
 async def _ws_handle(self: WebSession, req: http11.Request) -> bool:
     w = self.services
     web = w.settings.web
-    stats: Stats = w.stats
-    stats.web_requests[self.kind] += 1
+    w.stats.web_requests[self.kind] += 1
     req = webrules.without_underscored(req)
     self._method = req.method
     self._head_sent = False
