@@ -79,7 +79,7 @@ class TlsServer:
     """One TLS connection: BufferedProtocol of the TCP transport, Transport of ``app``."""
 
     __slots__ = ("_app", "_tcp", "_sslobj", "_in", "_out", "_state", "_timer",
-                 "_app_paused", "_write_paused", "_delivering")
+                 "_app_paused", "_write_paused", "_delivering", "_settled")
 
     def __init__(self, app: Any, context: ssl.SSLContext,
                  handshake_timeout: float = 10.0):
@@ -99,6 +99,7 @@ class TlsServer:
         self._app_paused = False
         self._write_paused = False
         self._delivering = False
+        self._settled: Any = None         # handshake_done()'s future, made when asked
 
     # -- the TCP side (protocol) ------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -168,6 +169,7 @@ class TlsServer:
         app, self._app = self._app, None          # no cycle app <-> transport left
         if was_open:
             app.connection_lost(exc)
+        self._settle()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -180,6 +182,23 @@ class TlsServer:
             self._app.resume_writing()
 
     # -- handshake ----------------------------------------------------------------
+    def handshake_done(self) -> Any:
+        """None once the handshake is over (the application has its connection, or the
+        connection is refused or gone); before that, a future resolved when it is. The
+        session exists only from then on: a PROXY listener's drain waits on this."""
+        if self._state != _HANDSHAKE:
+            return None
+        if self._settled is None:
+            self._settled = asyncio.get_running_loop().create_future()
+        return self._settled
+
+    def _settle(self) -> None:
+        settled = self._settled
+        if settled is not None:
+            self._settled = None
+            if not settled.done():
+                settled.set_result(None)
+
     def _handshake(self) -> None:
         try:
             self._sslobj.do_handshake()
@@ -196,6 +215,7 @@ class TlsServer:
         self._flush()
         self._state = _OPEN
         self._app.connection_made(self)
+        self._settle()
         if self._write_paused and self._state == _OPEN:
             self._app.pause_writing()
         # Records that came with the client's Finished, if any: OpenSSL (no read-ahead)

@@ -66,7 +66,7 @@ class Worker:
         self.services = services_for(settings, index)
         self.name = self.services.name
         self._tasks: list[asyncio.Task] = []
-        self._accepting: list = []          # (socket, accept task) of PROXY listeners
+        self._accepting: list[proxied.ProxiedListener] = []   # the PROXY listeners
         self.servers: list[asyncio.AbstractServer] = []
         self.stopped = asyncio.Event()
 
@@ -110,8 +110,8 @@ class Worker:
                     # IMAPS, POP3S: TLS by carbotui/proxy/tlsbio.py over plain TCP
                     factory, ssl_ctx = listeners.implicit_tls(factory, ssl_ctx), None
                 if endpoint.proxy_protocol:
-                    self._accepting.append((sock, loop.create_task(
-                        proxied.serve(services, sock, factory, ssl_ctx, endpoint))))
+                    self._accepting.append(
+                        proxied.ProxiedListener(services, sock, factory, ssl_ctx, endpoint))
                 else:
                     self.servers.append(await loop.create_server(
                         factory, sock=sock, ssl=ssl_ctx,
@@ -170,9 +170,10 @@ class Worker:
             # Behind a balancer: keep accepting until its health checks (which now
             # fail, see proxied.py) have taken this node out, then stop.
             await asyncio.sleep(self.settings.proxy_drain_grace)
-        for sock, task in self._accepting:
-            task.cancel()
-            sock.close()
+        for listener in self._accepting:
+            listener.close()
+        # closed once what each accepted is a session or gone (proxied.py)
+        closed += [loop.create_task(listener.wait_closed()) for listener in self._accepting]
         for task in self._tasks:
             task.cancel()
         deadline = time.monotonic() + self.settings.mail.drain_timeout

@@ -587,8 +587,8 @@ def test_behind_a_proxy_protocol_listener(pki, run):
         services = SimpleNamespace(
             settings=SimpleNamespace(proxy_trusted=("127.0.0.0/8",), proxy_timeout=5.0),
             stats=SimpleNamespace(proxy_refused=0), draining=False)
-        accepting = asyncio.create_task(proxied.serve(
-            services, sock, listeners.implicit_tls(factory, server_context(pki)), None, None))
+        listener = proxied.ProxiedListener(
+            services, sock, listeners.implicit_tls(factory, server_context(pki)), None, None)
 
         def client():
             raw = socket.create_connection(sock.getsockname(), timeout=DEADLINE)
@@ -598,6 +598,6 @@ def test_behind_a_proxy_protocol_listener(pki, run):
         assert await asyncio.to_thread(client) == b"* OK hello\r\n"
         await apps[0].lost
         assert apps[0].addresses == (("192.0.2.7", 40000), ("127.0.0.1", 993))
-        accepting.cancel()
-        sock.close()
+        listener.close()
+        await listener.wait_closed()
     run(main())
