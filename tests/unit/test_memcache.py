@@ -26,6 +26,7 @@ from carbotui.core.settings import Endpoint
 from carbotui.backends.memcache import Memcache
 
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+HANG = 5.0        # a call still running after this long hangs (the timeouts tested are 0.3 s)
 
 
 def _free_port() -> int:
@@ -217,9 +218,9 @@ def test_timeout_marks_down_and_recovers_in_step(server):
         await m.add(a, b"A", 60), await m.add(b, b"B", 60)
         server.proc.send_signal(signal.SIGSTOP)
         try:
-            start = time.monotonic()
-            missed = await m.get_many([a])
-            took = time.monotonic() - start
+            # A stopped server never answers: only the timeout can end the call (within
+            # HANG, far above 0.3 s, or this fails as a hang, not on a loaded machine).
+            missed = await asyncio.wait_for(m.get_many([a]), HANG)
             down = not m.available
         finally:
             server.proc.send_signal(signal.SIGCONT)
@@ -228,10 +229,10 @@ def test_timeout_marks_down_and_recovers_in_step(server):
             await asyncio.sleep(0.05)
         answers = [await m.get_many([b]) for _ in range(5)]
         await m.close()
-        return b, missed, took, down, answers, m.errors
+        return b, missed, down, answers, m.errors
 
-    b, missed, took, down, answers, errors = run(go())
-    assert missed == {} and took < 1.5 and down
+    b, missed, down, answers, errors = run(go())
+    assert missed == {} and down
     assert answers == [{b: b"B"}] * 5
     assert errors == 1
 
@@ -255,23 +256,21 @@ class FakePeer:
         return Endpoint("127.0.0.1", self.server.sockets[0].getsockname()[1])
 
 
-@pytest.mark.timeout(10)
 def test_server_closing_mid_exchange_is_an_outage_not_a_hang():
     """aiomcache 0.8 spun for ever (no await) on readline() at EOF in every simple command."""
     async def go():
         peer = FakePeer(None)
-        m = cache(await peer.start(), timeout=1.0)
-        start = time.monotonic()
-        stored = await m.add(b"k", b"v", 10)
-        counted = await m.incr(b"c", 10)
-        took = time.monotonic() - start
+        # A timeout far beyond HANG: the outage must be seen from the EOF itself.
+        m = cache(await peer.start(), timeout=10 * HANG)
+        stored = await asyncio.wait_for(m.add(b"k", b"v", 10), HANG)
+        counted = await asyncio.wait_for(m.incr(b"c", 10), HANG)
         await m.close()
         peer.server.close()
-        return stored, counted, took, m.available, m.errors
+        return stored, counted, m.available, m.errors
 
-    stored, counted, took, available, errors = run(go())
+    stored, counted, available, errors = run(go())
     assert (stored, counted) == (False, None)
-    assert took < 0.9 and not available and errors == 1
+    assert not available and errors == 1
 
 
 def test_an_unexpected_answer_is_a_miss_and_the_server_stays_in_use():
