@@ -22,8 +22,9 @@ from setuptools.command.build_ext import build_ext
 # (routes, throttle). mypyc.ini: how they are checked.
 # Classes that tests or h2conn subclass in Python allow it (mypyc_attr). Not compiled:
 # webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings (dynamic code),
-# upstreams, h2conn and the rest of the I/O. stats is: the sessions count into its Stats
-# and BackendCounters natively; uvtrack is uvloop's transport map (no Python per connection).
+# h2conn and the rest of the I/O. stats is: the sessions count into its Stats and
+# BackendCounters natively; uvtrack is uvloop's transport map (no Python per connection);
+# upstreams: the balancing (pick) runs per request.
 MYPYC_MODULES = [
     "carbotui/core/audit.py",
     "carbotui/core/lines.py",
@@ -49,6 +50,7 @@ MYPYC_MODULES = [
     "carbotui/services/routes.py",
     "carbotui/services/throttle.py",
     "carbotui/proxy/uvtrack.py",
+    "carbotui/proxy/upstreams.py",
 ]
 
 GROUP = "carbotui_compiled"       # the shared library: carbotui_compiled__mypyc.<suffix>

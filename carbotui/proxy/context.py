@@ -134,6 +134,9 @@ class SessionServices:
     # (address, port) -> (expires, CAPA answer) of POP3 mailbox servers (mail.py)
     pop3_server_capa: dict[tuple[str, int], tuple[float, dict]] = field(default_factory=dict)
     draining: bool = False                 # SIGTERM: listeners closed, sessions finishing
+    # (WebSession, transport) -> bool: an HTTPS or admin connection whose handshake picked
+    # h2 is handed to HTTP/2 (h2conn.hand_over, given by the worker; None: HTTP/1.1 only)
+    h2_hand_over: Any = None
     # made from the above
     name: str = field(init=False)          # proxy_NN
     web_upstreams: UpstreamSet = field(init=False)

@@ -2,8 +2,8 @@
 
 The h2 package is the state machine; this is its glue. The HTTPS and admin
 listeners' TLS context offers ``h2`` and ``http/1.1`` (carbotui/proxy/tls.py);
-``AlpnWebSession`` hands a connection whose handshake picked ``h2`` to an
-``H2Session``; every other one (``http/1.1``, no ALPN) stays on the HTTP/1.1 path
+``hand_over`` (SessionServices.h2_hand_over, called by WebSession.connection_made) gives a
+connection whose handshake picked ``h2`` to an ``H2Session``; every other one (``http/1.1``, no ALPN) stays on the HTTP/1.1 path
 (WebSession) untouched.
 
 Each stream is an ``H2Stream``: a WebSession whose client side is that stream, so a
@@ -94,17 +94,16 @@ class _StreamParser:
         return b""
 
 
-class AlpnWebSession(WebSession):
-    """A WebSession for the HTTPS and admin listeners: a connection whose TLS
-    handshake picked ``h2`` is handed to an H2Session, any other is this one."""
-
-    def connection_made(self, transport) -> None:
-        if self.services.settings.web.h2 and negotiated(transport):
-            session = H2Session(self.services, self.kind, self.addresses)
-            transport.set_protocol(session)
-            session.connection_made(transport)
-            return
-        super().connection_made(transport)
+def hand_over(session: WebSession, transport) -> bool:
+    """WebSession.connection_made on the HTTPS and admin listeners: a connection whose
+    TLS handshake picked ``h2`` becomes an H2Session (True); any other stays ``session``."""
+    services = session.services
+    if not (services.settings.web.h2 and negotiated(transport)):
+        return False
+    h2_session = H2Session(services, session.kind, session.addresses)
+    transport.set_protocol(h2_session)
+    h2_session.connection_made(transport)
+    return True
 
 
 class H2Session(WebSession):
@@ -348,7 +347,7 @@ class H2Session(WebSession):
 
     @property
     def writable(self) -> bool:
-        return self._writable.is_set() and not self.closed
+        return self._write_ready and not self.closed
 
     def pause_writing(self) -> None:
         # The client is not reading: read no more from it either (no answers to its

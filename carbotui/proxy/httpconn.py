@@ -52,6 +52,7 @@ class HttpConnection(asyncio.Protocol):
         self._paused = False
         self._writable = asyncio.Event()
         self._writable.set()
+        self._write_ready = True          # _writable's state, read natively (drain, h2conn)
         self._want_bytes = False         # wait_readable(): wake on any byte
         self.queued = 0                  # bytes in queued Data events
         self.bytes_in = 0
@@ -83,17 +84,20 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        self._write_ready = True
         self._writable.set()             # let a blocked drain() see the close
         _wake(self)
         if self.splice is not None:
             self.splice.close("peer closed")
 
     def pause_writing(self) -> None:
+        self._write_ready = False
         self._writable.clear()
         if self.splice is not None:
             self.splice.write_paused(self.transport)
 
     def resume_writing(self) -> None:
+        self._write_ready = True
         self._writable.set()
         if self.splice is not None:
             self.splice.write_resumed(self.transport)
@@ -172,13 +176,13 @@ class HttpConnection(asyncio.Protocol):
         when the peer accepted nothing at all for that long; like nginx's
         send_timeout it bounds the time between two successful writes, not the
         whole response, so a slow reader that keeps reading is not cut."""
-        if self._writable.is_set():
+        if self._write_ready:
             return
         if send_timeout is None:
             await self._writable.wait()
             return
         pending = self.transport.get_write_buffer_size()
-        while not self._writable.is_set():
+        while not self._write_ready:
             try:
                 await asyncio.wait_for(self._writable.wait(), send_timeout)
             except asyncio.TimeoutError:

@@ -35,14 +35,12 @@ class Upstream:
     # makes a new Upstream when a server changes)
     address: str = field(init=False)
     name: str = field(init=False)
+    port: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.address = self.server.address
         self.name = self.server.short_name
-
-    @property
-    def port(self) -> int:
-        return self.server.ports[self.port_kind]
+        self.port = self.server.ports[self.port_kind]
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.down_until

@@ -162,8 +162,7 @@ def cookie(headers, name: bytes) -> bytes | None:
     return webrules.cookie_value(headers, name)
 
 
-# Compiled by mypyc (setup.py); h2conn's AlpnWebSession, H2Session and H2Stream subclass
-# it in Python.
+# Compiled by mypyc (setup.py); h2conn's H2Session and H2Stream subclass it in Python.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class WebSession(HttpConnection):
     """One client connection to an HTTP, HTTPS or admin listener."""
@@ -203,6 +202,13 @@ class WebSession(HttpConnection):
 
     # -- lifecycle ----------------------------------------------------------
     def connection_made(self, transport) -> None:
+        if self.scheme == "https" and type(self) is WebSession:
+            # The TLS handshake is over: one that picked h2 by ALPN goes to an H2Session.
+            # Chosen here, not by a Python subclass: on an instance of one, every method
+            # call of the compiled code goes through a Python lookup.
+            hand_over = self.services.h2_hand_over
+            if hand_over is not None and hand_over(self, transport):
+                return
         super().connection_made(transport)
         (self.client_ip, self.client_port,
          self.local_ip, self.local_port) = session_addresses(transport, self.addresses)
@@ -673,7 +679,7 @@ class WebSession(HttpConnection):
 
 # -- the per-request path, as module functions -----------------------------------
 # WebSession's methods of the same names call these; so does the compiled code itself: a
-# method call on an instance of a Python subclass (h2conn's AlpnWebSession, H2Stream) goes
+# method call on an instance of a Python subclass (h2conn's H2Session, H2Stream) goes
 # through a Python lookup and argument parsing, a module function is a direct C call.
 # (Only methods no subclass overrides.)
 

@@ -21,6 +21,7 @@ from carbotui.backends.memcache import Memcache
 from carbotui.services.routes import Router
 from carbotui.services.throttle import Throttle
 from carbotui.proxy import control
+from carbotui.proxy import h2conn
 from carbotui.proxy import listeners
 from carbotui.proxy import proxied
 from carbotui.proxy.logs import NodeLogs
@@ -29,7 +30,6 @@ from carbotui.proxy.context import SessionServices
 from carbotui.proxy.mail import MailSession
 from carbotui.proxy.tls import TlsContexts
 from carbotui.proxy.upstreams import health_loop
-from carbotui.proxy.h2conn import AlpnWebSession
 from carbotui.proxy.web import WebSession
 
 log = logging.getLogger("carbotui.proxy.worker")
@@ -54,7 +54,7 @@ def services_for(settings: config_mod.Settings, index: int) -> SessionServices:
         router=Router(directory, cache, ttl=settings.memcached_ttl),
         throttle=Throttle(cache, settings.throttle), audit=AuditLog(settings.audit_log),
         index=index, node_id=settings.node_id, tls=TlsContexts(settings),
-        directory=directory, cache=cache)
+        directory=directory, cache=cache, h2_hand_over=h2conn.hand_over)
     services.configure(settings)
     services.logs = NodeLogs(services)
     return services
@@ -101,9 +101,8 @@ class Worker:
                                                 f"{thread}-{self.index}")
                 else:
                     tls = WEB_KINDS[kind]
-                    # TLS: ALPN may pick HTTP/2 (h2conn), else HTTP/1.1 as on port 80
-                    factory = functools.partial(AlpnWebSession if tls else WebSession,
-                                                services, kind, tls)
+                    # TLS: ALPN may pick HTTP/2 (h2conn.hand_over), else HTTP/1.1 as on 80
+                    factory = functools.partial(WebSession, services, kind, tls)
                 sock = listeners.bind(endpoint)
                 ssl_ctx = services.tls.for_listener(kind) if tls else None
                 if ssl_ctx is not None and kind in MAIL_KINDS:

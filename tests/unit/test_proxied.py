@@ -15,39 +15,16 @@ import asyncio
 import ipaddress
 import select
 import socket
-import ssl
 from types import SimpleNamespace
 
 import pytest
-import uvloop
-
-from carbotui.core import certs
 from carbotui.protocols.proxyproto import build_v1, build_v2
 from carbotui.proxy import listeners, proxied, tlsbio
+# the event loops each test runs on, the test PKI and its TLS contexts
+from tests.unit.test_tlsbio import client_context, pki, run, server_context  # noqa: F401
 
 CLIENT = ("203.0.113.9", 5555)
 DEADLINE = 10.0
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def run(request):
-    def run(coro):
-        loop = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
-        try:
-            return loop.run_until_complete(asyncio.wait_for(coro, 60))
-        finally:
-            loop.close()
-    return run
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    ca_cert, ca_key = certs.make_ca("proxied test CA")
-    certs.write_pair(ca_cert, ca_key, d / "ca.crt", d / "ca.key")
-    cert, key = certs.issue(ca_cert, ca_key, ["imap.test"])
-    certs.write_pair(cert, key, d / "imap.crt", d / "imap.key")
-    return d
 
 
 class Greeter(asyncio.Protocol):
@@ -166,9 +143,7 @@ def test_close_waits_for_a_header_still_on_its_way(run):
 
 def test_close_waits_for_a_tls_handshake_then_the_session_exists(run, pki):
     async def main():
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(pki / "imap.crt", pki / "imap.key")
-        client_ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx, client_ctx = server_context(pki), client_context(pki)
         services = services_for()
         lst = listener(services, ctx)
         c = await asyncio.to_thread(connect, lst.sock.getsockname()[1])
@@ -192,8 +167,7 @@ def test_close_waits_for_a_tls_handshake_then_the_session_exists(run, pki):
 
 def test_a_failed_handshake_ends_the_wait_too(run, pki):
     async def main():
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(pki / "imap.crt", pki / "imap.key")
+        ctx = server_context(pki)
         services = services_for()
         lst = listener(services, ctx)
         c = await asyncio.to_thread(connect, lst.sock.getsockname()[1])
