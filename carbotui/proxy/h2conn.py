@@ -2,9 +2,9 @@
 
 The h2 package is the state machine; this is its glue. The HTTPS and admin
 listeners' TLS context offers ``h2`` and ``http/1.1`` (carbotui/proxy/tls.py);
-``hand_over`` (SessionServices.h2_hand_over, called by WebSession.connection_made) gives a
-connection whose handshake picked ``h2`` to an ``H2Session``; every other one (``http/1.1``, no ALPN) stays on the HTTP/1.1 path
-(WebSession) untouched.
+``hand_over`` (SessionServices.h2_hand_over, called by WebSession.connection_made)
+gives a connection whose handshake picked ``h2`` to an ``H2Session``; every other one
+(``http/1.1``, no ALPN) stays on the HTTP/1.1 path (WebSession) untouched.
 
 Each stream is an ``H2Stream``: a WebSession whose client side is that stream, so a
 request goes through exactly the HTTP/1.1 pipeline (``WebSession._handle``: Host
