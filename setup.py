@@ -21,8 +21,8 @@ from setuptools.command.build_ext import build_ext
 # the worker's SessionServices they all read (context) and the login path's services
 # (routes, throttle). mypyc.ini: how they are checked.
 # Classes that tests or h2conn subclass in Python allow it (mypyc_attr). Not compiled:
-# webheaders (HeaderSet subclasses tuple: mypyc refuses it), settings (dynamic code),
-# h2conn and the rest of the I/O. stats is: the sessions count into its Stats and
+# settings (dynamic code), h2conn and the rest of the I/O. webheaders is: its set of the
+# request's host and the lines it adds are picked per HTTPS response. stats is: the sessions count into its Stats and
 # BackendCounters natively; uvtrack is uvloop's transport map (no Python per connection);
 # upstreams: the balancing (pick) runs per request.
 MYPYC_MODULES = [
@@ -37,6 +37,7 @@ MYPYC_MODULES = [
     "carbotui/protocols/preauth.py",
     "carbotui/protocols/sasl.py",
     "carbotui/protocols/webrules.py",
+    "carbotui/protocols/webheaders.py",
     "carbotui/proxy/mail.py",
     "carbotui/proxy/relay.py",
     "carbotui/proxy/httpconn.py",

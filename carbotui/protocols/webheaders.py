@@ -22,8 +22,7 @@ Values may quote their value as nginx's ``add_header`` does
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 MAX_NAME = 64
 MAX_VALUE = 8192              # the schema's bound too (etc/ldap/carbotui.schema)
@@ -124,7 +123,7 @@ def check_list(values, *, csp: bool = False) -> list[tuple[str, str]]:
     return out
 
 
-def header_set(values, csp, problems: list | None = None) -> tuple[Header, ...]:
+def header_set(values, csp, problems: list | None = None) -> HeaderSet:
     """What is sent for one list (``values``; empty: the default set) and one CSP value
     (empty: the default policy). A bad value is skipped, and said in ``problems``; of
     two headers with one name the first is kept, and the CSP attribute's header comes
@@ -133,7 +132,8 @@ def header_set(values, csp, problems: list | None = None) -> tuple[Header, ...]:
     texts = [*values[:MAX_HEADERS], csp or DEFAULT_CSP]
     if len(values) > MAX_HEADERS and problems is not None:
         problems.append(f"{len(values) - MAX_HEADERS} headers over {MAX_HEADERS} skipped")
-    out, seen = [], set()
+    out: list[Header] = []
+    seen: set[str] = set()
     for i, text in enumerate(texts):
         try:
             name, value = parse_header(text)
@@ -152,16 +152,43 @@ def header_set(values, csp, problems: list | None = None) -> tuple[Header, ...]:
     return HeaderSet(out)
 
 
-class HeaderSet(tuple):
-    """`header_set`'s (name, value, lower-cased name) triples, with ``wire``: all of them
-    as header lines (``Name: value`` CRLF), joined once, and ``names``, the lower-cased
-    names, for `missing_lines`."""
+class HeaderSet:
+    """`header_set`'s (name, value, lower-cased name) triples (``items``), with ``wire``:
+    all of them as header lines (``Name: value`` CRLF), joined once, and ``names``, the
+    lower-cased names, for `missing_lines`. It iterates, indexes and compares as the tuple
+    of its triples. (A class of its own, not a tuple subclass: mypyc compiles this module,
+    and a compiled class cannot subclass tuple.) Never changed once made."""
 
-    def __new__(cls, items=()):
-        self = super().__new__(cls, items)
-        self.wire = b"".join([name + b": " + value + b"\r\n" for name, value, _ in self])
-        self.names = frozenset(low for _, _, low in self)
-        return self
+    def __init__(self, items: Iterable[Header] = ()) -> None:
+        self.items: tuple[Header, ...] = tuple(items)
+        self.wire = b"".join([name + b": " + value + b"\r\n" for name, value, _ in self.items])
+        self.names: frozenset[bytes] = frozenset([low for _, _, low in self.items])
+
+    def __iter__(self) -> Iterator[Header]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:
+        return len(self.items) > 0
+
+    def __getitem__(self, index: int) -> Header:
+        return self.items[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HeaderSet):
+            return self.items == other.items
+        return isinstance(other, tuple) and self.items == other
+
+    def __hash__(self) -> int:
+        return hash(self.items)
+
+    def __repr__(self) -> str:
+        return f"HeaderSet({self.items!r})"
+
+
+EMPTY = HeaderSet()             # what a plain-HTTP request adds: nothing
 
 
 def host_name(host: bytes) -> bytes:
@@ -171,13 +198,17 @@ def host_name(host: bytes) -> bytes:
     return host.rpartition(b":")[0].lower()
 
 
-@dataclass(frozen=True)
 class ResponseHeaders:
-    """The global set, and the set of each virtual hostname whose domain overrides it."""
-    default: tuple[Header, ...] = field(default_factory=lambda: header_set((), ""))
-    by_host: dict[bytes, tuple[Header, ...]] = field(default_factory=dict)
+    """The global set (``default``), and the set of each virtual hostname whose domain
+    overrides it (``by_host``). Never changed once made: a new directory read makes a
+    new one (live.py)."""
 
-    def for_host(self, host: bytes | None) -> tuple[Header, ...]:
+    def __init__(self, default: HeaderSet | None = None,
+                 by_host: dict[bytes, HeaderSet] | None = None) -> None:
+        self.default: HeaderSet = default if default is not None else header_set((), "")
+        self.by_host: dict[bytes, HeaderSet] = by_host if by_host is not None else {}
+
+    def for_host(self, host: bytes | None) -> HeaderSet:
         if not self.by_host or not host:
             return self.default
         return self.by_host.get(host_name(host), self.default)
@@ -188,7 +219,7 @@ def build(global_values, global_csp: str, domains: dict, vhosts: dict,
     """``domains``: domain name -> (values, csp) as LDAP holds them; ``vhosts``: virtual
     hostname -> domain name. A domain that sets either attribute overrides that one."""
     default = header_set(global_values, global_csp, problems)
-    per_domain: dict[str, tuple[Header, ...]] = {}
+    per_domain: dict[str, HeaderSet] = {}
     for name, (values, csp) in domains.items():
         if values or csp:
             per_domain[name] = header_set(values or global_values, csp or global_csp,
@@ -198,23 +229,29 @@ def build(global_values, global_csp: str, domains: dict, vhosts: dict,
     return ResponseHeaders(default, by_host)
 
 
-def missing_lines(headers, extra: tuple[Header, ...],
-                  lows: Iterable[bytes] | None = None) -> bytes:
+def missing_lines(headers, extra: Iterable[Header], lows: list[bytes] | None = None) -> bytes:
     """What `add_missing` would add, as header lines ready for the wire
     (http11.serialize_response_head's ``checked``): ``extra`` comes from `header_set`,
     whose values were checked when the set was built, so they are not checked again
     per response; when the head carries none of its names (the usual case), the lines
     joined once. ``lows``: the head's names lower-cased, when the caller has them."""
-    if not extra:
-        return b""
-    present = set(lows) if lows is not None else {key.lower() for key, _ in headers}
-    if extra.__class__ is HeaderSet and extra.names.isdisjoint(present):
-        return extra.wire
+    if lows is None:
+        lows = [key.lower() for key, _ in headers]
+    if isinstance(extra, HeaderSet):
+        if not extra:
+            return b""
+        names = extra.names
+        for low in lows:
+            if low in names:
+                break
+        else:
+            return extra.wire
+    present = set(lows)
     return b"".join([name + b": " + value + b"\r\n" for name, value, low in extra
                      if low not in present])
 
 
-def add_missing(headers: list, extra: tuple[Header, ...]) -> list:
+def add_missing(headers: list, extra: Iterable[Header]) -> list:
     """``headers`` (a response head's (name, value) list) with every header of ``extra``
     whose name it does not carry; the list is extended in place and returned."""
     if extra:

@@ -27,6 +27,25 @@ log = logging.getLogger("carbotui.proxy.tls")
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """The SSLObject uvloop's TLS gets from our contexts (``sslobject_class``). uvloop
+    calls ``read``, ``write`` and ``pending`` per TLS record; ssl.SSLObject's are Python
+    methods that only call the same-named methods of the C object beneath (an
+    interpreted frame each: 3 per HTTPS keep-alive request). This one holds the C
+    object's own bound methods under those names, so uvloop calls OpenSSL's wrappers
+    directly, with the same arguments, results and errors. Everything else (handshake,
+    ``unwrap``, ``getpeercert``, the SNI callback's ``context`` setter) is
+    ssl.SSLObject's. (A caller passing ``buffer=None`` explicitly would need the Python
+    wrapper; uvloop passes a size, or a size and a buffer.)"""
+
+    @classmethod
+    def _create(cls, *args, **kwargs):
+        self = super()._create(*args, **kwargs)
+        native = self._sslobj
+        self.read, self.write, self.pending = native.read, native.write, native.pending
+        return self
+
+
 def _server_context(settings: Settings) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[settings.tls_min_version]
@@ -40,6 +59,7 @@ def _server_context(settings: Settings) -> ssl.SSLContext:
     # client's key share), signature scheme and certificate (openssl s_client -trace).
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0
+    ctx.sslobject_class = DirectSSLObject
     return ctx
 
 
@@ -89,4 +109,6 @@ class TlsContexts:
 def upstream_context(cafile: str | None = None) -> ssl.SSLContext:
     """For TLS to the mailbox servers (the seed warns plaintext is LAN-only): always
     verified, against ``cafile`` or the system's CAs."""
-    return ssl.create_default_context(cafile=cafile)
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.sslobject_class = DirectSSLObject
+    return ctx

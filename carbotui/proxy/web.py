@@ -167,8 +167,6 @@ def cookie(headers, name: bytes) -> bytes | None:
 class WebSession(HttpConnection):
     """One client connection to an HTTP, HTTPS or admin listener."""
 
-    # per request on HTTPS: the response headers of its Host's domain (webheaders)
-    _added_headers: tuple = ()
     _scanned = False        # the request in flight has a large SOAP body being scanned
 
     def __init__(self, services: SessionServices, kind: str, tls: bool, addresses=None):
@@ -199,6 +197,8 @@ class WebSession(HttpConnection):
         self._status = 0                  # of the response head sent (access.log)
         self._sent_before = 0             # bytes_out when the request began
         self._upstream: Upstream | None = None
+        # per request on HTTPS: the response headers of its Host's domain (webheaders)
+        self._added_headers = webheaders.EMPTY
 
     # -- lifecycle ----------------------------------------------------------
     def connection_made(self, transport) -> None:
