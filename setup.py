@@ -52,6 +52,7 @@ MYPYC_MODULES = [
     "carbotui/services/throttle.py",
     "carbotui/proxy/uvtrack.py",
     "carbotui/proxy/upstreams.py",
+    "carbotui/proxy/timers.py",
 ]
 
 GROUP = "carbotui_compiled"       # the shared library: carbotui_compiled__mypyc.<suffix>

@@ -25,6 +25,7 @@ from carbotui.proxy.live import LiveConfig
 from carbotui.proxy.logs import NodeLogs
 from carbotui.proxy.stats import Stats
 from carbotui.proxy.tls import upstream_context
+from carbotui.proxy.timers import Timers, for_loop
 from carbotui.proxy.upstreams import Upstream, UpstreamSet
 
 if TYPE_CHECKING:
@@ -147,6 +148,7 @@ class SessionServices:
     _waiting: int = field(init=False)     # sessions_gone() callers
     _all_gone: asyncio.Event = field(init=False)
     _mail_config: MailConfig | None = field(init=False)   # of settings.mail (mail_config)
+    timers: Timers = field(init=False)    # the sessions' deadlines, on one loop timer
 
     def __post_init__(self) -> None:
         self.name = f"proxy_{self.index:02d}"
@@ -159,6 +161,7 @@ class SessionServices:
         self._waiting = 0
         self._mail_config = None
         self._all_gone = asyncio.Event()
+        self.timers = for_loop(self.loop)
 
     # -- settings -------------------------------------------------------------
     def configure(self, settings: Settings) -> None:

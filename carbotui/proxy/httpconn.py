@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any, Final
 
 from carbotui.protocols import http11
+from carbotui.proxy.timers import for_loop
 
 try:                         # where setup.py compiles this module (mypyc brings it)
     from mypy_extensions import mypyc_attr
@@ -242,7 +243,7 @@ async def _wait(conn: HttpConnection, timeout: float) -> None:
         raise asyncio.TimeoutError
     loop = asyncio.get_running_loop()
     conn._waiter = waiter = loop.create_future()
-    timer = loop.call_later(timeout, _expire, waiter)
+    timer = for_loop(loop).call_later(timeout, _expire, waiter)
     try:
         await waiter
     finally:

@@ -28,6 +28,7 @@ from carbotui.protocols.imapstream import ImapStream
 from carbotui.protocols.pop3 import Pop3BackendLogin, Pop3ClientSide
 from carbotui.protocols.sasl import Event
 from carbotui.proxy.relay import Splice, SpliceEnd
+from carbotui.proxy.timers import Deadline, Timers
 
 if TYPE_CHECKING:
     from carbotui.proxy.context import MailConfig, SessionServices
@@ -58,12 +59,13 @@ class _LoginDeadline:
     ``expired`` tells its cancel apart from others, ``login_expired`` which limit it was.
     """
 
-    __slots__ = ("_loop", "_task", "_handle", "_armed_at", "expired", "login_at",
+    __slots__ = ("_loop", "_timers", "_task", "_handle", "_armed_at", "expired", "login_at",
                  "connect_at", "_short")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task, seconds: float,
+    def __init__(self, timers: Timers, task: asyncio.Task, seconds: float,
                  first_check: float):
-        self._loop, self._task = loop, task
+        self._timers, self._task = timers, task
+        self._loop = loop = timers.loop
         self.expired = self._short = False
         now = loop.time()
         self.login_at = now + seconds
@@ -71,7 +73,7 @@ class _LoginDeadline:
         # The first check at the earliest moment a connect limit could matter, so the
         # usual login (route at once, then connect) needs no second timer.
         self._armed_at = now + min(seconds, first_check)
-        self._handle = loop.call_at(self._armed_at, self._fire)
+        self._handle = timers.call_at(self._armed_at, self._fire)
 
     def _fire(self) -> None:
         now = self._loop.time()
@@ -86,7 +88,7 @@ class _LoginDeadline:
     def _arm(self, at: float) -> None:
         self._handle.cancel()
         self._armed_at = at
-        self._handle = self._loop.call_at(at, self._fire)
+        self._handle = self._timers.call_at(at, self._fire)
 
     def limit(self, seconds: float) -> None:
         """A connect attempt starts: it may take ``seconds`` (within the login's time)."""
@@ -166,7 +168,7 @@ class MailSession(SpliceEnd):
     server: str = ""
     user_agent: str = ""
     state: str = "preauth"
-    _timer: Any = None                # asyncio.TimerHandle
+    _timer: Deadline | None = None    # on the worker's timers (timers.py)
     _last_input: float = 0.0
     _task: Any = None                 # asyncio.Task
     _ip_counted: bool = False         # holds a place in services.connections_per_ip
@@ -260,21 +262,20 @@ class MailSession(SpliceEnd):
         # One lazy timer for the session's whole life: input only moves _last_input
         # and the timer re-arms itself when it fires early, so a command costs no timer
         # cancel and re-create; after login it checks the relay's idle time.
-        services = self.services
-        loop = services.loop
-        self._last_input = loop.time()
-        self._timer = loop.call_later(self._mail.preauth_timeout, self._timer_fired)
+        timers = self.services.timers
+        self._last_input = timers.loop.time()
+        self._timer = timers.call_later(self._mail.preauth_timeout, self._timer_fired)
 
     def _timer_fired(self) -> None:
-        loop = self.services.loop
+        timers = self.services.timers
         if self.splice is not None:
             wait = self.splice.check_idle()
             if wait is not None:
-                self._timer = loop.call_later(wait, self._timer_fired)
+                self._timer = timers.call_later(wait, self._timer_fired)
             return
-        remaining = self._last_input + self._mail.preauth_timeout - loop.time()
+        remaining = self._last_input + self._mail.preauth_timeout - timers.loop.time()
         if remaining > 0:
-            self._timer = loop.call_later(remaining, self._timer_fired)
+            self._timer = timers.call_later(remaining, self._timer_fired)
             return
         if self.transport and not self.transport.is_closing():
             self.transport.write(self.machine.IDLE_TIMEOUT)
@@ -377,7 +378,7 @@ class MailSession(SpliceEnd):
         route = None
         if not reject:
             # One deadline for the whole login; no task per step.
-            deadline = _LoginDeadline(w.loop, self._task, settings.login_timeout,
+            deadline = _LoginDeadline(w.timers, self._task, settings.login_timeout,
                                       settings.connect_timeout)
             try:
                 try:
@@ -551,9 +552,10 @@ class MailSession(SpliceEnd):
         self.splice = Splice(self.transport, backend.transport, idle_timeout=idle,
                              on_close=self._ended, loop=loop, own_timer=False,
                              watch=ImapStream() if self.proto == "imap" else Pop3Quit())
-        if self._timer.when() > loop.time() + idle:     # an idle limit below preauth's
-            self._timer.cancel()
-            self._timer = loop.call_later(idle, self._timer_fired)
+        timer = self._timer
+        if timer is not None and timer.when() > loop.time() + idle:  # an idle limit below preauth's
+            timer.cancel()
+            self._timer = self.services.timers.call_later(idle, self._timer_fired)
         self.backend = backend
         backend.session = self
         backend.splice = self.splice

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import socket
 import ssl
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -53,27 +52,23 @@ class Echo(asyncio.Protocol):
 
 
 def client(pki, port, payload: bytes, server_name="imap.test") -> tuple[bytes, str]:
-    """Sends ``payload`` in pieces of growing size, reads it all back, ends with
+    """Sends ``payload`` in pieces of growing size, reads each back, ends with
     close_notify. -> (what came back, the peer certificate's subject name)."""
     ctx = client_context(pki)
     with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
             ctx.wrap_socket(raw, server_hostname=server_name) as s:
         subject = dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
         got = bytearray()
-
-        def reader():
-            while len(got) < len(payload):
+        at, size = 0, 1
+        while at < len(payload):
+            # one thread per TLS socket: send a piece, read its echo back
+            s.sendall(payload[at:at + size])
+            at, size = min(at + size, len(payload)), min(size * 3, 200_000)
+            while len(got) < at:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 got.extend(chunk)
-        t = threading.Thread(target=reader)
-        t.start()
-        at, size = 0, 1
-        while at < len(payload):
-            s.sendall(payload[at:at + size])
-            at, size = at + size, min(size * 3, 200_000)
-        t.join(30)
         s.unwrap()
     return bytes(got), subject
 
