@@ -51,6 +51,8 @@ import logging
 import ssl
 from typing import Any, Final
 
+from carbotui.proxy.timers import for_loop
+
 log: Final = logging.getLogger("carbotui.proxy.tlsbio")
 
 RECORD: Final = 16384          # the largest TLS plaintext record (RFC 8446 5.1)
@@ -104,7 +106,9 @@ class TlsServer:
     # -- the TCP side (protocol) ------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self._tcp = transport
-        self._timer = asyncio.get_running_loop().call_later(self._timer, self._too_slow)
+        # the handshake deadline on the loop's shared timers (timers.py)
+        self._timer = for_loop(asyncio.get_running_loop()).call_later(self._timer,
+                                                                     self._too_slow)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _cipher_view
@@ -426,7 +430,7 @@ class TlsServer:
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None and not isinstance(timer, (int, float)):
-            timer.cancel()                 # (uvloop's handles are no asyncio.TimerHandle)
+            timer.cancel()                 # a timers.Deadline
 
     def _peer(self) -> str:
         peer = self._tcp.get_extra_info("peername") if self._tcp is not None else None
