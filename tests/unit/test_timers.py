@@ -6,22 +6,10 @@ from __future__ import annotations
 import asyncio
 import random
 
-import pytest
-import uvloop
-
 from carbotui.proxy import timers as timers_mod
 from carbotui.proxy.timers import Timers, for_loop
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def run(request):
-    def run(coro):
-        loop = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
-        try:
-            return loop.run_until_complete(asyncio.wait_for(coro, 30))
-        finally:
-            loop.close()
-    return run
+# the tlsbio tests' fixture: each test on uvloop and on asyncio's loop
+from tests.unit.test_tlsbio import run  # noqa: F401
 
 
 def test_callbacks_run_in_time_order_never_early(run):
