@@ -59,15 +59,14 @@ class _LoginDeadline:
     ``expired`` tells its cancel apart from others, ``login_expired`` which limit it was.
     """
 
-    __slots__ = ("_loop", "_timers", "_task", "_handle", "_armed_at", "expired", "login_at",
+    __slots__ = ("_timers", "_task", "_handle", "_armed_at", "expired", "login_at",
                  "connect_at", "_short")
 
     def __init__(self, timers: Timers, task: asyncio.Task, seconds: float,
                  first_check: float):
         self._timers, self._task = timers, task
-        self._loop = loop = timers.loop
         self.expired = self._short = False
-        now = loop.time()
+        now = timers.loop.time()
         self.login_at = now + seconds
         self.connect_at = math.inf          # no connect attempt running
         # The first check at the earliest moment a connect limit could matter, so the
@@ -76,7 +75,7 @@ class _LoginDeadline:
         self._handle = timers.call_at(self._armed_at, self._fire)
 
     def _fire(self) -> None:
-        now = self._loop.time()
+        now = self._timers.loop.time()
         self._armed_at = math.inf
         if now >= self.login_at or now >= self.connect_at:
             self.expired = True
@@ -92,7 +91,7 @@ class _LoginDeadline:
 
     def limit(self, seconds: float) -> None:
         """A connect attempt starts: it may take ``seconds`` (within the login's time)."""
-        self.connect_at = self._loop.time() + seconds
+        self.connect_at = self._timers.loop.time() + seconds
         if self._armed_at > min(self.login_at, self.connect_at):
             self._arm(min(self.login_at, self.connect_at))
 
