@@ -974,18 +974,26 @@ async def _ws_relay_response(self: WebSession, req, up: HttpConnection, upstream
     send_timeout = web.send_timeout
     # The body bytes already read go out with the head: a small response is one
     # write, one TLS record and one send, not two.
+    # A piece that would take the total past the limit (a download's first 256 KB) is
+    # sent after the head rather than copied into one buffer with it.
     out = [head]
     size = 0
+    big = b""
     while size < COALESCE_LIMIT:
         event = up.next_ready(http11.Data)
         if event is None:
             break
         size += len(event.data)
+        if size > COALESCE_LIMIT:
+            big = http11.chunk(event.data) if rechunk else event.data
+            break
         out.append(http11.chunk(event.data) if rechunk else event.data)
     ended = size < COALESCE_LIMIT and up.next_ready(http11.EndOfMessage) is not None
     if ended and rechunk:
         out.append(http11.LAST_CHUNK)
     self.send(b"".join(out) if len(out) > 1 else head)
+    if big:
+        self.send(big)
     if size:
         await self.drain(send_timeout)
         if self.closed:

@@ -596,3 +596,51 @@ def test_fuzz_never_raises(cls):
         events += p.feed_eof()
         errors = [e for e in events if isinstance(e, ParseError)]
         assert len(errors) <= 1 and (not errors or events[-1] is errors[0])
+
+
+# ------------------------------------------- a head and a large body in one read
+
+BIG = bytes(range(256)) * 80                      # 20,480 bytes: over feed's split size
+BIG_READS = [
+    (RequestParser, b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+     + BIG + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"),           # body, then a pipelined request
+    (RequestParser, b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + BIG),
+    (ResponseParser, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG) + BIG),
+    (ResponseParser, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(BIG) * 2) + BIG),
+    (ResponseParser, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(BIG)
+     + BIG + b"\r\n0\r\n\r\n"),
+    (ResponseParser, b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n" + BIG),  # until close
+    (ResponseParser, b"HTTP/1.1 204 No Content\r\n\r\n" + BIG),       # no body: the rest waits
+    (ResponseParser, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+                     b"\r\nhello" + BIG),
+    (RequestParser, b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nContent-Length: 9000\r\n\r\n" + BIG),
+    (RequestParser, b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n" + BIG),  # refused head
+    (RequestParser, b"GET / HTTP/1.1\nHost: h\n\n" + BIG),             # bare LF: no CRLF CRLF
+    (RequestParser, b"GET / HTTP/1.1\r\nHost: h\r\n" + BIG),           # no end of head at all
+    (RequestParser, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" + BIG[:8192 - 34]),
+]
+
+
+@pytest.mark.parametrize("cls, data", BIG_READS, ids=[
+    "post-then-pipelined", "post-shorter-than-read", "length", "length-cut", "chunked",
+    "until-close", "no-body", "continue-then-200", "stray-crlf", "bad-head", "bare-lf",
+    "unended-head", "just-at-split"])
+def test_a_head_and_a_large_body_in_one_read_as_byte_by_byte(cls, data):
+    whole = cls(max_body=1 << 20)
+    events = whole.feed(data)
+    state = (whole.done, whole.buffered, whole.keep_alive)
+    steps = cls(max_body=1 << 20)
+    expected = []
+    for i in range(0, len(data), 997):          # 997: cuts that fall inside the head too
+        expected += steps.feed(data[i:i + 997])
+    assert merged(events) == merged(expected)
+    assert state == (steps.done, steps.buffered, steps.keep_alive)
+    assert merged(events + whole.feed_eof()) == merged(expected + steps.feed_eof())
+
+
+def test_the_body_of_a_large_read_comes_out_whole_and_once():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+    p = ResponseParser()
+    events = p.feed(head + BIG)
+    assert [type(e) for e in events] == [Response, Data, EndOfMessage]
+    assert events[1].data == BIG and p.buffered == 0 and p.done
