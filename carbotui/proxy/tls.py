@@ -73,8 +73,6 @@ class TlsContexts:
         self.web = _server_context(settings)
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.web_by_name: dict[str, ssl.SSLContext] = {}
-        self.front.sni_callback = self._pick
-        self.web.sni_callback = self._pick
         self.load(settings)
 
     def load(self, settings: Settings, vhosts: dict[str, tuple[Path, Path]] | None = None) -> None:
@@ -92,6 +90,10 @@ class TlsContexts:
                     ctx.set_alpn_protocols(alpn)
                 table[name.lower()] = ctx
         self.by_name, self.web_by_name = by_name, web_by_name
+        # The SNI callback is a Python call in every handshake: only where a name has a
+        # certificate of its own to pick.
+        self.front.sni_callback = self._pick if by_name else None
+        self.web.sni_callback = self._pick if web_by_name else None
 
     def for_listener(self, kind: str) -> ssl.SSLContext:
         """The context of a TLS listener: ``web`` for https and admin, else ``front``."""

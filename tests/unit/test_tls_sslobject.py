@@ -122,6 +122,19 @@ def test_sni_still_switches_the_context(pki, run):
     assert sslobj.selected_alpn_protocol() is None        # the client offered none
 
 
+def test_the_sni_callback_is_set_only_while_a_name_has_a_certificate(pki):
+    s = settings(pki)
+    contexts = tls.TlsContexts(s)
+    assert contexts.for_listener("imaps").sni_callback is None
+    assert contexts.for_listener("https").sni_callback is None
+    contexts.load(s, {"other.test": (pki / "other.test.crt", pki / "other.test.key")})
+    assert contexts.for_listener("imaps").sni_callback is not None
+    assert contexts.for_listener("https").sni_callback is not None
+    contexts.load(s, {})                                   # the last virtual host removed
+    assert contexts.for_listener("imaps").sni_callback is None
+    assert contexts.for_listener("https").sni_callback is None
+
+
 def test_upstream_context_uses_it_too(pki):
     ctx = tls.upstream_context(str(pki / "ca.crt"))
     assert ctx.sslobject_class is tls.DirectSSLObject and ctx.verify_mode == ssl.CERT_REQUIRED
