@@ -694,12 +694,29 @@ _DONE: Final = _Step.DONE
 _NOT_PRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
 
 
-def _id_value(text: str, limit: int = 200) -> bytes:
+# _id_value's answers: the same few addresses and client names come back session after
+# session (about 1,300 instructions each to build, three per login). Bounded: emptied
+# when full, so names a client makes up cost memory only up to this.
+_ID_VALUES: Final[dict[str, bytes]] = {}
+_ID_VALUES_MAX: Final = 1024
+_ID_VALUE_CHARS: Final = 200               # of a value sent on, the rest cut
+
+
+def _id_value(text: str) -> bytes:
     # Printable ASCII only: values may come from the client (its ID name),
     # and every IMAP server accepts them in a quoted string. What
     # _NOT_PRINTABLE_RE.sub("?", text) gives, with compiled operations: "replace" makes
     # each non-ASCII character (a surrogate too) one "?", the table the ASCII controls.
-    return _quote(text[:limit].encode("ascii", "replace").translate(_PRINTABLE_OR_QMARK))
+    known = _ID_VALUES.get(text)
+    if known is not None:
+        return known
+    value = _quote(text[:_ID_VALUE_CHARS].encode("ascii", "replace")
+                   .translate(_PRINTABLE_OR_QMARK))
+    if len(text) <= _ID_VALUE_CHARS:
+        if len(_ID_VALUES) >= _ID_VALUES_MAX:
+            _ID_VALUES.clear()
+        _ID_VALUES[text] = value
+    return value
 
 
 class _Caps:

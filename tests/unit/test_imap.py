@@ -750,3 +750,13 @@ def test_atom_fast_path_keeps_what_follows_a_trailing_space():
 def test_id_value_is_the_regex_then_quote(text):
     expected = _imap._quote(_imap._NOT_PRINTABLE_RE.sub("?", text[:200]).encode("ascii"))
     assert _imap._id_value(text) == expected
+    assert _imap._id_value(text) == expected              # the second time from memory
+
+
+def test_id_values_remembered_stay_bounded_and_right():
+    names = [f"client\x01{i}" for i in range(3 * 1024)] + ["y" * 5000]
+    for name in names:
+        assert _imap._id_value(name) == _imap._quote(
+            _imap._NOT_PRINTABLE_RE.sub("?", name[:200]).encode("ascii"))
+        assert 0 < len(_imap._ID_VALUES) <= 1024
+    assert "y" * 5000 not in _imap._ID_VALUES           # over 200 characters: not kept
