@@ -16,6 +16,11 @@ the map only as ``m[fd] = transport`` and ``m[fd]`` (KeyError when there is none
 number is used again, so the map holds at most one entry per descriptor number the
 worker has had open at once (what the WeakValueDictionary held for live ones).
 
+The same import takes ``asyncio.isfuture`` the same way (``cdef aio_isfuture =
+getattr(asyncio, 'isfuture', None)``): uvloop calls it on the waiter of every transport
+it makes (``_set_waiter``, once per backend connection), and asyncio's is a Python
+function. ``is_future`` is the same test, compiled.
+
 If uvloop was imported before (a test, an embedding program), nothing changes and
 uvloop keeps its own map.
 """
@@ -51,6 +56,12 @@ class TransportRefs:
         return len(self._refs)
 
 
+def is_future(obj: object) -> bool:
+    """asyncio.isfuture (asyncio/base_futures.py), word for word, compiled."""
+    return (hasattr(obj.__class__, "_asyncio_future_blocking")
+            and getattr(obj, "_asyncio_future_blocking") is not None)
+
+
 def import_uvloop() -> Any:
     """The uvloop module, its loop module imported with TransportRefs as its transport
     map if this is its first import (see the module's docstring)."""
@@ -61,10 +72,13 @@ def import_uvloop() -> Any:
     # uvloop's own modules are imported
     import concurrent.futures.thread  # noqa: F401
     import queue  # noqa: F401
-    original = weakref.WeakValueDictionary
+    import asyncio
+    original, original_isfuture = weakref.WeakValueDictionary, asyncio.isfuture
     weakref.WeakValueDictionary = TransportRefs     # type: ignore[misc, assignment]
+    asyncio.isfuture = is_future                    # type: ignore[assignment]
     try:
         import uvloop
     finally:
         weakref.WeakValueDictionary = original      # type: ignore[misc]
+        asyncio.isfuture = original_isfuture
     return uvloop

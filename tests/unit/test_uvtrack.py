@@ -8,6 +8,7 @@ transport owns (the map's one reader).
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import weakref
 
 import pytest
 
+from carbotui.proxy import uvtrack
 from carbotui.proxy.uvtrack import TransportRefs
 
 
@@ -55,10 +57,11 @@ def test_one_entry_per_descriptor_number():
 
 PROBE = textwrap.dedent("""
     import asyncio, gc, json, socket, sys, weakref
-    original = weakref.WeakValueDictionary
+    original, original_isfuture = weakref.WeakValueDictionary, asyncio.isfuture
     from carbotui.proxy import uvtrack
     uvloop = uvtrack.import_uvloop()
-    out = {"restored": weakref.WeakValueDictionary is original}
+    out = {"restored": weakref.WeakValueDictionary is original
+                       and asyncio.isfuture is original_isfuture}
     loop = uvloop.new_event_loop()
     out["map"] = sorted({type(r).__name__ for r in gc.get_referents(loop)
                          if type(r) in (uvtrack.TransportRefs, weakref.WeakValueDictionary)})
@@ -77,7 +80,20 @@ PROBE = textwrap.dedent("""
         await asyncio.sleep(0)
         await asyncio.sleep(0)
     loop.run_until_complete(main())
-    del main
+
+    async def connect():                    # uvloop checks the waiter of each transport
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        calls = []
+        sys.setprofile(lambda frame, event, arg: event == "call" and calls.append(
+            frame.f_code.co_name))
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        sys.setprofile(None)
+        out["isfuture_calls"] = calls.count("isfuture")
+        transport.close()
+        server.close()
+    loop.run_until_complete(connect())
+    del main, connect
     gc.collect()
     c, d = socket.socketpair()              # may take the dead transport's number
     loop.add_reader(c.fileno(), lambda: None)   # no live transport owns it: accepted
@@ -92,7 +108,24 @@ def test_uvloop_uses_it_when_imported_through_import_uvloop():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     result = __import__("json").loads(out.stdout)
-    assert result == {"restored": True, "map": ["TransportRefs"], "refused": True}
+    assert result == {"restored": True, "map": ["TransportRefs"], "refused": True,
+                      "isfuture_calls": 0}
+
+
+@pytest.mark.parametrize("obj", [asyncio.Future, "task", object, None, 1, "str"])
+def test_is_future_answers_as_asyncio_isfuture(obj):
+    loop = asyncio.new_event_loop()
+    try:
+        if obj is asyncio.Future:
+            obj = loop.create_future()
+        elif obj == "task":
+            obj = loop.create_task(asyncio.sleep(0))
+            loop.run_until_complete(obj)
+        elif obj is object:
+            obj = type("Lookalike", (), {"_asyncio_future_blocking": False})()
+        assert uvtrack.is_future(obj) is asyncio.isfuture(obj)
+    finally:
+        loop.close()
 
 
 def test_an_earlier_uvloop_import_is_left_alone():
