@@ -427,13 +427,9 @@ class _MessageParser:
                 end += 4
                 self._buf += memoryview(data)[:end]
                 self._run(events)
-                rest = data[end:]
-                if rest and not self._buf and self._state in (_BODY, _CHUNK_DATA, _UNTIL_CLOSE):
-                    rest = self._pass_body_through(rest, events)
-                if rest and self._state != _FAILED:
-                    self._buf += rest
-                    self._run(events)
-                return events
+                data, state = data[end:], self._state
+                if not data or state == _FAILED:
+                    return events
         if not self._buf and state in (_BODY, _CHUNK_DATA, _UNTIL_CLOSE):
             # Hot path: body bytes go straight from the input to Data events
             # without a trip through the buffer.

@@ -64,7 +64,8 @@ def is_future(obj: object) -> bool:
 
 def import_uvloop() -> Any:
     """The uvloop module, its loop module imported with TransportRefs as its transport
-    map if this is its first import (see the module's docstring)."""
+    map and is_future as its isfuture if this is its first import (see the module's
+    docstring)."""
     if "uvloop.loop" in sys.modules:
         import uvloop
         return uvloop

@@ -973,9 +973,9 @@ async def _ws_relay_response(self: WebSession, req, up: HttpConnection, upstream
         return await self._splice(up)
     send_timeout = web.send_timeout
     # The body bytes already read go out with the head: a small response is one
-    # write, one TLS record and one send, not two.
-    # A piece that would take the total past the limit (a download's first 256 KB) is
-    # sent after the head rather than copied into one buffer with it.
+    # write, one TLS record and one send, not two. A piece that would take the total
+    # past the limit (a download's first 256 KB) is sent after the head rather than
+    # copied into one buffer with it.
     out = [head]
     size = 0
     big = b""
@@ -983,11 +983,12 @@ async def _ws_relay_response(self: WebSession, req, up: HttpConnection, upstream
         event = up.next_ready(http11.Data)
         if event is None:
             break
+        piece = http11.chunk(event.data) if rechunk else event.data
         size += len(event.data)
         if size > COALESCE_LIMIT:
-            big = http11.chunk(event.data) if rechunk else event.data
+            big = piece
             break
-        out.append(http11.chunk(event.data) if rechunk else event.data)
+        out.append(piece)
     ended = size < COALESCE_LIMIT and up.next_ready(http11.EndOfMessage) is not None
     if ended and rechunk:
         out.append(http11.LAST_CHUNK)
