@@ -20,7 +20,9 @@ of recent bytes:
 
 Cost: one ``bytes.find`` per line and none per byte of a literal (a literal's bytes are
 skipped by arithmetic), and no copy of a chunk: only the first and last bytes of a line
-that spans chunks are kept.
+that spans chunks are kept. A command line costs a regex call only when its name starts
+like LOGOUT or COMPRESS, and after the client's LOGOUT or COMPRESS the server's stream is
+no longer looked at.
 """
 from __future__ import annotations
 
@@ -171,6 +173,19 @@ class _ClientSide(_Framer):
         _Framer.feed(self, data)
 
     def _line(self, head: bytes) -> None:
+        # _COMMAND asks for a tag (no space in it), one space, then LOGOUT or COMPRESS: so
+        # the two bytes after the first space must be "lo" or "co" in any case, with room
+        # for six letters, or it cannot match. Checked by index first (compiled; tags are
+        # short): most commands (SELECT, FETCH, UID, IDLE...) then cost no regex call.
+        size = len(head)
+        i = 0
+        while i < size and head[i] != 32:
+            i += 1
+        if i + 7 > size or head[i + 2] | 32 != 111:             # "o"
+            return
+        c = head[i + 1] | 32
+        if c != 108 and c != 99:                                # "l", "c"
+            return
         m = _COMMAND.match(head)
         if m is not None:
             if m.group(1).upper() == b"LOGOUT":
@@ -199,7 +214,12 @@ class ImapStream:
         self.client = _ClientSide()
 
     def from_server(self, data: bytes) -> None:
-        self.server.feed(data)
+        # Once the client has asked for LOGOUT or COMPRESS, may_add_line is False for good
+        # (neither flag is ever cleared): the server's stream need not be framed any more
+        # (after COMPRESS it is deflated anyway), so the LOGOUT reply costs no BYE search.
+        client = self.client
+        if not (client.logout or client.compress):
+            self.server.feed(data)
 
     def from_client(self, data: bytes) -> None:
         self.client.feed(data)

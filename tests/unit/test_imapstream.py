@@ -194,3 +194,33 @@ def test_one_line_without_brace_is_the_two_finds(pieces):
     data = b"".join(pieces) + b"\n"              # the fast path asks only of a chunk ending in LF
     assert imapstream._one_line_without_brace(data) == (
         data.find(b"\n") == len(data) - 1 and data.find(b"}") < 0)
+
+
+# -- what is no longer looked at ------------------------------------------------------------
+_HEAD_BYTES = [b"a", b"A1", b" ", b"  ", b"\t", b"\x00", b"\xff", b"(", b"*", b"+", b"\r\n",
+               b"\n", b"L", b"l", b"O", b"o", b"GOUT", b"gout", b"C", b"c", b"MPRESS",
+               b"mpress", b"LOGOUT", b"logout", b"COMPRESS", b"cOmPrEsS", b"LOGIN", b"COPY",
+               b"SELECT", b"LIST", b"CAPABILITY", b"}", b"{3}"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_HEAD_BYTES), max_size=8))
+def test_a_command_line_is_judged_as_the_regex_judges_it(pieces):
+    # _ClientSide._line checks the bytes after the tag before it calls the regex: it must
+    # set the flags exactly where the regex alone would.
+    head = b"".join(pieces)
+    side = imapstream._ClientSide()
+    side._line(head)
+    m = imapstream._COMMAND.match(head)
+    name = m.group(1).upper() if m else b""
+    assert (side.logout, side.compress) == (name == b"LOGOUT", name == b"COMPRESS")
+
+
+@pytest.mark.parametrize("command", [b"a LOGOUT\r\n", b"a COMPRESS DEFLATE\r\n"])
+def test_after_logout_or_compress_the_server_stream_is_not_framed(command):
+    s = ImapStream()
+    s.from_client(command)
+    # a literal announced after it would leave the framer mid-literal, if it were fed
+    s.from_server(b"* 1 FETCH (BODY[] {10}\r\n12345")
+    assert s.server.at_boundary and not s.server.bye
+    assert not s.may_add_line()
