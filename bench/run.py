@@ -163,7 +163,8 @@ daemon off;
 worker_processes {workers};          # as many as carbotui's workers
 worker_rlimit_nofile 20000;          # the machine's per-process limit
 pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
+# {logs_note}
+error_log {prefix}/error.log {error_level};
 
 events {{
     worker_connections 19000;        # client + backend per session (+ auth_http per login)
@@ -192,7 +193,12 @@ mail {{
 }}
 
 http {{
-    access_log off;
+    # Carbonio's nginx.access.log format (carbotui's access.log writes the same fields)
+    log_format carbonio '$remote_addr:$remote_port - $remote_user [$time_local] '
+                        '"$request_method $scheme://$host$request_uri $server_protocol" '
+                        '$status $bytes_sent "$http_referer" "$http_user_agent" '
+                        '"$upstream_addr" "$server_addr:$server_port"';
+    access_log {access_log};
     keepalive_timeout 75s;
     keepalive_requests 1000000;
     client_body_temp_path {prefix}/tmp/body;
@@ -238,12 +244,18 @@ class Nginx:
         self.prefix = VAR / "nginx"
         self.proc: subprocess.Popen | None = None
         self.workers = WORKERS
+        self.logs = "carbonio"          # --nginx-logs
 
     def write_conf(self) -> Path:
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
         conf = self.prefix / "nginx.conf"
+        carbonio = self.logs == "carbonio"
         conf.write_text(NGINX_CONF.format(
             workers=self.workers, accept_mutex="on" if self.workers > WORKERS else "off",
+            logs_note=("logs as a Carbonio proxy node: zimbraReverseProxyLogLevel info, "
+                       "nginx.access.log" if carbonio else "--nginx-logs off: no access log"),
+            error_level="info" if carbonio else "warn",
+            access_log=f"{self.prefix}/access.log carbonio" if carbonio else "off",
             prefix=self.prefix, auth=f"{AUTH[0]}:{AUTH[1]}",
             cert=REPO / "var/certs/default.crt", key=REPO / "var/certs/default.key", **NGINX))
         return conf
@@ -251,6 +263,8 @@ class Nginx:
     def start(self, idle: bool = False, workers: int = WORKERS) -> None:
         self.workers = workers
         conf = self.write_conf()
+        for log in ("access.log", "error.log"):      # each start's own: bounded on disk
+            (self.prefix / log).unlink(missing_ok=True)
         subprocess.run(["nginx", "-t", "-q", "-p", str(self.prefix), "-c", str(conf)], check=True,
                        cwd=REPO)
         self.proc = self.procs.start("nginx", ["nginx", "-p", str(self.prefix), "-c", str(conf)])
@@ -1193,6 +1207,17 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# What the nginx reference logs (--nginx-logs), for the method list
+NGINX_LOGS = {
+    "carbonio": "logging as a Carbonio proxy node does: error_log at info (the default "
+                "zimbraReverseProxyLogLevel; the mail module writes a line there for each "
+                "connection and login) and an access log in Carbonio's nginx.access.log "
+                "format, one unbuffered write per request, as carbotui writes access.log, "
+                "sessions.log and audit.log",
+    "off": "no access log, error_log at warn (--nginx-logs off: the bench before "
+           "2026-12-02), while carbotui still writes access.log, sessions.log and audit.log",
+}
+
 METHOD = [
     "Rate loads: bench/loadgen.py (uvloop) in 2 client processes (odd users / even users), "
     "or wrk; runs in the order direct, nginx, carbotui, nginx, carbotui; rates and CPU pooled "
@@ -1205,7 +1230,7 @@ METHOD = [
     "carbotui runs bench/carbotui-bench.toml (the demo settings with starttls off, login "
     "throttling off, own ports, memcached and var_dir); nginx var/bench/nginx/nginx.conf "
     "(worker_processes 2, starttls off on the plain ports, same certificate and ciphers, "
-    "upstream keepalive 32, no access log).",
+    "upstream keepalive 32, {nginx_logs}).",
     "The machine is shared: before and after every rate run the bench reads the demo "
     "backends' pids from supervisord; a run during which one was restarted (by someone "
     "else's tests) is run again, and its note says so.",
@@ -1261,6 +1286,10 @@ def main() -> int:
     p.add_argument("--storm-count", type=int, default=10000, help="login_storm clients")
     p.add_argument("--hold", type=float, default=5.0)
     p.add_argument("--output", default=str(RESULTS / "latest"))
+    p.add_argument("--nginx-logs", choices=("carbonio", "off"), default="carbonio",
+                   help="carbonio: nginx logs as a Carbonio proxy node does (access log in "
+                        "Carbonio's format, error_log info), as carbotui always does; off: "
+                        "no access log, error_log warn (the bench before 2026-12-02)")
     args = p.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -1285,7 +1314,9 @@ def main() -> int:
         signal.signal(sig, lambda *_: sys.exit(1))
     report = {"machine": machine(), "rates": {}, "idle": {}, "storm": {}, "profiles": {},
               "perf": {},
-              "phase_seconds": {}, "method": METHOD}
+              "phase_seconds": {},
+              "method": [line.replace("{nginx_logs}", NGINX_LOGS[args.nginx_logs])
+                         for line in METHOD]}
     print(f"bench: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
           f"nginx {report['machine']['nginx']}, Python {report['machine']['python']}", flush=True)
     try:
@@ -1296,6 +1327,7 @@ def main() -> int:
         wait_port(*MEMCACHED)
         wait_port(*AUTH)
         nginx, carbotui = Nginx(procs), Carbotui(procs)
+        nginx.logs = args.nginx_logs
         nginx.start()
         carbotui.start()
         targets = [nginx, carbotui, nginx, carbotui]
