@@ -56,3 +56,18 @@ def test_a_ratio_that_rounds_to_its_threshold_shows_a_third_decimal():
     assert run._value({"value": 30.22, "target": "<= 40 KB"}) == "30.22"
     assert run._value({"value": None, "target": ">= 1.0"}) == "—"
     assert run._value({"value": 10000, "target": "10000, 0 dropped"}) == "10,000"
+
+
+def test_the_nginx_reference_logs_as_carbonio_unless_told_not_to(tmp_path):
+    # The reference proxy does the logging work carbotui does (Carbonio's access log format,
+    # error_log info); --nginx-logs off is the reference as it was before.
+    nginx = run.Nginx(run.Procs())
+    nginx.prefix = tmp_path
+    conf = nginx.write_conf().read_text()
+    assert f"access_log {tmp_path}/access.log carbonio;" in conf
+    assert f"error_log {tmp_path}/error.log info;" in conf
+    assert "log_format carbonio '$remote_addr:$remote_port - $remote_user [$time_local] '" in conf
+    assert '"$upstream_addr" "$server_addr:$server_port"' in conf
+    nginx.logs = "off"
+    conf = nginx.write_conf().read_text()
+    assert "access_log off;" in conf and f"error_log {tmp_path}/error.log warn;" in conf
