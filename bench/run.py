@@ -252,8 +252,7 @@ class Nginx:
         carbonio = self.logs == "carbonio"
         conf.write_text(NGINX_CONF.format(
             workers=self.workers, accept_mutex="on" if self.workers > WORKERS else "off",
-            logs_note=("logs as a Carbonio proxy node: zimbraReverseProxyLogLevel info, "
-                       "nginx.access.log" if carbonio else "--nginx-logs off: no access log"),
+            logs_note=NGINX_LOGS[self.logs],
             error_level="info" if carbonio else "warn",
             access_log=f"{self.prefix}/access.log carbonio" if carbonio else "off",
             prefix=self.prefix, auth=f"{AUTH[0]}:{AUTH[1]}",

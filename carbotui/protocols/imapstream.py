@@ -186,12 +186,18 @@ class _ClientSide(_Framer):
         c = head[i + 1] | 32
         if c != 108 and c != 99:                                # "l", "c"
             return
-        m = _COMMAND.match(head)
-        if m is not None:
-            if m.group(1).upper() == b"LOGOUT":
+        # The regex judges the whole line; the letter after the tag says which command.
+        if _COMMAND.match(head) is not None:
+            if c == 108:
                 self.logout = True
             else:
                 self.compress = True
+
+    @property
+    def final(self) -> bool:
+        """The client has sent LOGOUT or COMPRESS (neither flag is ever cleared): from
+        here on the proxy may add no line of its own."""
+        return self.logout or self.compress
 
 
 def _one_line_without_brace(data: bytes) -> bool:
@@ -214,11 +220,10 @@ class ImapStream:
         self.client = _ClientSide()
 
     def from_server(self, data: bytes) -> None:
-        # Once the client has asked for LOGOUT or COMPRESS, may_add_line is False for good
-        # (neither flag is ever cleared): the server's stream need not be framed any more
-        # (after COMPRESS it is deflated anyway), so the LOGOUT reply costs no BYE search.
-        client = self.client
-        if not (client.logout or client.compress):
+        # Once the client is final, may_add_line is False for good: the server's stream
+        # need not be framed any more (after COMPRESS it is deflated anyway), so the
+        # LOGOUT reply costs no BYE search.
+        if not self.client.final:
             self.server.feed(data)
 
     def from_client(self, data: bytes) -> None:
@@ -228,5 +233,4 @@ class ImapStream:
         """Whether the proxy may still write a line of its own to the client: the server
         has not said BYE, the client has not asked for LOGOUT or COMPRESS, and the
         server's stream stands between two lines."""
-        return (not self.server.bye and not self.client.logout and not self.client.compress
-                and self.server.at_boundary)
+        return not self.server.bye and not self.client.final and self.server.at_boundary
